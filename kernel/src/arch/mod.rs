@@ -1,0 +1,49 @@
+//! x86_64 specifics: descriptor tables, exceptions, the local APIC timer, the TSC clock and the
+//! context switch. Everything here that needs `unsafe` keeps it inside this module.
+
+pub mod apic;
+pub mod context;
+pub mod extable;
+pub mod gdt;
+pub mod hpet;
+pub mod idt;
+pub mod pic;
+pub mod pit;
+pub mod tsc;
+
+use x86_64::instructions::{hlt, interrupts};
+
+/// Interrupt vectors the kernel uses (exceptions take 0..32).
+pub mod vectors {
+    pub const TIMER: u8 = 0x30;
+    pub const SPURIOUS: u8 = 0xff;
+}
+
+/// Loads the GDT, TSS and IDT and silences the legacy PIC. Interrupts stay off.
+pub fn init_cpu() {
+    gdt::init();
+    idt::init();
+    pic::disable();
+}
+
+/// Halts this CPU for good with interrupts off.
+pub fn halt_forever() -> ! {
+    interrupts::disable();
+    loop {
+        hlt();
+    }
+}
+
+/// Reads the time-stamp counter.
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects and is available on every x86_64 CPU.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Whether the CPU can map 1 GiB pages.
+pub fn has_1gib_pages() -> bool {
+    // CPUID leaf 0x8000_0001, EDX bit 26 (Page1GB). Every x86_64 CPU has the extended leaves.
+    let leaf = core::arch::x86_64::__cpuid(0x8000_0001);
+    leaf.edx & (1 << 26) != 0
+}

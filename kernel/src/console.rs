@@ -1,0 +1,160 @@
+//! The serial console's command prompt: counters and tunables at run time.
+//!
+//! `cargo run -- console=on` starts it after the demo; type `help`. The interpreter
+//! ([`execute`]) is separate from the serial loop so tests can drive it. Reads COM1 by polling
+//! every few milliseconds from a sleeping thread (the UART's interrupt is not wired yet).
+
+use crate::mm::{checker, heap, page_alloc};
+use crate::task;
+use crate::tunables;
+use alloc::string::String;
+use core::fmt::Write;
+use core::time::Duration;
+
+const HELP: &str = "commands:
+  zoneinfo         zones: present, managed, free pages, watermarks
+  buddyinfo        free blocks per zone, migratetype and order
+  check            run the frame-state checker
+  heap             kernel heap usage
+  threads          kernel threads and their states
+  tunables         every tunable with its value and range
+  set NAME=VALUE   change a tunable
+  exit             leave the console (the kernel exits)";
+
+/// What a command asks of the console loop after printing its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    Exit,
+}
+
+/// Runs one command line and returns its output.
+pub fn execute(line: &str) -> (String, Next) {
+    let mut out = String::new();
+    let mut words = line.split_whitespace();
+    let command = words.next().unwrap_or("");
+    let _ = match command {
+        "" => Ok(()),
+        "help" => writeln!(out, "{HELP}"),
+        "zoneinfo" => page_alloc::write_zoneinfo(&mut out),
+        "buddyinfo" => page_alloc::write_buddyinfo(&mut out),
+        "check" => match checker::check() {
+            Ok(census) => writeln!(out, "frame state ok: {census:?}"),
+            Err(error) => writeln!(out, "frame state INCONSISTENT: {error}"),
+        },
+        "heap" => {
+            let stats = heap::stats();
+            writeln!(
+                out,
+                "heap: {} KiB in use of {} KiB ({} KiB grown from pages)",
+                stats.used >> 10,
+                stats.size >> 10,
+                stats.grown >> 10
+            )
+        }
+        "threads" => {
+            let stats = task::scheduler::stats();
+            for (id, name, state) in task::scheduler::thread_list() {
+                let _ = writeln!(out, "{id:>4} {name:<16} {state}");
+            }
+            writeln!(
+                out,
+                "{} context switches, {} preemptions, {} timer interrupts",
+                stats.context_switches, stats.preemptions, stats.timer_interrupts
+            )
+        }
+        "tunables" => {
+            for tunable in tunables::ALL {
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:>8}  ({}..={}, default {}) {}",
+                    tunable.name,
+                    tunable.get(),
+                    tunable.min,
+                    tunable.max,
+                    tunable.default,
+                    tunable.help
+                );
+            }
+            Ok(())
+        }
+        "set" => match words.next().and_then(|word| word.split_once('=')) {
+            Some((name, value)) => match tunables::set_from_str(name, value) {
+                Ok(value) => writeln!(out, "{name} = {value}"),
+                Err(error) => writeln!(out, "set {name}={value}: {error}"),
+            },
+            None => writeln!(out, "usage: set NAME=VALUE"),
+        },
+        "exit" => return (out, Next::Exit),
+        other => writeln!(out, "unknown command '{other}'; try help"),
+    };
+    (out, Next::Continue)
+}
+
+/// Reads lines from COM1 and runs them until `exit`.
+pub fn run() {
+    crate::println!("console: type 'help' for commands");
+    let mut line = String::new();
+    crate::print!("> ");
+    loop {
+        let Some(byte) = crate::drivers::serial::try_read_byte() else {
+            task::sleep(Duration::from_millis(5));
+            continue;
+        };
+        match byte {
+            b'\r' | b'\n' => {
+                crate::println!();
+                let (output, next) = execute(&line);
+                crate::print!("{output}");
+                line.clear();
+                if next == Next::Exit {
+                    return;
+                }
+                crate::print!("> ");
+            }
+            0x08 | 0x7f => {
+                if line.pop().is_some() {
+                    crate::print!("\x08 \x08");
+                }
+            }
+            byte if byte.is_ascii_graphic() || byte == b' ' => {
+                line.push(byte as char);
+                crate::print!("{}", byte as char);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test_case]
+    fn console_commands_show_the_allocator_and_set_tunables() {
+        let (zoneinfo, next) = execute("zoneinfo");
+        assert_eq!(next, Next::Continue);
+        assert!(
+            zoneinfo.contains("DMA32") && zoneinfo.contains("managed"),
+            "{zoneinfo}"
+        );
+        let (buddyinfo, _) = execute("buddyinfo");
+        assert!(buddyinfo.contains("Movable"), "{buddyinfo}");
+        assert!(execute("check").0.starts_with("frame state ok"));
+        assert!(
+            execute("set sched.timeslice_ms=0")
+                .0
+                .contains("out of range")
+        );
+        assert_eq!(
+            execute("set sched.timeslice_ms=12").0.trim(),
+            "sched.timeslice_ms = 12"
+        );
+        assert_eq!(tunables::SCHED_TIMESLICE_MS.get(), 12);
+        tunables::SCHED_TIMESLICE_MS
+            .set(tunables::SCHED_TIMESLICE_MS.default)
+            .expect("in range");
+        assert!(execute("frobnicate").0.contains("unknown command"));
+        assert_eq!(execute("exit").1, Next::Exit);
+    }
+}

@@ -1,0 +1,2 @@
+//! Device drivers: the serial console (and, later, PCI and virtio-balloon).
+pub mod serial;

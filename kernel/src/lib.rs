@@ -1,0 +1,158 @@
+//! A guest-side memory manager for a Rust unikernel on x86_64.
+//!
+//! This crate is the kernel: [`start`] brings the machine up (console, CPU tables, clock, heap,
+//! page tables, threads, timer) and then runs the binary's main function as the thread "main".
+//! Binaries (the demo in `main.rs`, each test kernel under `tests/`) name their main function
+//! with [`entry_point!`].
+#![no_std]
+#![cfg_attr(test, no_main)]
+#![feature(custom_test_frameworks, abi_x86_interrupt)]
+#![test_runner(crate::testing::run_tests)]
+#![reexport_test_harness_main = "test_main"]
+
+extern crate alloc;
+
+pub mod arch;
+pub mod bench;
+pub mod cmdline;
+pub mod console;
+
+pub mod drivers;
+pub mod mm;
+pub mod qemu;
+pub mod sync;
+pub mod task;
+pub mod testing;
+pub mod time;
+pub mod tunables;
+
+#[cfg(test)]
+mod tests;
+
+pub use boot::{self, BootInfo};
+pub use qemu::ExitCode;
+
+use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// What boot measured, for the demo and the tests.
+#[derive(Clone, Copy, Debug)]
+pub struct BootFacts {
+    pub tsc_hz: u64,
+    pub apic_timer_hz: u64,
+    pub direct_mapped: u64,
+}
+
+static BOOT_FACTS: spin::Once<BootFacts> = spin::Once::new();
+
+pub fn boot_facts() -> BootFacts {
+    *BOOT_FACTS.get().expect("kernel started")
+}
+
+/// Declares the binary's main function: `fn(&'static BootInfo) -> ExitCode`. It runs as the
+/// thread "main" once the kernel is up; its result ends the QEMU run. `panic = path` replaces
+/// the panic handler (for test kernels that expect a panic).
+#[macro_export]
+macro_rules! entry_point {
+    ($main:path) => {
+        $crate::entry_point!($main, panic = $crate::panic);
+    };
+    ($main:path, panic = $handler:path) => {
+        #[unsafe(no_mangle)]
+        pub fn kernel_entry(info: &'static $crate::BootInfo) -> ! {
+            let main: fn(&'static $crate::BootInfo) -> $crate::ExitCode = $main;
+            $crate::start(info, main)
+        }
+        #[panic_handler]
+        fn kernel_panic_handler(info: &core::panic::PanicInfo) -> ! {
+            $handler(info)
+        }
+    };
+}
+
+/// Brings the kernel up and runs `main`. Called once, from the boot stub, with interrupts off.
+pub fn start(info: &'static BootInfo, main: fn(&'static BootInfo) -> ExitCode) -> ! {
+    let first_line_tsc = arch::rdtsc();
+    drivers::serial::init();
+    log::info!(
+        "kernel entered: PVH start_info at {:#x}",
+        info.start_info_phys
+    );
+    arch::init_cpu();
+    arch::apic::init();
+    let calibration = arch::tsc::calibrate();
+    time::init(info.entry_tsc, calibration.tsc_hz);
+    arch::apic::set_timer_hz(calibration.apic_timer_hz);
+    mm::heap::init();
+    cmdline::init(info.cmdline());
+    let layout = boot::kernel_layout();
+    let image = boot::AddrRange {
+        start: layout.boot.start,
+        end: layout.image_phys().end,
+    };
+    let memory = mm::page_alloc::init(info.memory_map(), image);
+    log::info!(
+        "memory: {} MiB managed, frame database {} KiB at {:#x} ({} B per 4 KiB frame), set up in {} us ({} us per GiB)",
+        memory.managed_pages >> 8,
+        memory.database_bytes >> 10,
+        memory.database_phys,
+        size_of::<mm::frame::Frame>(),
+        memory.setup_ns / 1000,
+        memory.setup_ns / 1000 * 262_144 / memory.managed_pages.max(1)
+    );
+    let direct_mapped = mm::paging::init(info.memory_map());
+    BOOT_FACTS.call_once(|| BootFacts {
+        tsc_hz: calibration.tsc_hz,
+        apic_timer_hz: calibration.apic_timer_hz,
+        direct_mapped,
+    });
+    log::info!(
+        "clock: TSC {}.{:03} MHz, APIC timer {} kHz (PIT-calibrated), one-shot (tickless)",
+        calibration.tsc_hz / 1_000_000,
+        calibration.tsc_hz / 1000 % 1000,
+        calibration.apic_timer_hz / 1000,
+    );
+
+    log::info!(
+        "boot: first log line {} us after the PVH entry",
+        time::tsc_delta_to_ns(first_line_tsc.wrapping_sub(info.entry_tsc)) / 1000
+    );
+    task::scheduler::init();
+    task::scheduler::start_timer();
+    x86_64::instructions::interrupts::enable();
+    let code = main(info);
+    log::info!("main returned {code:?}: exiting");
+    qemu::exit(code)
+}
+
+static PANICKING: AtomicBool = AtomicBool::new(false);
+
+/// The kernel's panic handler: a failing test ends only its thread; anything else prints the
+/// message and location and ends QEMU with failure.
+pub fn panic(info: &PanicInfo) -> ! {
+    if !PANICKING.load(Ordering::Relaxed) {
+        testing::absorb_test_panic(info);
+    }
+    x86_64::instructions::interrupts::disable();
+    if PANICKING.swap(true, Ordering::SeqCst) {
+        // A panic while panicking: do not try to format again.
+        qemu::exit(ExitCode::Failure);
+    }
+    let thread =
+        task::scheduler::current_name().unwrap_or_else(|| alloc::string::String::from("?"));
+    drivers::serial::emergency_write(format_args!("\nKERNEL PANIC in thread '{thread}'"));
+    if let Some(location) = info.location() {
+        drivers::serial::emergency_write(format_args!(" at {location}"));
+    }
+    drivers::serial::emergency_write(format_args!(":\n{}\n", info.message()));
+    qemu::exit(ExitCode::Failure)
+}
+
+#[cfg(test)]
+entry_point!(test_kernel_main);
+
+#[cfg(test)]
+fn test_kernel_main(_info: &'static BootInfo) -> ExitCode {
+    test_main();
+    ExitCode::Success
+}

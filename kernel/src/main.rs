@@ -1,0 +1,119 @@
+//! `cargo run`: boots the kernel and runs the live demonstration (or the scenario or benchmark
+//! named on the command line), then exits QEMU with the result.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::time::Duration;
+use kernel::mm::zones;
+use kernel::time::Instant;
+use kernel::{BootInfo, ExitCode, println, task};
+
+kernel::entry_point!(main);
+
+fn main(info: &'static BootInfo) -> ExitCode {
+    if let Some(name) = kernel::cmdline::value("scenario") {
+        log::error!("unknown scenario '{name}' (none are available yet)");
+        return ExitCode::Failure;
+    }
+    if let Some(name) = kernel::cmdline::value("bench") {
+        if kernel::bench::run(name) {
+            return ExitCode::Success;
+        }
+        log::error!(
+            "unknown benchmark '{name}' (known: {})",
+            kernel::bench::NAMES.join(", ")
+        );
+        return ExitCode::Failure;
+    }
+    show_memory(info);
+    show_threads();
+    if kernel::cmdline::value("console") == Some("on") {
+        kernel::console::run();
+    }
+    ExitCode::Success
+}
+
+fn show_memory(info: &'static BootInfo) {
+    println!("Memory map (from the PVH start_info):");
+    for region in info.memory_map() {
+        println!(
+            "  {:#014x}-{:#014x} {:>9} KiB  {:?}",
+            region.start,
+            region.end(),
+            region.size / 1024,
+            region.kind
+        );
+    }
+    println!("Zones to build:");
+    for span in zones::zone_spans(info.memory_map()) {
+        println!(
+            "  {:<6} pfn {:#9x}-{:#9x}  {:>8} pages present ({} MiB)",
+            span.kind.name(),
+            span.start_pfn,
+            span.end_pfn,
+            span.present_pages,
+            span.present_pages * 4 / 1024
+        );
+    }
+    let facts = kernel::boot_facts();
+    println!(
+        "Direct map covers {} MiB of physical memory",
+        facts.direct_mapped >> 20
+    );
+    println!("Zones (managed, free and watermarks in pages):");
+    let mut text = alloc::string::String::new();
+    let _ = kernel::mm::page_alloc::write_zoneinfo(&mut text);
+    println!("{text}");
+    println!("Free blocks per zone, migratetype and order (buddyinfo):");
+    text.clear();
+    let _ = kernel::mm::page_alloc::write_buddyinfo(&mut text);
+    println!("{text}");
+    match kernel::mm::checker::check() {
+        Ok(census) => println!("Frame-state check: ok {census:?}"),
+        Err(error) => println!("Frame-state check FAILED: {error}"),
+    }
+    let heap = kernel::mm::heap::stats();
+    println!(
+        "Heap: {} KiB bootstrap region, {} KiB used",
+        heap.size / 1024,
+        heap.used / 1024
+    );
+}
+
+fn show_threads() {
+    println!("Threads: three workers sleep 30, 10 and 20 ms; they wake in deadline order:");
+    let order = alloc::sync::Arc::new(kernel::sync::IrqMutex::new(Vec::new()));
+    let start = Instant::now();
+    let workers: Vec<_> = [30u64, 10, 20]
+        .into_iter()
+        .map(|ms| {
+            let order = order.clone();
+            task::spawn("sleeper", move || {
+                task::sleep(Duration::from_millis(ms));
+                order.lock().push((ms, start.elapsed()));
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join();
+    }
+    for (ms, woke) in order.lock().iter() {
+        println!(
+            "  slept {ms:>2} ms, woke after {}.{:03} ms",
+            woke.as_micros() / 1000,
+            woke.as_micros() % 1000
+        );
+    }
+    let stats = task::scheduler::stats();
+    println!(
+        "Scheduler: {} timer interrupts, {} context switches, {} preemptions, {} threads spawned, {} exited",
+        stats.timer_interrupts,
+        stats.context_switches,
+        stats.preemptions,
+        stats.threads_spawned,
+        stats.threads_exited
+    );
+}

@@ -1,0 +1,197 @@
+//! The page-frame database: one 32-byte record per 4 KiB frame of RAM, per zone.
+//!
+//! Owns the records' layout and the one place where raw memory becomes the database. Every
+//! field is atomic, so a record can be read and written through a shared reference from any
+//! context without `unsafe`; which code may write which field is a protocol, not a lock:
+//! - `state`, `order`, `list`, `flags`, `next`, `prev`: the zone's allocator, under its lock
+//!   (and the per-CPU cache for the frames it holds);
+//! - `refcount`, `mapcount`, `rmap`: the owner of an allocated frame (user spaces, KSM).
+//!
+//! Only the head frame of a block describes it: the other frames of a free or allocated block
+//! of order > 0 are in state [`FrameState::Tail`]. That keeps allocation and freeing O(1) in
+//! the size of the block; the state checker proves every tail is covered by its head.
+
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// Index of a frame inside its zone's database (list links use it; `NONE` ends a list).
+pub type FrameIndex = u32;
+pub const NONE: FrameIndex = u32::MAX;
+
+/// The one state a frame is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameState {
+    /// Never allocatable: firmware, the kernel image, the frame database.
+    Reserved = 0,
+    /// Head of a free block on a buddy free list.
+    Free = 1,
+    /// Part of a block whose head is elsewhere.
+    Tail = 2,
+    /// A free order-0 page held in a per-CPU cache.
+    Cached = 3,
+    /// Head of a free block taken off the lists (being reported to the host or migrated).
+    Isolated = 4,
+    /// Head of an allocated block; `list` holds its owner.
+    Allocated = 5,
+}
+
+impl FrameState {
+    fn from_u8(value: u8) -> FrameState {
+        match value {
+            1 => FrameState::Free,
+            2 => FrameState::Tail,
+            3 => FrameState::Cached,
+            4 => FrameState::Isolated,
+            5 => FrameState::Allocated,
+            _ => FrameState::Reserved,
+        }
+    }
+}
+
+/// Who holds an allocated block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Owner {
+    Kernel = 0,
+    PageTable = 1,
+    Heap = 2,
+    UserAnon = 3,
+    KsmShared = 4,
+    Balloon = 5,
+    Stack = 6,
+}
+
+impl Owner {
+    pub const ALL: [Owner; 7] = [
+        Owner::Kernel,
+        Owner::PageTable,
+        Owner::Heap,
+        Owner::UserAnon,
+        Owner::KsmShared,
+        Owner::Balloon,
+        Owner::Stack,
+    ];
+
+    pub fn from_u8(value: u8) -> Owner {
+        Owner::ALL
+            .get(value as usize)
+            .copied()
+            .unwrap_or(Owner::Kernel)
+    }
+}
+
+bitflags::bitflags! {
+    /// Flags of a head frame.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct FrameFlags: u8 {
+        /// A free block whose memory the host has been told it may discard.
+        const REPORTED = 1 << 0;
+        /// The block's contents are known to be zero.
+        const ZEROED = 1 << 1;
+    }
+}
+
+/// One frame's record. 32 bytes: 4 of state, 8 of list links, 8 of counts, 12 for the
+/// reverse map and owners' data.
+#[repr(C)]
+pub struct Frame {
+    state: AtomicU8,
+    order: AtomicU8,
+    /// Free: the migratetype of the list it is on. Allocated: its [`Owner`].
+    list: AtomicU8,
+    flags: AtomicU8,
+    next: AtomicU32,
+    prev: AtomicU32,
+    pub refcount: AtomicU32,
+    pub mapcount: AtomicU32,
+    /// Owner's data (e.g. a KSM checksum).
+    pub private: AtomicU32,
+    /// Reverse-map data: for a page mapped once, its (space, address); otherwise an index
+    /// into the owner's reverse-map table.
+    pub rmap: AtomicU64,
+}
+
+const _: () = assert!(size_of::<Frame>() == 32);
+
+impl Frame {
+    pub const fn reserved() -> Frame {
+        Frame {
+            state: AtomicU8::new(FrameState::Reserved as u8),
+            order: AtomicU8::new(0),
+            list: AtomicU8::new(0),
+            flags: AtomicU8::new(0),
+            next: AtomicU32::new(NONE),
+            prev: AtomicU32::new(NONE),
+            refcount: AtomicU32::new(0),
+            mapcount: AtomicU32::new(0),
+            private: AtomicU32::new(0),
+            rmap: AtomicU64::new(0),
+        }
+    }
+
+    pub fn state(&self) -> FrameState {
+        FrameState::from_u8(self.state.load(Relaxed))
+    }
+    pub fn set_state(&self, state: FrameState) {
+        self.state.store(state as u8, Relaxed)
+    }
+    pub fn order(&self) -> u8 {
+        self.order.load(Relaxed)
+    }
+    pub fn set_order(&self, order: u8) {
+        self.order.store(order, Relaxed)
+    }
+    pub fn list(&self) -> u8 {
+        self.list.load(Relaxed)
+    }
+    pub fn set_list(&self, list: u8) {
+        self.list.store(list, Relaxed)
+    }
+    pub fn owner(&self) -> Owner {
+        Owner::from_u8(self.list())
+    }
+    pub fn flags(&self) -> FrameFlags {
+        FrameFlags::from_bits_truncate(self.flags.load(Relaxed))
+    }
+    pub fn set_flags(&self, flags: FrameFlags) {
+        self.flags.store(flags.bits(), Relaxed)
+    }
+    pub fn next(&self) -> FrameIndex {
+        self.next.load(Relaxed)
+    }
+    pub fn set_next(&self, next: FrameIndex) {
+        self.next.store(next, Relaxed)
+    }
+    pub fn prev(&self) -> FrameIndex {
+        self.prev.load(Relaxed)
+    }
+    pub fn set_prev(&self, prev: FrameIndex) {
+        self.prev.store(prev, Relaxed)
+    }
+
+    /// Makes this frame the head of a block in `state`.
+    pub fn make_head(&self, state: FrameState, order: u8, list: u8) {
+        self.set_order(order);
+        self.set_list(list);
+        self.set_flags(FrameFlags::empty());
+        self.set_next(NONE);
+        self.set_prev(NONE);
+        self.set_state(state);
+    }
+}
+
+/// Turns `count` frames' worth of memory at physical `phys` into a database of records, all
+/// [`FrameState::Reserved`].
+///
+/// # Safety
+/// `[phys, phys + count * 32)` must be RAM, direct-mapped, used by nothing else, now or later.
+pub unsafe fn build_database(phys: u64, count: usize) -> &'static [Frame] {
+    let records = super::phys_to_virt(phys) as *mut Frame;
+    for index in 0..count {
+        // SAFETY: the caller gives us this memory for good; each write is inside it and
+        // properly aligned (phys is page-aligned, records are 32 bytes).
+        unsafe { records.add(index).write(Frame::reserved()) };
+    }
+    // SAFETY: all `count` records were just initialised, and the memory is never freed.
+    unsafe { core::slice::from_raw_parts(records, count) }
+}

@@ -1,0 +1,598 @@
+//! The page allocator's public face: zones built from the firmware map at boot, allocation and
+//! freeing with zone limits, migratetypes, zeroing and owners, the per-CPU cache of order-0
+//! pages, watermarks and statistics.
+//!
+//! Owns the zone set and the per-CPU caches. Mechanisms (the heap, page tables, user spaces,
+//! reporting, compaction, KSM) allocate and free only through these functions.
+
+use super::buddy::{MAX_ORDER, MigrateType};
+use super::frame::{self, FrameState, Owner};
+use super::zone::{Watermarks, Zone};
+use super::zones::{self, ZoneKind};
+use super::{PAGE_SIZE, phys_to_virt};
+use crate::sync::IrqMutex;
+use alloc::vec::Vec;
+use boot::{AddrRange, MemoryRegion};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use spin::Once;
+
+/// The highest zone an allocation may come from (for devices that address only low memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ZoneLimit {
+    Dma,
+    Dma32,
+    Any,
+}
+
+/// What to allocate.
+#[derive(Clone, Copy, Debug)]
+pub struct AllocRequest {
+    pub order: u8,
+    pub kind: MigrateType,
+    pub limit: ZoneLimit,
+    pub zeroed: bool,
+    pub owner: Owner,
+    /// May dip below the min watermark (for allocations that free memory, e.g. page tables
+    /// of the reclaim path).
+    pub use_reserves: bool,
+}
+
+impl AllocRequest {
+    /// An unmovable kernel allocation of `order`, from any zone, not zeroed.
+    pub const fn new(order: u8) -> AllocRequest {
+        AllocRequest {
+            order,
+            kind: MigrateType::Unmovable,
+            limit: ZoneLimit::Any,
+            zeroed: false,
+            owner: Owner::Kernel,
+            use_reserves: false,
+        }
+    }
+    pub const fn kind(self, kind: MigrateType) -> Self {
+        AllocRequest { kind, ..self }
+    }
+    pub const fn limit(self, limit: ZoneLimit) -> Self {
+        AllocRequest { limit, ..self }
+    }
+    pub const fn zeroed(self) -> Self {
+        AllocRequest {
+            zeroed: true,
+            ..self
+        }
+    }
+    pub const fn owner(self, owner: Owner) -> Self {
+        AllocRequest { owner, ..self }
+    }
+    pub const fn use_reserves(self) -> Self {
+        AllocRequest {
+            use_reserves: true,
+            ..self
+        }
+    }
+}
+
+/// An allocated block: `2^order` pages from `pfn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pages {
+    pub pfn: u64,
+    pub order: u8,
+}
+
+impl Pages {
+    pub fn phys(self) -> u64 {
+        self.pfn * PAGE_SIZE
+    }
+    /// Its address in the direct map.
+    pub fn virt(self) -> u64 {
+        phys_to_virt(self.phys())
+    }
+    pub fn bytes(self) -> u64 {
+        PAGE_SIZE << self.order
+    }
+    pub fn page_count(self) -> u64 {
+        1 << self.order
+    }
+}
+
+/// Why a free was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreeError {
+    /// No zone holds this pfn.
+    NoSuchFrame,
+    /// The frame is not the head of an allocated block: a double free, a free of a reserved
+    /// frame, or of a frame inside a block.
+    NotAllocated(FrameState),
+    /// The block was allocated with another order.
+    WrongOrder { allocated: u8 },
+}
+
+struct ZoneSet {
+    zones: Vec<Zone>,
+}
+
+static ZONES: Once<ZoneSet> = Once::new();
+static BOOT_FREE_PAGES: AtomicU64 = AtomicU64::new(0);
+
+fn zones() -> &'static [Zone] {
+    &ZONES.get().expect("page allocator initialised").zones
+}
+
+/// The zones, lowest first.
+pub fn all_zones() -> &'static [Zone] {
+    zones()
+}
+
+pub fn is_initialised() -> bool {
+    ZONES.get().is_some()
+}
+
+/// The zone holding `pfn`.
+pub fn zone_of(pfn: u64) -> Option<&'static Zone> {
+    zones().iter().find(|zone| zone.contains(pfn))
+}
+
+/// What boot set up, for the log and the demo.
+#[derive(Clone, Copy, Debug)]
+pub struct InitReport {
+    pub database_bytes: u64,
+    pub database_phys: u64,
+    pub managed_pages: u64,
+    pub setup_ns: u64,
+}
+
+/// `ranges` minus every range of `holes` (both sorted or not; results sorted).
+pub fn subtract(ranges: &[(u64, u64)], holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut result: Vec<(u64, u64)> = ranges.to_vec();
+    for &(hole_start, hole_end) in holes {
+        let mut next = Vec::with_capacity(result.len() + 1);
+        for (start, end) in result {
+            if hole_end <= start || hole_start >= end {
+                next.push((start, end));
+                continue;
+            }
+            if start < hole_start {
+                next.push((start, hole_start));
+            }
+            if hole_end < end {
+                next.push((hole_end, end));
+            }
+        }
+        result = next;
+    }
+    result.sort_unstable();
+    result
+}
+
+/// Builds the zones from the memory map: reserves low memory, the kernel image and the frame
+/// database itself, and gives everything else to the buddy allocator.
+pub fn init(map: &[MemoryRegion], kernel_image: AddrRange) -> InitReport {
+    let started = crate::time::Instant::now();
+    let spans = zones::zone_spans(map);
+    let database_bytes: u64 = spans
+        .iter()
+        .map(|span| (span.end_pfn - span.start_pfn) * size_of::<frame::Frame>() as u64)
+        .sum();
+    let database_bytes = database_bytes.next_multiple_of(PAGE_SIZE);
+    // Low memory (real-mode structures, the PVH start_info) and the kernel image stay reserved.
+    let mut reserved = alloc::vec![
+        (0, 1 << 20),
+        (
+            kernel_image.start,
+            kernel_image.end.next_multiple_of(PAGE_SIZE)
+        )
+    ];
+    let ram: Vec<(u64, u64)> = zones::ram_ranges(map).collect();
+    let free_before_database = subtract(&ram, &reserved);
+    // The database goes in the first free RAM above 16 MiB (sparing the DMA zone) that holds it
+    // inside the early direct map; failing that, anywhere that does.
+    let place_above = |floor: u64| {
+        free_before_database.iter().find_map(|&(start, end)| {
+            let start = start.max(floor);
+            (end > start
+                && end - start >= database_bytes
+                && start + database_bytes <= boot::EARLY_DIRECT_MAP_SIZE)
+                .then_some(start)
+        })
+    };
+    let database_phys = place_above(16 << 20)
+        .or_else(|| place_above(0))
+        .expect("no free RAM range below 4 GiB can hold the page-frame database");
+    reserved.push((database_phys, database_phys + database_bytes));
+    let free_ranges = subtract(&ram, &reserved);
+
+    let mut zone_list = Vec::new();
+    let mut offset = database_phys;
+    for span in &spans {
+        let count = (span.end_pfn - span.start_pfn) as usize;
+        // SAFETY: [database_phys, +database_bytes) is RAM, below 4 GiB (direct-mapped), and was
+        // just reserved: no free list will ever hand it out. Zones take disjoint slices of it.
+        let records = unsafe { frame::build_database(offset, count) };
+        offset += count as u64 * size_of::<frame::Frame>() as u64;
+        let mut zone = Zone::new(span.kind, span.start_pfn, span.present_pages, records);
+        let (zone_start, zone_end) = (span.start_pfn * PAGE_SIZE, span.end_pfn * PAGE_SIZE);
+        let mut managed = 0;
+        {
+            let mut area = zone.lock();
+            for &(start, end) in &free_ranges {
+                let (start, end) = (
+                    start.max(zone_start) / PAGE_SIZE,
+                    end.min(zone_end) / PAGE_SIZE,
+                );
+                let mut pfn = start;
+                while pfn < end {
+                    // The largest naturally aligned block that starts at pfn and fits.
+                    let mut order = (pfn.trailing_zeros() as u8).min(MAX_ORDER);
+                    while pfn + (1 << order) > end {
+                        order -= 1;
+                    }
+                    let index = (pfn - span.start_pfn) as u32;
+                    for tail in 1..(1u32 << order) {
+                        area.frame(index + tail).set_state(FrameState::Tail);
+                    }
+                    area.add_initial_block(index, order);
+                    managed += 1 << order;
+                    pfn += 1 << order;
+                }
+            }
+        }
+        zone.managed_pages = managed;
+        zone_list.push(zone);
+    }
+    set_watermarks(&mut zone_list);
+    let managed_pages = zone_list.iter().map(|zone| zone.managed_pages).sum();
+    ZONES.call_once(|| ZoneSet { zones: zone_list });
+    BOOT_FREE_PAGES.store(free_pages(), Relaxed);
+    InitReport {
+        database_bytes,
+        database_phys,
+        managed_pages,
+        setup_ns: started.elapsed().as_nanos() as u64,
+    }
+}
+
+/// Linux's rule: min_free_kbytes = 4 * sqrt(managed KiB), at least 128 KiB, split across zones
+/// by their size; low = min * 5/4, high = min * 3/2.
+fn set_watermarks(zone_list: &mut [Zone]) {
+    let managed: u64 = zone_list.iter().map(|zone| zone.managed_pages).sum();
+    let min_kib = (4 * (managed * 4).isqrt()).clamp(128, 256 * 1024);
+    let min_pages = min_kib / 4;
+    for zone in zone_list {
+        let min = (min_pages * zone.managed_pages / managed.max(1)).max(1);
+        zone.watermarks = Watermarks {
+            min,
+            low: min * 5 / 4,
+            high: min * 3 / 2,
+        };
+    }
+}
+
+/// Free pages when the allocator was set up.
+pub fn boot_free_pages() -> u64 {
+    BOOT_FREE_PAGES.load(Relaxed)
+}
+
+/// The zones a request may use, in the order to try them (highest allowed first).
+fn candidate_zones(limit: ZoneLimit) -> impl Iterator<Item = &'static Zone> {
+    let allowed = move |kind: ZoneKind| match limit {
+        ZoneLimit::Any => true,
+        ZoneLimit::Dma32 => kind != ZoneKind::Normal,
+        ZoneLimit::Dma => kind == ZoneKind::Dma,
+    };
+    zones().iter().rev().filter(move |zone| allowed(zone.kind))
+}
+
+// ---- The per-CPU cache of order-0 pages -------------------------------------------------
+
+/// Pages moved between a per-CPU list and its zone at a time.
+pub const PCP_BATCH: usize = 32;
+/// A per-CPU list holding more than this drains a batch back to its zone.
+pub const PCP_HIGH: usize = 4 * PCP_BATCH;
+
+struct PcpList {
+    pfns: [u64; PCP_HIGH + 1],
+    len: usize,
+}
+
+/// One CPU's cache: a list per zone and allocatable migratetype.
+struct PerCpuCache {
+    lists: [[PcpList; 3]; 3],
+}
+
+const EMPTY_PCP_LIST: PcpList = PcpList {
+    pfns: [0; PCP_HIGH + 1],
+    len: 0,
+};
+
+static PCP: IrqMutex<PerCpuCache> = IrqMutex::new(PerCpuCache {
+    lists: [const { [EMPTY_PCP_LIST; 3] }; 3],
+});
+
+fn zone_slot(zone: &Zone) -> usize {
+    zone.kind as usize
+}
+
+fn pcp_type_slot(kind: MigrateType) -> Option<usize> {
+    match kind {
+        MigrateType::Isolate => None,
+        other => Some(other as usize),
+    }
+}
+
+/// Order-0 allocation through the per-CPU cache (the common case touches no zone lock).
+fn alloc_order0_cached(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
+    let type_slot = pcp_type_slot(request.kind)?;
+    let mut pcp = PCP.lock();
+    let list = &mut pcp.lists[zone_slot(zone)][type_slot];
+    if list.len == 0 {
+        // Refill a batch under the zone lock, keeping the zone above its watermark.
+        let mut area = zone.lock();
+        let mark = if request.use_reserves {
+            0
+        } else {
+            zone.watermarks.min
+        };
+        while list.len < PCP_BATCH && area.free_pages > mark {
+            let Some(index) = area.allocate(0, request.kind) else {
+                break;
+            };
+            let pfn = area.pfn(index);
+            area.frame(index)
+                .make_head(FrameState::Cached, 0, request.kind as u8);
+            list.pfns[list.len] = pfn;
+            list.len += 1;
+        }
+    }
+    if list.len == 0 {
+        return None;
+    }
+    list.len -= 1;
+    Some(list.pfns[list.len])
+}
+
+/// Returns an order-0 page to the per-CPU cache; drains a batch to the zone when it is full.
+fn free_order0_cached(zone: &'static Zone, pfn: u64, kind: MigrateType) {
+    let Some(type_slot) = pcp_type_slot(kind) else {
+        free_to_zone(zone, pfn, 0);
+        return;
+    };
+    let mut pcp = PCP.lock();
+    let list = &mut pcp.lists[zone_slot(zone)][type_slot];
+    zone.frame(pfn).make_head(FrameState::Cached, 0, kind as u8);
+    list.pfns[list.len] = pfn;
+    list.len += 1;
+    if list.len > PCP_HIGH {
+        let mut area = zone.lock();
+        // The oldest pages (bottom of the stack) go back; the warm ones stay.
+        for &cached in &list.pfns[..PCP_BATCH] {
+            let index = area.index_of(cached).expect("cached pfn is in its zone");
+            area.frame(index).set_state(FrameState::Tail);
+            area.free(index, 0);
+        }
+        list.pfns.copy_within(PCP_BATCH..list.len, 0);
+        list.len -= PCP_BATCH;
+    }
+}
+
+/// Gives every page in the per-CPU caches back to the buddy lists (before an allocation that
+/// needs contiguous memory fails, before compaction, and for exact accounting in tests).
+pub fn drain_per_cpu_caches() -> u64 {
+    let mut pcp = PCP.lock();
+    let mut drained = 0;
+    for zone in zones() {
+        let mut area = zone.lock();
+        for list in pcp.lists[zone_slot(zone)].iter_mut() {
+            for &pfn in &list.pfns[..list.len] {
+                let index = area.index_of(pfn).expect("cached pfn is in its zone");
+                area.frame(index).set_state(FrameState::Tail);
+                area.free(index, 0);
+            }
+            drained += list.len as u64;
+            list.len = 0;
+        }
+    }
+    drained
+}
+
+/// Runs `f` with the per-CPU caches locked (so they cannot change), giving it a way to list
+/// the pfns cached for each zone. Zone locks may be taken inside (the usual order: cache, then
+/// zone).
+pub fn with_caches_locked<R>(f: impl FnOnce(&dyn Fn(&Zone, &mut Vec<u64>)) -> R) -> R {
+    let pcp = PCP.lock();
+    let cached_of = |zone: &Zone, out: &mut Vec<u64>| {
+        for list in &pcp.lists[zone_slot(zone)] {
+            out.extend_from_slice(&list.pfns[..list.len]);
+        }
+    };
+    f(&cached_of)
+}
+
+/// Most pages the per-CPU caches can hold for one zone (a buffer this large never grows).
+pub const PCP_CAPACITY_PER_ZONE: usize = 3 * (PCP_HIGH + 1);
+
+/// Pages held in per-CPU caches, per zone kind.
+pub fn cached_pages(zone: &Zone) -> u64 {
+    PCP.lock().lists[zone_slot(zone)]
+        .iter()
+        .map(|list| list.len as u64)
+        .sum()
+}
+
+// ---- Allocation and freeing ----------------------------------------------------------------
+
+static ALLOC_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+fn alloc_from_zone(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
+    if request.order == 0
+        && let Some(pfn) = alloc_order0_cached(zone, request)
+    {
+        return Some(pfn);
+    }
+    let mut area = zone.lock();
+    let mark = if request.use_reserves {
+        0
+    } else {
+        zone.watermarks.min
+    };
+    if area.free_pages < mark + (1 << request.order) {
+        return None;
+    }
+    let index = area.allocate(request.order, request.kind)?;
+    Some(area.pfn(index))
+}
+
+/// Allocates `2^order` contiguous pages, or `None` when no allowed zone can give them without
+/// going below its watermark.
+pub fn alloc(request: AllocRequest) -> Option<Pages> {
+    if request.order > MAX_ORDER || request.kind == MigrateType::Isolate {
+        log::error!(
+            "page allocator: refused a request for order {} {:?}",
+            request.order,
+            request.kind
+        );
+        return None;
+    }
+    let found = candidate_zones(request.limit)
+        .find_map(|zone| Some((zone, alloc_from_zone(zone, &request)?)));
+    let found = found.or_else(|| {
+        // Pages sitting in per-CPU caches may complete a larger block: drain and retry once.
+        if request.order > 0 && drain_per_cpu_caches() > 0 {
+            candidate_zones(request.limit)
+                .find_map(|zone| Some((zone, alloc_from_zone(zone, &request)?)))
+        } else {
+            None
+        }
+    });
+    let Some((zone, pfn)) = found else {
+        ALLOC_FAILURES.fetch_add(1, Relaxed);
+        return None;
+    };
+    let head = zone.frame(pfn);
+    head.make_head(FrameState::Allocated, request.order, request.owner as u8);
+    head.refcount.store(1, Relaxed);
+    let pages = Pages {
+        pfn,
+        order: request.order,
+    };
+    if request.zeroed {
+        // SAFETY: the block was just allocated to us and is direct-mapped RAM of this size.
+        unsafe { core::ptr::write_bytes(pages.virt() as *mut u8, 0, pages.bytes() as usize) };
+    }
+    Some(pages)
+}
+
+/// Frees a block allocated by [`alloc`] with the same order. A double free, a free of a
+/// reserved frame or of the wrong order is refused with a logged error; nothing changes.
+pub fn free(pages: Pages) -> Result<(), FreeError> {
+    let result = check_free(pages);
+    if let Err(error) = result {
+        log::error!(
+            "page allocator: refused to free pfn {:#x} order {}: {error:?}",
+            pages.pfn,
+            pages.order
+        );
+        return result;
+    }
+    let zone = zone_of(pages.pfn).expect("checked");
+    let head = zone.frame(pages.pfn);
+    head.refcount.store(0, Relaxed);
+    head.mapcount.store(0, Relaxed);
+    head.rmap.store(0, Relaxed);
+    if pages.order == 0 {
+        // The pageblock's type decides the list (as Linux), not the type it was allocated as.
+        free_order0_cached(zone, pages.pfn, zone.pageblock_type(pages.pfn));
+    } else {
+        free_to_zone(zone, pages.pfn, pages.order);
+    }
+    Ok(())
+}
+
+fn check_free(pages: Pages) -> Result<(), FreeError> {
+    let zone = zone_of(pages.pfn).ok_or(FreeError::NoSuchFrame)?;
+    let head = zone.frame(pages.pfn);
+    match head.state() {
+        FrameState::Allocated if head.order() == pages.order => Ok(()),
+        FrameState::Allocated => Err(FreeError::WrongOrder {
+            allocated: head.order(),
+        }),
+        other => Err(FreeError::NotAllocated(other)),
+    }
+}
+
+fn free_to_zone(zone: &Zone, pfn: u64, order: u8) {
+    let mut area = zone.lock();
+    let index = area.index_of(pfn).expect("pfn is in its zone");
+    area.frame(index).set_state(FrameState::Tail);
+    area.free(index, order);
+}
+
+// ---- Statistics ----------------------------------------------------------------------------
+
+/// Free pages on all buddy lists plus the per-CPU caches.
+pub fn free_pages() -> u64 {
+    zones()
+        .iter()
+        .map(|zone| zone.free_pages() + cached_pages(zone))
+        .sum()
+}
+
+/// Allocations that found no memory.
+pub fn alloc_failures() -> u64 {
+    ALLOC_FAILURES.load(Relaxed)
+}
+
+/// Total RAM managed by the allocator, in pages.
+pub fn managed_pages() -> u64 {
+    zones().iter().map(|zone| zone.managed_pages).sum()
+}
+
+/// Free blocks per zone, order and migratetype (Linux's /proc/pagetypeinfo).
+pub fn write_buddyinfo(out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    write!(out, "{:<7} {:<12}", "zone", "type")?;
+    for order in 0..=MAX_ORDER {
+        write!(out, "{order:>6}")?;
+    }
+    writeln!(out)?;
+    for zone in zones() {
+        let area = zone.lock();
+        for kind in MigrateType::ALL {
+            write!(out, "{:<7} {:<12}", zone.kind.name(), kind.short_name())?;
+            for order in 0..=MAX_ORDER {
+                write!(out, "{:>6}", area.list_count(order, kind))?;
+            }
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Each zone's size, free memory and watermarks (Linux's /proc/zoneinfo, short).
+pub fn write_zoneinfo(out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    writeln!(
+        out,
+        "{:<7} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>6} {:>9} {:>8}",
+        "zone", "start_pfn", "present", "managed", "free", "min", "low", "high", "pcp", "stolen"
+    )?;
+    for zone in zones() {
+        let (free, stolen) = {
+            let area = zone.lock();
+            (area.free_pages, area.counters.pageblocks_stolen)
+        };
+        let mark = zone.watermarks;
+        writeln!(
+            out,
+            "{:<7} {:>#10x} {:>10} {:>10} {:>8} {:>6} {:>6} {:>6} {:>9} {:>8}",
+            zone.kind.name(),
+            zone.start_pfn,
+            zone.present_pages,
+            zone.managed_pages,
+            free,
+            mark.min,
+            mark.low,
+            mark.high,
+            cached_pages(zone),
+            stolen
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! Kernel page tables: built at boot from the page allocator, replacing the early tables.
+//!
+//! - The direct map covers every RAM range with the largest pages that fit (1 GiB where the CPU
+//!   has them, then 2 MiB, then 4 KiB), writable and never executable.
+//! - The kernel image keeps W^X: text read-execute, rodata read-only, data and bss read-write
+//!   and no-execute. The page under the boot stack is left unmapped (a guard).
+//! - Device registers (local APIC, HPET, later PCI BARs) are mapped uncached on request,
+//!   at their direct-map address.
+//! - Kernel stacks and the heap get their own virtual ranges, mapped page by page.
+//!
+//! Owns the kernel half of every page table (user spaces share it). Page-table pages are
+//! unmovable allocations owned by [`Owner::PageTable`].
+
+use super::frame::Owner;
+use super::page_alloc::{self, AllocRequest, Pages};
+use super::{PAGE_SIZE, phys_to_virt};
+use crate::arch;
+use crate::sync::IrqMutex;
+use boot::{KERNEL_VMA, MemoryRegion};
+use x86_64::registers::control::{Cr3, Cr3Flags};
+use x86_64::structures::paging::mapper::{MapToError, MapperFlush, UnmapError};
+use x86_64::structures::paging::page_table::PageTableFlags as Flags;
+use x86_64::structures::paging::{
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PhysFrame, Size1GiB, Size2MiB,
+    Size4KiB,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+const KIB4: u64 = 4096;
+const MIB2: u64 = 2 << 20;
+const GIB1: u64 = 1 << 30;
+
+/// Page-table pages come from the page allocator: unmovable, zeroed.
+struct TableFrames;
+
+// SAFETY: every frame returned is a fresh, zeroed, page-aligned allocation used for nothing else.
+unsafe impl FrameAllocator<Size4KiB> for TableFrames {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        let pages = page_alloc::alloc(
+            AllocRequest::new(0)
+                .zeroed()
+                .owner(Owner::PageTable)
+                .use_reserves(),
+        )?;
+        Some(PhysFrame::containing_address(PhysAddr::new(pages.phys())))
+    }
+}
+
+struct KernelTables {
+    pml4_phys: u64,
+}
+
+static KERNEL_TABLES: IrqMutex<Option<KernelTables>> = IrqMutex::new(None);
+
+fn mapper(pml4_phys: u64) -> OffsetPageTable<'static> {
+    let pml4 = phys_to_virt(pml4_phys) as *mut PageTable;
+    // SAFETY: `pml4_phys` is the kernel's top-level table, a page of RAM reachable through the
+    // direct map; all changes go through KERNEL_TABLES' lock, so this is the only mutable
+    // reference while it lives.
+    unsafe { OffsetPageTable::new(&mut *pml4, VirtAddr::new(boot::DIRECT_MAP_BASE)) }
+}
+
+fn flush<S: x86_64::structures::paging::PageSize>(
+    result: Result<MapperFlush<S>, MapToError<S>>,
+) -> Result<(), MapError> {
+    match result {
+        Ok(flush) => {
+            flush.flush();
+            Ok(())
+        }
+        Err(MapToError::FrameAllocationFailed) => Err(MapError::OutOfMemory),
+        Err(_) => Err(MapError::AlreadyMapped),
+    }
+}
+
+/// Why a mapping could not be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    OutOfMemory,
+    AlreadyMapped,
+    /// The kernel page tables are not built yet.
+    NotReady,
+}
+
+/// Maps one 4 KiB page of the kernel half.
+fn map_4k(
+    tables: &mut OffsetPageTable,
+    virt: u64,
+    phys: u64,
+    flags: Flags,
+) -> Result<(), MapError> {
+    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
+    let frame = PhysFrame::containing_address(PhysAddr::new(phys));
+    // SAFETY: kernel-half mappings of frames the caller owns (RAM it allocated, the kernel image,
+    // or device registers); intermediate tables get the same permissive flags as Linux.
+    flush(unsafe {
+        tables.map_to_with_table_flags(
+            page,
+            frame,
+            flags,
+            Flags::PRESENT | Flags::WRITABLE,
+            &mut TableFrames,
+        )
+    })
+}
+
+/// Builds the kernel's page tables and switches to them. Returns the bytes of RAM direct-mapped.
+pub fn init(map: &[MemoryRegion]) -> u64 {
+    let pml4 = page_alloc::alloc(AllocRequest::new(0).zeroed().owner(Owner::PageTable))
+        .expect("memory for the PML4");
+    let mut tables = mapper(pml4.phys());
+    let huge_1g = arch::has_1gib_pages();
+    let data = Flags::PRESENT | Flags::WRITABLE | Flags::NO_EXECUTE | Flags::GLOBAL;
+    let mut mapped = 0;
+    for (start, end) in super::zones::ram_ranges(map) {
+        let mut address = start;
+        while address < end {
+            let virt = VirtAddr::new(phys_to_virt(address));
+            let result = if huge_1g && address % GIB1 == 0 && end - address >= GIB1 {
+                // SAFETY: direct-map entries for RAM, mapped once each.
+                let page = Page::<Size1GiB>::containing_address(virt);
+                let frame = PhysFrame::containing_address(PhysAddr::new(address));
+                flush(unsafe {
+                    tables.map_to(page, frame, data | Flags::HUGE_PAGE, &mut TableFrames)
+                })
+                .map(|_| GIB1)
+            } else if address % MIB2 == 0 && end - address >= MIB2 {
+                // SAFETY: as above.
+                let page = Page::<Size2MiB>::containing_address(virt);
+                let frame = PhysFrame::containing_address(PhysAddr::new(address));
+                flush(unsafe {
+                    tables.map_to(page, frame, data | Flags::HUGE_PAGE, &mut TableFrames)
+                })
+                .map(|_| MIB2)
+            } else {
+                map_4k(&mut tables, virt.as_u64(), address, data).map(|_| KIB4)
+            };
+            let step = result.expect("memory for the direct map's page tables");
+            address += step;
+            mapped += step;
+        }
+    }
+    // Every kernel-half top-level entry exists from now on (1 MiB of tables, most of them empty),
+    // so that user spaces, which copy these entries, see every later kernel mapping too.
+    {
+        // SAFETY: the new PML4 is ours, reachable through the direct map.
+        let table = unsafe { &mut *(phys_to_virt(pml4.phys()) as *mut PageTable) };
+        for entry in table.iter_mut().skip(256) {
+            if entry.is_unused() {
+                let pdpt = TableFrames
+                    .allocate_frame()
+                    .expect("memory for the kernel's page tables");
+                entry.set_frame(pdpt, Flags::PRESENT | Flags::WRITABLE);
+            }
+        }
+    }
+    let layout = boot::kernel_layout();
+    let sections = [
+        (layout.text, Flags::PRESENT | Flags::GLOBAL),
+        (
+            layout.rodata,
+            Flags::PRESENT | Flags::NO_EXECUTE | Flags::GLOBAL,
+        ),
+        (layout.data, data),
+    ];
+    for (range, flags) in sections {
+        let mut virt = range.start;
+        while virt < range.end {
+            if virt != layout.boot_stack_guard {
+                map_4k(&mut tables, virt, virt - KERNEL_VMA, flags)
+                    .expect("memory for the image's page tables");
+            }
+            virt += PAGE_SIZE;
+        }
+    }
+
+    *KERNEL_TABLES.lock() = Some(KernelTables {
+        pml4_phys: pml4.phys(),
+    });
+    // Device registers the kernel already uses, at their direct-map addresses, uncached.
+    for device in [arch::apic::registers_phys(), arch::hpet::HPET_PHYS] {
+        map_mmio(device, PAGE_SIZE).expect("memory to map device registers");
+    }
+    let frame = PhysFrame::containing_address(PhysAddr::new(pml4.phys()));
+    // SAFETY: the new tables map everything the kernel uses from now on at the same virtual
+    // addresses as the early tables (image, direct map of RAM, device registers); the early
+    // identity map of low memory is dropped on purpose.
+    unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+    mapped
+}
+
+/// Maps device registers at their direct-map address, uncached; returns that address. Mapping
+/// an already mapped page again is not an error.
+pub fn map_mmio(phys: u64, size: u64) -> Result<u64, MapError> {
+    let guard = KERNEL_TABLES.lock();
+    let pml4 = guard.as_ref().ok_or(MapError::NotReady)?.pml4_phys;
+    let mut tables = mapper(pml4);
+    let flags = Flags::PRESENT
+        | Flags::WRITABLE
+        | Flags::NO_EXECUTE
+        | Flags::NO_CACHE
+        | Flags::WRITE_THROUGH;
+    let start = phys / PAGE_SIZE * PAGE_SIZE;
+    for page in (start..phys + size).step_by(PAGE_SIZE as usize) {
+        match map_4k(&mut tables, phys_to_virt(page), page, flags) {
+            Ok(()) | Err(MapError::AlreadyMapped) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(phys_to_virt(phys))
+}
+
+/// Maps pages of RAM at `virt` (kernel half), writable, not executable.
+pub fn map_kernel_pages(virt: u64, pages: Pages) -> Result<(), MapError> {
+    let guard = KERNEL_TABLES.lock();
+    let mut tables = mapper(guard.as_ref().ok_or(MapError::NotReady)?.pml4_phys);
+    let flags = Flags::PRESENT | Flags::WRITABLE | Flags::NO_EXECUTE | Flags::GLOBAL;
+    for index in 0..pages.page_count() {
+        map_4k(
+            &mut tables,
+            virt + index * PAGE_SIZE,
+            pages.phys() + index * PAGE_SIZE,
+            flags,
+        )?;
+    }
+    Ok(())
+}
+
+/// Unmaps `count` pages from `virt` (kernel half) and flushes them from the TLB. The pages
+/// themselves are the caller's to free.
+pub fn unmap_kernel_pages(virt: u64, count: u64) {
+    let guard = KERNEL_TABLES.lock();
+    let mut tables = mapper(guard.as_ref().expect("kernel page tables built").pml4_phys);
+    for index in 0..count {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt + index * PAGE_SIZE));
+        match tables.unmap(page) {
+            Ok((_, flush)) => flush.flush(),
+            Err(UnmapError::PageNotMapped) => {}
+            Err(error) => log::error!("unmapping kernel page {virt:#x}: {error:?}"),
+        }
+    }
+}
+
+/// Loads the kernel's own page tables (before a user space that is loaded goes away).
+pub fn activate_kernel_tables() {
+    let frame = PhysFrame::containing_address(PhysAddr::new(kernel_pml4_phys()));
+    // SAFETY: the kernel's tables map everything the kernel uses; only user mappings go.
+    unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+}
+
+/// Loads `pml4_phys` (a user space's tables, which share the kernel half) if not loaded yet.
+pub fn activate(pml4_phys: u64) {
+    if Cr3::read().0.start_address().as_u64() != pml4_phys {
+        let frame = PhysFrame::containing_address(PhysAddr::new(pml4_phys));
+        // SAFETY: the caller passes a live PML4 whose kernel half is the kernel's.
+        unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+    }
+}
+
+/// The physical PML4 of the kernel (user spaces copy its upper half).
+pub fn kernel_pml4_phys() -> u64 {
+    KERNEL_TABLES
+        .lock()
+        .as_ref()
+        .expect("kernel page tables built")
+        .pml4_phys
+}
+
+/// Whether `virt` is mapped in the current tables, and with what flags (for tests).
+pub fn translate_flags(virt: u64) -> Option<Flags> {
+    use x86_64::structures::paging::mapper::{Translate, TranslateResult};
+    let guard = KERNEL_TABLES.lock();
+    let tables = mapper(guard.as_ref().expect("kernel page tables built").pml4_phys);
+    match tables.translate(VirtAddr::new(virt)) {
+        TranslateResult::Mapped { flags, .. } => Some(flags),
+        _ => None,
+    }
+}

@@ -1,0 +1,118 @@
+//! The reverse map: for every user page, each (address space, virtual address) mapping it.
+//!
+//! A page mapped once (the common case) keeps its mapping inline in its frame record (`rmap`);
+//! a page mapped more than once (after a clone, or merged by KSM) keeps all of them in a side
+//! table keyed by pfn. The frame's `mapcount` always equals the number of mappings, and its
+//! `refcount` equals `mapcount` for user pages (the page is freed when both reach zero).
+//!
+//! Owns the `rmap` and `mapcount` fields of user frames and the side table. Address spaces call
+//! [`add`] and [`remove`] under their own lock; compaction and KSM will call [`mappings`].
+
+use super::page_alloc;
+use crate::sync::IrqMutex;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering::Relaxed;
+
+/// Names an address space in the reverse map.
+pub type SpaceId = u32;
+
+/// One mapping of a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mapping {
+    pub space: SpaceId,
+    pub address: u64,
+}
+
+/// Inline encoding: space id in the top 28 bits, virtual page number in the low 36.
+fn pack(mapping: Mapping) -> u64 {
+    ((mapping.space as u64) << 36) | (mapping.address >> 12)
+}
+
+fn unpack(value: u64) -> Mapping {
+    Mapping {
+        space: (value >> 36) as SpaceId,
+        address: (value & ((1 << 36) - 1)) << 12,
+    }
+}
+
+static SHARED: IrqMutex<BTreeMap<u64, Vec<Mapping>>> = IrqMutex::new(BTreeMap::new());
+
+fn frame(pfn: u64) -> &'static super::frame::Frame {
+    page_alloc::zone_of(pfn)
+        .expect("user page is in a zone")
+        .frame(pfn)
+}
+
+/// Records that `mapping` maps `pfn`; returns the new map count.
+pub fn add(pfn: u64, mapping: Mapping) -> u32 {
+    let record = frame(pfn);
+    let mut shared = SHARED.lock();
+    let count = record.mapcount.load(Relaxed);
+    match count {
+        0 => record.rmap.store(pack(mapping), Relaxed),
+        1 => {
+            let first = unpack(record.rmap.load(Relaxed));
+            shared.insert(pfn, alloc::vec![first, mapping]);
+            record.rmap.store(0, Relaxed);
+        }
+        _ => shared
+            .get_mut(&pfn)
+            .expect("shared page has a table entry")
+            .push(mapping),
+    }
+    record.mapcount.store(count + 1, Relaxed);
+    record.refcount.store(count + 1, Relaxed);
+    count + 1
+}
+
+/// Removes `mapping` of `pfn`; returns the new map count (0: nobody maps the page any more, and
+/// the caller frees it). A mapping that was never recorded is a bug, reported as `None`.
+pub fn remove(pfn: u64, mapping: Mapping) -> Option<u32> {
+    let record = frame(pfn);
+    let mut shared = SHARED.lock();
+    let count = record.mapcount.load(Relaxed);
+    match count {
+        0 => return None,
+        1 => {
+            if unpack(record.rmap.load(Relaxed)) != mapping {
+                return None;
+            }
+            record.rmap.store(0, Relaxed);
+        }
+        _ => {
+            let list = shared.get_mut(&pfn).expect("shared page has a table entry");
+            let position = list.iter().position(|entry| *entry == mapping)?;
+            list.swap_remove(position);
+            if list.len() == 1 {
+                let last = list[0];
+                shared.remove(&pfn);
+                record.rmap.store(pack(last), Relaxed);
+            }
+        }
+    }
+    record.mapcount.store(count - 1, Relaxed);
+    record.refcount.store(count - 1, Relaxed);
+    Some(count - 1)
+}
+
+/// Every mapping of `pfn`.
+pub fn mappings(pfn: u64) -> Vec<Mapping> {
+    let record = frame(pfn);
+    let shared = SHARED.lock();
+    match record.mapcount.load(Relaxed) {
+        0 => Vec::new(),
+        1 => alloc::vec![unpack(record.rmap.load(Relaxed))],
+        _ => shared.get(&pfn).cloned().unwrap_or_default(),
+    }
+}
+
+/// How many mappings `pfn` has.
+pub fn map_count(pfn: u64) -> u32 {
+    frame(pfn).mapcount.load(Relaxed)
+}
+
+/// Pages with more than one mapping.
+pub fn shared_pages() -> usize {
+    SHARED.lock().len()
+}

@@ -1,0 +1,757 @@
+//! User address spaces: each has its own top-level page table sharing the kernel half, and an
+//! ordered set of regions (start, length, permissions, mergeable). Pages are anonymous and
+//! arrive on demand: the first touch maps a zeroed movable page; a write to a write-protected
+//! shared page copies it (or reuses it when no other mapping is left).
+//!
+//! Owns the lower half of its page tables and the user pages mapped there (with the reverse
+//! map, [`super::rmap`]). Every change to a mapping of the active space is followed by the TLB
+//! invalidation it needs; inactive spaces need none (loading CR3 flushes their entries).
+
+use super::frame::Owner;
+use super::page_alloc::{self, AllocRequest, Pages};
+use super::rmap::{self, Mapping, SpaceId};
+use super::{PAGE_SIZE, phys_to_virt};
+use crate::mm::buddy::MigrateType;
+use crate::sync::IrqMutex;
+use alloc::collections::BTreeMap;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use x86_64::registers::control::Cr3;
+use x86_64::structures::paging::mapper::{MapToError, MapperFlush, Translate, TranslateResult};
+use x86_64::structures::paging::page_table::PageTableFlags as Flags;
+use x86_64::structures::paging::{
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageSize, PageTable, PhysFrame, Size4KiB,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+/// Lowest and one-past-highest user address.
+pub const USER_START: u64 = 0x0000_0000_0040_0000;
+pub const USER_END: u64 = 0x0000_7fff_ffff_f000;
+/// Where `map_anonymous` places regions when the caller gives no address.
+const MMAP_BASE: u64 = 0x0000_1000_0000_0000;
+
+bitflags::bitflags! {
+    /// A region's permissions and advice.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct RegionFlags: u8 {
+        const READ = 1 << 0;
+        const WRITE = 1 << 1;
+        const EXECUTE = 1 << 2;
+        /// KSM may merge identical pages here (madvise MERGEABLE).
+        const MERGEABLE = 1 << 3;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    pub len: u64,
+    pub flags: RegionFlags,
+}
+
+impl Region {
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// Why an address-space operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpaceError {
+    OutOfMemory,
+    /// Not page-aligned, empty, or outside the user half.
+    BadRange,
+    /// Overlaps an existing region.
+    Overlap,
+    /// No region covers (all of) the range.
+    NotMapped,
+}
+
+/// What a fault did, or why it cannot be resolved (the task is then killed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultOutcome {
+    /// A zeroed page was mapped.
+    DemandZero,
+    /// A shared page was copied for the writer.
+    CopiedOnWrite,
+    /// The last mapper of a write-protected page got it back writable, no copy.
+    ReusedOnWrite,
+    /// The mapping was already fine (another path fixed it).
+    Spurious,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultError {
+    /// No region covers the address.
+    Unmapped,
+    /// The region forbids this access.
+    Protection,
+    OutOfMemory,
+}
+
+impl FaultError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            FaultError::Unmapped => "access to an unmapped address",
+            FaultError::Protection => "access the region does not allow",
+            FaultError::OutOfMemory => "out of memory for a page",
+        }
+    }
+}
+
+/// Counters of one address space.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpaceCounters {
+    /// User pages mapped now.
+    pub resident: u64,
+    pub minor_faults: u64,
+    pub cow_copies: u64,
+    pub cow_reuses: u64,
+    /// Page-table pages of the lower half.
+    pub table_pages: u64,
+}
+
+struct UserTableFrames<'a> {
+    tables: &'a mut u64,
+}
+
+// SAFETY: every frame returned is a fresh, zeroed page allocated for this page table alone.
+unsafe impl FrameAllocator<Size4KiB> for UserTableFrames<'_> {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        let pages = page_alloc::alloc(AllocRequest::new(0).zeroed().owner(Owner::PageTable))?;
+        *self.tables += 1;
+        Some(PhysFrame::containing_address(PhysAddr::new(pages.phys())))
+    }
+}
+
+pub struct AddressSpace {
+    id: SpaceId,
+    pml4: Pages,
+    regions: BTreeMap<u64, Region>,
+    pub counters: SpaceCounters,
+}
+
+/// An address space shared between its task and the kernel's walkers.
+pub type SharedSpace = Arc<IrqMutex<AddressSpace>>;
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+static REGISTRY: IrqMutex<BTreeMap<SpaceId, Weak<IrqMutex<AddressSpace>>>> =
+    IrqMutex::new(BTreeMap::new());
+/// Address spaces alive now.
+pub static LIVE_SPACES: AtomicU64 = AtomicU64::new(0);
+
+fn user_flags(flags: RegionFlags, writable: bool) -> Flags {
+    let mut pte = Flags::PRESENT | Flags::USER_ACCESSIBLE;
+    if writable {
+        pte |= Flags::WRITABLE;
+    }
+    if !flags.contains(RegionFlags::EXECUTE) {
+        pte |= Flags::NO_EXECUTE;
+    }
+    pte
+}
+
+impl AddressSpace {
+    /// An empty space (no regions), registered for the reverse-map walkers.
+    pub fn new() -> Result<SharedSpace, SpaceError> {
+        let pml4 = page_alloc::alloc(AllocRequest::new(0).zeroed().owner(Owner::PageTable))
+            .ok_or(SpaceError::OutOfMemory)?;
+        let kernel = phys_to_virt(super::paging::kernel_pml4_phys()) as *const PageTable;
+        let table = phys_to_virt(pml4.phys()) as *mut PageTable;
+        // SAFETY: both are page tables reachable through the direct map; the new one is ours
+        // alone. The kernel half's entries are copied (they point to shared lower tables that
+        // exist for the kernel's whole life, see paging::init).
+        unsafe {
+            let (kernel, table) = (&*kernel, &mut *table);
+            for index in 256..512 {
+                table[index] = kernel[index].clone();
+            }
+        }
+        let space = AddressSpace {
+            id: NEXT_ID.fetch_add(1, Relaxed),
+            pml4,
+            regions: BTreeMap::new(),
+            counters: SpaceCounters::default(),
+        };
+        let id = space.id;
+        let shared = Arc::new(IrqMutex::new(space));
+        REGISTRY.lock().insert(id, Arc::downgrade(&shared));
+        LIVE_SPACES.fetch_add(1, Relaxed);
+        Ok(shared)
+    }
+
+    pub fn id(&self) -> SpaceId {
+        self.id
+    }
+
+    /// Physical address of the top-level table (for CR3).
+    pub fn pml4_phys(&self) -> u64 {
+        self.pml4.phys()
+    }
+
+    pub fn regions(&self) -> impl Iterator<Item = &Region> {
+        self.regions.values()
+    }
+
+    fn is_active(&self) -> bool {
+        Cr3::read().0.start_address().as_u64() == self.pml4.phys()
+    }
+
+    fn tables(&self) -> OffsetPageTable<'static> {
+        let pml4 = phys_to_virt(self.pml4.phys()) as *mut PageTable;
+        // SAFETY: the PML4 is this space's own page, reachable through the direct map; `&self`
+        // or `&mut self` on the space (under its lock) is held while the mapper lives, so no
+        // other mapper of this table exists at the same time.
+        unsafe { OffsetPageTable::new(&mut *pml4, VirtAddr::new(boot::DIRECT_MAP_BASE)) }
+    }
+
+    fn finish<S: PageSize>(&self, flush: MapperFlush<S>) {
+        if self.is_active() {
+            flush.flush()
+        } else {
+            flush.ignore()
+        }
+    }
+
+    /// The region holding `address`.
+    pub fn region_at(&self, address: u64) -> Option<Region> {
+        let (_, region) = self.regions.range(..=address).next_back()?;
+        (address < region.end()).then_some(*region)
+    }
+
+    /// What `address` maps to: (pfn, writable).
+    pub fn translate(&self, address: u64) -> Option<(u64, bool)> {
+        match self.tables().translate(VirtAddr::new(address)) {
+            TranslateResult::Mapped { frame, flags, .. } => Some((
+                frame.start_address().as_u64() / PAGE_SIZE,
+                flags.contains(Flags::WRITABLE),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Adds an anonymous region of `len` bytes at `start` (or wherever there is room); pages
+    /// are mapped on first touch. Returns its start.
+    pub fn map_anonymous(
+        &mut self,
+        start: Option<u64>,
+        len: u64,
+        flags: RegionFlags,
+    ) -> Result<u64, SpaceError> {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
+            return Err(SpaceError::BadRange);
+        }
+        let start = match start {
+            Some(start) => start,
+            None => {
+                let top = self
+                    .regions
+                    .values()
+                    .map(Region::end)
+                    .filter(|end| *end >= MMAP_BASE)
+                    .max();
+                top.unwrap_or(MMAP_BASE)
+            }
+        };
+        let end = start.checked_add(len).ok_or(SpaceError::BadRange)?;
+        if start % PAGE_SIZE != 0 || start < USER_START || end > USER_END {
+            return Err(SpaceError::BadRange);
+        }
+        if self
+            .regions
+            .values()
+            .any(|region| region.start < end && start < region.end())
+        {
+            return Err(SpaceError::Overlap);
+        }
+        self.regions.insert(start, Region { start, len, flags });
+        Ok(start)
+    }
+
+    /// Splits regions so that `start` and `end` fall on region boundaries.
+    fn split_at(&mut self, address: u64) {
+        if let Some(region) = self.region_at(address)
+            && region.start != address
+        {
+            let head = Region {
+                len: address - region.start,
+                ..region
+            };
+            let tail = Region {
+                start: address,
+                len: region.end() - address,
+                flags: region.flags,
+            };
+            self.regions.insert(head.start, head);
+            self.regions.insert(tail.start, tail);
+        }
+    }
+
+    fn check_range(start: u64, len: u64) -> Result<u64, SpaceError> {
+        let end = start.checked_add(len).ok_or(SpaceError::BadRange)?;
+        if len == 0
+            || !start.is_multiple_of(PAGE_SIZE)
+            || !len.is_multiple_of(PAGE_SIZE)
+            || start < USER_START
+            || end > USER_END
+        {
+            return Err(SpaceError::BadRange);
+        }
+        Ok(end)
+    }
+
+    /// Removes `[start, start + len)`: its pages are unmapped (and freed once no one maps them).
+    pub fn unmap(&mut self, start: u64, len: u64) -> Result<(), SpaceError> {
+        let end = Self::check_range(start, len)?;
+        if !self
+            .regions
+            .values()
+            .any(|region| region.start < end && start < region.end())
+        {
+            return Err(SpaceError::NotMapped);
+        }
+        self.split_at(start);
+        self.split_at(end);
+        let inside: Vec<u64> = self
+            .regions
+            .range(start..end)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in inside {
+            let region = self.regions.remove(&key).expect("listed");
+            for page in (region.start..region.end()).step_by(PAGE_SIZE as usize) {
+                self.unmap_page(page);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets or clears MERGEABLE on every region in the range (splitting at its edges).
+    pub fn advise_mergeable(
+        &mut self,
+        start: u64,
+        len: u64,
+        mergeable: bool,
+    ) -> Result<(), SpaceError> {
+        let end = Self::check_range(start, len)?;
+        let mut covered = 0;
+        for region in self.regions.values() {
+            covered += region
+                .end()
+                .min(end)
+                .saturating_sub(region.start.max(start));
+        }
+        if covered != len {
+            return Err(SpaceError::NotMapped);
+        }
+        self.split_at(start);
+        self.split_at(end);
+        for region in self.regions.range_mut(start..end).map(|(_, region)| region) {
+            region.flags.set(RegionFlags::MERGEABLE, mergeable);
+        }
+        Ok(())
+    }
+
+    fn unmap_page(&mut self, address: u64) {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(address));
+        let Ok((frame, flush)) = self.tables().unmap(page) else {
+            return;
+        };
+        self.finish(flush);
+        self.counters.resident -= 1;
+        self.release(frame.start_address().as_u64() / PAGE_SIZE, address);
+    }
+
+    /// Drops this space's mapping of `pfn` at `address`; frees the page if it was the last.
+    fn release(&self, pfn: u64, address: u64) {
+        match rmap::remove(
+            pfn,
+            Mapping {
+                space: self.id,
+                address,
+            },
+        ) {
+            Some(0) => {
+                if let Err(error) = page_alloc::free(Pages { pfn, order: 0 }) {
+                    log::error!("space {}: freeing user page {pfn:#x}: {error:?}", self.id);
+                }
+            }
+            Some(_) => {}
+            None => log::error!(
+                "space {}: reverse map had no entry for {address:#x} -> {pfn:#x}",
+                self.id
+            ),
+        }
+    }
+
+    fn map_page(&mut self, address: u64, pfn: u64, flags: Flags) -> Result<(), SpaceError> {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(address));
+        let frame = PhysFrame::containing_address(PhysAddr::new(pfn * PAGE_SIZE));
+        let mut tables = self.tables();
+        let parent = Flags::PRESENT | Flags::WRITABLE | Flags::USER_ACCESSIBLE;
+        let mut allocator = UserTableFrames {
+            tables: &mut self.counters.table_pages,
+        };
+        // SAFETY: a user-half mapping of a page this space now holds a reference to (the
+        // reverse map records it right after).
+        match unsafe { tables.map_to_with_table_flags(page, frame, flags, parent, &mut allocator) }
+        {
+            Ok(flush) => {
+                self.finish(flush);
+                Ok(())
+            }
+            Err(MapToError::FrameAllocationFailed) => Err(SpaceError::OutOfMemory),
+            Err(_) => Err(SpaceError::Overlap),
+        }
+    }
+
+    /// Resolves a fault at `address` (`write`: the access was a write; `execute`: a fetch).
+    pub fn handle_fault(
+        &mut self,
+        address: u64,
+        write: bool,
+        execute: bool,
+    ) -> Result<FaultOutcome, FaultError> {
+        let region = self.region_at(address).ok_or(FaultError::Unmapped)?;
+        let allowed = if execute {
+            region.flags.contains(RegionFlags::EXECUTE)
+        } else if write {
+            region.flags.contains(RegionFlags::WRITE)
+        } else {
+            region.flags.contains(RegionFlags::READ)
+        };
+        if !allowed {
+            return Err(FaultError::Protection);
+        }
+        let page_address = address & !(PAGE_SIZE - 1);
+        self.counters.minor_faults += 1;
+        match self.translate(page_address) {
+            None => {
+                let request = AllocRequest::new(0)
+                    .kind(MigrateType::Movable)
+                    .zeroed()
+                    .owner(Owner::UserAnon);
+                let pages = page_alloc::alloc(request).ok_or(FaultError::OutOfMemory)?;
+                let writable = region.flags.contains(RegionFlags::WRITE);
+                if self
+                    .map_page(page_address, pages.pfn, user_flags(region.flags, writable))
+                    .is_err()
+                {
+                    let _ = page_alloc::free(pages);
+                    return Err(FaultError::OutOfMemory);
+                }
+                rmap::add(
+                    pages.pfn,
+                    Mapping {
+                        space: self.id,
+                        address: page_address,
+                    },
+                );
+                self.counters.resident += 1;
+                Ok(FaultOutcome::DemandZero)
+            }
+            Some((_, true)) => Ok(FaultOutcome::Spurious),
+            Some((_, false)) if !write => Ok(FaultOutcome::Spurious),
+            Some((pfn, false)) => self.break_cow(page_address, pfn, region.flags),
+        }
+    }
+
+    /// A write to a write-protected page of a writable region: the last mapper takes the page
+    /// back, anyone else gets a private copy.
+    fn break_cow(
+        &mut self,
+        address: u64,
+        pfn: u64,
+        flags: RegionFlags,
+    ) -> Result<FaultOutcome, FaultError> {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(address));
+        if rmap::map_count(pfn) == 1 {
+            // SAFETY: only the permission of an existing user mapping changes.
+            let flush = unsafe { self.tables().update_flags(page, user_flags(flags, true)) };
+            self.finish(flush.map_err(|_| FaultError::Unmapped)?);
+            self.counters.cow_reuses += 1;
+            return Ok(FaultOutcome::ReusedOnWrite);
+        }
+        let request = AllocRequest::new(0)
+            .kind(MigrateType::Movable)
+            .owner(Owner::UserAnon);
+        let copy = page_alloc::alloc(request).ok_or(FaultError::OutOfMemory)?;
+        // SAFETY: both pages are direct-mapped RAM; the copy is ours alone, the source is mapped
+        // read-only everywhere (nobody can write it while we copy).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                phys_to_virt(pfn * PAGE_SIZE) as *const u8,
+                copy.virt() as *mut u8,
+                PAGE_SIZE as usize,
+            )
+        };
+        let (_, flush) = self
+            .tables()
+            .unmap(page)
+            .map_err(|_| FaultError::Unmapped)?;
+        flush.ignore();
+        self.map_page(address, copy.pfn, user_flags(flags, true))
+            .map_err(|_| FaultError::OutOfMemory)?;
+        rmap::add(
+            copy.pfn,
+            Mapping {
+                space: self.id,
+                address,
+            },
+        );
+        self.release(pfn, address);
+        self.counters.cow_copies += 1;
+        Ok(FaultOutcome::CopiedOnWrite)
+    }
+
+    /// A copy of this space sharing every present page copy-on-write: both sides see the same
+    /// data, and the first write on either side gets a private page.
+    pub fn fork(&mut self) -> Result<SharedSpace, SpaceError> {
+        let child = AddressSpace::new()?;
+        let mut guard = child.lock();
+        for region in self.regions.values() {
+            guard.regions.insert(region.start, *region);
+        }
+        let present = self.present_pages();
+        for (address, pfn, writable) in present {
+            let region = self
+                .region_at(address)
+                .expect("present pages lie in regions");
+            if writable {
+                let page = Page::<Size4KiB>::containing_address(VirtAddr::new(address));
+                // SAFETY: write-protects an existing user mapping of this space.
+                let flush = unsafe {
+                    self.tables()
+                        .update_flags(page, user_flags(region.flags, false))
+                };
+                if let Ok(flush) = flush {
+                    self.finish(flush);
+                }
+            }
+            guard.map_page(address, pfn, user_flags(region.flags, false))?;
+            rmap::add(
+                pfn,
+                Mapping {
+                    space: guard.id,
+                    address,
+                },
+            );
+            guard.counters.resident += 1;
+        }
+        drop(guard);
+        Ok(child)
+    }
+
+    /// Every present user page: (address, pfn, writable), in address order.
+    pub fn present_pages(&self) -> Vec<(u64, u64, bool)> {
+        let mut pages = Vec::new();
+        // SAFETY: a read-only walk of this space's lower-half tables, all of which are pages
+        // of RAM owned by the space (reachable through the direct map), under its lock.
+        let table = |phys: PhysAddr| unsafe { &*(phys_to_virt(phys.as_u64()) as *const PageTable) };
+        {
+            for (i4, e4) in table(PhysAddr::new(self.pml4.phys()))
+                .iter()
+                .enumerate()
+                .take(256)
+            {
+                if !e4.flags().contains(Flags::PRESENT) {
+                    continue;
+                }
+                for (i3, e3) in table(e4.addr()).iter().enumerate() {
+                    if !e3.flags().contains(Flags::PRESENT) {
+                        continue;
+                    }
+                    for (i2, e2) in table(e3.addr()).iter().enumerate() {
+                        if !e2.flags().contains(Flags::PRESENT) {
+                            continue;
+                        }
+                        for (i1, e1) in table(e2.addr()).iter().enumerate() {
+                            if e1.flags().contains(Flags::PRESENT) {
+                                let address = ((i4 as u64) << 39)
+                                    | ((i3 as u64) << 30)
+                                    | ((i2 as u64) << 21)
+                                    | ((i1 as u64) << 12);
+                                pages.push((
+                                    address,
+                                    e1.addr().as_u64() / PAGE_SIZE,
+                                    e1.flags().contains(Flags::WRITABLE),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        pages
+    }
+
+    /// Reads user memory through the page tables (faulting pages in as the task would), for
+    /// system calls. Fails like the task's own access would.
+    pub fn read_user(&mut self, address: u64, buffer: &mut [u8]) -> Result<(), FaultError> {
+        self.copy_user(address, buffer.len(), false, |offset, chunk: &mut [u8]| {
+            buffer[offset..offset + chunk.len()].copy_from_slice(chunk)
+        })
+    }
+
+    /// Writes user memory through the page tables, for system calls.
+    pub fn write_user(&mut self, address: u64, data: &[u8]) -> Result<(), FaultError> {
+        self.copy_user(address, data.len(), true, |offset, chunk: &mut [u8]| {
+            chunk.copy_from_slice(&data[offset..offset + chunk.len()])
+        })
+    }
+
+    fn copy_user(
+        &mut self,
+        address: u64,
+        len: usize,
+        write: bool,
+        mut each: impl FnMut(usize, &mut [u8]),
+    ) -> Result<(), FaultError> {
+        let mut done = 0;
+        while done < len {
+            let at = address
+                .checked_add(done as u64)
+                .ok_or(FaultError::Unmapped)?;
+            if at >= USER_END {
+                return Err(FaultError::Unmapped);
+            }
+            let ready = match self.translate(at) {
+                Some((_, writable)) => !write || writable,
+                None => false,
+            };
+            if !ready {
+                self.handle_fault(at, write, false)?;
+            } else if self.region_at(at).is_none() {
+                return Err(FaultError::Unmapped);
+            }
+            let (pfn, _) = self.translate(at).ok_or(FaultError::Unmapped)?;
+            let offset_in_page = (at % PAGE_SIZE) as usize;
+            let chunk = (PAGE_SIZE as usize - offset_in_page).min(len - done);
+            let base = phys_to_virt(pfn * PAGE_SIZE) as *mut u8;
+            // SAFETY: `pfn` is a user page this space maps (present, writable for writes), and
+            // the chunk stays inside it; the space's lock keeps the mapping from changing.
+            let bytes = unsafe { core::slice::from_raw_parts_mut(base.add(offset_in_page), chunk) };
+            each(done, bytes);
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    fn free_tables(&mut self) {
+        let free = |phys: PhysAddr| {
+            if let Err(error) = page_alloc::free(Pages {
+                pfn: phys.as_u64() / PAGE_SIZE,
+                order: 0,
+            }) {
+                log::error!("freeing a page-table page: {error:?}");
+            }
+        };
+        // SAFETY: the space is being torn down and is not active (checked by the caller): no
+        // CPU walks these tables any more; every lower-half table page is owned by the space and
+        // reachable through the direct map; each is visited once.
+        let table =
+            |phys: PhysAddr| unsafe { &mut *(phys_to_virt(phys.as_u64()) as *mut PageTable) };
+        {
+            for e4 in table(PhysAddr::new(self.pml4.phys())).iter_mut().take(256) {
+                if !e4.flags().contains(Flags::PRESENT) {
+                    continue;
+                }
+                for e3 in table(e4.addr()).iter_mut() {
+                    if !e3.flags().contains(Flags::PRESENT) {
+                        continue;
+                    }
+                    for e2 in table(e3.addr()).iter_mut() {
+                        if e2.flags().contains(Flags::PRESENT) {
+                            free(e2.addr());
+                            self.counters.table_pages -= 1;
+                        }
+                    }
+                    free(e3.addr());
+                    self.counters.table_pages -= 1;
+                }
+                free(e4.addr());
+                self.counters.table_pages -= 1;
+                e4.set_unused();
+            }
+        }
+    }
+}
+
+impl Drop for AddressSpace {
+    /// Teardown: every page and page-table page goes back. Must not run while the space is
+    /// loaded in CR3 (a task switches to the kernel's tables before dropping its space).
+    fn drop(&mut self) {
+        if self.is_active() {
+            super::paging::activate_kernel_tables();
+        }
+        for (address, pfn, _) in self.present_pages() {
+            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(address));
+            if let Ok((_, flush)) = self.tables().unmap(page) {
+                flush.ignore();
+            }
+            self.counters.resident -= 1;
+            self.release(pfn, address);
+        }
+        self.free_tables();
+        let _ = page_alloc::free(self.pml4);
+        REGISTRY.lock().remove(&self.id);
+        LIVE_SPACES.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Proves the reverse map exact: every present user mapping of every live space is recorded
+/// for its page, and every page's map count equals the mappings found. Returns the number of
+/// mapped pages checked.
+pub fn check_reverse_map() -> Result<usize, alloc::string::String> {
+    let spaces: Vec<SharedSpace> = REGISTRY.lock().values().filter_map(Weak::upgrade).collect();
+    let mut found: Vec<(u64, Mapping)> = Vec::new();
+    for space in &spaces {
+        let space = space.lock();
+        for (address, pfn, _) in space.present_pages() {
+            found.push((
+                pfn,
+                Mapping {
+                    space: space.id,
+                    address,
+                },
+            ));
+        }
+    }
+    found.sort_unstable();
+    let mut index = 0;
+    let mut pages = 0;
+    while index < found.len() {
+        let pfn = found[index].0;
+        let end = found[index..]
+            .iter()
+            .position(|(other, _)| *other != pfn)
+            .map_or(found.len(), |n| index + n);
+        let mut expected: Vec<Mapping> = found[index..end]
+            .iter()
+            .map(|(_, mapping)| *mapping)
+            .collect();
+        let mut recorded = rmap::mappings(pfn);
+        expected.sort_unstable();
+        recorded.sort_unstable();
+        if expected != recorded {
+            return Err(alloc::format!(
+                "pfn {pfn:#x}: page tables map it at {expected:?}, reverse map says {recorded:?}"
+            ));
+        }
+        let record = page_alloc::zone_of(pfn).expect("in a zone").frame(pfn);
+        if record.owner() != Owner::UserAnon
+            || record.refcount.load(Relaxed) != expected.len() as u32
+        {
+            return Err(alloc::format!(
+                "pfn {pfn:#x}: owner {:?} refcount {} for {} mappings",
+                record.owner(),
+                record.refcount.load(Relaxed),
+                expected.len()
+            ));
+        }
+        pages += 1;
+        index = end;
+    }
+    Ok(pages)
+}

@@ -1,0 +1,96 @@
+//! Every tunable of the kernel, in one place. Each is set from the kernel command line as
+//! `mechanism.name=value` (see [`crate::cmdline`]) and is readable at run time.
+//! A value outside a tunable's range is refused with a logged error and the default stays.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+pub struct Tunable {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub default: u64,
+    pub min: u64,
+    pub max: u64,
+    value: AtomicU64,
+}
+
+impl Tunable {
+    const fn new(name: &'static str, default: u64, min: u64, max: u64, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            default,
+            min,
+            max,
+            value: AtomicU64::new(default),
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+
+    /// Sets the value if it is in range.
+    pub fn set(&self, value: u64) -> Result<(), TunableError> {
+        if value < self.min || value > self.max {
+            return Err(TunableError::OutOfRange {
+                min: self.min,
+                max: self.max,
+            });
+        }
+        self.value.store(value, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunableError {
+    Unknown,
+    NotANumber,
+    OutOfRange { min: u64, max: u64 },
+}
+
+impl core::fmt::Display for TunableError {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self {
+            Self::Unknown => f.write_str("no such tunable"),
+            Self::NotANumber => f.write_str("not a number"),
+            Self::OutOfRange { min, max } => write!(f, "out of range {min}..={max}"),
+        }
+    }
+}
+
+pub static SCHED_TIMESLICE_MS: Tunable = Tunable::new(
+    "sched.timeslice_ms",
+    10,
+    1,
+    1000,
+    "how long a thread runs before another ready one preempts it",
+);
+
+pub static TEST_TIME_LIMIT_S: Tunable = Tunable::new(
+    "test.time_limit_s",
+    60,
+    1,
+    3600,
+    "test kernels: how long one test may run before the run is declared hung",
+);
+
+/// All tunables, for the command line and the console.
+pub static ALL: &[&Tunable] = &[&SCHED_TIMESLICE_MS, &TEST_TIME_LIMIT_S];
+
+pub fn find(name: &str) -> Option<&'static Tunable> {
+    ALL.iter().copied().find(|tunable| tunable.name == name)
+}
+
+/// Parses and sets `name=value`.
+pub fn set_from_str(name: &str, value: &str) -> Result<u64, TunableError> {
+    let tunable = find(name).ok_or(TunableError::Unknown)?;
+    let value: u64 = value.parse().map_err(|_| TunableError::NotANumber)?;
+    tunable.set(value)?;
+    Ok(value)
+}
+
+/// The time slice in nanoseconds.
+pub fn sched_timeslice_ns() -> u64 {
+    SCHED_TIMESLICE_MS.get() * 1_000_000
+}

@@ -1,0 +1,359 @@
+//! The page allocator under load: a million randomized operations against a model, exhaustion
+//! at every order, anti-fragmentation, zone limits, and refused bad frees. The frame-state
+//! checker runs after every phase.
+#![no_std]
+#![no_main]
+#![feature(custom_test_frameworks)]
+#![test_runner(kernel::testing::run_tests)]
+#![reexport_test_harness_main = "test_main"]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use kernel::mm::buddy::{MAX_ORDER, MigrateType, PAGEBLOCK_ORDER};
+use kernel::mm::frame::{FrameState, Owner};
+use kernel::mm::page_alloc::{self, AllocRequest, FreeError, Pages, ZoneLimit};
+use kernel::mm::{checker, zones::ZoneKind};
+use kernel::{BootInfo, ExitCode, println};
+
+kernel::entry_point!(main);
+
+fn main(_info: &'static BootInfo) -> ExitCode {
+    test_main();
+    ExitCode::Success
+}
+
+/// xorshift64*: a small seeded generator, so a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+fn signature(pages: Pages, seed: u64) -> u64 {
+    pages.pfn.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed ^ pages.order as u64
+}
+
+fn sign(pages: Pages, seed: u64) {
+    let value = signature(pages, seed);
+    let first = pages.virt() as *mut u64;
+    let last = (pages.virt() + pages.bytes() - 8) as *mut u64;
+    // SAFETY: the block is ours (just allocated) and direct-mapped; both words are inside it.
+    unsafe {
+        first.write_volatile(value);
+        last.write_volatile(!value);
+    }
+}
+
+fn verify(pages: Pages, seed: u64) {
+    let value = signature(pages, seed);
+    let first = pages.virt() as *const u64;
+    let last = (pages.virt() + pages.bytes() - 8) as *const u64;
+    // SAFETY: the block is still ours (not yet freed) and direct-mapped.
+    let (a, b) = unsafe { (first.read_volatile(), last.read_volatile()) };
+    assert!(
+        a == value && b == !value,
+        "block pfn {:#x} order {} was overwritten",
+        pages.pfn,
+        pages.order
+    );
+}
+
+fn settled_free_pages() -> u64 {
+    page_alloc::drain_per_cpu_caches();
+    page_alloc::free_pages()
+}
+
+fn check_state() -> checker::FrameCensus {
+    checker::check().unwrap_or_else(|error| panic!("frame-state check failed: {error}"))
+}
+
+/// Pages allocated with `Owner::Kernel`: the tests' own (page tables, stacks and the heap have
+/// owners of their own).
+fn kernel_owned(census: &checker::FrameCensus) -> u64 {
+    census.allocated_by_owner[Owner::Kernel as usize]
+}
+
+fn limit_end_pfn(limit: ZoneLimit) -> u64 {
+    match limit {
+        ZoneLimit::Dma => ZoneKind::Dma.limits().1 >> 12,
+        ZoneLimit::Dma32 => ZoneKind::Dma32.limits().1 >> 12,
+        ZoneLimit::Any => u64::MAX,
+    }
+}
+
+#[test_case]
+fn randomized_million_operations_match_the_model() {
+    const OPERATIONS: u64 = 1_000_000;
+    const PHASES: u64 = 10;
+    let seed = 0x05ee_d0fa_110c;
+    let mut rng = Rng(seed);
+    let start_free = settled_free_pages();
+    // Keep at most about half of memory allocated so the workload mixes allocs and frees.
+    let budget = start_free / 2;
+    let mut live: Vec<(Pages, MigrateType)> = Vec::with_capacity(1 << 16);
+    let mut live_pages = 0u64;
+    let (mut allocations, mut failures) = (0u64, 0u64);
+    for phase in 0..PHASES {
+        for _ in 0..OPERATIONS / PHASES {
+            let allocate = live.is_empty() || (live_pages < budget && rng.below(100) < 52);
+            if allocate {
+                let order = match rng.below(100) {
+                    0..=59 => 0,
+                    60..=84 => 1 + rng.below(3) as u8,
+                    _ => 4 + rng.below(MAX_ORDER as u64 - 3) as u8,
+                };
+                let kind = MigrateType::ALLOCATABLE[rng.below(3) as usize];
+                let limit = match rng.below(100) {
+                    0..=4 => ZoneLimit::Dma,
+                    5..=19 => ZoneLimit::Dma32,
+                    _ => ZoneLimit::Any,
+                };
+                let request = AllocRequest::new(order)
+                    .kind(kind)
+                    .limit(limit)
+                    .owner(Owner::Kernel);
+                match page_alloc::alloc(request) {
+                    Some(pages) => {
+                        assert_eq!(pages.order, order);
+                        assert_eq!(
+                            pages.pfn % (1 << order),
+                            0,
+                            "block not aligned to its order"
+                        );
+                        assert!(
+                            pages.pfn + (1 << order) <= limit_end_pfn(limit),
+                            "{limit:?} violated: {pages:?}"
+                        );
+                        sign(pages, seed);
+                        live.push((pages, kind));
+                        live_pages += 1 << order;
+                        allocations += 1;
+                    }
+                    None => failures += 1,
+                }
+            } else {
+                let victim = rng.below(live.len() as u64) as usize;
+                let (pages, _) = live.swap_remove(victim);
+                verify(pages, seed);
+                page_alloc::free(pages).expect("freeing a live block succeeds");
+                live_pages -= 1 << pages.order;
+            }
+        }
+        let census = check_state();
+        assert_eq!(
+            kernel_owned(&census),
+            live_pages,
+            "phase {phase}: allocated pages differ from the model"
+        );
+    }
+    for (pages, _) in live.drain(..) {
+        verify(pages, seed);
+        page_alloc::free(pages).expect("freeing a live block succeeds");
+    }
+    check_state();
+    assert_eq!(
+        settled_free_pages(),
+        start_free,
+        "free memory did not return to its starting figure"
+    );
+    println!(
+        "    {OPERATIONS} operations: {allocations} allocations, {failures} refused (DMA is small)"
+    );
+}
+
+/// Blocks held while memory is exhausted, linked through their own first word (the heap may
+/// need pages of its own, so it cannot hold the list).
+struct HeldChain {
+    head: Option<Pages>,
+    count: u64,
+}
+
+impl HeldChain {
+    fn push(&mut self, pages: Pages) {
+        let next = self.head.map_or(u64::MAX, |held| held.pfn);
+        // SAFETY: the block was just allocated to us; its first word is ours to use.
+        unsafe { (pages.virt() as *mut u64).write(next) };
+        self.head = Some(pages);
+        self.count += 1;
+    }
+    fn pop(&mut self) -> Option<Pages> {
+        let pages = self.head?;
+        // SAFETY: written by `push` while we hold the block.
+        let next = unsafe { (pages.virt() as *const u64).read() };
+        self.head = (next != u64::MAX).then_some(Pages {
+            pfn: next,
+            order: pages.order,
+        });
+        self.count -= 1;
+        Some(pages)
+    }
+}
+
+#[test_case]
+fn exhaustion_fails_cleanly_at_every_order_and_everything_frees_back() {
+    let start_free = settled_free_pages();
+    let reserve: u64 = page_alloc::all_zones()
+        .iter()
+        .map(|zone| zone.watermarks.min)
+        .sum();
+    for order in 0..=MAX_ORDER {
+        let request = AllocRequest::new(order).kind(MigrateType::Movable);
+        let mut held = HeldChain {
+            head: None,
+            count: 0,
+        };
+        while let Some(pages) = page_alloc::alloc(request) {
+            held.push(pages);
+        }
+        // Exhausted: further attempts fail the same clean way, and the state is consistent.
+        assert!(page_alloc::alloc(request).is_none());
+        assert!(page_alloc::alloc(AllocRequest::new(order)).is_none());
+        let census = check_state();
+        let taken = held.count << order;
+        assert_eq!(kernel_owned(&census), taken);
+        // Only the watermark reserves and fragments smaller than the order may remain.
+        let left = start_free - taken;
+        assert!(
+            left <= reserve + page_alloc::all_zones().len() as u64 * (2 << order) + 2048,
+            "order {order}: only {taken} of {start_free} free pages were allocatable"
+        );
+        println!(
+            "    order {order:>2}: {:>6} blocks ({taken} pages) before failure; {left} pages left",
+            held.count
+        );
+        while let Some(pages) = held.pop() {
+            page_alloc::free(pages).expect("free after exhaustion");
+        }
+        assert_eq!(
+            settled_free_pages(),
+            start_free,
+            "order {order}: memory not returned"
+        );
+    }
+    check_state();
+}
+
+#[test_case]
+fn unmovable_allocations_stay_in_few_pageblocks() {
+    let mut rng = Rng(77);
+    let mut movable = Vec::new();
+    let mut unmovable = Vec::new();
+    // A mixed workload: one unmovable page for every 20 movable, interleaved, then a random
+    // half of the movable pages freed.
+    for step in 0..120_000u32 {
+        let kind = if step % 21 == 20 {
+            MigrateType::Unmovable
+        } else {
+            MigrateType::Movable
+        };
+        let pages =
+            page_alloc::alloc(AllocRequest::new(0).kind(kind)).expect("memory for the workload");
+        if kind == MigrateType::Unmovable {
+            unmovable.push(pages)
+        } else {
+            movable.push(pages)
+        }
+    }
+    for _ in 0..movable.len() / 2 {
+        let victim = rng.below(movable.len() as u64) as usize;
+        page_alloc::free(movable.swap_remove(victim)).expect("free");
+    }
+    let mut blocks: Vec<u64> = unmovable
+        .iter()
+        .map(|pages| pages.pfn >> PAGEBLOCK_ORDER)
+        .collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    let needed = (unmovable.len() as u64).div_ceil(1 << PAGEBLOCK_ORDER);
+    println!(
+        "    {} unmovable pages occupy {} pageblocks (at least {needed} needed)",
+        unmovable.len(),
+        blocks.len()
+    );
+    assert!(
+        blocks.len() as u64 <= needed + 4,
+        "unmovable pages spread over {} pageblocks",
+        blocks.len()
+    );
+    for pages in movable.into_iter().chain(unmovable) {
+        page_alloc::free(pages).expect("free");
+    }
+    check_state();
+}
+
+#[test_case]
+fn zone_limits_are_respected_even_when_other_zones_have_memory() {
+    let start_free = settled_free_pages();
+    let mut held = Vec::new();
+    while let Some(pages) = page_alloc::alloc(AllocRequest::new(0).limit(ZoneLimit::Dma)) {
+        assert!(pages.pfn < 4096, "DMA allocation at pfn {:#x}", pages.pfn);
+        held.push(pages);
+    }
+    assert!(!held.is_empty(), "the DMA zone had free pages");
+    // DMA is exhausted; an unrestricted request still succeeds from DMA32.
+    let other = page_alloc::alloc(AllocRequest::new(0)).expect("DMA32 has memory");
+    assert!(other.pfn >= 4096);
+    held.push(other);
+    for pages in held {
+        page_alloc::free(pages).expect("free");
+    }
+    assert_eq!(settled_free_pages(), start_free);
+}
+
+#[test_case]
+fn double_free_wrong_order_and_reserved_frees_are_refused() {
+    let start_free = settled_free_pages();
+    let pages = page_alloc::alloc(AllocRequest::new(2)).expect("memory");
+    assert_eq!(
+        page_alloc::free(Pages { order: 3, ..pages }),
+        Err(FreeError::WrongOrder { allocated: 2 })
+    );
+    assert_eq!(page_alloc::free(pages), Ok(()));
+    assert!(matches!(
+        page_alloc::free(pages),
+        Err(FreeError::NotAllocated(FrameState::Free | FrameState::Tail))
+    ));
+    let single = page_alloc::alloc(AllocRequest::new(0)).expect("memory");
+    assert_eq!(page_alloc::free(single), Ok(()));
+    assert_eq!(
+        page_alloc::free(single),
+        Err(FreeError::NotAllocated(FrameState::Cached))
+    );
+    // pfn 0 is low memory, reserved at boot; a pfn beyond RAM belongs to no zone.
+    assert_eq!(
+        page_alloc::free(Pages { pfn: 0, order: 0 }),
+        Err(FreeError::NotAllocated(FrameState::Reserved))
+    );
+    assert_eq!(
+        page_alloc::free(Pages {
+            pfn: 1 << 40,
+            order: 0
+        }),
+        Err(FreeError::NoSuchFrame)
+    );
+    check_state();
+    assert_eq!(settled_free_pages(), start_free);
+}
+
+#[test_case]
+fn zeroed_allocations_are_zero() {
+    let pages = page_alloc::alloc(AllocRequest::new(3)).expect("memory");
+    // SAFETY: our block, direct-mapped.
+    unsafe { core::ptr::write_bytes(pages.virt() as *mut u8, 0xee, pages.bytes() as usize) };
+    page_alloc::free(pages).expect("free");
+    let again = page_alloc::alloc(AllocRequest::new(3).zeroed()).expect("memory");
+    // SAFETY: our block, direct-mapped, `bytes` long.
+    let bytes =
+        unsafe { core::slice::from_raw_parts(again.virt() as *const u8, again.bytes() as usize) };
+    assert!(bytes.iter().all(|&byte| byte == 0));
+    page_alloc::free(again).expect("free");
+}
