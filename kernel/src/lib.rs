@@ -25,6 +25,7 @@ pub mod task;
 pub mod testing;
 pub mod time;
 pub mod tunables;
+pub mod user;
 
 #[cfg(test)]
 mod tests;

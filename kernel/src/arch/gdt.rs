@@ -35,11 +35,39 @@ pub struct Selectors {
     pub tss: SegmentSelector,
 }
 
-static TSS: Once<TaskStateSegment> = Once::new();
+/// The TSS. The CPU reads it (RSP0 on every entry from ring 3, the IST on listed exceptions);
+/// the kernel writes only RSP0, through [`set_kernel_entry_stack`].
+static mut TSS: TaskStateSegment = TaskStateSegment::new();
+static TSS_BUILT: Once<()> = Once::new();
 static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
 
-fn build_tss() -> TaskStateSegment {
-    let mut tss = TaskStateSegment::new();
+/// The stack the CPU switches to when an interrupt, exception or system call arrives from ring
+/// 3 (TSS.RSP0). Part of each thread's context: the scheduler saves and restores it.
+pub fn kernel_entry_stack() -> u64 {
+    // SAFETY: a plain read of a field only this CPU's kernel code writes, with no reference
+    // kept; the CPU itself only reads it.
+    unsafe { TSS.privilege_stack_table[0].as_u64() }
+}
+
+/// Sets TSS.RSP0 (see [`kernel_entry_stack`]). Interrupts must be off: an entry from ring 3
+/// must never see a half-switched thread.
+pub fn set_kernel_entry_stack(top: u64) {
+    debug_assert!(!x86_64::instructions::interrupts::are_enabled());
+    // SAFETY: one CPU, interrupts off: nothing else writes the TSS now, and no reference to it
+    // is held (the GDT descriptor holds only its address). A 64-bit aligned store is atomic
+    // for the CPU reading it on a later ring change.
+    unsafe { TSS.privilege_stack_table[0] = VirtAddr::new(top) };
+}
+
+/// Address of the RSP0 field, for the ring-3 entry code that sets it to its own stack pointer.
+pub fn kernel_entry_stack_slot() -> *mut u64 {
+    // SAFETY: only an address is formed; `privilege_stack_table` is an array of `VirtAddr`,
+    // a transparent u64.
+    unsafe { (&raw mut TSS.privilege_stack_table[0]).cast::<u64>() }
+}
+
+/// Installs the IST stacks. Runs once, before the TSS is loaded.
+fn build_tss() {
     for (slot, index) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST]
         .into_iter()
         .enumerate()
@@ -49,21 +77,24 @@ fn build_tss() -> TaskStateSegment {
             .cast::<IstStack>()
             .wrapping_add(slot);
         let top = VirtAddr::from_ptr(stack) + IST_STACK_SIZE as u64;
-        tss.interrupt_stack_table[index as usize] = top;
+        // SAFETY: runs once, before the TSS is loaded; nothing else refers to it yet.
+        unsafe { TSS.interrupt_stack_table[index as usize] = top };
     }
-    tss
 }
 
 /// Loads the kernel's GDT and TSS on this CPU.
 pub fn init() {
-    let tss = TSS.call_once(build_tss);
+    TSS_BUILT.call_once(build_tss);
     let (gdt, selectors) = GDT.call_once(|| {
         let mut gdt = GlobalDescriptorTable::new();
         let kernel_code = gdt.append(Descriptor::kernel_code_segment());
         let kernel_data = gdt.append(Descriptor::kernel_data_segment());
         let user_data = gdt.append(Descriptor::user_data_segment());
         let user_code = gdt.append(Descriptor::user_code_segment());
-        let tss = gdt.append(Descriptor::tss_segment(tss));
+        // SAFETY: the TSS is a static that lives forever, built above; the descriptor records
+        // its address (no reference is kept, so RSP0 may be written later).
+        let tss = gdt.append(unsafe { Descriptor::tss_segment_unchecked(&raw const TSS) });
+
         (
             gdt,
             Selectors {

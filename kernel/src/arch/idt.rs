@@ -5,12 +5,12 @@
 //! memory-management entry [`crate::mm::fault::handle_page_fault`], which decides whether the
 //! fault is resolved, fixed up through the exception table, or fatal.
 
-use super::{apic, gdt, vectors};
+use super::{apic, gdt, user_entry, vectors};
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
-use x86_64::VirtAddr;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
+use x86_64::{PrivilegeLevel, VirtAddr};
 
 static IDT: Once<InterruptDescriptorTable> = Once::new();
 
@@ -124,6 +124,14 @@ pub fn init() {
                 .set_handler_fn(machine_check)
                 .set_stack_index(gdt::MACHINE_CHECK_IST);
         }
+        // SAFETY: the address is the system-call entry code, which saves every register,
+        // calls the dispatcher on the task's kernel stack and returns with IRETQ. The gate is
+        // the only one ring 3 may invoke with `int`.
+        unsafe {
+            idt[vectors::SYSCALL]
+                .set_handler_addr(VirtAddr::new(user_entry::syscall_entry_address()))
+                .set_privilege_level(PrivilegeLevel::Ring3);
+        }
         idt[vectors::TIMER].set_handler_fn(timer_interrupt);
         idt[vectors::SPURIOUS].set_handler_fn(spurious_interrupt);
         idt
@@ -131,7 +139,19 @@ pub fn init() {
     idt.load();
 }
 
+/// Whether the exception interrupted ring 3 (a task), not the kernel.
+fn from_user_mode(frame: &InterruptStackFrame) -> bool {
+    frame.code_segment.rpl() == PrivilegeLevel::Ring3
+}
+
+/// An exception nothing handles: a task that raised it is killed; in the kernel it panics.
 fn fatal(name: &str, frame: &InterruptStackFrame, error: Option<u64>) -> ! {
+    if from_user_mode(frame) {
+        crate::user::kill_current(alloc::format!(
+            "{name} at {:#x}",
+            frame.instruction_pointer.as_u64()
+        ));
+    }
     match error {
         Some(code) => panic!("exception: {name} (error code {code:#x})\n{frame:#?}"),
         None => panic!("exception: {name}\n{frame:#?}"),
@@ -173,6 +193,9 @@ extern "x86-interrupt" fn general_protection_fault(frame: InterruptStackFrame, c
 }
 
 extern "x86-interrupt" fn debug(frame: InterruptStackFrame) {
+    if from_user_mode(&frame) {
+        fatal("debug exception (#DB)", &frame, None);
+    }
     log::warn!(
         "debug exception (#DB) at {:#x}",
         frame.instruction_pointer.as_u64()
@@ -187,6 +210,9 @@ extern "x86-interrupt" fn non_maskable_interrupt(frame: InterruptStackFrame) {
 }
 
 extern "x86-interrupt" fn breakpoint(frame: InterruptStackFrame) {
+    if from_user_mode(&frame) {
+        fatal("breakpoint (#BP)", &frame, None);
+    }
     BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
     log::debug!("breakpoint at {:#x}", frame.instruction_pointer.as_u64());
 }
@@ -223,6 +249,9 @@ extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, error: Page
                     .as_mut()
                     .update(|value| value.instruction_pointer = target)
             };
+        }
+        FaultResolution::Fatal(reason) if from_user_mode(&frame) => {
+            crate::user::kill_current(alloc::format!("page fault: {reason}: {fault}"))
         }
         FaultResolution::Fatal(reason) => panic!("page fault: {reason}: {fault}\n{frame:#?}"),
     }

@@ -10,12 +10,16 @@ pub mod idt;
 pub mod pic;
 pub mod pit;
 pub mod tsc;
+pub mod user_entry;
 
 use x86_64::instructions::{hlt, interrupts};
 
 /// Interrupt vectors the kernel uses (exceptions take 0..32).
 pub mod vectors {
     pub const TIMER: u8 = 0x30;
+    /// The system-call gate, the only vector ring 3 may raise with `int`.
+    pub const SYSCALL: u8 = 0x80;
+
     pub const SPURIOUS: u8 = 0xff;
 }
 

@@ -63,8 +63,26 @@ impl Bitmap {
     }
 }
 
-/// Checks every zone; the first inconsistency found is the error.
+/// Checks every zone, then the reverse map of every user address space, and that every user
+/// page allocated is mapped by some space; the first inconsistency found is the error.
+///
+/// Runs with interrupts off so that no thread changes a mapping between the two walks (one CPU;
+/// with several, the spaces' locks would have to be taken together).
 pub fn check() -> Result<FrameCensus, String> {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let census = check_zones()?;
+        let mapped = super::space::check_reverse_map()?;
+        let user_pages = census.allocated_by_owner[Owner::UserAnon as usize];
+        if user_pages != mapped as u64 {
+            return Err(format!(
+                "{user_pages} user pages allocated but {mapped} mapped by address spaces"
+            ));
+        }
+        Ok(census)
+    })
+}
+
+fn check_zones() -> Result<FrameCensus, String> {
     let largest = page_alloc::all_zones()
         .iter()
         .map(|zone| zone.frames().len())

@@ -1,7 +1,7 @@
 //! The page-fault policy: the one function every page fault reaches, decoded by
-//! [`crate::arch::idt`]. It decides whether the fault is resolved (demand paging and
-//! copy-on-write will live here), fixed up (a probing access listed in the exception table), or
-//! fatal.
+//! [`crate::arch::idt`]. It decides whether the fault is resolved (a task's fault goes to its
+//! address space: demand paging and copy-on-write), fixed up (a probing access listed in the
+//! exception table), or fatal (for a task: it is killed; for the kernel: a panic).
 
 use crate::arch::extable;
 use crate::arch::idt::{FaultResolution, PageFault};
@@ -14,8 +14,9 @@ pub fn handle_page_fault(fault: &PageFault) -> FaultResolution {
         return FaultResolution::ContinueAt(fixup);
     }
     if fault.user_mode() {
-        return FaultResolution::Fatal("user-mode fault, and no user address space exists yet");
+        return crate::user::handle_page_fault(fault);
     }
+
     if fault.protection_violation() {
         FaultResolution::Fatal("kernel access violates the page's protection")
     } else {

@@ -17,6 +17,7 @@ use super::{PAGE_SIZE, phys_to_virt};
 use crate::arch;
 use crate::sync::IrqMutex;
 use boot::{KERNEL_VMA, MemoryRegion};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::mapper::{MapToError, MapperFlush, UnmapError};
 use x86_64::structures::paging::page_table::PageTableFlags as Flags;
@@ -51,6 +52,9 @@ struct KernelTables {
 }
 
 static KERNEL_TABLES: IrqMutex<Option<KernelTables>> = IrqMutex::new(None);
+/// The kernel PML4's physical address, readable without the lock (the scheduler loads it on
+/// every switch to a kernel thread). Zero until the tables are built.
+static KERNEL_PML4: AtomicU64 = AtomicU64::new(0);
 
 fn mapper(pml4_phys: u64) -> OffsetPageTable<'static> {
     let pml4 = phys_to_virt(pml4_phys) as *mut PageTable;
@@ -177,6 +181,7 @@ pub fn init(map: &[MemoryRegion]) -> u64 {
     *KERNEL_TABLES.lock() = Some(KernelTables {
         pml4_phys: pml4.phys(),
     });
+    KERNEL_PML4.store(pml4.phys(), Relaxed);
     // Device registers the kernel already uses, at their direct-map addresses, uncached.
     for device in [arch::apic::registers_phys(), arch::hpet::HPET_PHYS] {
         map_mmio(device, PAGE_SIZE).expect("memory to map device registers");
@@ -259,11 +264,9 @@ pub fn activate(pml4_phys: u64) {
 
 /// The physical PML4 of the kernel (user spaces copy its upper half).
 pub fn kernel_pml4_phys() -> u64 {
-    KERNEL_TABLES
-        .lock()
-        .as_ref()
-        .expect("kernel page tables built")
-        .pml4_phys
+    let phys = KERNEL_PML4.load(Relaxed);
+    assert_ne!(phys, 0, "kernel page tables not built yet");
+    phys
 }
 
 /// Whether `virt` is mapped in the current tables, and with what flags (for tests).

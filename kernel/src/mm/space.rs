@@ -28,6 +28,8 @@ use x86_64::{PhysAddr, VirtAddr};
 /// Lowest and one-past-highest user address.
 pub const USER_START: u64 = 0x0000_0000_0040_0000;
 pub const USER_END: u64 = 0x0000_7fff_ffff_f000;
+/// Where the kernel's half of every address space begins.
+const KERNEL_HALF_START: u64 = 0xffff_8000_0000_0000;
 /// Where `map_anonymous` places regions when the caller gives no address.
 const MMAP_BASE: u64 = 0x0000_1000_0000_0000;
 
@@ -87,6 +89,8 @@ pub enum FaultError {
     Unmapped,
     /// The region forbids this access.
     Protection,
+    /// The address is in the kernel's half.
+    KernelAddress,
     OutOfMemory,
 }
 
@@ -95,6 +99,7 @@ impl FaultError {
         match self {
             FaultError::Unmapped => "access to an unmapped address",
             FaultError::Protection => "access the region does not allow",
+            FaultError::KernelAddress => "access to kernel memory",
             FaultError::OutOfMemory => "out of memory for a page",
         }
     }
@@ -123,6 +128,15 @@ unsafe impl FrameAllocator<Size4KiB> for UserTableFrames<'_> {
         *self.tables += 1;
         Some(PhysFrame::containing_address(PhysAddr::new(pages.phys())))
     }
+}
+
+/// How the kernel touches user memory on a task's behalf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+    /// Written by the kernel whatever the page's permission (loading code).
+    Load,
 }
 
 pub struct AddressSpace {
@@ -413,7 +427,11 @@ impl AddressSpace {
         write: bool,
         execute: bool,
     ) -> Result<FaultOutcome, FaultError> {
+        if address >= KERNEL_HALF_START {
+            return Err(FaultError::KernelAddress);
+        }
         let region = self.region_at(address).ok_or(FaultError::Unmapped)?;
+
         let allowed = if execute {
             region.flags.contains(RegionFlags::EXECUTE)
         } else if write {
@@ -589,14 +607,23 @@ impl AddressSpace {
     /// Reads user memory through the page tables (faulting pages in as the task would), for
     /// system calls. Fails like the task's own access would.
     pub fn read_user(&mut self, address: u64, buffer: &mut [u8]) -> Result<(), FaultError> {
-        self.copy_user(address, buffer.len(), false, |offset, chunk: &mut [u8]| {
+        self.copy_user(address, buffer.len(), Access::Read, |offset, chunk| {
             buffer[offset..offset + chunk.len()].copy_from_slice(chunk)
         })
     }
 
     /// Writes user memory through the page tables, for system calls.
     pub fn write_user(&mut self, address: u64, data: &[u8]) -> Result<(), FaultError> {
-        self.copy_user(address, data.len(), true, |offset, chunk: &mut [u8]| {
+        self.copy_user(address, data.len(), Access::Write, |offset, chunk| {
+            chunk.copy_from_slice(&data[offset..offset + chunk.len()])
+        })
+    }
+
+    /// Fills memory the task can read but not write (a program's code) with `data`: pages are
+    /// faulted in as for a read and written by the kernel. Only private pages (mapped once) can
+    /// be loaded; a shared one is refused rather than changed under its other mappers.
+    pub fn load(&mut self, address: u64, data: &[u8]) -> Result<(), FaultError> {
+        self.copy_user(address, data.len(), Access::Load, |offset, chunk| {
             chunk.copy_from_slice(&data[offset..offset + chunk.len()])
         })
     }
@@ -605,9 +632,10 @@ impl AddressSpace {
         &mut self,
         address: u64,
         len: usize,
-        write: bool,
+        access: Access,
         mut each: impl FnMut(usize, &mut [u8]),
     ) -> Result<(), FaultError> {
+        let write = access == Access::Write;
         let mut done = 0;
         while done < len {
             let at = address
@@ -626,6 +654,9 @@ impl AddressSpace {
                 return Err(FaultError::Unmapped);
             }
             let (pfn, _) = self.translate(at).ok_or(FaultError::Unmapped)?;
+            if access == Access::Load && rmap::map_count(pfn) != 1 {
+                return Err(FaultError::Protection);
+            }
             let offset_in_page = (at % PAGE_SIZE) as usize;
             let chunk = (PAGE_SIZE as usize - offset_in_page).min(len - done);
             let base = phys_to_virt(pfn * PAGE_SIZE) as *mut u8;

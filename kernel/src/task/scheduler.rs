@@ -66,6 +66,10 @@ struct Thread {
     wake_reason: WakeReason,
     /// A wake-up for the current wait arrived before the thread committed to it.
     wake_pending: bool,
+    /// The user address space (PML4) this thread runs in; `None`: the kernel's tables.
+    address_space: Option<u64>,
+    /// Its ring-3 entry stack (TSS.RSP0), part of its context while it runs a task.
+    kernel_entry_stack: u64,
 }
 
 /// Counters of the scheduler since boot.
@@ -128,6 +132,8 @@ impl Scheduler {
             wait_generation: 0,
             wake_reason: WakeReason::Woken,
             wake_pending: false,
+            address_space: None,
+            kernel_entry_stack: 0,
         };
         self.threads.insert(id, Box::new(thread));
         id
@@ -260,6 +266,14 @@ fn switch_away(mut guard: Guard, new_state: State) {
     scheduler.slice_start_ns = crate::time::uptime_ns().unwrap_or(0);
     scheduler.stats.context_switches += 1;
     scheduler.arm_timer();
+    scheduler.thread(current).kernel_entry_stack = arch::gdt::kernel_entry_stack();
+    let incoming = scheduler.thread(next);
+    arch::gdt::set_kernel_entry_stack(incoming.kernel_entry_stack);
+    crate::mm::paging::activate(
+        incoming
+            .address_space
+            .unwrap_or_else(crate::mm::paging::kernel_pml4_phys),
+    );
     let save: *mut u64 = &mut scheduler.thread(current).saved_rsp;
     let load = scheduler.thread(next).saved_rsp;
     drop(guard);
@@ -413,6 +427,19 @@ pub fn sleep(duration: Duration) {
         let generation = thread.wait_generation;
         scheduler.add_timer(deadline, current, generation);
         switch_away(guard, State::Sleeping);
+    });
+}
+
+/// Runs the current thread in the user address space whose top-level table is `pml4_phys`
+/// (loaded now and on every switch back to this thread), or in the kernel's tables (`None`).
+/// The space must outlive the binding: unbind before dropping it.
+pub fn bind_address_space(pml4_phys: Option<u64>) {
+    interrupts::without_interrupts(|| {
+        with_scheduler(|scheduler| {
+            let current = scheduler.current;
+            scheduler.thread(current).address_space = pml4_phys;
+        });
+        crate::mm::paging::activate(pml4_phys.unwrap_or_else(crate::mm::paging::kernel_pml4_phys));
     });
 }
 

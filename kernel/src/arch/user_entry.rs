@@ -1,0 +1,205 @@
+//! Ring 3 and back: entering user mode, the system-call gate (`int 0x80`), and leaving user mode
+//! for good when a task exits or is killed.
+//!
+//! Owns the register image of a task ([`UserRegisters`]) and the three pieces of assembly that
+//! move between rings. Knows nothing of tasks: [`run_in_user_mode`] returns when something calls
+//! [`leave_user_mode`] on the same thread, and system calls go to `crate::user::syscall`.
+//!
+//! How leaving works: `run_in_user_mode` saves the callee-saved registers on the thread's kernel
+//! stack and makes the stack pointer at that point the thread's ring-3 entry stack (TSS.RSP0), so
+//! every interrupt, exception and system call from ring 3 runs on the stack *below* that frame.
+//! `leave_user_mode` drops whatever is below (frames that own nothing: see its contract) and
+//! returns from `run_in_user_mode` as if it had been an ordinary call.
+
+use super::gdt;
+
+/// The general registers of a task and its interrupt-return frame, in the order the entry code
+/// pushes them (lowest address first).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserRegisters {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// RFLAGS of a task: interrupts on (bit 9), reserved bit 1; nothing else (no IOPL, no AC).
+const USER_RFLAGS: u64 = 0x202;
+
+impl UserRegisters {
+    /// A task's first state: all registers zero but the entry point, the stack pointer and the
+    /// first argument (`rdi`).
+    pub fn at_entry(rip: u64, rsp: u64, argument: u64) -> UserRegisters {
+        let selectors = gdt::selectors();
+        UserRegisters {
+            rip,
+            rsp,
+            rdi: argument,
+            cs: u64::from(selectors.user_code.0),
+            ss: u64::from(selectors.user_data.0),
+            rflags: USER_RFLAGS,
+            ..Default::default()
+        }
+    }
+
+    /// Whether this frame returns to ring 3 with interrupts on and nothing more privileged:
+    /// the only frames [`run_in_user_mode`] accepts.
+    pub fn is_user_frame(&self) -> bool {
+        let selectors = gdt::selectors();
+        self.cs == u64::from(selectors.user_code.0)
+            && self.ss == u64::from(selectors.user_data.0)
+            && self.rflags & USER_RFLAGS == USER_RFLAGS
+            && self.rflags & 0x3000 == 0
+            && self.rip < 0x0000_8000_0000_0000
+    }
+}
+
+core::arch::global_asm!(
+    r#"
+    .text
+    .global user_mode_run_asm
+    // rdi: the register image to load; rsi: the TSS.RSP0 slot.
+user_mode_run_asm:
+    cli
+    push rbp
+    push rbx
+    push r12
+    push r13
+    push r14
+    push r15
+    sub rsp, 8
+    mov [rsi], rsp
+    mov rsp, rdi
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    iretq
+
+    .global user_mode_leave_asm
+    // rdi: the ring-3 entry stack (where user_mode_run_asm left its saved registers).
+user_mode_leave_asm:
+    cli
+    mov rsp, rdi
+    add rsp, 8
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+    ret
+
+    .global user_syscall_entry
+    // int 0x80 from ring 3: the CPU has switched to TSS.RSP0 and pushed ss, rsp, rflags, cs,
+    // rip (16-byte aligned start, so the 20-word image below leaves rsp 16-byte aligned).
+user_syscall_entry:
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    cld
+    mov rdi, rsp
+    call user_syscall_dispatch
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    iretq
+    "#
+);
+
+unsafe extern "C" {
+    fn user_mode_run_asm(registers: *const UserRegisters, entry_stack_slot: *mut u64);
+    fn user_mode_leave_asm(entry_stack: u64) -> !;
+    fn user_syscall_entry();
+}
+
+/// The address the system-call gate jumps to (for the IDT).
+pub fn syscall_entry_address() -> u64 {
+    user_syscall_entry as *const () as u64
+}
+
+/// Runs the current thread in ring 3 from `registers` (whose page tables must be loaded) until
+/// something on this thread calls [`leave_user_mode`]. Returns with interrupts off.
+///
+/// # Panics
+/// If `registers` is not a ring-3 frame (see [`UserRegisters::is_user_frame`]).
+pub fn run_in_user_mode(registers: &UserRegisters) {
+    assert!(registers.is_user_frame(), "not a user frame: {registers:?}");
+    // SAFETY: the image is a ring-3 frame (checked): IRETQ cannot enter the kernel with it.
+    // The assembly saves the callee-saved registers below this frame and records that point as
+    // the ring-3 entry stack, so nothing from ring 3 overwrites this frame or `registers` (which
+    // lives above it); `user_mode_leave_asm` returns here with those registers restored.
+    // Interrupts are off from its first instruction until IRETQ loads the task's RFLAGS.
+    unsafe { user_mode_run_asm(registers, gdt::kernel_entry_stack_slot()) }
+}
+
+/// Ends ring-3 execution of the current thread: returns from its [`run_in_user_mode`].
+///
+/// Contract: call it from a system call or a ring-3 exception of that thread, with no lock held
+/// and nothing owned on the stack between here and the entry from ring 3 (those frames are
+/// discarded, never unwound).
+pub fn leave_user_mode() -> ! {
+    let entry_stack = gdt::kernel_entry_stack();
+    // SAFETY: a ring-3 entry happened on this thread (the caller is in one), so the entry stack
+    // is where `user_mode_run_asm` saved the registers of the still-live `run_in_user_mode`
+    // frame above it; the frames in between own nothing (the contract).
+    unsafe { user_mode_leave_asm(entry_stack) }
+}
+
+/// Called by the entry code for every `int 0x80`, on the task's kernel stack, interrupts off.
+#[unsafe(no_mangle)]
+extern "C" fn user_syscall_dispatch(registers: &mut UserRegisters) {
+    crate::user::syscall::dispatch(registers);
+}

@@ -1,0 +1,339 @@
+//! Ring-3 tasks: a task is a kernel thread that runs a user program in its own address space.
+//!
+//! Owns the task records: which thread runs which task, exit statuses, the parent/child links
+//! made by `clone`, and the task counters. Memory belongs to [`crate::mm::space`]; entering and
+//! leaving ring 3 to [`crate::arch::user_entry`]; the system calls are in [`syscall`], the
+//! programs in [`programs`].
+//!
+//! Life of a task: [`spawn`] builds its address space (the program's code at [`CODE_BASE`],
+//! read-execute; a stack below [`STACK_TOP`], read-write, faulted in on demand) and starts a
+//! thread that binds the space and enters ring 3. The thread comes back to the kernel when the
+//! task calls `exit` or is killed (a fault it has no right to, any other exception); it then
+//! records a [`TaskReport`], tears the address space down and wakes whoever waits for it.
+
+pub mod programs;
+pub mod syscall;
+
+use crate::arch::idt::{FaultResolution, PageFault};
+use crate::arch::user_entry::{self, UserRegisters};
+use crate::mm::PAGE_SIZE;
+use crate::mm::space::{
+    AddressSpace, FaultError, RegionFlags, SharedSpace, SpaceCounters, SpaceError,
+};
+use crate::sync::IrqMutex;
+use crate::task::{self, ThreadId, WaitQueue, WaitResult};
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::time::Duration;
+use programs::Program;
+
+/// Where a program's code is loaded (read-execute).
+pub const CODE_BASE: u64 = 0x0040_0000;
+/// One past the top of a task's stack; the stack grows down from here.
+pub const STACK_TOP: u64 = 0x0000_7fff_ff00_0000;
+/// Size of a task's stack region (pages arrive on first touch).
+pub const STACK_BYTES: u64 = 64 * 1024;
+
+/// A task's number, unique since boot.
+pub type Pid = u32;
+
+/// How a task ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskExit {
+    /// It called `exit` with this status.
+    Exited(i64),
+    /// The kernel killed it, for this reason.
+    Killed(String),
+}
+
+/// What a finished task leaves behind: how it ended and its address space's counters just
+/// before teardown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskReport {
+    pub pid: Pid,
+    pub exit: TaskExit,
+    pub counters: SpaceCounters,
+    /// Bytes of its regions advised mergeable at exit.
+    pub mergeable_bytes: u64,
+}
+
+/// Task counters since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskStats {
+    pub started: u64,
+    pub exited: u64,
+    pub killed: u64,
+    pub system_calls: u64,
+    /// Tasks running now.
+    pub live: u64,
+}
+
+static STARTED: AtomicU64 = AtomicU64::new(0);
+static EXITED: AtomicU64 = AtomicU64::new(0);
+static KILLED: AtomicU64 = AtomicU64::new(0);
+pub(crate) static SYSTEM_CALLS: AtomicU64 = AtomicU64::new(0);
+static NEXT_PID: AtomicU32 = AtomicU32::new(1);
+
+pub fn stats() -> TaskStats {
+    let started = STARTED.load(Relaxed);
+    let exited = EXITED.load(Relaxed);
+    let killed = KILLED.load(Relaxed);
+    TaskStats {
+        started,
+        exited,
+        killed,
+        system_calls: SYSTEM_CALLS.load(Relaxed),
+        live: started - exited - killed,
+    }
+}
+
+/// One task.
+pub struct Task {
+    pid: Pid,
+    name: String,
+    /// The address space while the task lives; taken at exit for teardown.
+    space: IrqMutex<Option<SharedSpace>>,
+    /// Set by `exit` or a kill just before the thread leaves ring 3.
+    exit: IrqMutex<Option<TaskExit>>,
+    report: IrqMutex<Option<TaskReport>>,
+    finished: WaitQueue,
+    /// Children made by `clone` and not yet waited for.
+    children: IrqMutex<Vec<Arc<Task>>>,
+}
+
+impl Task {
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// The task's address space, while it runs.
+    pub fn space(&self) -> Option<SharedSpace> {
+        self.space.lock().clone()
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Option<TaskReport> {
+        let done = || self.report.lock().is_some();
+        match timeout {
+            None => self.finished.wait_until(done),
+            Some(timeout) => {
+                if self.finished.wait_until_timeout(done, timeout) == WaitResult::TimedOut {
+                    return None;
+                }
+            }
+        }
+        self.report.lock().clone()
+    }
+}
+
+/// The right to wait for a task spawned by the kernel.
+pub struct TaskHandle {
+    task: Arc<Task>,
+}
+
+impl TaskHandle {
+    pub fn pid(&self) -> Pid {
+        self.task.pid
+    }
+
+    pub fn task(&self) -> &Arc<Task> {
+        &self.task
+    }
+
+    /// Waits for the task to end.
+    pub fn join(self) -> TaskReport {
+        self.task.wait(None).expect("a report once finished")
+    }
+
+    /// Waits at most `timeout`; `Err(self)` if the task still runs.
+    pub fn join_timeout(self, timeout: Duration) -> Result<TaskReport, TaskHandle> {
+        match self.task.wait(Some(timeout)) {
+            Some(report) => Ok(report),
+            None => Err(self),
+        }
+    }
+}
+
+/// Why a task could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpawnError {
+    Space(SpaceError),
+    Fault(FaultError),
+}
+
+/// Which task each thread runs.
+static RUNNING: IrqMutex<BTreeMap<ThreadId, Arc<Task>>> = IrqMutex::new(BTreeMap::new());
+
+/// The task the current thread runs, if any.
+pub fn current_task() -> Option<Arc<Task>> {
+    let thread = task::scheduler::current_id();
+    RUNNING.lock().get(&thread).cloned()
+}
+
+/// Starts `program` in a new task, with `argument` in its first register (`rdi`).
+pub fn spawn(name: &str, program: &Program, argument: u64) -> Result<TaskHandle, SpawnError> {
+    let space = AddressSpace::new().map_err(SpawnError::Space)?;
+    {
+        let mut space = space.lock();
+        let code_bytes = (program.code.len() as u64).div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
+        let code_flags = RegionFlags::READ | RegionFlags::EXECUTE;
+        space
+            .map_anonymous(Some(CODE_BASE), code_bytes, code_flags)
+            .map_err(SpawnError::Space)?;
+        space
+            .load(CODE_BASE, program.code)
+            .map_err(SpawnError::Fault)?;
+        let stack_flags = RegionFlags::READ | RegionFlags::WRITE;
+        space
+            .map_anonymous(Some(STACK_TOP - STACK_BYTES), STACK_BYTES, stack_flags)
+            .map_err(SpawnError::Space)?;
+    }
+    let registers = UserRegisters::at_entry(CODE_BASE, STACK_TOP, argument);
+    let task = start(name, space, registers);
+    Ok(TaskHandle { task })
+}
+
+/// Starts a task thread for `space` at `registers`.
+fn start(name: &str, space: SharedSpace, registers: UserRegisters) -> Arc<Task> {
+    let task = Arc::new(Task {
+        pid: NEXT_PID.fetch_add(1, Relaxed),
+        name: name.to_string(),
+        space: IrqMutex::new(Some(space)),
+        exit: IrqMutex::new(None),
+        report: IrqMutex::new(None),
+        finished: WaitQueue::new(),
+        children: IrqMutex::new(Vec::new()),
+    });
+    STARTED.fetch_add(1, Relaxed);
+    let runner = task.clone();
+    // The join handle is not needed: the task's own report says when it is done.
+    drop(task::spawn(name, move || run(runner, registers)));
+    task
+}
+
+/// The body of a task thread.
+fn run(task: Arc<Task>, registers: UserRegisters) {
+    let pml4 = task
+        .space()
+        .map(|space| space.lock().pml4_phys())
+        .expect("a new task has its space");
+    let thread = task::scheduler::current_id();
+    RUNNING.lock().insert(thread, task.clone());
+    task::scheduler::bind_address_space(Some(pml4));
+    user_entry::run_in_user_mode(&registers);
+    // Back from ring 3 for good (exit or kill), with interrupts off.
+    x86_64::instructions::interrupts::enable();
+    task::scheduler::bind_address_space(None);
+    RUNNING.lock().remove(&thread);
+    let exit = task
+        .exit
+        .lock()
+        .take()
+        .unwrap_or_else(|| TaskExit::Killed("left ring 3 without an exit status".to_string()));
+    match &exit {
+        TaskExit::Exited(_) => EXITED.fetch_add(1, Relaxed),
+        TaskExit::Killed(_) => KILLED.fetch_add(1, Relaxed),
+    };
+    let space = task.space.lock().take();
+    let (counters, mergeable_bytes) = match &space {
+        Some(space) => {
+            let space = space.lock();
+            let mergeable = space
+                .regions()
+                .filter(|region| region.flags.contains(RegionFlags::MERGEABLE))
+                .map(|region| region.len)
+                .sum();
+            (space.counters, mergeable)
+        }
+        None => (SpaceCounters::default(), 0),
+    };
+    // Teardown: the last reference to the space frees its pages and tables (a walker holding
+    // it for a moment frees it instead, when it lets go).
+    drop(space);
+    // Children nobody waited for are let go; they run on and clean up after themselves.
+    task.children.lock().clear();
+    *task.report.lock() = Some(TaskReport {
+        pid: task.pid,
+        exit,
+        counters,
+        mergeable_bytes,
+    });
+    task.finished.wake_all();
+}
+
+/// Ends the current task with `status` (the `exit` system call).
+pub(crate) fn exit_current(status: i64) -> ! {
+    if let Some(task) = current_task() {
+        *task.exit.lock() = Some(TaskExit::Exited(status));
+    }
+    user_entry::leave_user_mode()
+}
+
+/// Kills the current task for `reason`: called for an exception raised in ring 3. The kernel
+/// goes on; the task's thread tears it down.
+pub fn kill_current(reason: String) -> ! {
+    match current_task() {
+        Some(task) => {
+            log::warn!("task {} '{}' killed: {reason}", task.pid, task.name);
+            *task.exit.lock() = Some(TaskExit::Killed(reason));
+        }
+        None => panic!("exception in ring 3 on a thread that runs no task: {reason}"),
+    }
+    user_entry::leave_user_mode()
+}
+
+/// A page fault raised in ring 3: resolved by the task's address space, or fatal for the task.
+pub fn handle_page_fault(fault: &PageFault) -> FaultResolution {
+    let Some(space) = current_task().and_then(|task| task.space()) else {
+        return FaultResolution::Fatal("page fault in ring 3 outside any task");
+    };
+    let outcome = space.lock().handle_fault(
+        fault.address.as_u64(),
+        fault.write(),
+        fault.instruction_fetch(),
+    );
+    match outcome {
+        Ok(_) => FaultResolution::Retry,
+        Err(error) => FaultResolution::Fatal(error.reason()),
+    }
+}
+
+/// `clone`: a child task whose address space is a copy-on-write copy of the caller's, resuming
+/// at the same place with `rax` = 0. Returns the child's pid.
+pub(crate) fn clone_current(registers: &UserRegisters) -> Result<Pid, SpaceError> {
+    let parent = current_task().ok_or(SpaceError::NotMapped)?;
+    let space = parent.space().ok_or(SpaceError::NotMapped)?;
+    let child_space = space.lock().fork()?;
+    let mut child_registers = *registers;
+    child_registers.rax = 0;
+    let name = alloc::format!("{}-child", parent.name);
+    let child = start(&name, child_space, child_registers);
+    let pid = child.pid;
+    parent.children.lock().push(child);
+    Ok(pid)
+}
+
+/// `wait`: waits for the caller's child `pid` to end; `None` if it has no such child.
+pub(crate) fn wait_child(pid: Pid) -> Option<TaskExit> {
+    let parent = current_task()?;
+    let child = parent
+        .children
+        .lock()
+        .iter()
+        .find(|child| child.pid == pid)
+        .cloned()?;
+    let report = child.wait(None)?;
+    parent.children.lock().retain(|other| other.pid != pid);
+    Some(report.exit)
+}
+
+/// Task names and pids running now, for the console.
+pub fn running_tasks() -> Vec<(Pid, String)> {
+    RUNNING
+        .lock()
+        .values()
+        .map(|task| (task.pid, task.name.clone()))
+        .collect()
+}

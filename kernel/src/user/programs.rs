@@ -1,0 +1,444 @@
+//! The user programs the kernel can run in ring 3: small position-independent x86-64 routines
+//! assembled into the kernel image's read-only data (never executable there) and copied into a
+//! task's code region at [`super::CODE_BASE`] by [`super::spawn`].
+//!
+//! Each takes one argument in `rdi` and talks to the kernel only through `int 0x80` (see
+//! [`super::syscall`]). Exit statuses of 100 and up mean the program itself found something
+//! wrong; the list below says what each one checks.
+
+/// A program: its name and machine code.
+#[derive(Clone, Copy, Debug)]
+pub struct Program {
+    pub name: &'static str,
+    pub code: &'static [u8],
+}
+
+core::arch::global_asm!(
+    r#"
+    .pushsection .rodata.user_programs, "a"
+    .macro sys number
+        mov eax, \number
+        int 0x80
+    .endm
+    .macro exit_with status
+        mov edi, \status
+        sys 0
+    .endm
+
+    // memory_walk(pages): maps `pages` pages, checks that every word reads zero on first touch,
+    // writes a pattern, reads it all back, says so on the console, unmaps, exits with `pages`.
+    // 100 mmap failed, 101 a fresh page was not zero, 102 read-back mismatch, 103 munmap failed.
+    .global user_program_memory_walk_start
+user_program_memory_walk_start:
+    mov r12, rdi
+    mov rdi, r12
+    shl rdi, 12
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lmw_fail_mmap
+    mov r13, rax
+    mov rcx, r12
+    shl rcx, 9
+    movabs r14, 0x5a17c0de5a17c0de
+    xor ebx, ebx
+.Lmw_fill:
+    cmp qword ptr [r13 + rbx*8], 0
+    jne .Lmw_not_zero
+    lea rax, [r13 + rbx*8]
+    xor rax, r14
+    mov [r13 + rbx*8], rax
+    inc rbx
+    cmp rbx, rcx
+    jb .Lmw_fill
+    xor ebx, ebx
+.Lmw_verify:
+    lea rax, [r13 + rbx*8]
+    xor rax, r14
+    cmp [r13 + rbx*8], rax
+    jne .Lmw_mismatch
+    inc rbx
+    cmp rbx, rcx
+    jb .Lmw_verify
+    lea rdi, [rip + .Lmw_message]
+    lea rsi, [rip + .Lmw_message_end]
+    sub rsi, rdi
+    sys 1
+    mov rdi, r13
+    mov rsi, r12
+    shl rsi, 12
+    sys 3
+    test rax, rax
+    jnz .Lmw_fail_munmap
+    mov rdi, r12
+    sys 0
+.Lmw_fail_mmap:
+    exit_with 100
+.Lmw_not_zero:
+    exit_with 101
+.Lmw_mismatch:
+    exit_with 102
+.Lmw_fail_munmap:
+    exit_with 103
+.Lmw_message:
+    .ascii "memory walk: every page read zero on first touch, every word read back\n"
+.Lmw_message_end:
+    .global user_program_memory_walk_end
+user_program_memory_walk_end:
+
+    // fresh_pages(marker): maps 64 pages, counts the words that are not zero, fills every word
+    // with `marker`, and exits with the count without unmapping (teardown frees the pages).
+    .global user_program_fresh_pages_start
+user_program_fresh_pages_start:
+    mov r12, rdi
+    mov edi, 64 * 4096
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lfp_fail_mmap
+    mov r13, rax
+    xor ebx, ebx
+    xor r14d, r14d
+    mov ecx, 64 * 512
+.Lfp_loop:
+    cmp qword ptr [r13 + rbx*8], 0
+    je .Lfp_zero
+    inc r14
+.Lfp_zero:
+    mov [r13 + rbx*8], r12
+    inc rbx
+    cmp rbx, rcx
+    jb .Lfp_loop
+    mov rdi, r14
+    sys 0
+.Lfp_fail_mmap:
+    exit_with 100
+    .global user_program_fresh_pages_end
+user_program_fresh_pages_end:
+
+    // read_address(address): loads a word from `address` and exits with it.
+    .global user_program_read_address_start
+user_program_read_address_start:
+    mov rdi, [rdi]
+    sys 0
+    .global user_program_read_address_end
+user_program_read_address_end:
+
+    // write_address(address): stores a word at `address`, exits with 0.
+    .global user_program_write_address_start
+user_program_write_address_start:
+    mov qword ptr [rdi], 0x1234
+    exit_with 0
+    .global user_program_write_address_end
+user_program_write_address_end:
+
+    // jump_to(address): continues execution at `address`.
+    .global user_program_jump_to_start
+user_program_jump_to_start:
+    jmp rdi
+    .global user_program_jump_to_end
+user_program_jump_to_end:
+
+    // privileged: runs HLT, which ring 3 may not; exits with 0 if it ever gets past it.
+    .global user_program_privileged_start
+user_program_privileged_start:
+    hlt
+    exit_with 0
+    .global user_program_privileged_end
+user_program_privileged_end:
+
+    // spin(ms): runs a busy loop for `ms` milliseconds of clock time (reading the clock every
+    // 100,000 iterations), then exits 0: only the timer can take the CPU from it.
+    .global user_program_spin_start
+user_program_spin_start:
+    imul r12, rdi, 1000000
+    sys 7
+    mov r13, rax
+.Lsp_outer:
+    mov ecx, 100000
+.Lsp_inner:
+    dec ecx
+    jnz .Lsp_inner
+    sys 7
+    sub rax, r13
+    cmp rax, r12
+    jb .Lsp_outer
+    exit_with 0
+    .global user_program_spin_end
+user_program_spin_end:
+
+    // sleeper(ms): sleeps `ms` milliseconds and yields; exits 0 if the clock advanced at least
+    // that much, 1 if not.
+    .global user_program_sleeper_start
+user_program_sleeper_start:
+    imul r12, rdi, 1000000
+    sys 7
+    mov r13, rax
+    mov rdi, r12
+    sys 6
+    sys 5
+    sys 7
+    sub rax, r13
+    cmp rax, r12
+    jb .Lsl_short
+    exit_with 0
+.Lsl_short:
+    exit_with 1
+    .global user_program_sleeper_end
+user_program_sleeper_end:
+
+    // cow_clone: maps a page, writes 0x1111, clones. The child checks it sees 0x1111 in a page
+    // shared twice, writes 0x2222 (its private copy, mapped once), exits 2. The parent waits for
+    // the child, checks it still sees 0x1111 in a page mapped once, writes 0x3333 and exits 0.
+    // The memory checkers run at each step. Statuses: 10.. the child, 20.. the parent, 30.. set-up.
+    .global user_program_cow_clone_start
+user_program_cow_clone_start:
+    mov edi, 4096
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lcc_fail_mmap
+    mov r13, rax
+    mov qword ptr [r13], 0x1111
+    mov rdi, r13
+    sys 10
+    cmp rax, 1
+    jne .Lcc_not_private
+    sys 8
+    test rax, rax
+    js .Lcc_fail_clone
+    jz .Lcc_child
+    mov r12, rax
+    mov rdi, r12
+    sys 9
+    cmp rax, 2
+    jne .Lcc_child_failed
+    cmp qword ptr [r13], 0x1111
+    jne .Lcc_parent_saw_child_write
+    mov rdi, r13
+    sys 10
+    cmp rax, 1
+    jne .Lcc_parent_still_shared
+    mov qword ptr [r13], 0x3333
+    cmp qword ptr [r13], 0x3333
+    jne .Lcc_parent_lost_write
+    sys 11
+    test rax, rax
+    jnz .Lcc_parent_check
+    exit_with 0
+.Lcc_child:
+    cmp qword ptr [r13], 0x1111
+    jne .Lcc_child_wrong_data
+    mov rdi, r13
+    sys 10
+    cmp rax, 2
+    jne .Lcc_child_not_shared
+    sys 11
+    test rax, rax
+    jnz .Lcc_child_check_shared
+    mov qword ptr [r13], 0x2222
+    cmp qword ptr [r13], 0x2222
+    jne .Lcc_child_lost_write
+    mov rdi, r13
+    sys 10
+    cmp rax, 1
+    jne .Lcc_child_still_shared
+    sys 11
+    test rax, rax
+    jnz .Lcc_child_check_private
+    exit_with 2
+.Lcc_child_wrong_data:
+    exit_with 10
+.Lcc_child_lost_write:
+    exit_with 11
+.Lcc_child_not_shared:
+    exit_with 12
+.Lcc_child_check_shared:
+    exit_with 13
+.Lcc_child_still_shared:
+    exit_with 14
+.Lcc_child_check_private:
+    exit_with 15
+.Lcc_child_failed:
+    exit_with 20
+.Lcc_parent_saw_child_write:
+    exit_with 21
+.Lcc_parent_still_shared:
+    exit_with 22
+.Lcc_parent_lost_write:
+    exit_with 23
+.Lcc_parent_check:
+    exit_with 24
+.Lcc_fail_mmap:
+    exit_with 30
+.Lcc_not_private:
+    exit_with 31
+.Lcc_fail_clone:
+    exit_with 32
+    .global user_program_cow_clone_end
+user_program_cow_clone_end:
+
+    // advise: maps 8 pages, advises pages 0..4 mergeable then page 1 unmergeable (3 pages stay
+    // mergeable), checks that a misaligned range and an unknown advice are refused, touches all
+    // 8 pages, exits 0. 100.. a step failed.
+    .global user_program_advise_start
+user_program_advise_start:
+    mov edi, 8 * 4096
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lad_fail_100
+    mov r13, rax
+    mov rdi, r13
+    mov esi, 4 * 4096
+    mov edx, 12
+    sys 4
+    test rax, rax
+    jnz .Lad_fail_101
+    lea rdi, [r13 + 4096]
+    mov esi, 4096
+    mov edx, 13
+    sys 4
+    test rax, rax
+    jnz .Lad_fail_102
+    lea rdi, [r13 + 1]
+    mov esi, 4096
+    mov edx, 12
+    sys 4
+    cmp rax, -22
+    jne .Lad_fail_103
+    mov rdi, r13
+    mov esi, 4096
+    mov edx, 99
+    sys 4
+    cmp rax, -22
+    jne .Lad_fail_104
+    xor ebx, ebx
+.Lad_touch:
+    mov [r13 + rbx], rbx
+    add rbx, 4096
+    cmp rbx, 8 * 4096
+    jb .Lad_touch
+    exit_with 0
+.Lad_fail_100:
+    exit_with 100
+.Lad_fail_101:
+    exit_with 101
+.Lad_fail_102:
+    exit_with 102
+.Lad_fail_103:
+    exit_with 103
+.Lad_fail_104:
+    exit_with 104
+    .global user_program_advise_end
+user_program_advise_end:
+
+    // bad_calls: system calls with bad arguments must fail with the right error and nothing
+    // else: a kernel buffer and an unmapped buffer for write (-EFAULT), an unknown call
+    // (-ENOSYS), a region larger than the user half (-EINVAL), unmapping a hole (-ENOMEM),
+    // waiting for a task that is not a child (-ECHILD), an over-long write (-EINVAL).
+    // Exits 0, or 100 + the step that went wrong.
+    .global user_program_bad_calls_start
+user_program_bad_calls_start:
+    movabs rdi, 0xffff800000000000
+    mov esi, 16
+    sys 1
+    cmp rax, -14
+    jne .Lbc_fail_101
+    mov edi, 0x1000
+    mov esi, 16
+    sys 1
+    cmp rax, -14
+    jne .Lbc_fail_102
+    sys 99
+    cmp rax, -38
+    jne .Lbc_fail_103
+    movabs rdi, 0x700000000000
+    mov esi, 3
+    sys 2
+    cmp rax, -22
+    jne .Lbc_fail_104
+    mov edi, 0x10000000
+    mov esi, 4096
+    sys 3
+    cmp rax, -12
+    jne .Lbc_fail_105
+    mov edi, 12345
+    sys 9
+    cmp rax, -10
+    jne .Lbc_fail_106
+    mov edi, 0x400000
+    mov esi, 5000
+    sys 1
+    cmp rax, -22
+    jne .Lbc_fail_107
+    exit_with 0
+.Lbc_fail_101:
+    exit_with 101
+.Lbc_fail_102:
+    exit_with 102
+.Lbc_fail_103:
+    exit_with 103
+.Lbc_fail_104:
+    exit_with 104
+.Lbc_fail_105:
+    exit_with 105
+.Lbc_fail_106:
+    exit_with 106
+.Lbc_fail_107:
+    exit_with 107
+    .global user_program_bad_calls_end
+user_program_bad_calls_end:
+    .popsection
+    "#
+);
+
+macro_rules! programs {
+    ($($(#[$doc:meta])* $name:ident: $start:ident .. $end:ident;)*) => {
+        unsafe extern "C" {
+            $(static $start: u8; static $end: u8;)*
+        }
+        $(
+            $(#[$doc])*
+            pub fn $name() -> Program {
+                let start = &raw const $start;
+                let end = &raw const $end;
+                // SAFETY: the two symbols bracket the program's bytes, assembled above into
+                // read-only data that lives as long as the kernel image.
+                let code = unsafe {
+                    core::slice::from_raw_parts(start, end as usize - start as usize)
+                };
+                Program { name: stringify!($name), code }
+            }
+        )*
+        /// Every program, for the console and the demo.
+        pub fn all() -> alloc::vec::Vec<Program> {
+            alloc::vec![$($name()),*]
+        }
+    };
+}
+
+programs! {
+    /// Maps, checks zero-fill, writes and reads back `rdi` pages; exits with the page count.
+    memory_walk: user_program_memory_walk_start .. user_program_memory_walk_end;
+    /// Counts non-zero words in 64 fresh pages, fills them with `rdi`, exits with the count.
+    fresh_pages: user_program_fresh_pages_start .. user_program_fresh_pages_end;
+    /// Reads the word at `rdi` and exits with it.
+    read_address: user_program_read_address_start .. user_program_read_address_end;
+    /// Writes a word at `rdi`.
+    write_address: user_program_write_address_start .. user_program_write_address_end;
+    /// Jumps to `rdi`.
+    jump_to: user_program_jump_to_start .. user_program_jump_to_end;
+    /// Executes HLT (privileged).
+    privileged: user_program_privileged_start .. user_program_privileged_end;
+    /// Busy for `rdi` ms of clock time (preemptible only by the timer).
+    spin: user_program_spin_start .. user_program_spin_end;
+    /// Sleeps `rdi` ms and checks the clock.
+    sleeper: user_program_sleeper_start .. user_program_sleeper_end;
+    /// Clone with copy-on-write, checked on both sides.
+    cow_clone: user_program_cow_clone_start .. user_program_cow_clone_end;
+    /// madvise MERGEABLE / UNMERGEABLE, with refused bad arguments.
+    advise: user_program_advise_start .. user_program_advise_end;
+    /// System calls with bad arguments.
+    bad_calls: user_program_bad_calls_start .. user_program_bad_calls_end;
+}

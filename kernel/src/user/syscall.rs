@@ -1,0 +1,181 @@
+//! The system calls of ring-3 tasks, reached through `int 0x80`.
+//!
+//! Convention (as Linux's): the number in `rax`, arguments in `rdi`, `rsi`, `rdx`, the result in
+//! `rax`; a negative result is an error number (`-EINVAL`, ...). Every other register is kept.
+//! Owns nothing: each call borrows the current task and its address space for its duration.
+//!
+//! | nr | call | arguments | result |
+//! | -- | ---- | --------- | ------ |
+//! | 0 | exit | status | does not return |
+//! | 1 | write | buffer, length (at most 4096) | bytes written to the console |
+//! | 2 | mmap | length, protection (1 read, 2 write, 4 execute) | address of the new region |
+//! | 3 | munmap | address, length | 0 |
+//! | 4 | madvise | address, length, advice (12 mergeable, 13 unmergeable) | 0 |
+//! | 5 | yield | | 0 |
+//! | 6 | sleep | nanoseconds | 0 |
+//! | 7 | clock | | nanoseconds since boot |
+//! | 8 | clone | | the child's pid in the parent, 0 in the child |
+//! | 9 | wait | child pid | its exit status, or [`WAIT_KILLED`] if it was killed |
+//! | 10 | page_map_count | address | how many mappings share the page there (0: none yet) |
+//! | 11 | check_memory | | 0 if the frame-state and reverse-map checkers pass, `-EIO` if not |
+//!
+//! The last two are diagnostics (like Linux's `/proc/self/pagemap`) for the tests' programs.
+
+use super::SYSTEM_CALLS;
+use crate::arch::user_entry::UserRegisters;
+use crate::mm::space::{FaultError, RegionFlags, SpaceError};
+use crate::mm::{checker, rmap, space};
+use core::sync::atomic::Ordering::Relaxed;
+use core::time::Duration;
+
+pub const SYS_EXIT: u64 = 0;
+pub const SYS_WRITE: u64 = 1;
+pub const SYS_MMAP: u64 = 2;
+pub const SYS_MUNMAP: u64 = 3;
+pub const SYS_MADVISE: u64 = 4;
+pub const SYS_YIELD: u64 = 5;
+pub const SYS_SLEEP: u64 = 6;
+pub const SYS_CLOCK: u64 = 7;
+pub const SYS_CLONE: u64 = 8;
+pub const SYS_WAIT: u64 = 9;
+pub const SYS_PAGE_MAP_COUNT: u64 = 10;
+pub const SYS_CHECK_MEMORY: u64 = 11;
+
+pub const EIO: i64 = 5;
+pub const ECHILD: i64 = 10;
+pub const ENOMEM: i64 = 12;
+pub const EFAULT: i64 = 14;
+pub const EINVAL: i64 = 22;
+pub const ENOSYS: i64 = 38;
+
+pub const PROT_READ: u64 = 1;
+pub const PROT_WRITE: u64 = 2;
+pub const PROT_EXEC: u64 = 4;
+pub const MADV_MERGEABLE: u64 = 12;
+pub const MADV_UNMERGEABLE: u64 = 13;
+/// What `wait` returns for a child that was killed.
+pub const WAIT_KILLED: i64 = -1000;
+/// Longest single `write`.
+pub const WRITE_MAX: usize = 4096;
+
+/// Runs the system call in `registers` and stores its result in `rax`.
+pub fn dispatch(registers: &mut UserRegisters) {
+    SYSTEM_CALLS.fetch_add(1, Relaxed);
+    // The gate turned interrupts off; a system call may sleep, and is preemptible.
+    x86_64::instructions::interrupts::enable();
+    let [a, b, c] = [registers.rdi, registers.rsi, registers.rdx];
+    let result: Result<u64, i64> = match registers.rax {
+        SYS_EXIT => super::exit_current(a as i64),
+        SYS_WRITE => write(a, b),
+        SYS_MMAP => mmap(a, b),
+        SYS_MUNMAP => with_space(|space| space.unmap(a, b).map(|()| 0).map_err(space_errno)),
+        SYS_MADVISE => madvise(a, b, c),
+        SYS_YIELD => {
+            crate::task::yield_now();
+            Ok(0)
+        }
+        SYS_SLEEP => {
+            crate::task::sleep(Duration::from_nanos(a));
+            Ok(0)
+        }
+        SYS_CLOCK => Ok(crate::time::uptime_ns().unwrap_or(0)),
+        SYS_CLONE => super::clone_current(registers)
+            .map(u64::from)
+            .map_err(space_errno),
+        SYS_WAIT => match u32::try_from(a).ok().and_then(super::wait_child) {
+            Some(super::TaskExit::Exited(status)) => Ok(status as u64),
+            Some(super::TaskExit::Killed(_)) => Ok(WAIT_KILLED as u64),
+            None => Err(ECHILD),
+        },
+        SYS_PAGE_MAP_COUNT => with_space(|space| {
+            Ok(space
+                .translate(a & !(crate::mm::PAGE_SIZE - 1))
+                .map_or(0, |(pfn, _)| u64::from(rmap::map_count(pfn))))
+        }),
+        SYS_CHECK_MEMORY => check_memory(),
+        _ => Err(ENOSYS),
+    };
+    registers.rax = match result {
+        Ok(value) => value,
+        Err(errno) => (-errno) as u64,
+    };
+}
+
+/// Runs `f` on the current task's address space, under its lock.
+fn with_space(f: impl FnOnce(&mut space::AddressSpace) -> Result<u64, i64>) -> Result<u64, i64> {
+    let space = super::current_task()
+        .and_then(|task| task.space())
+        .ok_or(EFAULT)?;
+    let mut guard = space.lock();
+    f(&mut guard)
+}
+
+fn space_errno(error: SpaceError) -> i64 {
+    match error {
+        SpaceError::OutOfMemory => ENOMEM,
+        SpaceError::BadRange | SpaceError::Overlap => EINVAL,
+        // Linux's answer for advice or unmapping over a hole.
+        SpaceError::NotMapped => ENOMEM,
+    }
+}
+
+fn write(buffer: u64, len: u64) -> Result<u64, i64> {
+    let len = usize::try_from(len).map_err(|_| EINVAL)?;
+    if len > WRITE_MAX {
+        return Err(EINVAL);
+    }
+    let mut bytes = alloc::vec![0u8; len];
+    with_space(|space| {
+        space
+            .read_user(buffer, &mut bytes)
+            .map_err(|error| match error {
+                FaultError::OutOfMemory => ENOMEM,
+                _ => EFAULT,
+            })?;
+        Ok(0)
+    })?;
+    let text = alloc::string::String::from_utf8_lossy(&bytes);
+    let (pid, name) = super::current_task()
+        .map(|task| (task.pid, task.name.clone()))
+        .unwrap_or_default();
+    log::info!("[task {pid} '{name}'] {}", text.trim_end_matches('\n'));
+    Ok(len as u64)
+}
+
+fn mmap(len: u64, protection: u64) -> Result<u64, i64> {
+    if protection & !(PROT_READ | PROT_WRITE | PROT_EXEC) != 0 {
+        return Err(EINVAL);
+    }
+    let mut flags = RegionFlags::empty();
+    flags.set(RegionFlags::READ, protection & PROT_READ != 0);
+    flags.set(RegionFlags::WRITE, protection & PROT_WRITE != 0);
+    flags.set(RegionFlags::EXECUTE, protection & PROT_EXEC != 0);
+    let len = len
+        .checked_next_multiple_of(crate::mm::PAGE_SIZE)
+        .ok_or(EINVAL)?;
+    with_space(|space| space.map_anonymous(None, len, flags).map_err(space_errno))
+}
+
+fn madvise(address: u64, len: u64, advice: u64) -> Result<u64, i64> {
+    let mergeable = match advice {
+        MADV_MERGEABLE => true,
+        MADV_UNMERGEABLE => false,
+        _ => return Err(EINVAL),
+    };
+    with_space(|space| {
+        space
+            .advise_mergeable(address, len, mergeable)
+            .map(|()| 0)
+            .map_err(space_errno)
+    })
+}
+
+fn check_memory() -> Result<u64, i64> {
+    match checker::check() {
+        Ok(_) => Ok(0),
+        Err(problem) => {
+            log::error!("check_memory: {problem}");
+            Err(EIO)
+        }
+    }
+}

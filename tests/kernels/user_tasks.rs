@@ -1,0 +1,357 @@
+//! Ring-3 tasks and their address spaces: programs that run in ring 3 and exit with a status,
+//! isolation (tasks that touch what they may not are killed, the kernel and other tasks go on,
+//! fresh pages never show old data), copy-on-write after clone with exact reference counts and
+//! reverse map, madvise, bad system calls, preemption of ring 3, and teardown without leaks.
+#![no_std]
+#![no_main]
+#![feature(custom_test_frameworks)]
+#![test_runner(kernel::testing::run_tests)]
+#![reexport_test_harness_main = "test_main"]
+
+extern crate alloc;
+
+use core::time::Duration;
+use kernel::mm::space::{AddressSpace, LIVE_SPACES, RegionFlags};
+use kernel::mm::{PAGE_SIZE, checker, page_alloc, rmap};
+use kernel::time::Instant;
+use kernel::user::{self, CODE_BASE, STACK_TOP, TaskExit, TaskReport, programs};
+use kernel::{BootInfo, ExitCode, task};
+
+kernel::entry_point!(main);
+
+fn main(_info: &'static BootInfo) -> ExitCode {
+    test_main();
+    ExitCode::Success
+}
+
+/// Runs `program` with `argument` to its end (at most 60 s).
+fn run(program: programs::Program, argument: u64) -> TaskReport {
+    let handle = user::spawn(program.name, &program, argument).expect("task starts");
+    match handle.join_timeout(Duration::from_secs(60)) {
+        Ok(report) => report,
+        Err(_) => panic!("task '{}' did not end within 60 s", program.name),
+    }
+}
+
+fn assert_killed(report: &TaskReport, reason_contains: &str) {
+    match &report.exit {
+        TaskExit::Killed(reason) => assert!(
+            reason.contains(reason_contains),
+            "killed for '{reason}', expected '{reason_contains}'"
+        ),
+        other => panic!("expected a kill ({reason_contains}), got {other:?}"),
+    }
+}
+
+/// The frame-state checker, which also proves the reverse map and reference counts exact.
+fn check_memory() {
+    if let Err(problem) = checker::check() {
+        panic!("memory check: {problem}");
+    }
+}
+
+static KERNEL_SECRET: u64 = 0x5ec2_e75e_c2e7_5ec2;
+
+#[test_case]
+fn ring3_task_writes_and_reads_its_memory_and_exits_with_its_status() {
+    let before = user::stats();
+    let report = run(programs::memory_walk(), 16);
+    assert_eq!(report.exit, TaskExit::Exited(16));
+    // 16 data pages faulted in on demand, plus the code page loaded at spawn.
+    assert_eq!(report.counters.minor_faults, 17, "{:?}", report.counters);
+    // The data was unmapped before exit: only the code page is left.
+    assert_eq!(report.counters.resident, 1, "{:?}", report.counters);
+    let after = user::stats();
+    assert_eq!(after.exited, before.exited + 1);
+    assert!(after.system_calls >= before.system_calls + 4);
+    check_memory();
+}
+
+#[test_case]
+fn task_reading_kernel_memory_is_killed() {
+    let address = &raw const KERNEL_SECRET as u64;
+    let killed_before = user::stats().killed;
+    let report = run(programs::read_address(), address);
+    assert_killed(&report, "kernel memory");
+    assert_eq!(user::stats().killed, killed_before + 1);
+    // The kernel's data is untouched and the kernel runs on.
+    assert_eq!(
+        unsafe { core::ptr::read_volatile(&raw const KERNEL_SECRET) },
+        0x5ec2_e75e_c2e7_5ec2
+    );
+    check_memory();
+}
+
+#[test_case]
+fn task_reading_an_unmapped_address_is_killed() {
+    let report = run(programs::read_address(), 0x2000_0000_0000);
+    assert_killed(&report, "unmapped");
+}
+
+#[test_case]
+fn task_writing_its_own_code_is_killed() {
+    let report = run(programs::write_address(), CODE_BASE);
+    assert_killed(&report, "does not allow");
+}
+
+#[test_case]
+fn task_writing_kernel_memory_is_killed() {
+    let report = run(programs::write_address(), &raw const KERNEL_SECRET as u64);
+    assert_killed(&report, "kernel memory");
+}
+
+#[test_case]
+fn task_executing_its_stack_is_killed() {
+    let report = run(programs::jump_to(), STACK_TOP - PAGE_SIZE);
+    assert_killed(&report, "does not allow");
+}
+
+#[test_case]
+fn task_jumping_into_kernel_code_is_killed() {
+    let report = run(programs::jump_to(), check_memory as *const () as u64);
+    assert_killed(&report, "kernel memory");
+}
+
+#[test_case]
+fn privileged_instruction_kills_the_task() {
+    let report = run(programs::privileged(), 0);
+    assert_killed(&report, "general protection");
+}
+
+#[test_case]
+fn other_tasks_go_on_while_one_is_killed() {
+    let sleeper = programs::sleeper();
+    let calm = user::spawn("calm", &sleeper, 30).expect("task starts");
+    let reader = programs::read_address();
+    let rogue = user::spawn("rogue", &reader, 0x10).expect("task starts");
+    assert_killed(&rogue.join(), "unmapped");
+    assert_eq!(calm.join().exit, TaskExit::Exited(0));
+}
+
+#[test_case]
+fn fresh_pages_never_show_another_tasks_old_data() {
+    // Each run fills 64 pages with its marker; the pages go back at exit and the next run gets
+    // them (or others) again: every word it sees first must be zero.
+    for round in 0..20u64 {
+        let report = run(programs::fresh_pages(), 0xdead_0000 + round);
+        assert_eq!(
+            report.exit,
+            TaskExit::Exited(0),
+            "round {round}: non-zero words seen in fresh pages"
+        );
+        assert_eq!(
+            report.counters.resident, 65,
+            "64 data pages and the code page"
+        );
+    }
+    check_memory();
+}
+
+#[test_case]
+fn clone_shares_pages_copy_on_write_in_ring3() {
+    let cow_before = user::stats();
+    let report = run(programs::cow_clone(), 0);
+    assert_eq!(report.exit, TaskExit::Exited(0), "see cow_clone's statuses");
+    // The parent's page was shared; the child copied it, so the parent took it back on its
+    // write without a copy.
+    assert_eq!(report.counters.cow_reuses, 1, "{:?}", report.counters);
+    assert_eq!(report.counters.cow_copies, 0, "{:?}", report.counters);
+    assert_eq!(user::stats().started, cow_before.started + 2);
+    check_memory();
+}
+
+#[test_case]
+fn cow_through_the_space_api_keeps_refcounts_and_reverse_map_exact() {
+    let start_free = settled_free_pages();
+    let parent = AddressSpace::new().expect("space");
+    let base = {
+        let mut space = parent.lock();
+        let base = space
+            .map_anonymous(None, 4 * PAGE_SIZE, RegionFlags::READ | RegionFlags::WRITE)
+            .expect("region");
+        for page in 0..4 {
+            space
+                .write_user(base + page * PAGE_SIZE, &[0xa0 + page as u8; 64])
+                .expect("write");
+        }
+        base
+    };
+    let page_of = |space: &user_space::Shared, address: u64| space.lock().translate(address);
+    let parent_pages: alloc::vec::Vec<u64> = (0..4)
+        .map(|page| page_of(&parent, base + page * PAGE_SIZE).expect("mapped").0)
+        .collect();
+    for &pfn in &parent_pages {
+        assert_eq!(rmap::map_count(pfn), 1);
+    }
+    check_memory();
+
+    let child = parent.lock().fork().expect("fork");
+    let (parent_id, child_id) = (parent.lock().id(), child.lock().id());
+    for (page, &pfn) in parent_pages.iter().enumerate() {
+        let address = base + page as u64 * PAGE_SIZE;
+        assert_eq!(
+            page_of(&parent, address),
+            Some((pfn, false)),
+            "write-protected"
+        );
+        assert_eq!(page_of(&child, address), Some((pfn, false)), "same page");
+        assert_eq!(rmap::map_count(pfn), 2);
+        let mut mappings = rmap::mappings(pfn);
+        mappings.sort_unstable();
+        assert_eq!(
+            mappings,
+            [
+                rmap::Mapping {
+                    space: parent_id,
+                    address
+                },
+                rmap::Mapping {
+                    space: child_id,
+                    address
+                }
+            ]
+        );
+    }
+    check_memory();
+
+    // The child writes page 0: it gets a private copy, the parent keeps the original.
+    child.lock().write_user(base, &[0xc0; 8]).expect("write");
+    let (child_page0, writable) = page_of(&child, base).expect("mapped");
+    assert!(writable);
+    assert_ne!(child_page0, parent_pages[0]);
+    assert_eq!(rmap::map_count(parent_pages[0]), 1);
+    assert_eq!(rmap::map_count(child_page0), 1);
+    assert_eq!(child.lock().counters.cow_copies, 1);
+    let mut seen = [0u8; 8];
+    parent.lock().read_user(base, &mut seen).expect("read");
+    assert_eq!(seen, [0xa0; 8], "the parent does not see the child's write");
+    check_memory();
+
+    // The parent writes page 0, now mapped only by it: taken back without a copy.
+    parent.lock().write_user(base, &[0xd0; 8]).expect("write");
+    assert_eq!(page_of(&parent, base), Some((parent_pages[0], true)));
+    assert_eq!(parent.lock().counters.cow_reuses, 1);
+    assert_eq!(parent.lock().counters.cow_copies, 0);
+    child.lock().read_user(base, &mut seen).expect("read");
+    assert_eq!(seen, [0xc0; 8], "the child does not see the parent's write");
+    check_memory();
+
+    // The parent writes page 1, still shared: the parent copies; the child then reuses.
+    parent
+        .lock()
+        .write_user(base + PAGE_SIZE, &[0xe0; 8])
+        .expect("write");
+    assert_eq!(parent.lock().counters.cow_copies, 1);
+    assert_eq!(rmap::map_count(parent_pages[1]), 1);
+    child
+        .lock()
+        .write_user(base + PAGE_SIZE, &[0xf0; 8])
+        .expect("write");
+    assert_eq!(
+        page_of(&child, base + PAGE_SIZE),
+        Some((parent_pages[1], true))
+    );
+    assert_eq!(child.lock().counters.cow_reuses, 1);
+    check_memory();
+
+    // Unmapping page 2 in the child leaves the parent's mapping alone.
+    child
+        .lock()
+        .unmap(base + 2 * PAGE_SIZE, PAGE_SIZE)
+        .expect("unmap");
+    assert_eq!(rmap::map_count(parent_pages[2]), 1);
+    assert_eq!(
+        page_of(&parent, base + 2 * PAGE_SIZE),
+        Some((parent_pages[2], false))
+    );
+    check_memory();
+
+    drop(child);
+    for &pfn in &parent_pages[2..] {
+        assert_eq!(rmap::map_count(pfn), 1, "the child's mappings are gone");
+    }
+    check_memory();
+    drop(parent);
+    assert_eq!(LIVE_SPACES.load(core::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        settled_free_pages(),
+        start_free,
+        "every page and table page is back"
+    );
+    check_memory();
+}
+
+mod user_space {
+    pub type Shared = kernel::mm::space::SharedSpace;
+}
+
+#[test_case]
+fn madvise_marks_and_unmarks_mergeable_ranges() {
+    let report = run(programs::advise(), 0);
+    assert_eq!(report.exit, TaskExit::Exited(0), "see advise's statuses");
+    assert_eq!(report.mergeable_bytes, 3 * PAGE_SIZE);
+    assert_eq!(
+        report.counters.resident, 9,
+        "8 data pages and the code page"
+    );
+}
+
+#[test_case]
+fn bad_system_calls_fail_with_errors_and_nothing_else() {
+    let report = run(programs::bad_calls(), 0);
+    assert_eq!(report.exit, TaskExit::Exited(0), "see bad_calls' statuses");
+}
+
+#[test_case]
+fn busy_ring3_task_is_preempted() {
+    let spin = programs::spin();
+    let started = Instant::now();
+    let handle = user::spawn("spinner", &spin, 300).expect("task starts");
+    task::sleep(Duration::from_millis(1));
+    // This thread ran again while the spinner, which never gives up the CPU, still runs.
+    assert!(
+        handle.task().space().is_some(),
+        "spinner finished before the sleeper woke ({:?})",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert_eq!(handle.join().exit, TaskExit::Exited(0));
+}
+
+/// Free pages once dead threads' stacks are freed and the per-CPU caches drained.
+fn settled_free_pages() -> u64 {
+    // A finished task's thread may still be on its way out: let it go first.
+    for _ in 0..1000 {
+        if user::stats().live == 0 {
+            break;
+        }
+        task::sleep(Duration::from_millis(1));
+    }
+    // Then a sleep lets every ready thread (a task's, finishing) run and exit.
+    task::sleep(Duration::from_millis(2));
+    page_alloc::drain_per_cpu_caches();
+    // Pages the kernel heap took meanwhile are not a leak of the tasks.
+    page_alloc::free_pages() + kernel::mm::heap::stats().grown as u64 / PAGE_SIZE
+}
+
+#[test_case]
+fn exit_frees_every_page_many_times_over() {
+    let round = || {
+        assert_eq!(run(programs::memory_walk(), 32).exit, TaskExit::Exited(32));
+        assert_eq!(run(programs::fresh_pages(), 7).exit, TaskExit::Exited(0));
+        assert_eq!(run(programs::cow_clone(), 0).exit, TaskExit::Exited(0));
+        assert_killed(&run(programs::read_address(), 0x10), "unmapped");
+    };
+    round();
+    let start_free = settled_free_pages();
+    for _ in 0..25 {
+        round();
+    }
+    assert_eq!(
+        settled_free_pages(),
+        start_free,
+        "pages leaked by 100 tasks"
+    );
+    assert_eq!(LIVE_SPACES.load(core::sync::atomic::Ordering::Relaxed), 0);
+    check_memory();
+}
