@@ -17,6 +17,8 @@ const HELP: &str = "commands:
   check            run the frame-state checker
   heap             kernel heap usage
   threads          kernel threads and their states
+  tasks            task counters and the tasks running now
+  run PROGRAM [N]  run a user program with argument N and show its report
   tunables         every tunable with its value and range
   set NAME=VALUE   change a tunable
   exit             leave the console (the kernel exits)";
@@ -63,6 +65,18 @@ pub fn execute(line: &str) -> (String, Next) {
                 stats.context_switches, stats.preemptions, stats.timer_interrupts
             )
         }
+        "tasks" => {
+            let stats = crate::user::stats();
+            for (pid, name) in crate::user::running_tasks() {
+                let _ = writeln!(out, "{pid:>4} {name}");
+            }
+            writeln!(
+                out,
+                "{} started, {} exited, {} killed, {} system calls",
+                stats.started, stats.exited, stats.killed, stats.system_calls
+            )
+        }
+        "run" => run_program(&mut out, words.next(), words.next()),
         "tunables" => {
             for tunable in tunables::ALL {
                 let _ = writeln!(
@@ -126,6 +140,35 @@ pub fn run() {
     }
 }
 
+/// `run PROGRAM [N]`: runs a user program to its end and writes its report.
+fn run_program(out: &mut String, name: Option<&str>, argument: Option<&str>) -> core::fmt::Result {
+    let programs = crate::user::programs::all();
+    let Some(program) = programs.iter().find(|program| Some(program.name) == name) else {
+        let names: alloc::vec::Vec<&str> = programs.iter().map(|program| program.name).collect();
+        return writeln!(
+            out,
+            "usage: run PROGRAM [N]; programs: {}",
+            names.join(", ")
+        );
+    };
+    let argument = match argument.map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(value)) => value,
+        Some(Err(_)) => return writeln!(out, "the argument must be a number"),
+    };
+    match crate::user::spawn(program.name, program, argument) {
+        Ok(handle) => {
+            let report = handle.join();
+            writeln!(
+                out,
+                "task {}: {:?}, {:?}",
+                report.pid, report.exit, report.counters
+            )
+        }
+        Err(error) => writeln!(out, "could not start {}: {error:?}", program.name),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +199,19 @@ mod tests {
             .expect("in range");
         assert!(execute("frobnicate").0.contains("unknown command"));
         assert_eq!(execute("exit").1, Next::Exit);
+    }
+
+    #[test_case]
+    fn console_runs_user_programs_and_shows_task_counters() {
+        let killed_before = crate::user::stats().killed;
+        let (report, _) = execute("run memory_walk 4");
+        assert!(report.contains("Exited(4)"), "{report}");
+        let (report, _) = execute("run read_address 16");
+        assert!(report.contains("Killed"), "{report}");
+        assert!(execute("run nosuch").0.contains("programs: memory_walk"));
+        assert!(execute("run spin x").0.contains("must be a number"));
+        let (tasks, _) = execute("tasks");
+        let killed = alloc::format!("{} killed", killed_before + 1);
+        assert!(tasks.contains(&killed), "{tasks}");
     }
 }

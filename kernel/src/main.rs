@@ -30,6 +30,7 @@ fn main(info: &'static BootInfo) -> ExitCode {
     }
     show_memory(info);
     show_threads();
+    show_user_tasks();
     if kernel::cmdline::value("console") == Some("on") {
         kernel::console::run();
     }
@@ -115,5 +116,52 @@ fn show_threads() {
         stats.preemptions,
         stats.threads_spawned,
         stats.threads_exited
+    );
+}
+
+fn show_user_tasks() {
+    use kernel::user::{self, programs};
+    println!("User tasks (ring 3, each in its own address space):");
+    let kernel_address = main as *const () as u64;
+    let runs = [
+        (
+            programs::memory_walk(),
+            64,
+            "maps 64 pages, checks zero-fill, writes, reads back",
+        ),
+        (
+            programs::cow_clone(),
+            0,
+            "clone with copy-on-write, both sides checked",
+        ),
+        (
+            programs::read_address(),
+            kernel_address,
+            "tries to read kernel code",
+        ),
+    ];
+    for (program, argument, what) in runs {
+        let report = match user::spawn(program.name, &program, argument) {
+            Ok(handle) => handle.join(),
+            Err(error) => {
+                println!("  {:<13} could not start: {error:?}", program.name);
+                continue;
+            }
+        };
+        let counters = report.counters;
+        println!(
+            "  {:<13} {what}: {:?}; {} faults ({} copy-on-write copies, {} reuses), {} pages resident at exit",
+            program.name,
+            report.exit,
+            counters.minor_faults,
+            counters.cow_copies,
+            counters.cow_reuses,
+            counters.resident,
+        );
+    }
+    let stats = user::stats();
+    println!(
+        "Tasks: {} started, {} exited, {} killed, {} system calls",
+        stats.started, stats.exited, stats.killed, stats.system_calls
     );
 }

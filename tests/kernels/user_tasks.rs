@@ -152,10 +152,12 @@ fn clone_shares_pages_copy_on_write_in_ring3() {
     let cow_before = user::stats();
     let report = run(programs::cow_clone(), 0);
     assert_eq!(report.exit, TaskExit::Exited(0), "see cow_clone's statuses");
-    // The parent's page was shared; the child copied it, so the parent took it back on its
-    // write without a copy.
-    assert_eq!(report.counters.cow_reuses, 1, "{:?}", report.counters);
-    assert_eq!(report.counters.cow_copies, 0, "{:?}", report.counters);
+    // Page A: the child copied it, so the parent took it back on its write without a copy.
+    // Page B: the parent wrote it first, while shared (a copy), unless the child had already
+    // exited (a reuse): two copy-on-write faults in all.
+    let counters = report.counters;
+    assert!(counters.cow_reuses >= 1, "{counters:?}");
+    assert_eq!(counters.cow_reuses + counters.cow_copies, 2, "{counters:?}");
     assert_eq!(user::stats().started, cow_before.started + 2);
     check_memory();
 }

@@ -187,19 +187,22 @@ user_program_sleeper_start:
     .global user_program_sleeper_end
 user_program_sleeper_end:
 
-    // cow_clone: maps a page, writes 0x1111, clones. The child checks it sees 0x1111 in a page
-    // shared twice, writes 0x2222 (its private copy, mapped once), exits 2. The parent waits for
-    // the child, checks it still sees 0x1111 in a page mapped once, writes 0x3333 and exits 0.
-    // The memory checkers run at each step. Statuses: 10.. the child, 20.. the parent, 30.. set-up.
+    // cow_clone: maps pages A and B, writes A = 0x1111 and B = 0x4444, clones. The parent at once
+    // writes B = 0x5555 (a stale writable TLB entry would let it write the shared page). The
+    // child checks it sees A = 0x1111 in a page shared twice and B = 0x4444, writes A = 0x2222
+    // (its private copy, mapped once), exits 2. The parent waits for the child, checks it still
+    // sees A = 0x1111 in a page mapped once, writes 0x3333 and exits 0. The memory checkers run
+    // at each step. Statuses: 10.. the child, 20.. the parent, 30.. set-up.
     .global user_program_cow_clone_start
 user_program_cow_clone_start:
-    mov edi, 4096
+    mov edi, 2 * 4096
     mov esi, 3
     sys 2
     test rax, rax
     js .Lcc_fail_mmap
     mov r13, rax
     mov qword ptr [r13], 0x1111
+    mov qword ptr [r13 + 4096], 0x4444
     mov rdi, r13
     sys 10
     cmp rax, 1
@@ -209,6 +212,9 @@ user_program_cow_clone_start:
     js .Lcc_fail_clone
     jz .Lcc_child
     mov r12, rax
+    mov qword ptr [r13 + 4096], 0x5555
+    cmp qword ptr [r13 + 4096], 0x5555
+    jne .Lcc_parent_lost_b
     mov rdi, r12
     sys 9
     cmp rax, 2
@@ -229,6 +235,8 @@ user_program_cow_clone_start:
 .Lcc_child:
     cmp qword ptr [r13], 0x1111
     jne .Lcc_child_wrong_data
+    cmp qword ptr [r13 + 4096], 0x4444
+    jne .Lcc_child_saw_parent_write
     mov rdi, r13
     sys 10
     cmp rax, 2
@@ -259,6 +267,8 @@ user_program_cow_clone_start:
     exit_with 14
 .Lcc_child_check_private:
     exit_with 15
+.Lcc_child_saw_parent_write:
+    exit_with 16
 .Lcc_child_failed:
     exit_with 20
 .Lcc_parent_saw_child_write:
@@ -269,6 +279,8 @@ user_program_cow_clone_start:
     exit_with 23
 .Lcc_parent_check:
     exit_with 24
+.Lcc_parent_lost_b:
+    exit_with 25
 .Lcc_fail_mmap:
     exit_with 30
 .Lcc_not_private:
