@@ -31,6 +31,7 @@ fn main(info: &'static BootInfo) -> ExitCode {
     show_memory(info);
     show_threads();
     show_user_tasks();
+    show_reporting();
     if kernel::cmdline::value("console") == Some("on") {
         kernel::console::run();
     }
@@ -163,5 +164,35 @@ fn show_user_tasks() {
     println!(
         "Tasks: {} started, {} exited, {} killed, {} system calls",
         stats.started, stats.exited, stats.killed, stats.system_calls
+    );
+}
+
+fn show_reporting() {
+    let balloon = kernel::drivers::balloon::stats();
+    if !balloon.present {
+        println!("Free page reporting: off (no virtio-balloon device)");
+        return;
+    }
+    // Give the reporting worker its first pass (it waits reporting.delay_ms after the trigger).
+    let start = Instant::now();
+    while kernel::mm::reporting::stats().reports == 0 && start.elapsed() < Duration::from_secs(5) {
+        task::sleep(Duration::from_millis(10));
+    }
+    let stats = kernel::mm::reporting::stats();
+    let reported: u64 = stats.reported_pages_now.iter().sum();
+    println!(
+        "Free page reporting: {} reports, {} MiB reported to the host, {} MiB of free memory reported now, {} failures",
+        stats.reports,
+        stats.bytes_reported >> 20,
+        reported >> 8,
+        stats.failures
+    );
+    println!(
+        "Balloon: target {} pages, actual {}, {} statistics answered, interrupts: {} configuration, {} queue",
+        balloon.target_pages,
+        balloon.actual_pages,
+        balloon.stats_answered,
+        balloon.config_interrupts,
+        balloon.queue_interrupts
     );
 }

@@ -75,8 +75,65 @@ pub static TEST_TIME_LIMIT_S: Tunable = Tunable::new(
     "test kernels: how long one test may run before the run is declared hung",
 );
 
+pub static REPORTING_ENABLED: Tunable = Tunable::new(
+    "reporting.enabled",
+    1,
+    0,
+    1,
+    "free page reporting: 1 gives free memory back to the host, 0 keeps it",
+);
+
+pub static REPORTING_MIN_ORDER: Tunable = Tunable::new(
+    "reporting.min_order",
+    9,
+    5,
+    10,
+    "smallest free block reported to the host (9: 2 MiB, what a host with huge pages can drop)",
+);
+
+pub static REPORTING_DELAY_MS: Tunable = Tunable::new(
+    "reporting.delay_ms",
+    50,
+    0,
+    10_000,
+    "wait after the trigger before a pass (lets a burst of frees settle; Linux waits 2000)",
+);
+
+pub static REPORTING_CAPACITY: Tunable = Tunable::new(
+    "reporting.capacity",
+    32,
+    1,
+    32,
+    "blocks per report (the device's reporting queue holds 32)",
+);
+
+pub static REPORTING_HIGH_WATER_MIB: Tunable = Tunable::new(
+    "reporting.high_water_mib",
+    32,
+    1,
+    1 << 20,
+    "unreported free memory (MiB, in blocks of the minimum order and up) that wakes the worker",
+);
+
+pub static REPORTING_BUDGET: Tunable = Tunable::new(
+    "reporting.budget",
+    64,
+    1,
+    100_000,
+    "reports per pass before the worker yields (another pass follows after the delay)",
+);
+
 /// All tunables, for the command line and the console.
-pub static ALL: &[&Tunable] = &[&SCHED_TIMESLICE_MS, &TEST_TIME_LIMIT_S];
+pub static ALL: &[&Tunable] = &[
+    &SCHED_TIMESLICE_MS,
+    &TEST_TIME_LIMIT_S,
+    &REPORTING_ENABLED,
+    &REPORTING_MIN_ORDER,
+    &REPORTING_DELAY_MS,
+    &REPORTING_CAPACITY,
+    &REPORTING_HIGH_WATER_MIB,
+    &REPORTING_BUDGET,
+];
 
 pub fn find(name: &str) -> Option<&'static Tunable> {
     ALL.iter().copied().find(|tunable| tunable.name == name)

@@ -9,6 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::registers::model_specific::Msr;
 
 const IA32_APIC_BASE: u32 = 0x1b;
+const REG_ID: usize = 0x20;
 const REG_TPR: usize = 0x80;
 const REG_EOI: usize = 0xb0;
 const REG_SVR: usize = 0xf0;
@@ -41,6 +42,11 @@ fn write(offset: usize, value: u32) {
     // SAFETY: as in `read`; the kernel is the APIC's only user and writes only documented
     // registers with valid values.
     unsafe { core::ptr::write_volatile(register(offset), value) }
+}
+
+/// This CPU's local APIC ID (where MSI messages for it are addressed).
+pub fn id() -> u32 {
+    read(REG_ID) >> 24
 }
 
 /// Physical address of the local APIC's registers.

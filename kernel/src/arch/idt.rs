@@ -133,6 +133,8 @@ pub fn init() {
                 .set_privilege_level(PrivilegeLevel::Ring3);
         }
         idt[vectors::TIMER].set_handler_fn(timer_interrupt);
+        idt[vectors::BALLOON_CONFIG].set_handler_fn(balloon_config_interrupt);
+        idt[vectors::BALLOON_QUEUES].set_handler_fn(balloon_queue_interrupt);
         idt[vectors::SPURIOUS].set_handler_fn(spurious_interrupt);
         idt
     });
@@ -262,6 +264,16 @@ extern "x86-interrupt" fn timer_interrupt(_frame: InterruptStackFrame) {
     // returns, and the APIC must be free to deliver the next tick meanwhile.
     apic::end_of_interrupt();
     crate::task::scheduler::timer_tick();
+}
+
+extern "x86-interrupt" fn balloon_config_interrupt(_frame: InterruptStackFrame) {
+    apic::end_of_interrupt();
+    crate::drivers::balloon::on_config_interrupt();
+}
+
+extern "x86-interrupt" fn balloon_queue_interrupt(_frame: InterruptStackFrame) {
+    apic::end_of_interrupt();
+    crate::drivers::balloon::on_queue_interrupt();
 }
 
 extern "x86-interrupt" fn spurious_interrupt(_frame: InterruptStackFrame) {

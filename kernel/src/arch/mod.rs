@@ -7,6 +7,7 @@ pub mod extable;
 pub mod gdt;
 pub mod hpet;
 pub mod idt;
+pub mod ioapic;
 pub mod pic;
 pub mod pit;
 pub mod tsc;
@@ -17,6 +18,9 @@ use x86_64::instructions::{hlt, interrupts};
 /// Interrupt vectors the kernel uses (exceptions take 0..32).
 pub mod vectors {
     pub const TIMER: u8 = 0x30;
+    /// virtio-balloon (MSI-X): configuration change, and used buffers on any queue.
+    pub const BALLOON_CONFIG: u8 = 0x40;
+    pub const BALLOON_QUEUES: u8 = 0x41;
     /// The system-call gate, the only vector ring 3 may raise with `int`.
     pub const SYSCALL: u8 = 0x80;
 

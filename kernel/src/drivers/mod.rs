@@ -1,2 +1,5 @@
-//! Device drivers: the serial console (and, later, PCI and virtio-balloon).
+//! Device drivers: the serial console, PCI, and the virtio-balloon device (on `virtio-drivers`).
+pub mod balloon;
+pub mod pci;
 pub mod serial;
+pub mod virtio_hal;

@@ -1,10 +1,18 @@
 //! The buddy allocator of one zone: free lists per order and migratetype, a migratetype per
-//! 2 MiB pageblock, splitting, merging, fallback that steals whole pageblocks, and isolation.
+//! 2 MiB pageblock, splitting, merging, fallback that steals whole pageblocks, isolation, and
+//! the reported-page boundary of every list.
 //!
 //! Owns a zone's [`FreeArea`]: the free lists and the list fields of the zone's frame records.
 //! It is always used under the zone's lock ([`super::zone::Zone`]); nothing else touches the
 //! lists. Free lists are intrusive doubly linked lists through the frame records; blocks can be
 //! inserted and taken at either end, and removed from the middle, all in O(1).
+//!
+//! Reported blocks (the host was told it may discard their memory, flag `REPORTED`) form one
+//! run at the tail of their list, starting at the list's *boundary*. Unreported blocks always
+//! go in front of it, allocation takes from the head (warm, unreported memory first), and a
+//! reported block that leaves its list for any reason (allocation, split, merge, a migratetype
+//! move, isolation) loses its flag and its count. The reporting worker takes the unreported
+//! block just in front of the boundary, so a pass only ever visits what is new.
 
 use super::frame::{Frame, FrameFlags, FrameIndex, FrameState, NONE};
 use alloc::vec::Vec;
@@ -76,6 +84,10 @@ struct FreeList {
     head: FrameIndex,
     tail: FrameIndex,
     count: u32,
+    /// The first block of the reported run at the tail, or `NONE`.
+    boundary: FrameIndex,
+    /// Blocks in the reported run.
+    reported: u32,
 }
 
 impl FreeList {
@@ -83,6 +95,8 @@ impl FreeList {
         head: NONE,
         tail: NONE,
         count: 0,
+        boundary: NONE,
+        reported: 0,
     };
 }
 
@@ -120,6 +134,13 @@ pub struct FreeArea {
     pageblock_types: &'static [AtomicU8],
     /// Pages in blocks on the free lists (not isolated, not cached).
     pub free_pages: u64,
+    /// Of those, pages in reported blocks, per order.
+    reported_pages: [u64; ORDERS],
+    /// Set when a free makes enough unreported memory for the reporting worker (see
+    /// [`FreeArea::set_report_trigger`]); taken by the zone's unlock.
+    report_wanted: bool,
+    /// Reporting trigger: from this order up, this many unreported free pages. `None`: off.
+    report_trigger: Option<(u8, u64)>,
     pub counters: BuddyCounters,
 }
 
@@ -139,6 +160,9 @@ impl FreeArea {
                     .collect(),
             ),
             free_pages: 0,
+            reported_pages: [0; ORDERS],
+            report_wanted: false,
+            report_trigger: None,
             counters: BuddyCounters::default(),
         }
     }
@@ -195,6 +219,56 @@ impl FreeArea {
         self.lists[order as usize][kind as usize].count
     }
 
+    /// Reported blocks on the list of `order` and `kind`, and the first of them (the boundary).
+    pub fn reported_run(&self, order: u8, kind: MigrateType) -> (u32, Option<FrameIndex>) {
+        let list = &self.lists[order as usize][kind as usize];
+        (
+            list.reported,
+            (list.boundary != NONE).then_some(list.boundary),
+        )
+    }
+
+    /// Pages in reported blocks of `order`.
+    pub fn reported_pages(&self, order: u8) -> u64 {
+        self.reported_pages[order as usize]
+    }
+
+    /// Free pages in unreported blocks of `min_order` and above (isolated lists excluded).
+    pub fn unreported_pages_from(&self, min_order: u8) -> u64 {
+        (min_order..=MAX_ORDER)
+            .map(|order| {
+                let listed: u64 = MigrateType::ALLOCATABLE
+                    .iter()
+                    .map(|kind| u64::from(self.list_count(order, *kind)))
+                    .sum();
+                (listed << order) - self.reported_pages[order as usize]
+            })
+            .sum()
+    }
+
+    /// Asks [`FreeArea::free`] to raise [`FreeArea::take_report_wanted`] when a free leaves at
+    /// least `pages` unreported free pages in blocks of `min_order` and above.
+    pub fn set_report_trigger(&mut self, trigger: Option<(u8, u64)>) {
+        self.report_trigger = trigger;
+    }
+
+    /// Whether a free since the last call crossed the reporting trigger.
+    pub fn take_report_wanted(&mut self) -> bool {
+        core::mem::take(&mut self.report_wanted)
+    }
+
+    /// The unreported block just in front of the reported run of a list (the tail if nothing is
+    /// reported): the next one for the reporting worker.
+    pub fn last_unreported(&self, order: u8, kind: MigrateType) -> Option<FrameIndex> {
+        let list = &self.lists[order as usize][kind as usize];
+        let index = if list.boundary == NONE {
+            list.tail
+        } else {
+            self.frame(list.boundary).prev()
+        };
+        (index != NONE).then_some(index)
+    }
+
     /// The head (or tail) block of a list.
     pub fn list_end(&self, order: u8, kind: MigrateType, end: End) -> Option<FrameIndex> {
         let list = &self.lists[order as usize][kind as usize];
@@ -219,11 +293,30 @@ impl FreeArea {
         })
     }
 
-    /// Links a block into a list as a free head.
+    /// Links a block into a list as an unreported free head: at the head, or at the tail end of
+    /// the unreported blocks (just in front of the reported run).
     pub fn push(&mut self, index: FrameIndex, order: u8, kind: MigrateType, end: End) {
         let frame = self.frame(index);
         frame.make_head(FrameState::Free, order, kind as u8);
         let list = &mut self.lists[order as usize][kind as usize];
+        let end = if end == End::Tail && list.boundary != NONE {
+            // In front of the boundary: the reported run stays whole at the tail.
+            let boundary = list.boundary;
+            let before = self.frames[boundary as usize].prev();
+            frame.set_prev(before);
+            frame.set_next(boundary);
+            self.frames[boundary as usize].set_prev(index);
+            if before != NONE {
+                self.frames[before as usize].set_next(index);
+            } else {
+                list.head = index;
+            }
+            list.count += 1;
+            self.free_pages += 1 << order;
+            return;
+        } else {
+            end
+        };
         match end {
             End::Head => {
                 frame.set_next(list.head);
@@ -248,9 +341,48 @@ impl FreeArea {
         self.free_pages += 1 << order;
     }
 
-    /// Unlinks a free block from whatever list it is on; it keeps its order and flags and is
-    /// left in state `Tail` for the caller to re-label.
+    /// Links a block that the host has just been told about at the tail of its list, in the
+    /// reported run, flagged `REPORTED`.
+    fn push_reported(&mut self, index: FrameIndex, order: u8, kind: MigrateType) {
+        let frame = self.frame(index);
+        frame.make_head(FrameState::Free, order, kind as u8);
+        frame.set_flags(FrameFlags::REPORTED);
+        let list = &mut self.lists[order as usize][kind as usize];
+        frame.set_prev(list.tail);
+        if list.tail != NONE {
+            self.frames[list.tail as usize].set_next(index);
+        } else {
+            list.head = index;
+        }
+        list.tail = index;
+        if list.boundary == NONE {
+            list.boundary = index;
+        }
+        list.count += 1;
+        list.reported += 1;
+        self.free_pages += 1 << order;
+        self.reported_pages[order as usize] += 1 << order;
+    }
+
+    /// Unlinks a free block from whatever list it is on; it keeps its order and is left in
+    /// state `Tail` for the caller to re-label. A reported block loses its flag: it leaves the
+    /// reported run, and whoever gets it next may not assume anything of its memory.
     pub fn unlink(&mut self, index: FrameIndex) {
+        let frame = self.frame(index);
+        if frame.flags().contains(FrameFlags::REPORTED) {
+            let (order, kind) = (frame.order(), frame.list());
+            let list = &mut self.lists[order as usize][kind as usize];
+            if list.boundary == index {
+                list.boundary = frame.next();
+            }
+            list.reported -= 1;
+            self.reported_pages[order as usize] -= 1 << order;
+            frame.set_flags(frame.flags() - FrameFlags::REPORTED);
+        }
+        self.unlink_raw(index);
+    }
+
+    fn unlink_raw(&mut self, index: FrameIndex) {
         let frame = self.frame(index);
         debug_assert_eq!(frame.state(), FrameState::Free);
         let (order, kind) = (frame.order(), frame.list());
@@ -315,6 +447,13 @@ impl FreeArea {
         }
         let kind = self.pageblock_type(index);
         self.push(index, order, kind, End::Head);
+        if let Some((min_order, pages)) = self.report_trigger
+            && order >= min_order
+            && kind != MigrateType::Isolate
+            && self.unreported_pages_from(min_order) >= pages
+        {
+            self.report_wanted = true;
+        }
         Block { index, order }
     }
 
@@ -329,11 +468,17 @@ impl FreeArea {
         }
     }
 
-    /// Takes a block of `order` from `kind`'s own lists, smallest order first, unreported
-    /// blocks (at the head) before reported ones.
+    /// Takes a block of `order` from `kind`'s own lists, smallest order first, and warm memory
+    /// before cold: an unreported block of any order before a reported one (whose pages the
+    /// host must fault in again).
     fn take_smallest(&mut self, order: u8, kind: MigrateType) -> Option<FrameIndex> {
-        for current in order..=MAX_ORDER {
-            if let Some(index) = self.list_end(current, kind, End::Head) {
+        for unreported_only in [true, false] {
+            for current in order..=MAX_ORDER {
+                let list = &self.lists[current as usize][kind as usize];
+                if list.head == NONE || (unreported_only && list.head == list.boundary) {
+                    continue;
+                }
+                let index = list.head;
                 self.unlink(index);
                 self.split(index, current, order, kind);
                 return Some(index);
@@ -353,7 +498,7 @@ impl FreeArea {
             match frame.state() {
                 FrameState::Free => {
                     let order = frame.order();
-                    let flags = frame.flags();
+                    let flags = frame.flags() - FrameFlags::REPORTED;
                     if frame.list() != kind as u8 {
                         self.unlink(index);
                         self.push(index, order, kind, End::Head);
@@ -386,7 +531,7 @@ impl FreeArea {
                         self.set_pageblock_type(index + offset, kind);
                     }
                     self.counters.pageblocks_stolen += 1 << (current - PAGEBLOCK_ORDER);
-                    let flags = self.frame(index).flags();
+                    let flags = self.frame(index).flags() - FrameFlags::REPORTED;
                     self.unlink(index);
                     self.push(index, current, kind, End::Head);
                     self.frame(index).set_flags(flags);
@@ -426,26 +571,37 @@ impl FreeArea {
         if frame.state() != FrameState::Free {
             return None;
         }
-        let (order, kind, flags) = (frame.order(), frame.list(), frame.flags());
+        let (order, kind) = (frame.order(), frame.list());
+        // Unlinking clears a reported block's flag: isolated blocks are never reported.
         self.unlink(index);
+        let flags = frame.flags();
         frame.make_head(FrameState::Isolated, order, kind);
         frame.set_flags(flags);
         Some(order)
     }
 
-    /// Returns an isolated block to the lists, at `end`, merging with free buddies.
+    /// Returns an isolated block to the lists, at `end`, merging with free buddies. With
+    /// `REPORTED` in `flags` (the host has just been told about it) a block that did not merge
+    /// joins the reported run at the tail; a merged block is new memory, unreported.
     pub fn put_back_isolated(&mut self, index: FrameIndex, end: End, flags: FrameFlags) -> Block {
         let frame = self.frame(index);
         debug_assert_eq!(frame.state(), FrameState::Isolated);
         let order = frame.order();
         frame.set_state(FrameState::Tail);
+        let trigger = self.report_trigger.take();
         let block = self.free(index, order);
+        self.report_trigger = trigger;
         if block.index == index && block.order == order {
             // Not merged: it can keep its flags, and go where the caller wants it.
             let kind = MigrateType::from_u8(self.frame(index).list());
             self.unlink(index);
-            self.push(index, order, kind, end);
-            self.frame(index).set_flags(flags);
+            if flags.contains(FrameFlags::REPORTED) {
+                self.push_reported(index, order, kind);
+                self.frame(index).set_flags(flags | FrameFlags::REPORTED);
+            } else {
+                self.push(index, order, kind, end);
+                self.frame(index).set_flags(flags);
+            }
         }
         block
     }

@@ -12,7 +12,7 @@
 //! buffers are made before, and its report is written after.
 
 use super::buddy::{MAX_ORDER, MigrateType};
-use super::frame::{FrameState, NONE, Owner};
+use super::frame::{FrameFlags, FrameState, NONE, Owner};
 use super::page_alloc;
 use super::zones::ZoneKind;
 use alloc::format;
@@ -28,6 +28,8 @@ pub struct FrameCensus {
     pub isolated: u64,
     pub allocated: u64,
     pub free_blocks: u64,
+    /// Free pages in reported blocks.
+    pub reported: u64,
     /// Allocated pages per [`Owner`].
     pub allocated_by_owner: [u64; Owner::ALL.len()],
 }
@@ -131,9 +133,12 @@ fn check_zone(
     };
     let mut listed_pages = 0;
     for order in 0..=MAX_ORDER {
+        let mut reported_pages = 0;
         for kind in MigrateType::ALL {
             let mut count = 0;
             let mut previous = NONE;
+            let (reported_count, boundary) = area.reported_run(order, kind);
+            let mut reported_seen = 0u32;
             for index in area.list_iter(order, kind) {
                 let frame = area.frame(index);
                 let pfn = area.pfn(index);
@@ -173,9 +178,37 @@ fn check_zone(
                         list,
                     ));
                 }
+                // The reported run: one stretch at the tail, starting at the boundary.
+                let reported = frame.flags().contains(FrameFlags::REPORTED);
+                if reported && reported_seen == 0 && boundary != Some(index) {
+                    return Err(problem(
+                        pfn,
+                        "first reported block is not the boundary (order, type)",
+                        list,
+                    ));
+                }
+                if !reported && reported_seen > 0 {
+                    return Err(problem(
+                        pfn,
+                        "unreported block behind the boundary (order, type)",
+                        list,
+                    ));
+                }
+                if reported {
+                    reported_seen += 1;
+                    reported_pages += 1u64 << order;
+                }
                 previous = index;
                 count += 1;
                 listed_pages += 1u64 << order;
+            }
+            if reported_seen != reported_count || (reported_seen == 0) != boundary.is_none() {
+                let pfn = (order as u64) << 8 | kind as u64;
+                return Err(problem(
+                    pfn,
+                    "reported run differs from its count (linked, count)",
+                    [reported_seen as u64, reported_count as u64],
+                ));
             }
             if count != area.list_count(order, kind) {
                 let pfn = (order as u64) << 8 | kind as u64;
@@ -185,6 +218,13 @@ fn check_zone(
                     [count as u64, area.list_count(order, kind) as u64],
                 ));
             }
+        }
+        if reported_pages != area.reported_pages(order) {
+            return Err(problem(
+                order as u64,
+                "reported pages of an order differ (linked, count)",
+                [reported_pages, area.reported_pages(order)],
+            ));
         }
     }
     if listed_pages != area.free_pages {
@@ -245,6 +285,16 @@ fn check_zone(
                 census.allocated += span as u64;
                 census.allocated_by_owner[frame.owner() as usize] += span as u64;
             }
+        }
+        if frame.flags().contains(FrameFlags::REPORTED) {
+            if frame.state() != FrameState::Free {
+                return Err(problem(
+                    pfn,
+                    "reported flag on a block that is not free (state, -)",
+                    [frame.state() as u64, 0],
+                ));
+            }
+            census.reported += span as u64;
         }
         if !pfn.is_multiple_of(span as u64) || index + span > frames.len() {
             return Err(problem(

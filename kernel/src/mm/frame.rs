@@ -59,10 +59,12 @@ pub enum Owner {
     KsmShared = 4,
     Balloon = 5,
     Stack = 6,
+    /// Device memory: virtqueues and driver buffers.
+    Device = 7,
 }
 
 impl Owner {
-    pub const ALL: [Owner; 7] = [
+    pub const ALL: [Owner; 8] = [
         Owner::Kernel,
         Owner::PageTable,
         Owner::Heap,
@@ -70,6 +72,7 @@ impl Owner {
         Owner::KsmShared,
         Owner::Balloon,
         Owner::Stack,
+        Owner::Device,
     ];
 
     pub fn from_u8(value: u8) -> Owner {

@@ -8,6 +8,7 @@ pub mod frame;
 pub mod heap;
 pub mod page_alloc;
 pub mod paging;
+pub mod reporting;
 pub mod rmap;
 pub mod space;
 

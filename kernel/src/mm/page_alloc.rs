@@ -463,6 +463,15 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
             None
         }
     });
+    let found = found.or_else(|| {
+        // Deflate-on-OOM: pages the balloon holds come back before the allocation fails.
+        if crate::drivers::balloon::deflate_on_oom(1 << request.order) > 0 {
+            candidate_zones(request.limit)
+                .find_map(|zone| Some((zone, alloc_from_zone(zone, &request)?)))
+        } else {
+            None
+        }
+    });
     let Some((zone, pfn)) = found else {
         ALLOC_FAILURES.fetch_add(1, Relaxed);
         return None;

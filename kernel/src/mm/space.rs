@@ -154,6 +154,13 @@ static REGISTRY: IrqMutex<BTreeMap<SpaceId, Weak<IrqMutex<AddressSpace>>>> =
     IrqMutex::new(BTreeMap::new());
 /// Address spaces alive now.
 pub static LIVE_SPACES: AtomicU64 = AtomicU64::new(0);
+/// Page faults resolved in every space since boot (for the balloon's statistics).
+static MINOR_FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// Page faults resolved in all user address spaces since boot.
+pub fn minor_faults_total() -> u64 {
+    MINOR_FAULTS.load(Relaxed)
+}
 
 fn user_flags(flags: RegionFlags, writable: bool) -> Flags {
     let mut pte = Flags::PRESENT | Flags::USER_ACCESSIBLE;
@@ -444,6 +451,7 @@ impl AddressSpace {
         }
         let page_address = address & !(PAGE_SIZE - 1);
         self.counters.minor_faults += 1;
+        MINOR_FAULTS.fetch_add(1, Relaxed);
         match self.translate(page_address) {
             None => {
                 let request = AllocRequest::new(0)

@@ -110,5 +110,9 @@ impl core::ops::DerefMut for ZoneGuard<'_> {
 impl Drop for ZoneGuard<'_> {
     fn drop(&mut self) {
         self.zone.free_pages.store(self.area.free_pages, Relaxed);
+        if self.area.take_report_wanted() {
+            // Only an atomic flag and a wake-up: safe under the zone lock.
+            super::reporting::request();
+        }
     }
 }

@@ -1,0 +1,724 @@
+//! The virtio-balloon driver, on `virtio-drivers`' PCI transport and virtqueues: free page
+//! reporting (a [`ReportSink`] for [`crate::mm::reporting`]), inflating and deflating to the
+//! host's target, the statistics queue, and deflate-on-OOM.
+//!
+//! Owns the device: its transport (behind a lock, for short register accesses), its queues (the
+//! reporting queue belongs to the reporting worker's sink, the others to the balloon worker
+//! thread), the pages in the balloon, and the driver's counters. Notifications arrive as MSI-X
+//! interrupts (one vector for configuration changes, one for the queues); without MSI-X the
+//! waits poll every few milliseconds.
+
+use super::pci;
+use super::virtio_hal::KernelHal;
+use crate::mm::frame::Owner;
+use crate::mm::page_alloc::{self, AllocRequest, Pages};
+use crate::mm::reporting::{self, ReportError, ReportSink};
+use crate::mm::{PAGE_SIZE, buddy::MigrateType};
+use crate::sync::IrqMutex;
+use crate::task::{self, WaitQueue};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use core::time::Duration;
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::{DeviceType, InterruptStatus, Transport};
+
+const VIRTIO_VENDOR: u16 = 0x1af4;
+/// Transitional and modern virtio-balloon.
+const DEVICE_IDS: [u16; 2] = [0x1002, 0x1045];
+/// Descriptors per queue (QEMU's reporting queue has exactly 32; the others allow more).
+const QUEUE_SIZE: usize = 32;
+/// PFNs per inflate or deflate request: one page of u32.
+const PFNS_PER_REQUEST: usize = PAGE_SIZE as usize / 4;
+/// Pages given back per deflate-on-OOM event (as Linux: 1 MiB).
+const OOM_DEFLATE_PAGES: u64 = 256;
+/// Blocks deflated on OOM but not yet told to the host.
+const PENDING_CAPACITY: usize = 64;
+
+bitflags::bitflags! {
+    /// Feature bits of the balloon device (virtio spec 5.5.3) and the generic VERSION_1.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Features: u64 {
+        const MUST_TELL_HOST = 1 << 0;
+        const STATS_VQ = 1 << 1;
+        const DEFLATE_ON_OOM = 1 << 2;
+        const FREE_PAGE_HINT = 1 << 3;
+        const PAGE_POISON = 1 << 4;
+        const PAGE_REPORTING = 1 << 5;
+        const VERSION_1 = 1 << 32;
+    }
+}
+
+/// What the driver accepts: every feature whose queue QEMU creates when it offers it (so queue
+/// indices agree: QEMU numbers the queues it offers), even FREE_PAGE_HINT, which it never uses.
+/// Not PAGE_POISON: free pages need not keep their contents (and QEMU discards nothing then).
+const SUPPORTED: Features = Features::STATS_VQ
+    .union(Features::DEFLATE_ON_OOM)
+    .union(Features::FREE_PAGE_HINT)
+    .union(Features::PAGE_REPORTING)
+    .union(Features::VERSION_1);
+
+/// Statistics tags (virtio spec 5.5.6.3), those QEMU 7.2 names.
+mod tag {
+    pub const SWAP_IN: u16 = 0;
+    pub const SWAP_OUT: u16 = 1;
+    pub const MAJOR_FAULTS: u16 = 2;
+    pub const MINOR_FAULTS: u16 = 3;
+    pub const MEMORY_FREE: u16 = 4;
+    pub const MEMORY_TOTAL: u16 = 5;
+    pub const AVAILABLE: u16 = 6;
+    pub const CACHES: u16 = 7;
+    pub const HUGETLB_ALLOCATIONS: u16 = 8;
+    pub const HUGETLB_FAILURES: u16 = 9;
+}
+
+/// A virtqueue and its index on the device (for notifications).
+struct Queue {
+    ring: VirtQueue<KernelHal, QUEUE_SIZE>,
+    index: u16,
+}
+
+impl Queue {
+    fn new(transport: &mut PciTransport, index: u16) -> Result<Queue, BalloonError> {
+        let ring = VirtQueue::new(transport, index, false, false).map_err(BalloonError::Queue)?;
+        Ok(Queue { ring, index })
+    }
+
+    /// Tells the device about new buffers, if it wants to hear.
+    fn notify(&self) {
+        if self.ring.should_notify() {
+            with_transport(|transport| transport.notify(self.index));
+        }
+    }
+}
+
+/// Driver counters since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BalloonStats {
+    pub present: bool,
+    pub features: u64,
+    /// The host's target and the balloon's size, in pages.
+    pub target_pages: u64,
+    pub actual_pages: u64,
+    pub inflated_pages: u64,
+    pub deflated_pages: u64,
+    pub oom_deflated_pages: u64,
+    pub stats_answered: u64,
+    pub config_interrupts: u64,
+    pub queue_interrupts: u64,
+    /// Times the host asked for more than the guest could spare.
+    pub target_refused: u64,
+}
+
+static PRESENT: AtomicBool = AtomicBool::new(false);
+static FEATURES: AtomicU64 = AtomicU64::new(0);
+static TARGET: AtomicU64 = AtomicU64::new(0);
+static ACTUAL: AtomicU64 = AtomicU64::new(0);
+static INFLATED: AtomicU64 = AtomicU64::new(0);
+static DEFLATED: AtomicU64 = AtomicU64::new(0);
+static OOM_DEFLATED: AtomicU64 = AtomicU64::new(0);
+static STATS_ANSWERED: AtomicU64 = AtomicU64::new(0);
+static CONFIG_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+static QUEUE_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+static TARGET_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// The device's transport: register accesses only, never held across a wait.
+static TRANSPORT: IrqMutex<Option<PciTransport>> = IrqMutex::new(None);
+/// Blocks in the balloon (allocated, owner Balloon), last inflated last.
+static BALLOON: IrqMutex<Vec<Pages>> = IrqMutex::new(Vec::new());
+/// Blocks deflated on OOM, freed already, not yet told to the host (no allocation needed).
+static PENDING: IrqMutex<([Option<Pages>; PENDING_CAPACITY], usize)> =
+    IrqMutex::new(([None; PENDING_CAPACITY], 0));
+
+static QUEUE_EVENT: WaitQueue = WaitQueue::new();
+static WORKER_EVENT: WaitQueue = WaitQueue::new();
+static WORKER_KICK: AtomicBool = AtomicBool::new(false);
+static MSIX: AtomicBool = AtomicBool::new(false);
+/// Notifications come as a shared level-triggered INTx line: the handler reads the ISR.
+static INTX: AtomicBool = AtomicBool::new(false);
+
+pub fn stats() -> BalloonStats {
+    BalloonStats {
+        present: PRESENT.load(Relaxed),
+        features: FEATURES.load(Relaxed),
+        target_pages: TARGET.load(Relaxed),
+        actual_pages: ACTUAL.load(Relaxed),
+        inflated_pages: INFLATED.load(Relaxed),
+        deflated_pages: DEFLATED.load(Relaxed),
+        oom_deflated_pages: OOM_DEFLATED.load(Relaxed),
+        stats_answered: STATS_ANSWERED.load(Relaxed),
+        config_interrupts: CONFIG_INTERRUPTS.load(Relaxed),
+        queue_interrupts: QUEUE_INTERRUPTS.load(Relaxed),
+        target_refused: TARGET_REFUSED.load(Relaxed),
+    }
+}
+
+pub fn is_present() -> bool {
+    PRESENT.load(Relaxed)
+}
+
+/// The configuration-change interrupt: the host changed its target.
+pub fn on_config_interrupt() {
+    CONFIG_INTERRUPTS.fetch_add(1, Relaxed);
+    kick_worker();
+}
+
+/// The queue interrupt (MSI-X), or the device's INTx line: a request came back, the host wants
+/// statistics, or (INTx) the configuration changed.
+pub fn on_queue_interrupt() {
+    if INTX.load(Relaxed) {
+        // Reading the ISR tells why and lowers the line. The transport's lock is only ever
+        // held with interrupts off, so it is free here.
+        let Some(status) = TRANSPORT
+            .try_lock()
+            .and_then(|mut transport| transport.as_mut().map(|t| t.ack_interrupt()))
+        else {
+            return;
+        };
+        if status.contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT) {
+            on_config_interrupt();
+        }
+        if !status.contains(InterruptStatus::QUEUE_INTERRUPT) {
+            return;
+        }
+    }
+    QUEUE_INTERRUPTS.fetch_add(1, Relaxed);
+    QUEUE_EVENT.wake_all();
+    kick_worker();
+}
+
+fn kick_worker() {
+    WORKER_KICK.store(true, Relaxed);
+    WORKER_EVENT.wake_all();
+}
+
+/// Why the driver did not start.
+#[derive(Debug)]
+pub enum BalloonError {
+    NoDevice,
+    Transport(virtio_drivers::transport::pci::VirtioPciError),
+    Queue(virtio_drivers::Error),
+    NoMemory,
+}
+
+/// Finds the device and starts the driver: the reporting sink and the balloon worker. Without a
+/// device it says so once and returns; everything else works without it.
+pub fn init() -> Result<(), BalloonError> {
+    let mut root = pci::root();
+    let found = pci::enumerate(&root)
+        .into_iter()
+        .find(|(_, info)| info.vendor_id == VIRTIO_VENDOR && DEVICE_IDS.contains(&info.device_id));
+    let Some((function, info)) = found else {
+        log::info!("no virtio-balloon device: free page reporting and ballooning are off");
+        return Err(BalloonError::NoDevice);
+    };
+    pci::enable_device(&mut root, function);
+    let mut transport =
+        PciTransport::new::<KernelHal, _>(&mut root, function).map_err(BalloonError::Transport)?;
+    if transport.device_type() != DeviceType::MemoryBalloon {
+        return Err(BalloonError::NoDevice);
+    }
+    let features = transport.begin_init(SUPPORTED);
+    // Queue indices follow the features: QEMU numbers only the queues it creates.
+    let mut next_index = 2;
+    let mut index_if = |feature: Features| {
+        features.contains(feature).then(|| {
+            next_index += 1;
+            next_index - 1
+        })
+    };
+    let stats_index = index_if(Features::STATS_VQ);
+    let _hint_index = index_if(Features::FREE_PAGE_HINT);
+    let reporting_index = index_if(Features::PAGE_REPORTING);
+    let inflate = Queue::new(&mut transport, 0)?;
+    let deflate = Queue::new(&mut transport, 1)?;
+    let stats_queue = stats_index
+        .map(|index| Queue::new(&mut transport, index))
+        .transpose()?;
+    let reporting_queue = reporting_index
+        .map(|index| Queue::new(&mut transport, index))
+        .transpose()?;
+    let msix = pci::enable_msix(
+        &mut root,
+        function,
+        &[
+            crate::arch::vectors::BALLOON_CONFIG,
+            crate::arch::vectors::BALLOON_QUEUES,
+        ],
+    )
+    .and_then(|()| {
+        let queues = [Some(0u16), Some(1), stats_index, reporting_index];
+        pci::set_virtio_msix_vectors(
+            &mut root,
+            function,
+            0,
+            queues.iter().flatten().map(|q| (*q, 1)),
+        )
+    });
+    let interrupts = match msix {
+        Ok(()) => {
+            MSIX.store(true, Relaxed);
+            "MSI-X"
+        }
+        Err(_) => {
+            // INTx through the I/O APIC, on the line the firmware assigned (config 0x3C).
+            let line = pci::interrupt_line(function);
+            match crate::arch::ioapic::route_level(
+                u32::from(line),
+                crate::arch::vectors::BALLOON_QUEUES,
+            ) {
+                Ok(()) if line != 0xff => {
+                    INTX.store(true, Relaxed);
+                    "INTx"
+                }
+                outcome => {
+                    log::warn!(
+                        "virtio-balloon: no MSI-X and no usable INTx line ({line}: {outcome:?}): waits poll"
+                    );
+                    "polled"
+                }
+            }
+        }
+    };
+    let pfn_page = alloc_page().ok_or(BalloonError::NoMemory)?;
+    let stats_page = alloc_page().ok_or(BalloonError::NoMemory)?;
+    transport.finish_init();
+    log::info!(
+        "virtio-balloon {:04x}:{:04x} at {:02x}:{:02x}.{}: features {:?}, interrupts {}",
+        info.vendor_id,
+        info.device_id,
+        function.bus,
+        function.device,
+        function.function,
+        features,
+        interrupts
+    );
+    FEATURES.store(features.bits(), Relaxed);
+    *TRANSPORT.lock() = Some(transport);
+    PRESENT.store(true, Relaxed);
+    if let Some(queue) = reporting_queue {
+        reporting::register(Box::new(BalloonReporter { queue }));
+    }
+    let mut worker = BalloonWorker {
+        inflate,
+        deflate,
+        stats: stats_queue,
+        pfn_page,
+        stats_page,
+        stats_token: None,
+        refused_logged: false,
+    };
+    worker.offer_statistics();
+    drop(task::spawn("balloon", move || worker.run()));
+    Ok(())
+}
+
+fn alloc_page() -> Option<Pages> {
+    page_alloc::alloc(AllocRequest::new(0).zeroed().owner(Owner::Device))
+}
+
+fn with_transport<R>(f: impl FnOnce(&mut PciTransport) -> R) -> R {
+    let mut guard = TRANSPORT.lock();
+    f(guard
+        .as_mut()
+        .expect("the transport exists while the driver runs"))
+}
+
+/// Waits until `queue` has a used buffer: on the queue interrupt, or polling every 5 ms without
+/// MSI-X (and as a safety net for a lost interrupt). Logs if the host takes long.
+fn wait_used(queue: &Queue, what: &str) {
+    let mut waited = Duration::ZERO;
+    let step = Duration::from_millis(5);
+    while !queue.ring.can_pop() {
+        QUEUE_EVENT.wait_until_timeout(|| queue.ring.can_pop(), step);
+        waited += step;
+        if waited.as_millis() == 5000 {
+            log::warn!("virtio-balloon: the host has not acknowledged a {what} for 5 s; waiting");
+        }
+    }
+}
+
+/// The reporting queue as the reporting worker's sink.
+struct BalloonReporter {
+    queue: Queue,
+}
+
+impl ReportSink for BalloonReporter {
+    fn report(&mut self, blocks: &[(u64, u64)]) -> Result<(), ReportError> {
+        if !is_present() {
+            return Err(ReportError::DeviceGone);
+        }
+        let mut buffers: Vec<&mut [u8]> = blocks
+            .iter()
+            .map(|&(phys, len)| {
+                // SAFETY: each block is isolated by the reporting worker: off every free list,
+                // owned by nobody else until it is put back after this report. The slice only
+                // names the memory for the device (the kernel never reads or writes it here).
+                unsafe {
+                    core::slice::from_raw_parts_mut(
+                        crate::mm::phys_to_virt(phys) as *mut u8,
+                        len as usize,
+                    )
+                }
+            })
+            .collect();
+        // SAFETY: the buffers stay valid (isolated) until pop_used below returns them.
+        let token = unsafe { self.queue.ring.add(&[], &mut buffers) }.map_err(|error| {
+            log::error!("virtio-balloon: cannot queue a report: {error:?}");
+            ReportError::Failed
+        })?;
+        self.queue.notify();
+        wait_used(&self.queue, "free page report");
+        // SAFETY: the same buffers as given to `add`, now used by the device.
+        unsafe { self.queue.ring.pop_used(token, &[], &mut buffers) }.map_err(|error| {
+            log::error!("virtio-balloon: report came back wrong: {error:?}");
+            ReportError::DeviceGone
+        })?;
+        Ok(())
+    }
+}
+
+/// The balloon worker's state: its queues and buffers.
+struct BalloonWorker {
+    inflate: Queue,
+    deflate: Queue,
+    stats: Option<Queue>,
+    /// One page of PFNs (u32) for inflate and deflate requests.
+    pfn_page: Pages,
+    /// The statistics buffer (10-byte entries).
+    stats_page: Pages,
+    stats_token: Option<u16>,
+    refused_logged: bool,
+}
+
+/// Pages the guest keeps for itself whatever the host asks: every zone's high watermark plus
+/// 1/64 of memory (at least 16 MiB).
+fn reserve_pages() -> u64 {
+    let watermarks: u64 = page_alloc::all_zones()
+        .iter()
+        .map(|zone| zone.watermarks.high)
+        .sum();
+    watermarks + (page_alloc::managed_pages() / 64).max(4096)
+}
+
+impl BalloonWorker {
+    fn run(mut self) {
+        loop {
+            self.answer_statistics();
+            self.tell_oom_deflations();
+            let target = u64::from(
+                with_transport(|transport| transport.read_config_space::<u32>(0)).unwrap_or(0),
+            );
+            TARGET.store(target, Relaxed);
+            let actual = ACTUAL.load(Relaxed);
+            if target > actual {
+                self.inflate_towards(target);
+            } else if target < actual {
+                self.deflate_towards(target);
+            }
+            WORKER_KICK.store(false, Relaxed);
+            // Re-check at least every second (a target that could not be reached earlier may
+            // be reachable now); interrupts wake the worker at once.
+            let poll = if MSIX.load(Relaxed) || INTX.load(Relaxed) {
+                1000
+            } else {
+                20
+            };
+            WORKER_EVENT
+                .wait_until_timeout(|| WORKER_KICK.load(Relaxed), Duration::from_millis(poll));
+        }
+    }
+
+    fn write_actual(&self) {
+        let actual = ACTUAL.load(Relaxed) as u32;
+        if let Err(error) =
+            with_transport(|transport| transport.write_config_space::<u32>(4, actual))
+        {
+            log::error!("virtio-balloon: cannot write actual: {error:?}");
+        }
+    }
+
+    /// Sends the PFNs in the first `count` slots of the PFN page on `queue` and waits.
+    fn send_pfns(queue: &mut Queue, page: Pages, count: usize, what: &str) {
+        // SAFETY: the PFN page is the worker's own direct-mapped page; `count` <= 1024 u32.
+        let bytes = unsafe { core::slice::from_raw_parts(page.virt() as *const u8, count * 4) };
+        let inputs = [bytes];
+        // SAFETY: the buffer stays valid (the worker's page) until pop_used returns it.
+        let token = match unsafe { queue.ring.add(&inputs, &mut []) } {
+            Ok(token) => token,
+            Err(error) => {
+                log::error!("virtio-balloon: cannot queue a {what} request: {error:?}");
+                return;
+            }
+        };
+        queue.notify();
+        wait_used(queue, what);
+        // SAFETY: the same buffer as given to `add`.
+        if let Err(error) = unsafe { queue.ring.pop_used(token, &inputs, &mut []) } {
+            log::error!("virtio-balloon: {what} request came back wrong: {error:?}");
+        }
+    }
+
+    fn pfn_slots(&mut self) -> &mut [u32] {
+        // SAFETY: the worker's own direct-mapped page, viewed as 1024 u32 while `&mut self`.
+        unsafe {
+            core::slice::from_raw_parts_mut(self.pfn_page.virt() as *mut u32, PFNS_PER_REQUEST)
+        }
+    }
+
+    fn inflate_towards(&mut self, target: u64) {
+        let reserve = reserve_pages();
+        let mut refused = false;
+        while ACTUAL.load(Relaxed) < target {
+            let mut blocks = Vec::new();
+            let mut count = 0usize;
+            while count < PFNS_PER_REQUEST {
+                let wanted = target - ACTUAL.load(Relaxed) - count as u64;
+                if wanted == 0 {
+                    break;
+                }
+                if page_alloc::free_pages() <= reserve + 512 {
+                    refused = true;
+                    break;
+                }
+                // 2 MiB blocks while that much is wanted and fits the request; single pages
+                // for the rest.
+                let order = if wanted >= 512 && count + 512 <= PFNS_PER_REQUEST {
+                    9
+                } else {
+                    0
+                };
+                let request = AllocRequest::new(order)
+                    .kind(MigrateType::Movable)
+                    .owner(Owner::Balloon);
+                let Some(block) = page_alloc::alloc(request).or_else(|| {
+                    (order > 0)
+                        .then(|| {
+                            page_alloc::alloc(
+                                AllocRequest::new(0)
+                                    .kind(MigrateType::Movable)
+                                    .owner(Owner::Balloon),
+                            )
+                        })
+                        .flatten()
+                }) else {
+                    refused = true;
+                    break;
+                };
+                let first = count;
+                let slots = self.pfn_slots();
+                for page in 0..block.page_count() {
+                    slots[first + page as usize] = (block.pfn + page) as u32;
+                }
+                count += block.page_count() as usize;
+                blocks.push(block);
+            }
+            if count == 0 {
+                break;
+            }
+            Self::send_pfns(&mut self.inflate, self.pfn_page, count, "inflate");
+            BALLOON.lock().extend(blocks);
+            ACTUAL.fetch_add(count as u64, Relaxed);
+            INFLATED.fetch_add(count as u64, Relaxed);
+            self.write_actual();
+            if refused {
+                break;
+            }
+        }
+        if refused {
+            TARGET_REFUSED.fetch_add(1, Relaxed);
+            if !self.refused_logged {
+                log::warn!(
+                    "virtio-balloon: the host asks for {target} pages; the guest can spare {} (it keeps {} pages for itself)",
+                    ACTUAL.load(Relaxed),
+                    reserve
+                );
+                self.refused_logged = true;
+            }
+        } else {
+            self.refused_logged = false;
+        }
+    }
+
+    fn deflate_towards(&mut self, target: u64) {
+        while ACTUAL.load(Relaxed) > target {
+            let excess = ACTUAL.load(Relaxed) - target;
+            let mut blocks = Vec::new();
+            let mut count = 0usize;
+            {
+                let mut balloon = BALLOON.lock();
+                while let Some(block) = balloon.last().copied() {
+                    let pages = block.page_count() as usize;
+                    if count + pages > PFNS_PER_REQUEST || count as u64 >= excess {
+                        break;
+                    }
+                    balloon.pop();
+                    blocks.push(block);
+                    count += pages;
+                }
+            }
+            if count == 0 {
+                break;
+            }
+            let slots = self.pfn_slots();
+            let mut at = 0;
+            for block in &blocks {
+                for page in 0..block.page_count() {
+                    slots[at] = (block.pfn + page) as u32;
+                    at += 1;
+                }
+            }
+            Self::send_pfns(&mut self.deflate, self.pfn_page, count, "deflate");
+            for block in blocks {
+                if let Err(error) = page_alloc::free(block) {
+                    log::error!("virtio-balloon: freeing a deflated block: {error:?}");
+                }
+            }
+            ACTUAL.fetch_sub(count as u64, Relaxed);
+            DEFLATED.fetch_add(count as u64, Relaxed);
+            self.write_actual();
+        }
+    }
+
+    /// Tells the host about blocks deflated on OOM (already back in the allocator).
+    fn tell_oom_deflations(&mut self) {
+        let blocks: Vec<Pages> = {
+            let mut pending = PENDING.lock();
+            let (slots, len) = &mut *pending;
+            let taken = slots[..*len].iter_mut().filter_map(Option::take).collect();
+            *len = 0;
+            taken
+        };
+        if blocks.is_empty() {
+            return;
+        }
+        let slots = self.pfn_slots();
+        let mut at = 0;
+        for block in &blocks {
+            for page in 0..block.page_count() {
+                if at == PFNS_PER_REQUEST {
+                    break;
+                }
+                slots[at] = (block.pfn + page) as u32;
+                at += 1;
+            }
+        }
+        Self::send_pfns(&mut self.deflate, self.pfn_page, at, "deflate");
+        self.write_actual();
+    }
+
+    fn fill_statistics(&mut self) -> usize {
+        let free = page_alloc::free_pages() * PAGE_SIZE;
+        let total = page_alloc::managed_pages() * PAGE_SIZE;
+        let entries = [
+            (tag::SWAP_IN, 0),
+            (tag::SWAP_OUT, 0),
+            (tag::MAJOR_FAULTS, 0),
+            (tag::MINOR_FAULTS, crate::mm::space::minor_faults_total()),
+            (tag::MEMORY_FREE, free),
+            (tag::MEMORY_TOTAL, total),
+            (tag::AVAILABLE, free),
+            (tag::CACHES, 0),
+            (tag::HUGETLB_ALLOCATIONS, 0),
+            (tag::HUGETLB_FAILURES, 0),
+        ];
+        // SAFETY: the worker's own direct-mapped page; 10 entries of 10 bytes fit.
+        let bytes = unsafe {
+            core::slice::from_raw_parts_mut(self.stats_page.virt() as *mut u8, PAGE_SIZE as usize)
+        };
+        for (slot, (tag, value)) in entries.iter().enumerate() {
+            let at = slot * 10;
+            bytes[at..at + 2].copy_from_slice(&tag.to_le_bytes());
+            bytes[at + 2..at + 10].copy_from_slice(&value.to_le_bytes());
+        }
+        entries.len() * 10
+    }
+
+    fn stats_buffer(page: Pages, len: usize) -> &'static [u8] {
+        // SAFETY: the worker's page, which lives as long as the driver (never freed).
+        unsafe { core::slice::from_raw_parts(page.virt() as *const u8, len) }
+    }
+
+    /// Queues the statistics buffer for the host to take when it wants figures.
+    fn offer_statistics(&mut self) {
+        let len = self.fill_statistics();
+        let buffer = [Self::stats_buffer(self.stats_page, len)];
+        let Some(queue) = self.stats.as_mut() else {
+            return;
+        };
+        // SAFETY: the buffer is the worker's page, valid until popped.
+        match unsafe { queue.ring.add(&buffer, &mut []) } {
+            Ok(token) => {
+                self.stats_token = Some(token);
+                with_transport(|transport| transport.notify(queue.index));
+            }
+            Err(error) => log::error!("virtio-balloon: cannot queue statistics: {error:?}"),
+        }
+    }
+
+    /// The host returned the statistics buffer: it wants fresh figures.
+    fn answer_statistics(&mut self) {
+        let Some(queue) = self.stats.as_mut() else {
+            return;
+        };
+        let Some(token) = self.stats_token else {
+            return;
+        };
+        if !queue.ring.can_pop() {
+            return;
+        }
+        let len = 100;
+        let buffer = [Self::stats_buffer(self.stats_page, len)];
+        // SAFETY: the same buffer as queued.
+        if let Err(error) = unsafe { queue.ring.pop_used(token, &buffer, &mut []) } {
+            log::error!("virtio-balloon: statistics came back wrong: {error:?}");
+        }
+        self.stats_token = None;
+        STATS_ANSWERED.fetch_add(1, Relaxed);
+        self.offer_statistics();
+    }
+}
+
+/// Deflate-on-OOM: called by the page allocator when an allocation of `pages` would fail. Gives
+/// back up to max(`pages`, 1 MiB) from the balloon at once (without MUST_TELL_HOST the guest
+/// may reuse them before the host hears of it; the balloon worker tells it). Returns the pages
+/// freed. Never blocks and never allocates: it may run anywhere an allocation can.
+pub fn deflate_on_oom(pages: u64) -> u64 {
+    let features = Features::from_bits_truncate(FEATURES.load(Relaxed));
+    if !PRESENT.load(Relaxed) || !features.contains(Features::DEFLATE_ON_OOM) {
+        return 0;
+    }
+    // try_lock: this may run inside the balloon's own code (an allocation it made failed).
+    let (Some(mut balloon), Some(mut pending)) = (BALLOON.try_lock(), PENDING.try_lock()) else {
+        return 0;
+    };
+    let goal = pages.max(OOM_DEFLATE_PAGES);
+    let mut taken: [Option<Pages>; PENDING_CAPACITY] = [None; PENDING_CAPACITY];
+    let mut freed = 0;
+    let mut count = 0;
+    while freed < goal && pending.1 < PENDING_CAPACITY {
+        let Some(block) = balloon.pop() else {
+            break;
+        };
+        let slot = pending.1;
+        pending.0[slot] = Some(block);
+        pending.1 += 1;
+        taken[count] = Some(block);
+        count += 1;
+        freed += block.page_count();
+    }
+    drop(pending);
+    drop(balloon);
+    for block in taken.into_iter().flatten() {
+        if let Err(error) = page_alloc::free(block) {
+            log::error!("virtio-balloon: deflate-on-OOM free: {error:?}");
+        }
+    }
+    if freed > 0 {
+        ACTUAL.fetch_sub(freed, Relaxed);
+        OOM_DEFLATED.fetch_add(freed, Relaxed);
+        kick_worker();
+    }
+    freed
+}

@@ -1,0 +1,248 @@
+//! Free page reporting: a kernel thread that tells the host which free blocks it may take back.
+//!
+//! Owns the reporting worker, its trigger and its counters. It reaches the free lists only
+//! through the zone's allocator interface (take the last unreported block, isolate it, put it
+//! back as reported: see [`super::buddy`]) and the host only through a [`ReportSink`] (the
+//! virtio-balloon driver registers one).
+//!
+//! The cycle: a free that leaves a zone with at least `reporting.high_water_mib` of unreported
+//! memory in blocks of `reporting.min_order` and up raises the trigger; after
+//! `reporting.delay_ms` the worker isolates up to `reporting.capacity` unreported blocks (they
+//! cannot be allocated while the host looks at them), reports them in one request, waits for
+//! the host's acknowledgement, and puts them back behind the boundary as reported. It never
+//! takes a zone below its high watermark, and after `reporting.budget` reports it starts a new
+//! pass later instead of going on.
+
+use super::buddy::{End, MAX_ORDER, MigrateType, ORDERS};
+use super::frame::FrameFlags;
+use super::page_alloc;
+use crate::sync::IrqMutex;
+use crate::task::{self, WaitQueue};
+use crate::tunables;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use core::time::Duration;
+
+/// Why a report did not reach the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportError {
+    /// The device is gone or broken: reporting stops.
+    DeviceGone,
+    /// This report failed; the blocks go back unreported and a later pass tries again.
+    Failed,
+}
+
+/// Where reports go: the host's side of free page reporting.
+pub trait ReportSink: Send {
+    /// Tells the host it may discard the memory of `blocks` (guest-physical start, length in
+    /// bytes) and returns once it has acknowledged. The blocks are isolated meanwhile.
+    fn report(&mut self, blocks: &[(u64, u64)]) -> Result<(), ReportError>;
+}
+
+/// Reporting counters since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportingStats {
+    pub passes: u64,
+    pub reports: u64,
+    pub pages_reported: u64,
+    pub bytes_reported: u64,
+    pub failures: u64,
+    /// Free pages in reported blocks now, per order.
+    pub reported_pages_now: [u64; ORDERS],
+}
+
+static PASSES: AtomicU64 = AtomicU64::new(0);
+static REPORTS: AtomicU64 = AtomicU64::new(0);
+static PAGES_REPORTED: AtomicU64 = AtomicU64::new(0);
+static FAILURES: AtomicU64 = AtomicU64::new(0);
+
+static SINK: IrqMutex<Option<Box<dyn ReportSink>>> = IrqMutex::new(None);
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+static WAKE: WaitQueue = WaitQueue::new();
+static WORKER_STARTED: AtomicBool = AtomicBool::new(false);
+/// A pass is running (for tests that wait for the worker to settle).
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+pub fn stats() -> ReportingStats {
+    let pages = PAGES_REPORTED.load(Relaxed);
+    let mut now = [0; ORDERS];
+    for zone in page_alloc::all_zones() {
+        let area = zone.lock();
+        for (order, pages) in now.iter_mut().enumerate() {
+            *pages += area.reported_pages(order as u8);
+        }
+    }
+    ReportingStats {
+        passes: PASSES.load(Relaxed),
+        reports: REPORTS.load(Relaxed),
+        pages_reported: pages,
+        bytes_reported: pages * super::PAGE_SIZE,
+        failures: FAILURES.load(Relaxed),
+        reported_pages_now: now,
+    }
+}
+
+/// Starts reporting to `sink` (the worker thread starts on first use).
+pub fn register(sink: Box<dyn ReportSink>) {
+    *SINK.lock() = Some(sink);
+    if !WORKER_STARTED.swap(true, Relaxed) {
+        drop(task::spawn("reporting", worker));
+    }
+    refresh_triggers();
+    request();
+}
+
+/// Stops reporting; returns the sink (after any pass in flight has finished with it).
+pub fn unregister() -> Option<Box<dyn ReportSink>> {
+    set_triggers(None);
+    loop {
+        if let Some(sink) = SINK.lock().take() {
+            return Some(sink);
+        }
+        if !ACTIVE.load(Relaxed) {
+            return None;
+        }
+        task::sleep(Duration::from_millis(1));
+    }
+}
+
+pub fn is_registered() -> bool {
+    SINK.lock().is_some() || ACTIVE.load(Relaxed)
+}
+
+/// Asks the worker for a pass (the zones' unlock calls this when a free crosses the trigger).
+pub fn request() {
+    REQUESTED.store(true, Relaxed);
+    WAKE.wake_all();
+}
+
+/// Whether the worker has nothing requested and nothing running.
+pub fn is_idle() -> bool {
+    !REQUESTED.load(Relaxed) && !ACTIVE.load(Relaxed)
+}
+
+fn set_triggers(trigger: Option<(u8, u64)>) {
+    for zone in page_alloc::all_zones() {
+        zone.lock().set_report_trigger(trigger);
+    }
+}
+
+/// Sets every zone's trigger from the tunables (off while reporting is disabled).
+fn refresh_triggers() {
+    let trigger = (tunables::REPORTING_ENABLED.get() == 1).then(|| {
+        let order = tunables::REPORTING_MIN_ORDER.get() as u8;
+        let pages = tunables::REPORTING_HIGH_WATER_MIB.get() * 256;
+        (order, pages)
+    });
+    set_triggers(trigger);
+}
+
+fn worker() {
+    loop {
+        WAKE.wait_until(|| REQUESTED.load(Relaxed));
+        task::sleep(Duration::from_millis(tunables::REPORTING_DELAY_MS.get()));
+        REQUESTED.store(false, Relaxed);
+        refresh_triggers();
+        if tunables::REPORTING_ENABLED.get() == 0 {
+            continue;
+        }
+        ACTIVE.store(true, Relaxed);
+        let Some(mut sink) = SINK.lock().take() else {
+            ACTIVE.store(false, Relaxed);
+            continue;
+        };
+        PASSES.fetch_add(1, Relaxed);
+        match run_pass(sink.as_mut()) {
+            Ok(more) => {
+                *SINK.lock() = Some(sink);
+                if more {
+                    request();
+                }
+            }
+            Err(_) => {
+                log::error!("free page reporting: the device is gone; reporting stops");
+                drop(sink);
+                set_triggers(None);
+            }
+        }
+        ACTIVE.store(false, Relaxed);
+    }
+}
+
+/// One pass over every zone. `Ok(true)`: the budget ran out with work left.
+fn run_pass(sink: &mut dyn ReportSink) -> Result<bool, ReportError> {
+    let capacity = tunables::REPORTING_CAPACITY.get() as usize;
+    let min_order = tunables::REPORTING_MIN_ORDER.get() as u8;
+    let budget = tunables::REPORTING_BUDGET.get();
+    let mut batch: Vec<(u32, u8)> = Vec::with_capacity(capacity);
+    let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(capacity);
+    let mut reports = 0;
+    for zone in page_alloc::all_zones() {
+        loop {
+            batch.clear();
+            {
+                let mut area = zone.lock();
+                'fill: for order in (min_order..=MAX_ORDER).rev() {
+                    for kind in MigrateType::ALLOCATABLE {
+                        while batch.len() < capacity {
+                            // Never take the zone below its high watermark.
+                            if area.free_pages < zone.watermarks.high + (1 << order) {
+                                break 'fill;
+                            }
+                            let Some(index) = area.last_unreported(order, kind) else {
+                                break;
+                            };
+                            area.isolate(index).expect("a listed block is free");
+                            batch.push((index, order));
+                        }
+                    }
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            ranges.clear();
+            ranges.extend(batch.iter().map(|&(index, order)| {
+                (
+                    (zone.start_pfn + index as u64) * super::PAGE_SIZE,
+                    super::PAGE_SIZE << order,
+                )
+            }));
+            let result = sink.report(&ranges);
+            let flags = if result.is_ok() {
+                FrameFlags::REPORTED
+            } else {
+                FrameFlags::empty()
+            };
+            {
+                let mut area = zone.lock();
+                for &(index, _) in &batch {
+                    area.put_back_isolated(index, End::Tail, flags);
+                }
+            }
+            match result {
+                Ok(()) => {
+                    let pages: u64 = batch.iter().map(|&(_, order)| 1u64 << order).sum();
+                    REPORTS.fetch_add(1, Relaxed);
+                    PAGES_REPORTED.fetch_add(pages, Relaxed);
+                }
+                Err(error) => {
+                    FAILURES.fetch_add(1, Relaxed);
+                    if error == ReportError::DeviceGone {
+                        return Err(error);
+                    }
+                    return Ok(true);
+                }
+            }
+            reports += 1;
+            if reports >= budget {
+                return Ok(true);
+            }
+            if batch.len() < capacity {
+                break;
+            }
+        }
+    }
+    Ok(false)
+}
