@@ -32,6 +32,15 @@ pub fn init_cpu() {
     gdt::init();
     idt::init();
     pic::disable();
+    // No floating point anywhere: the kernel is built soft-float and switches no FPU state, so
+    // x87 and MMX instructions must fault (CR0.EM: #NM) rather than let tasks see each other's
+    // registers; SSE stays off too (CR4.OSFXSR clear: #UD). A task that tries is killed.
+    // SAFETY: the kernel itself executes no x87, MMX or SSE instruction.
+    unsafe {
+        x86_64::registers::control::Cr0::update(|flags| {
+            flags.insert(x86_64::registers::control::Cr0Flags::EMULATE_COPROCESSOR)
+        })
+    };
 }
 
 /// Halts this CPU for good with interrupts off.

@@ -30,6 +30,8 @@ pub const USER_START: u64 = 0x0000_0000_0040_0000;
 pub const USER_END: u64 = 0x0000_7fff_ffff_f000;
 /// Where the kernel's half of every address space begins.
 const KERNEL_HALF_START: u64 = 0xffff_8000_0000_0000;
+/// Most regions one space may have (each costs kernel heap).
+pub const MAX_REGIONS: usize = 1024;
 /// Where `map_anonymous` places regions when the caller gives no address.
 const MMAP_BASE: u64 = 0x0000_1000_0000_0000;
 
@@ -154,6 +156,8 @@ static REGISTRY: IrqMutex<BTreeMap<SpaceId, Weak<IrqMutex<AddressSpace>>>> =
     IrqMutex::new(BTreeMap::new());
 /// Address spaces alive now.
 pub static LIVE_SPACES: AtomicU64 = AtomicU64::new(0);
+/// Spaces being torn down now (their pages are leaving the reverse map).
+static TEARDOWNS: AtomicU64 = AtomicU64::new(0);
 /// Page faults resolved in every space since boot (for the balloon's statistics).
 static MINOR_FAULTS: AtomicU64 = AtomicU64::new(0);
 
@@ -243,6 +247,9 @@ impl AddressSpace {
 
     /// What `address` maps to: (pfn, writable).
     pub fn translate(&self, address: u64) -> Option<(u64, bool)> {
+        if address >= USER_END {
+            return None;
+        }
         match self.tables().translate(VirtAddr::new(address)) {
             TranslateResult::Mapped { frame, flags, .. } => Some((
                 frame.start_address().as_u64() / PAGE_SIZE,
@@ -265,15 +272,7 @@ impl AddressSpace {
         }
         let start = match start {
             Some(start) => start,
-            None => {
-                let top = self
-                    .regions
-                    .values()
-                    .map(Region::end)
-                    .filter(|end| *end >= MMAP_BASE)
-                    .max();
-                top.unwrap_or(MMAP_BASE)
-            }
+            None => self.find_gap(len).ok_or(SpaceError::BadRange)?,
         };
         let end = start.checked_add(len).ok_or(SpaceError::BadRange)?;
         if start % PAGE_SIZE != 0 || start < USER_START || end > USER_END {
@@ -286,8 +285,26 @@ impl AddressSpace {
         {
             return Err(SpaceError::Overlap);
         }
+        if self.regions.len() >= MAX_REGIONS {
+            return Err(SpaceError::OutOfMemory);
+        }
         self.regions.insert(start, Region { start, len, flags });
         Ok(start)
+    }
+
+    /// The lowest address from [`MMAP_BASE`] with `len` bytes free before the next region.
+    fn find_gap(&self, len: u64) -> Option<u64> {
+        let mut candidate = MMAP_BASE;
+        for region in self.regions.values() {
+            if region.end() <= candidate {
+                continue;
+            }
+            if region.start >= candidate && region.start - candidate >= len {
+                return Some(candidate);
+            }
+            candidate = candidate.max(region.end());
+        }
+        (USER_END.checked_sub(candidate)? >= len).then_some(candidate)
     }
 
     /// Splits regions so that `start` and `end` fall on region boundaries.
@@ -325,6 +342,10 @@ impl AddressSpace {
     /// Removes `[start, start + len)`: its pages are unmapped (and freed once no one maps them).
     pub fn unmap(&mut self, start: u64, len: u64) -> Result<(), SpaceError> {
         let end = Self::check_range(start, len)?;
+        if self.regions.len() >= MAX_REGIONS {
+            // A hole in the middle of a region splits it in three.
+            return Err(SpaceError::OutOfMemory);
+        }
         if !self
             .regions
             .values()
@@ -340,9 +361,13 @@ impl AddressSpace {
             .map(|(key, _)| *key)
             .collect();
         for key in inside {
-            let region = self.regions.remove(&key).expect("listed");
-            for page in (region.start..region.end()).step_by(PAGE_SIZE as usize) {
-                self.unmap_page(page);
+            self.regions.remove(&key).expect("listed");
+        }
+        // Only the pages present in the range (a huge, barely touched region costs what it
+        // holds, not its size).
+        for (address, _, _) in self.present_pages() {
+            if (start..end).contains(&address) {
+                self.unmap_page(address);
             }
         }
         Ok(())
@@ -365,6 +390,9 @@ impl AddressSpace {
         }
         if covered != len {
             return Err(SpaceError::NotMapped);
+        }
+        if self.regions.len() + 2 > MAX_REGIONS {
+            return Err(SpaceError::OutOfMemory);
         }
         self.split_at(start);
         self.split_at(end);
@@ -721,6 +749,7 @@ impl Drop for AddressSpace {
     /// Teardown: every page and page-table page goes back. Must not run while the space is
     /// loaded in CR3 (a task switches to the kernel's tables before dropping its space).
     fn drop(&mut self) {
+        TEARDOWNS.fetch_add(1, Relaxed);
         if self.is_active() {
             super::paging::activate_kernel_tables();
         }
@@ -736,13 +765,18 @@ impl Drop for AddressSpace {
         let _ = page_alloc::free(self.pml4);
         REGISTRY.lock().remove(&self.id);
         LIVE_SPACES.fetch_sub(1, Relaxed);
+        TEARDOWNS.fetch_sub(1, Relaxed);
     }
 }
 
 /// Proves the reverse map exact: every present user mapping of every live space is recorded
 /// for its page, and every page's map count equals the mappings found. Returns the number of
-/// mapped pages checked.
-pub fn check_reverse_map() -> Result<usize, alloc::string::String> {
+/// mapped pages checked, or `None` if a space is being torn down right now (its mappings are
+/// half gone: the picture is not checkable until it is done).
+pub fn check_reverse_map() -> Result<Option<usize>, alloc::string::String> {
+    if TEARDOWNS.load(Relaxed) > 0 {
+        return Ok(None);
+    }
     let spaces: Vec<SharedSpace> = REGISTRY.lock().values().filter_map(Weak::upgrade).collect();
     let mut found: Vec<(u64, Mapping)> = Vec::new();
     for space in &spaces {
@@ -792,5 +826,5 @@ pub fn check_reverse_map() -> Result<usize, alloc::string::String> {
         pages += 1;
         index = end;
     }
-    Ok(pages)
+    Ok(Some(pages))
 }

@@ -232,10 +232,6 @@ fn run(task: Arc<Task>, registers: UserRegisters) {
         .lock()
         .take()
         .unwrap_or_else(|| TaskExit::Killed("left ring 3 without an exit status".to_string()));
-    match &exit {
-        TaskExit::Exited(_) => EXITED.fetch_add(1, Relaxed),
-        TaskExit::Killed(_) => KILLED.fetch_add(1, Relaxed),
-    };
     let space = task.space.lock().take();
     let (counters, mergeable_bytes) = match &space {
         Some(space) => {
@@ -254,6 +250,11 @@ fn run(task: Arc<Task>, registers: UserRegisters) {
     drop(space);
     // Children nobody waited for are let go; they run on and clean up after themselves.
     task.children.lock().clear();
+    // Counted once the space is gone: `live` covers teardown.
+    match &exit {
+        TaskExit::Exited(_) => EXITED.fetch_add(1, Relaxed),
+        TaskExit::Killed(_) => KILLED.fetch_add(1, Relaxed),
+    };
     *task.report.lock() = Some(TaskReport {
         pid: task.pid,
         exit,

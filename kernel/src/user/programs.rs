@@ -147,22 +147,22 @@ user_program_privileged_start:
     .global user_program_privileged_end
 user_program_privileged_end:
 
-    // spin(ms): runs a busy loop for `ms` milliseconds of clock time (reading the clock every
-    // 100,000 iterations), then exits 0: only the timer can take the CPU from it.
+    // spin(ticks): a busy loop on the time-stamp counter (RDTSC works in ring 3) for `ticks`
+    // TSC ticks, with no system call at all: only the timer can take the CPU from it. Exits 0.
     .global user_program_spin_start
 user_program_spin_start:
-    imul r12, rdi, 1000000
-    sys 7
+    mov r12, rdi
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
     mov r13, rax
-.Lsp_outer:
-    mov ecx, 100000
-.Lsp_inner:
-    dec ecx
-    jnz .Lsp_inner
-    sys 7
+.Lsp_loop:
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
     sub rax, r13
     cmp rax, r12
-    jb .Lsp_outer
+    jb .Lsp_loop
     exit_with 0
     .global user_program_spin_end
 user_program_spin_end:
@@ -348,7 +348,9 @@ user_program_advise_end:
     // bad_calls: system calls with bad arguments must fail with the right error and nothing
     // else: a kernel buffer and an unmapped buffer for write (-EFAULT), an unknown call
     // (-ENOSYS), a region larger than the user half (-EINVAL), unmapping a hole (-ENOMEM),
-    // waiting for a task that is not a child (-ECHILD), an over-long write (-EINVAL).
+    // waiting for a task that is not a child (-ECHILD), an over-long write (-EINVAL),
+    // page_map_count of a kernel and of a non-canonical address (-EFAULT); then a 96 TiB region,
+    // touched once and unmapped whole (which must cost what it holds, not its size).
     // Exits 0, or 100 + the step that went wrong.
     .global user_program_bad_calls_start
 user_program_bad_calls_start:
@@ -384,6 +386,26 @@ user_program_bad_calls_start:
     sys 1
     cmp rax, -22
     jne .Lbc_fail_107
+    movabs rdi, 0xffff800000000000
+    sys 10
+    cmp rax, -14
+    jne .Lbc_fail_108
+    movabs rdi, 0x800000000000
+    sys 10
+    cmp rax, -14
+    jne .Lbc_fail_109
+    movabs rdi, 0x600000000000
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lbc_fail_110
+    mov r13, rax
+    mov qword ptr [r13], 1
+    mov rdi, r13
+    movabs rsi, 0x600000000000
+    sys 3
+    test rax, rax
+    jnz .Lbc_fail_111
     exit_with 0
 .Lbc_fail_101:
     exit_with 101
@@ -399,6 +421,14 @@ user_program_bad_calls_start:
     exit_with 106
 .Lbc_fail_107:
     exit_with 107
+.Lbc_fail_108:
+    exit_with 108
+.Lbc_fail_109:
+    exit_with 109
+.Lbc_fail_110:
+    exit_with 110
+.Lbc_fail_111:
+    exit_with 111
     .global user_program_bad_calls_end
 user_program_bad_calls_end:
     .popsection
@@ -443,7 +473,7 @@ programs! {
     jump_to: user_program_jump_to_start .. user_program_jump_to_end;
     /// Executes HLT (privileged).
     privileged: user_program_privileged_start .. user_program_privileged_end;
-    /// Busy for `rdi` ms of clock time (preemptible only by the timer).
+    /// Busy for `rdi` TSC ticks without a system call (preemptible only by the timer).
     spin: user_program_spin_start .. user_program_spin_end;
     /// Sleeps `rdi` ms and checks the clock.
     sleeper: user_program_sleeper_start .. user_program_sleeper_end;

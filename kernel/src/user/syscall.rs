@@ -88,6 +88,10 @@ pub fn dispatch(registers: &mut UserRegisters) {
             None => Err(ECHILD),
         },
         SYS_PAGE_MAP_COUNT => with_space(|space| {
+            // Only the task's own regions: never a kernel page's counts.
+            if space.region_at(a).is_none() {
+                return Err(EFAULT);
+            }
             Ok(space
                 .translate(a & !(crate::mm::PAGE_SIZE - 1))
                 .map_or(0, |(pfn, _)| u64::from(rmap::map_count(pfn))))
