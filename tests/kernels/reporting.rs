@@ -1,0 +1,264 @@
+//! Free page reporting with the real device: QEMU's virtio-balloon with free-page-reporting=on
+//! (run-qemu.sh attaches it). Boundary invariants under a randomized workload with the worker
+//! running, warm blocks allocated before reported ones, memory the host really discarded, and
+//! the reporting counters.
+#![no_std]
+#![no_main]
+#![feature(custom_test_frameworks)]
+#![test_runner(kernel::testing::run_tests)]
+#![reexport_test_harness_main = "test_main"]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::time::Duration;
+use kernel::drivers::balloon;
+use kernel::mm::buddy::{MAX_ORDER, MigrateType};
+use kernel::mm::frame::{FrameFlags, FrameState, Owner};
+use kernel::mm::page_alloc::{self, AllocRequest, Pages};
+use kernel::mm::{PAGE_SIZE, checker, reporting};
+use kernel::time::Instant;
+use kernel::{BootInfo, ExitCode, task, tunables};
+
+kernel::entry_point!(main);
+
+fn main(_info: &'static BootInfo) -> ExitCode {
+    if !balloon::is_present() {
+        kernel::println!("reporting tests need the virtio-balloon device (QEMU_BALLOON=on)");
+        kernel::println!("0 passed, 1 failed");
+        return ExitCode::Failure;
+    }
+    test_main();
+    ExitCode::Success
+}
+
+/// Waits (at most 10 s) until the reporting worker has nothing requested and nothing running.
+fn wait_for_worker() {
+    let start = Instant::now();
+    while !reporting::is_idle() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the reporting worker did not settle"
+        );
+        task::sleep(Duration::from_millis(5));
+    }
+}
+
+fn check() -> checker::FrameCensus {
+    checker::check().unwrap_or_else(|problem| panic!("frame state: {problem}"))
+}
+
+fn set(tunable: &tunables::Tunable, value: u64) {
+    tunable.set(value).expect("in range");
+}
+
+#[test_case]
+fn free_memory_is_reported_behind_the_boundaries_at_boot() {
+    wait_for_worker();
+    let stats = reporting::stats();
+    assert!(stats.reports > 0, "no report sent: {stats:?}");
+    assert_eq!(stats.failures, 0);
+    let census = check();
+    let reported_now: u64 = stats.reported_pages_now.iter().sum();
+    assert_eq!(census.reported, reported_now, "counters match the lists");
+    // Nearly all free memory is in blocks of the minimum order and up, and reported.
+    assert!(
+        census.reported * 10 >= census.free * 9,
+        "only {} of {} free pages reported",
+        census.reported,
+        census.free
+    );
+    assert!(
+        stats.reported_pages_now[..9]
+            .iter()
+            .all(|pages| *pages == 0)
+    );
+}
+
+#[test_case]
+fn memory_the_host_was_told_about_reads_back_as_zero() {
+    // A 4 MiB block full of a pattern, freed: once reported, the host has dropped its pages.
+    let block = page_alloc::alloc(AllocRequest::new(MAX_ORDER).kind(MigrateType::Movable))
+        .expect("a 4 MiB block");
+    let words = block.bytes() as usize / 8;
+    let base = block.virt() as *mut u64;
+    for word in 0..words {
+        // SAFETY: our block, direct-mapped, `words` long.
+        unsafe { base.add(word).write_volatile(0xabab_abab_abab_abab) };
+    }
+    page_alloc::free(block).expect("free");
+    reporting::request();
+    let frame = page_alloc::zone_of(block.pfn)
+        .expect("zone")
+        .frame(block.pfn);
+    let start = Instant::now();
+    while !(frame.state() == FrameState::Free && frame.flags().contains(FrameFlags::REPORTED)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the freed block was not reported within 10 s (state {:?}, flags {:?})",
+            frame.state(),
+            frame.flags()
+        );
+        task::sleep(Duration::from_millis(5));
+    }
+    // Read the free block in place (nothing else allocates in this test kernel now): QEMU
+    // discarded it, so every page reads as fresh zeros.
+    let nonzero = (0..words)
+        // SAFETY: direct-mapped RAM; reading a free block changes nothing.
+        .filter(|word| unsafe { base.add(*word).read_volatile() } != 0)
+        .count();
+    assert_eq!(
+        nonzero, 0,
+        "words of the reported block still hold the pattern"
+    );
+}
+
+#[test_case]
+fn allocation_takes_warm_unreported_blocks_before_reported_ones() {
+    wait_for_worker();
+    let before = check();
+    assert!(before.reported > 0);
+    // Free 8 blocks of the largest order (they cannot merge further) with reporting paused:
+    // they are the only unreported ones of that order, at the heads of the lists.
+    set(&tunables::REPORTING_ENABLED, 0);
+    let request = AllocRequest::new(MAX_ORDER).kind(MigrateType::Movable);
+    let blocks: Vec<Pages> = (0..8)
+        .map(|_| page_alloc::alloc(request).expect("4 MiB block"))
+        .collect();
+    for block in &blocks {
+        page_alloc::free(*block).expect("free");
+    }
+    let mut again: Vec<u64> = (0..8)
+        .map(|_| page_alloc::alloc(request).expect("4 MiB block").pfn)
+        .collect();
+    let mut freed: Vec<u64> = blocks.iter().map(|block| block.pfn).collect();
+    again.sort_unstable();
+    freed.sort_unstable();
+    assert_eq!(again, freed, "the warm blocks came back first");
+    for pfn in again {
+        page_alloc::free(Pages {
+            pfn,
+            order: MAX_ORDER,
+        })
+        .expect("free");
+    }
+    set(&tunables::REPORTING_ENABLED, 1);
+    reporting::request();
+    wait_for_worker();
+    check();
+}
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+fn signature(pages: Pages, page: u64) -> u64 {
+    (pages.pfn + page).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+}
+
+/// Writes a signature into the first word of every page of the block.
+fn sign(pages: Pages) {
+    for page in 0..pages.page_count() {
+        let word = (pages.virt() + page * PAGE_SIZE) as *mut u64;
+        // SAFETY: our block, direct-mapped.
+        unsafe { word.write_volatile(signature(pages, page)) };
+    }
+}
+
+/// A block handed out while the host could discard it would read back zero here.
+fn verify(pages: Pages) {
+    for page in 0..pages.page_count() {
+        let word = (pages.virt() + page * PAGE_SIZE) as *const u64;
+        // SAFETY: our block, direct-mapped.
+        let value = unsafe { word.read_volatile() };
+        assert_eq!(
+            value,
+            signature(pages, page),
+            "page {page} of {pages:?} lost its contents"
+        );
+    }
+}
+
+#[test_case]
+fn boundaries_hold_under_a_random_workload_with_the_worker_running() {
+    // Report eagerly: every large free wakes the worker, which runs at once.
+    set(&tunables::REPORTING_DELAY_MS, 0);
+    set(&tunables::REPORTING_HIGH_WATER_MIB, 2);
+    let reports_before = reporting::stats().reports;
+    let mut rng = Rng(0x5eed_0f12_3456);
+    let mut live: Vec<Pages> = Vec::with_capacity(4096);
+    let mut live_pages = 0u64;
+    let budget = page_alloc::free_pages() / 2;
+    for step in 0..60_000u32 {
+        if rng.below(100) < 55 && live.len() < 4000 {
+            let order = match rng.below(10) {
+                0..=5 => rng.below(3) as u8,
+                6..=7 => 3 + rng.below(6) as u8,
+                _ => 9 + rng.below(2) as u8,
+            };
+            if live_pages + (1 << order) > budget {
+                continue;
+            }
+            let kind = MigrateType::ALLOCATABLE[rng.below(3) as usize];
+            let request = AllocRequest::new(order).kind(kind).owner(Owner::Kernel);
+            if let Some(pages) = page_alloc::alloc(request) {
+                sign(pages);
+                live_pages += pages.page_count();
+                live.push(pages);
+            }
+        } else if !live.is_empty() {
+            let pages = live.swap_remove(rng.below(live.len() as u64) as usize);
+            verify(pages);
+            live_pages -= pages.page_count();
+            page_alloc::free(pages).expect("free");
+        }
+        if step % 2_000 == 0 {
+            // Let the worker run in the middle of the workload, then prove every list.
+            task::sleep(Duration::from_millis(2));
+            let census = check();
+            assert_eq!(
+                census.allocated_by_owner[Owner::Kernel as usize],
+                live_pages,
+                "step {step}"
+            );
+        }
+    }
+    for pages in live.drain(..) {
+        verify(pages);
+        page_alloc::free(pages).expect("free");
+    }
+    reporting::request();
+    wait_for_worker();
+    let census = check();
+    let stats = reporting::stats();
+    assert_eq!(
+        census.reported,
+        stats.reported_pages_now.iter().sum::<u64>()
+    );
+    assert_eq!(census.isolated, 0, "every isolated block came back");
+    assert!(
+        stats.reports > reports_before + 10,
+        "the worker ran during the workload: {} reports",
+        stats.reports - reports_before
+    );
+    assert_eq!(stats.failures, 0);
+    set(
+        &tunables::REPORTING_DELAY_MS,
+        tunables::REPORTING_DELAY_MS.default,
+    );
+    set(
+        &tunables::REPORTING_HIGH_WATER_MIB,
+        tunables::REPORTING_HIGH_WATER_MIB.default,
+    );
+}
