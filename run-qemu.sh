@@ -12,6 +12,11 @@
 #   QEMU_REPORTING=on|off  the balloon's free-page-reporting property (default on)
 #   QEMU_QMP=PATH        QMP socket path (default: a fresh one under $TMPDIR, printed at start)
 #   QEMU_EXTRA="..."     more QEMU arguments
+#   QEMU_PIDFILE=PATH    write QEMU's pid there (host-side checks read its resident memory)
+#
+# Host-observed test kernels (tests/kernels/host_*.rs) are not booted here directly: their
+# driver, tests/host/<name>.py, boots them (through this script, several times over) and checks
+# what the host sees. Set RUN_QEMU_DIRECT=1 to boot one by hand.
 #
 # Exit status: 0 when the kernel exits with success, 1 when it reports failure, 2 when QEMU could
 # not run it (or it died without reporting: a triple fault, a crash), 124 on the time limit.
@@ -24,6 +29,16 @@ fi
 kernel=$1
 shift
 cmdline="$*"
+
+name=$(basename "$kernel")
+name=${name%-*}
+driver="$(dirname "$0")/tests/host/$name.py"
+case "$name" in
+    host_*)
+        if [ -z "${RUN_QEMU_DIRECT:-}" ] && [ -f "$driver" ]; then
+            exec python3 "$driver" "$kernel" "$@"
+        fi ;;
+esac
 
 qemu=qemu-system-x86_64
 if ! command -v "$qemu" >/dev/null 2>&1; then
@@ -74,6 +89,7 @@ if [ "${QEMU_BALLOON:-on}" = on ]; then
     args+=(-device "virtio-balloon-pci,id=balloon0,free-page-reporting=${QEMU_REPORTING:-on},deflate-on-oom=on,guest-stats-polling-interval=1")
 fi
 [ -n "$cmdline" ] && args+=(-append "$cmdline")
+[ -n "${QEMU_PIDFILE:-}" ] && args+=(-pidfile "$QEMU_PIDFILE")
 # shellcheck disable=SC2206
 [ -n "${QEMU_EXTRA:-}" ] && args+=(${QEMU_EXTRA})
 

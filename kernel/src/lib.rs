@@ -20,6 +20,7 @@ pub mod console;
 pub mod drivers;
 pub mod mm;
 pub mod qemu;
+pub mod scenarios;
 pub mod sync;
 pub mod task;
 pub mod testing;

@@ -15,7 +15,13 @@ kernel::entry_point!(main);
 
 fn main(info: &'static BootInfo) -> ExitCode {
     if let Some(name) = kernel::cmdline::value("scenario") {
-        log::error!("unknown scenario '{name}' (none are available yet)");
+        if let Some(code) = kernel::scenarios::run(name) {
+            return code;
+        }
+        log::error!(
+            "unknown scenario '{name}' (known: {})",
+            kernel::scenarios::NAMES.join(", ")
+        );
         return ExitCode::Failure;
     }
     if let Some(name) = kernel::cmdline::value("bench") {

@@ -123,6 +123,22 @@ pub static REPORTING_BUDGET: Tunable = Tunable::new(
     "reports per pass before the worker yields (another pass follows after the delay)",
 );
 
+pub static SCENARIO_RECLAIM_MIB: Tunable = Tunable::new(
+    "scenario.reclaim_mib",
+    1024,
+    1,
+    1 << 20,
+    "scenario=reclaim: how much memory to touch and free",
+);
+
+pub static SCENARIO_IDLE_MS: Tunable = Tunable::new(
+    "scenario.idle_ms",
+    6000,
+    0,
+    3_600_000,
+    "scenario=reclaim: how long to stay idle after freeing (the host watches meanwhile)",
+);
+
 /// All tunables, for the command line and the console.
 pub static ALL: &[&Tunable] = &[
     &SCHED_TIMESLICE_MS,
@@ -133,6 +149,8 @@ pub static ALL: &[&Tunable] = &[
     &REPORTING_CAPACITY,
     &REPORTING_HIGH_WATER_MIB,
     &REPORTING_BUDGET,
+    &SCENARIO_RECLAIM_MIB,
+    &SCENARIO_IDLE_MS,
 ];
 
 pub fn find(name: &str) -> Option<&'static Tunable> {

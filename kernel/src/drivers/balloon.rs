@@ -59,6 +59,14 @@ const SUPPORTED: Features = Features::STATS_VQ
     .union(Features::PAGE_REPORTING)
     .union(Features::VERSION_1);
 
+/// The statistics last sent, by QEMU's names (with `_` for `-`), for scenarios and the console.
+static LAST_STATISTICS: IrqMutex<[(&str, u64); 10]> = IrqMutex::new([("", 0); 10]);
+
+/// The statistics last sent to the host, as (QEMU's name with `_`, value).
+pub fn last_statistics() -> [(&'static str, u64); 10] {
+    *LAST_STATISTICS.lock()
+}
+
 /// Statistics tags (virtio spec 5.5.6.3), those QEMU 7.2 names.
 mod tag {
     pub const SWAP_IN: u16 = 0;
@@ -611,23 +619,35 @@ impl BalloonWorker {
     fn fill_statistics(&mut self) -> usize {
         let free = page_alloc::free_pages() * PAGE_SIZE;
         let total = page_alloc::managed_pages() * PAGE_SIZE;
+        // No swap, no page cache, no hugetlbfs: those are truthfully zero. Available memory
+        // is free memory (nothing is reclaimable without I/O).
         let entries = [
-            (tag::SWAP_IN, 0),
-            (tag::SWAP_OUT, 0),
-            (tag::MAJOR_FAULTS, 0),
-            (tag::MINOR_FAULTS, crate::mm::space::minor_faults_total()),
-            (tag::MEMORY_FREE, free),
-            (tag::MEMORY_TOTAL, total),
-            (tag::AVAILABLE, free),
-            (tag::CACHES, 0),
-            (tag::HUGETLB_ALLOCATIONS, 0),
-            (tag::HUGETLB_FAILURES, 0),
+            (tag::SWAP_IN, "stat_swap_in", 0),
+            (tag::SWAP_OUT, "stat_swap_out", 0),
+            (tag::MAJOR_FAULTS, "stat_major_faults", 0),
+            (
+                tag::MINOR_FAULTS,
+                "stat_minor_faults",
+                crate::mm::space::minor_faults_total(),
+            ),
+            (tag::MEMORY_FREE, "stat_free_memory", free),
+            (tag::MEMORY_TOTAL, "stat_total_memory", total),
+            (tag::AVAILABLE, "stat_available_memory", free),
+            (tag::CACHES, "stat_disk_caches", 0),
+            (tag::HUGETLB_ALLOCATIONS, "stat_htlb_pgalloc", 0),
+            (tag::HUGETLB_FAILURES, "stat_htlb_pgfail", 0),
         ];
+        {
+            let mut last = LAST_STATISTICS.lock();
+            for (slot, (_, name, value)) in last.iter_mut().zip(entries.iter()) {
+                *slot = (name, *value);
+            }
+        }
         // SAFETY: the worker's own direct-mapped page; 10 entries of 10 bytes fit.
         let bytes = unsafe {
             core::slice::from_raw_parts_mut(self.stats_page.virt() as *mut u8, PAGE_SIZE as usize)
         };
-        for (slot, (tag, value)) in entries.iter().enumerate() {
+        for (slot, (tag, _, value)) in entries.iter().enumerate() {
             let at = slot * 10;
             bytes[at..at + 2].copy_from_slice(&tag.to_le_bytes());
             bytes[at + 2..at + 10].copy_from_slice(&value.to_le_bytes());

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Host-observed checks, run by `cargo test` (run-qemu.sh hands the host_checks test kernel to
+this driver). Each check boots the kernel with a scenario and asserts on what the host sees:
+QEMU's resident memory, QMP's balloon and statistics, the exit status.
+
+Prints `test host::NAME ... ok (T ms)` or `FAILED` with the reason, then `N passed, N failed`,
+like the in-guest test kernels, and exits non-zero on any failure.
+
+    python3 tests/host/host_checks.py KERNEL.elf [test=TEXT]
+"""
+
+import sys
+import time
+import traceback
+
+from qemu_host import Guest, reclaim_run
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def seconds(value):
+    return "never" if value is None else f"{value:.2f} s"
+
+
+def check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+def reclaim_with_reporting_returns_freed_memory(kernel):
+    run = reclaim_run(kernel, reporting=True)
+    print(f"  reporting on: touched {run['touched_bytes'] / MIB:.0f} MiB, returned "
+          f"{run['returned_fraction']:.1%} in 5 s, 50% after {seconds(run['t50_s'])}, "
+          f"90% after {seconds(run['t90_s'])}")
+    check(run["status"] == 0, f"guest exit status {run['status']}")
+    check(run["touched_bytes"] >= 0.9 * GIB, "touching 1 GiB did not grow the QEMU process")
+    check(run["t90_s"] is not None and run["t90_s"] <= 5.0,
+          f"90% of the freed memory did not leave the QEMU process within 5 s "
+          f"(returned {run['returned_fraction']:.1%})")
+
+
+def reclaim_without_reporting_keeps_memory(kernel):
+    # The control: the same workload with free-page-reporting=off returns nothing, so the
+    # drop seen with reporting on is the mechanism's doing, not the workload's.
+    run = reclaim_run(kernel, reporting=False)
+    print(f"  reporting off: touched {run['touched_bytes'] / MIB:.0f} MiB, returned "
+          f"{run['returned_fraction']:.1%} in 5 s")
+    check(run["status"] == 0, f"guest exit status {run['status']}")
+    check(run["touched_bytes"] >= 0.9 * GIB, "touching 1 GiB did not grow the QEMU process")
+    check(run["returned_fraction"] < 0.2,
+          f"{run['returned_fraction']:.1%} returned without reporting")
+
+
+def balloon_follows_qmp_and_statistics_match(kernel):
+    guest = Guest(kernel, ["scenario=balloon"])
+    try:
+        ready = guest.wait_event("ready")
+        ram = guest.qmp("query-balloon")["actual"]
+        check(ram == 2 * GIB, f"query-balloon before: {ram}")
+        # 1. Balloon to 1 GiB: query-balloon reaches it, the guest's free memory shrinks as much.
+        asked = time.monotonic()
+        guest.qmp("balloon", value=1 * GIB)
+        while guest.qmp("query-balloon")["actual"] != 1 * GIB:
+            check(time.monotonic() - asked < 60, "query-balloon never reached 1 GiB")
+            time.sleep(0.05)
+        inflate_s = time.monotonic() - asked
+        inflated = guest.wait_event("inflated")
+        pages = GIB // 4096
+        check(inflated["actual_pages"] == pages, f"actual {inflated['actual_pages']} pages")
+        shrink = ready["free_pages"] - inflated["free_pages"]
+        print(f"  inflate to 1 GiB took {inflate_s:.2f} s; guest free memory shrank by "
+              f"{shrink} pages for {pages} ballooned")
+        check(abs(shrink - pages) <= 1024, f"free memory shrank by {shrink} pages, not {pages}")
+        # Statistics: what QMP reads is what the guest sent.
+        sent = guest.wait_event("stats")
+        stats = guest.qmp("qom-get", path="/machine/peripheral/balloon0",
+                          property="guest-stats")["stats"]
+        for name in ("stat-total-memory", "stat-free-memory", "stat-available-memory",
+                     "stat-swap-in", "stat-major-faults", "stat-minor-faults"):
+            ours = sent[name.replace("-", "_")]
+            theirs = stats[name]
+            tolerance = 0 if name != "stat-free-memory" and name != "stat-available-memory" \
+                else 0.01 * ours
+            check(abs(theirs - ours) <= tolerance, f"{name}: QMP {theirs}, guest sent {ours}")
+        print(f"  guest-stats: total {stats['stat-total-memory'] / MIB:.0f} MiB, free "
+              f"{stats['stat-free-memory'] / MIB:.0f} MiB, as the guest sent")
+        # 2. Deflate back: the free memory returns.
+        guest.qmp("balloon", value=2 * GIB)
+        deflated = guest.wait_event("deflated")
+        check(abs(deflated["free_pages"] - ready["free_pages"]) <= 1024,
+              f"free pages {deflated['free_pages']} after deflating, {ready['free_pages']} before")
+        check(guest.qmp("query-balloon")["actual"] == 2 * GIB, "query-balloon after deflating")
+        # 3. More than the guest can give: it keeps its reserve, and deflate-on-OOM still
+        # lets it allocate past its free memory.
+        guest.qmp("balloon", value=64 * MIB)
+        most = guest.wait_event("inflated_max")
+        logical = guest.qmp("query-balloon")["actual"]
+        print(f"  asked for 64 MiB: the guest kept {logical / MIB:.0f} MiB "
+              f"({most['free_pages']} pages free)")
+        check(logical > 64 * MIB, "the guest gave away its reserve")
+        oom = guest.wait_event("oom")
+        print(f"  deflate-on-OOM: {oom['allocated']} of {oom['wanted']} pages allocated with "
+              f"{oom['free_before']} free; {oom['oom_deflated_pages']} pages deflated")
+        guest.wait_event("done")
+        status = guest.wait_exit(timeout=120)
+        check(status == 0, f"guest exit status {status}")
+    finally:
+        if guest.proc.poll() is None:
+            guest.kill()
+
+
+def boot_without_balloon_device_runs(kernel):
+    guest = Guest(kernel, ["scenario=no_device"], env={"QEMU_BALLOON": "off"})
+    try:
+        guest.wait_event("no_device_ok")
+        status = guest.wait_exit(timeout=120)
+    finally:
+        if guest.proc.poll() is None:
+            guest.kill()
+    check(status == 0, f"guest exit status {status}")
+    said = sum("no virtio-balloon device" in line for line in guest.lines)
+    check(said == 1, f"the kernel said {said} times that there is no device")
+
+
+CHECKS = [
+    reclaim_with_reporting_returns_freed_memory,
+    reclaim_without_reporting_keeps_memory,
+    balloon_follows_qmp_and_statistics_match,
+    boot_without_balloon_device_runs,
+]
+
+
+def main():
+    kernel = sys.argv[1]
+    wanted = [arg.split("=", 1)[1] for arg in sys.argv[2:] if arg.startswith("test=")]
+    passed = failed = 0
+    for check_fn in CHECKS:
+        name = check_fn.__name__
+        if wanted and not any(text in name for text in wanted):
+            continue
+        start = time.monotonic()
+        try:
+            check_fn(kernel)
+        except Exception as error:  # a failed check, a timeout, a QMP error
+            failed += 1
+            print(f"test host::{name} ... FAILED ({(time.monotonic() - start) * 1000:.0f} ms)")
+            print(f"    {error}")
+            traceback.print_exc(limit=3)
+        else:
+            passed += 1
+            print(f"test host::{name} ... ok ({(time.monotonic() - start) * 1000:.0f} ms)")
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
