@@ -172,7 +172,7 @@ class RssSampler:
         return self.samples
 
 
-def reclaim_run(kernel, reporting, mib=1024, watch_s=5.0, echo=False):
+def reclaim_run(kernel, reporting, mib=1024, watch_s=5.0, echo=False, period=0.1):
     """Boots `scenario=reclaim` and measures how much of the freed memory leaves the QEMU process.
 
     Returns a dict: touched (bytes the touch added), returned fraction after `watch_s`, the
@@ -181,7 +181,7 @@ def reclaim_run(kernel, reporting, mib=1024, watch_s=5.0, echo=False):
     guest = Guest(kernel, ["scenario=reclaim", f"scenario.reclaim_mib={mib}",
                            f"scenario.idle_ms={int(watch_s * 1000) + 1500}"],
                   env={"QEMU_REPORTING": "on" if reporting else "off"}, echo=echo)
-    sampler = RssSampler(guest)
+    sampler = RssSampler(guest, period)
     try:
         start = guest.wait_event("start")
         rss_start = guest.rss_bytes()
@@ -215,7 +215,8 @@ def reclaim_run(kernel, reporting, mib=1024, watch_s=5.0, echo=False):
         "t50_s": time_to(0.5),
         "t90_s": time_to(0.9),
         "t95_s": time_to(0.95),
-        "samples": [(t - start["host_t"], rss) for (t, rss) in samples],
+        "samples": [(t - start["host_t"], rss) for (t, rss) in samples
+                    if t >= start["host_t"]],
         "events": {"touched": touched_event["host_t"] - start["host_t"],
                    "freed": t0 - start["host_t"]},
     }

@@ -128,8 +128,14 @@ fn set_triggers(trigger: Option<(u8, u64)>) {
     }
 }
 
-/// Sets every zone's trigger from the tunables (off while reporting is disabled).
-fn refresh_triggers() {
+/// Sets every zone's trigger from the tunables (off while reporting is disabled or no device is
+/// registered). The worker calls it on every pass; call it after changing a tunable to have the
+/// change take effect at once.
+pub fn refresh_triggers() {
+    if !is_registered() {
+        set_triggers(None);
+        return;
+    }
     let trigger = (tunables::REPORTING_ENABLED.get() == 1).then(|| {
         let order = tunables::REPORTING_MIN_ORDER.get() as u8;
         let pages = tunables::REPORTING_HIGH_WATER_MIB.get() * 256;
