@@ -18,6 +18,8 @@ const HELP: &str = "commands:
   heap             kernel heap usage
   threads          kernel threads and their states
   tasks            task counters and the tasks running now
+  reporting        free page reporting counters and reported memory per order
+  balloon          the balloon: target, size, statistics, interrupts
   run PROGRAM [N]  run a user program with argument N and show its report
   tunables         every tunable with its value and range
   set NAME=VALUE   change a tunable
@@ -77,6 +79,27 @@ pub fn execute(line: &str) -> (String, Next) {
             )
         }
         "run" => run_program(&mut out, words.next(), words.next()),
+        "reporting" => {
+            let stats = crate::mm::reporting::stats();
+            let _ = writeln!(
+                out,
+                "{} passes, {} reports, {} MiB reported in all, {} failures; registered: {}",
+                stats.passes,
+                stats.reports,
+                stats.bytes_reported >> 20,
+                stats.failures,
+                crate::mm::reporting::is_registered()
+            );
+            let _ = write!(out, "reported now (pages per order):");
+            for pages in stats.reported_pages_now {
+                let _ = write!(out, " {pages}");
+            }
+            writeln!(out)
+        }
+        "balloon" => {
+            let stats = crate::drivers::balloon::stats();
+            writeln!(out, "{stats:?}")
+        }
         "tunables" => {
             for tunable in tunables::ALL {
                 let _ = writeln!(
@@ -213,5 +236,7 @@ mod tests {
         let (tasks, _) = execute("tasks");
         let killed = alloc::format!("{} killed", killed_before + 1);
         assert!(tasks.contains(&killed), "{tasks}");
+        assert!(execute("reporting").0.contains("reported now"));
+        assert!(execute("balloon").0.contains("target_pages"));
     }
 }

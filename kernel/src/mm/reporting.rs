@@ -160,11 +160,16 @@ fn worker() {
         };
         PASSES.fetch_add(1, Relaxed);
         match run_pass(sink.as_mut()) {
-            Ok(more) => {
+            Ok(PassEnd::Done) => *SINK.lock() = Some(sink),
+            Ok(PassEnd::BudgetSpent) => {
                 *SINK.lock() = Some(sink);
-                if more {
-                    request();
-                }
+                request();
+            }
+            Ok(PassEnd::ReportFailed) => {
+                // No retry loop against a failing host: the next free that crosses the
+                // trigger starts the next pass (the blocks are unreported, so it will).
+                log::warn!("free page reporting: a report failed; the blocks stay unreported");
+                *SINK.lock() = Some(sink);
             }
             Err(_) => {
                 log::error!("free page reporting: the device is gone; reporting stops");
@@ -176,8 +181,18 @@ fn worker() {
     }
 }
 
-/// One pass over every zone. `Ok(true)`: the budget ran out with work left.
-fn run_pass(sink: &mut dyn ReportSink) -> Result<bool, ReportError> {
+/// How a pass ended.
+enum PassEnd {
+    /// Nothing left to report.
+    Done,
+    /// The budget ran out with work left: another pass follows.
+    BudgetSpent,
+    /// A report failed; its blocks went back unreported.
+    ReportFailed,
+}
+
+/// One pass over every zone; `Err` only when the device is gone.
+fn run_pass(sink: &mut dyn ReportSink) -> Result<PassEnd, ReportError> {
     let capacity = tunables::REPORTING_CAPACITY.get() as usize;
     let min_order = tunables::REPORTING_MIN_ORDER.get() as u8;
     let budget = tunables::REPORTING_BUDGET.get();
@@ -238,17 +253,17 @@ fn run_pass(sink: &mut dyn ReportSink) -> Result<bool, ReportError> {
                     if error == ReportError::DeviceGone {
                         return Err(error);
                     }
-                    return Ok(true);
+                    return Ok(PassEnd::ReportFailed);
                 }
             }
             reports += 1;
             if reports >= budget {
-                return Ok(true);
+                return Ok(PassEnd::BudgetSpent);
             }
             if batch.len() < capacity {
                 break;
             }
         }
     }
-    Ok(false)
+    Ok(PassEnd::Done)
 }
