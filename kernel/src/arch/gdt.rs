@@ -37,7 +37,9 @@ pub struct Selectors {
 
 /// The TSS. The CPU reads it (RSP0 on every entry from ring 3, the IST on listed exceptions);
 /// the kernel writes only RSP0, through [`set_kernel_entry_stack`].
-static mut TSS: TaskStateSegment = TaskStateSegment::new();
+pub(super) static mut TSS: TaskStateSegment = TaskStateSegment::new();
+/// Offset of RSP0 in the TSS (for the SYSCALL entry code, which reads it directly).
+pub(super) const TSS_RSP0_OFFSET: usize = 4;
 static TSS_BUILT: Once<()> = Once::new();
 static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
 

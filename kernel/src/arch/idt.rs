@@ -5,7 +5,7 @@
 //! memory-management entry [`crate::mm::fault::handle_page_fault`], which decides whether the
 //! fault is resolved, fixed up through the exception table, or fatal.
 
-use super::{apic, gdt, user_entry, vectors};
+use super::{apic, gdt, vectors};
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
 use x86_64::registers::control::Cr2;
@@ -123,14 +123,6 @@ pub fn init() {
             idt.machine_check
                 .set_handler_fn(machine_check)
                 .set_stack_index(gdt::MACHINE_CHECK_IST);
-        }
-        // SAFETY: the address is the system-call entry code, which saves every register,
-        // calls the dispatcher on the task's kernel stack and returns with IRETQ. The gate is
-        // the only one ring 3 may invoke with `int`.
-        unsafe {
-            idt[vectors::SYSCALL]
-                .set_handler_addr(VirtAddr::new(user_entry::syscall_entry_address()))
-                .set_privilege_level(PrivilegeLevel::Ring3);
         }
         idt[vectors::TIMER].set_handler_fn(timer_interrupt);
         idt[vectors::BALLOON_CONFIG].set_handler_fn(balloon_config_interrupt);

@@ -21,8 +21,6 @@ pub mod vectors {
     /// virtio-balloon (MSI-X): configuration change, and used buffers on any queue.
     pub const BALLOON_CONFIG: u8 = 0x40;
     pub const BALLOON_QUEUES: u8 = 0x41;
-    /// The system-call gate, the only vector ring 3 may raise with `int`.
-    pub const SYSCALL: u8 = 0x80;
 
     pub const SPURIOUS: u8 = 0xff;
 }
@@ -31,6 +29,7 @@ pub mod vectors {
 pub fn init_cpu() {
     gdt::init();
     idt::init();
+    user_entry::init();
     pic::disable();
     // No floating point anywhere: the kernel is built soft-float and switches no FPU state, so
     // x87 and MMX instructions must fault (CR0.EM: #NM) rather than let tasks see each other's

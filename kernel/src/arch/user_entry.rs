@@ -1,5 +1,5 @@
-//! Ring 3 and back: entering user mode, the system-call gate (`int 0x80`), and leaving user mode
-//! for good when a task exits or is killed.
+//! Ring 3 and back: entering user mode, the system-call entry (the `syscall` instruction), and
+//! leaving user mode for good when a task exits or is killed.
 //!
 //! Owns the register image of a task ([`UserRegisters`]) and the three pieces of assembly that
 //! move between rings. Knows nothing of tasks: [`run_in_user_mode`] returns when something calls
@@ -10,6 +10,13 @@
 //! every interrupt, exception and system call from ring 3 runs on the stack *below* that frame.
 //! `leave_user_mode` drops whatever is below (frames that own nothing: see its contract) and
 //! returns from `run_in_user_mode` as if it had been an ordinary call.
+//!
+//! The system-call entry builds on that stack the [`UserRegisters`] image an interrupt from ring 3
+//! would have pushed, and returns with IRETQ. (Not an `int 0x80` gate: from ring 3 that is an
+//! invalid opcode under the kvm_pvm hypervisor of our machines.) SYSCALL does not switch stacks:
+//! the entry keeps the task's stack pointer in a scratch word and loads TSS.RSP0 itself, which is
+//! sound with one CPU because SFMASK clears IF on entry (with several CPUs: per-CPU data and
+//! SWAPGS).
 
 use super::gdt;
 
@@ -118,10 +125,18 @@ user_mode_leave_asm:
     pop rbp
     ret
 
-    .global user_syscall_entry
-    // int 0x80 from ring 3: the CPU has switched to TSS.RSP0 and pushed ss, rsp, rflags, cs,
-    // rip (16-byte aligned start, so the 20-word image below leaves rsp 16-byte aligned).
-user_syscall_entry:
+    .global user_syscall_instruction_entry
+    // SYSCALL from ring 3: rcx holds the return address, r11 the flags, rsp is still the
+    // task's. Interrupts are off (SFMASK). Build the frame an interrupt would have pushed.
+user_syscall_instruction_entry:
+    mov [rip + {scratch}], rsp
+    mov rsp, [rip + {tss} + {rsp0_offset}]
+    push {user_ss}
+    push [rip + {scratch}]
+    push r11
+    push {user_cs}
+    push rcx
+    // TSS.RSP0 is 16-byte aligned, so the 20-word image below leaves rsp 16-byte aligned.
     push rax
     push rbx
     push rcx
@@ -156,18 +171,60 @@ user_syscall_entry:
     pop rbx
     pop rax
     iretq
-    "#
+    "#,
+    scratch = sym SYSCALL_USER_RSP,
+    tss = sym super::gdt::TSS,
+    rsp0_offset = const super::gdt::TSS_RSP0_OFFSET,
+    user_ss = const USER_DATA_SELECTOR,
+    user_cs = const USER_CODE_SELECTOR,
 );
+
+/// The task's stack pointer between SYSCALL and the push that saves it (one CPU, interrupts
+/// off in between: see the module's documentation).
+static mut SYSCALL_USER_RSP: u64 = 0;
+/// The user selectors as the GDT lays them out (checked against it in [`init`]).
+const USER_DATA_SELECTOR: u16 = 0x1b;
+const USER_CODE_SELECTOR: u16 = 0x23;
 
 unsafe extern "C" {
     fn user_mode_run_asm(registers: *const UserRegisters, entry_stack_slot: *mut u64);
     fn user_mode_leave_asm(entry_stack: u64) -> !;
-    fn user_syscall_entry();
+    fn user_syscall_instruction_entry();
 }
 
-/// The address the system-call gate jumps to (for the IDT).
-pub fn syscall_entry_address() -> u64 {
-    user_syscall_entry as *const () as u64
+/// Enables the SYSCALL instruction: EFER.SCE, the segments (STAR), the entry (LSTAR), and the
+/// flags cleared on entry (SFMASK: interrupts, direction, trap, alignment check).
+pub fn init() {
+    use x86_64::registers::model_specific::{Efer, EferFlags, LStar, SFMask, Star};
+    use x86_64::registers::rflags::RFlags;
+    let selectors = gdt::selectors();
+    assert_eq!(
+        selectors.user_data.0, USER_DATA_SELECTOR,
+        "GDT layout changed"
+    );
+    assert_eq!(
+        selectors.user_code.0, USER_CODE_SELECTOR,
+        "GDT layout changed"
+    );
+    Star::write(
+        selectors.user_code,
+        selectors.user_data,
+        selectors.kernel_code,
+        selectors.kernel_data,
+    )
+    .expect("GDT laid out for SYSCALL/SYSRET");
+    LStar::write(x86_64::VirtAddr::new(
+        user_syscall_instruction_entry as *const () as u64,
+    ));
+    SFMask::write(
+        RFlags::INTERRUPT_FLAG
+            | RFlags::DIRECTION_FLAG
+            | RFlags::TRAP_FLAG
+            | RFlags::ALIGNMENT_CHECK,
+    );
+    // SAFETY: SCE only makes SYSCALL/SYSRET valid; the MSRs above point them at the entry
+    // code and the kernel's segments.
+    unsafe { Efer::update(|flags| flags.insert(EferFlags::SYSTEM_CALL_EXTENSIONS)) };
 }
 
 /// Runs the current thread in ring 3 from `registers` (whose page tables must be loaded) until
@@ -198,7 +255,7 @@ pub fn leave_user_mode() -> ! {
     unsafe { user_mode_leave_asm(entry_stack) }
 }
 
-/// Called by the entry code for every `int 0x80`, on the task's kernel stack, interrupts off.
+/// Called by the entry code for every system call, on the task's kernel stack, interrupts off.
 #[unsafe(no_mangle)]
 extern "C" fn user_syscall_dispatch(registers: &mut UserRegisters) {
     crate::user::syscall::dispatch(registers);

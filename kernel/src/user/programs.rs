@@ -2,8 +2,8 @@
 //! assembled into the kernel image's read-only data (never executable there) and copied into a
 //! task's code region at [`super::CODE_BASE`] by [`super::spawn`].
 //!
-//! Each takes one argument in `rdi` and talks to the kernel only through `int 0x80` (see
-//! [`super::syscall`]). Exit statuses of 100 and up mean the program itself found something
+//! Each takes one argument in `rdi` and talks to the kernel only through `syscall` (see
+//! [`super::syscall`]; `rcx` and `r11` do not survive one, as on Linux). Exit statuses of 100 and up mean the program itself found something
 //! wrong; the list below says what each one checks.
 
 /// A program: its name and machine code.
@@ -18,7 +18,7 @@ core::arch::global_asm!(
     .pushsection .rodata.user_programs, "a"
     .macro sys number
         mov eax, \number
-        int 0x80
+        syscall
     .endm
     .macro exit_with status
         mov edi, \status

@@ -1,4 +1,4 @@
-//! The system calls of ring-3 tasks, reached through `int 0x80`.
+//! The system calls of ring-3 tasks, reached through the `syscall` instruction.
 //!
 //! Convention (as Linux's): the number in `rax`, arguments in `rdi`, `rsi`, `rdx`, the result in
 //! `rax`; a negative result is an error number (`-EINVAL`, ...). Every other register is kept.
