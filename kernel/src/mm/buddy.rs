@@ -472,19 +472,26 @@ impl FreeArea {
     /// before cold: an unreported block of any order before a reported one (whose pages the
     /// host must fault in again).
     fn take_smallest(&mut self, order: u8, kind: MigrateType) -> Option<FrameIndex> {
-        for unreported_only in [true, false] {
-            for current in order..=MAX_ORDER {
-                let list = &self.lists[current as usize][kind as usize];
-                if list.head == NONE || (unreported_only && list.head == list.boundary) {
-                    continue;
-                }
-                let index = list.head;
-                self.unlink(index);
-                self.split(index, current, order, kind);
-                return Some(index);
-            }
-        }
-        None
+        let lists = &self.lists;
+        let first = (order..=MAX_ORDER)
+            .find(|current| lists[*current as usize][kind as usize].head != NONE)?;
+        let list = &lists[first as usize][kind as usize];
+        // The common case: the smallest block there is, is warm.
+        let current = if list.head != list.boundary {
+            first
+        } else {
+            // Only reported blocks at that order: a warm block of a higher order, if any.
+            (first + 1..=MAX_ORDER)
+                .find(|higher| {
+                    let list = &lists[*higher as usize][kind as usize];
+                    list.head != NONE && list.head != list.boundary
+                })
+                .unwrap_or(first)
+        };
+        let index = self.lists[current as usize][kind as usize].head;
+        self.unlink(index);
+        self.split(index, current, order, kind);
+        Some(index)
     }
 
     /// Moves every free block inside pageblock `slot` to `kind`'s lists; returns the free pages
