@@ -159,6 +159,12 @@ entry_point!(test_kernel_main);
 
 #[cfg(test)]
 fn test_kernel_main(_info: &'static BootInfo) -> ExitCode {
+    // Let free page reporting finish its first pass over all of memory, so that tests which
+    // count heap bytes or timer interrupts do not share the CPU with it.
+    let start = time::Instant::now();
+    while !mm::reporting::is_idle() && start.elapsed() < core::time::Duration::from_secs(10) {
+        task::sleep(core::time::Duration::from_millis(5));
+    }
     test_main();
     ExitCode::Success
 }

@@ -426,15 +426,18 @@ impl BalloonWorker {
                 self.deflate_towards(target);
             }
             WORKER_KICK.store(false, Relaxed);
-            // Re-check at least every second (a target that could not be reached earlier may
-            // be reachable now); interrupts wake the worker at once.
-            let poll = if MSIX.load(Relaxed) || INTX.load(Relaxed) {
-                1000
+            // Interrupts wake the worker. It polls only without them, or while a target it
+            // could not reach stands (memory may have come free since): an idle guest whose
+            // balloon is where the host wants it takes no timer interrupt for it.
+            let interrupts = MSIX.load(Relaxed) || INTX.load(Relaxed);
+            let unmet = ACTUAL.load(Relaxed) != TARGET.load(Relaxed);
+            if interrupts && !unmet {
+                WORKER_EVENT.wait_until(|| WORKER_KICK.load(Relaxed));
             } else {
-                20
-            };
-            WORKER_EVENT
-                .wait_until_timeout(|| WORKER_KICK.load(Relaxed), Duration::from_millis(poll));
+                let poll = if interrupts { 1000 } else { 20 };
+                WORKER_EVENT
+                    .wait_until_timeout(|| WORKER_KICK.load(Relaxed), Duration::from_millis(poll));
+            }
         }
     }
 
