@@ -159,6 +159,7 @@ fn follow_balloon() -> Result<(), alloc::string::String> {
     })?;
     event("inflated_max", &balloon_figures());
     let free = page_alloc::free_pages();
+    let deflated_before = balloon::stats().oom_deflated_pages;
     let want = free + 2048;
     let mut taken: Vec<Pages> = Vec::with_capacity(want as usize);
     let request = AllocRequest::new(0)
@@ -171,7 +172,7 @@ fn follow_balloon() -> Result<(), alloc::string::String> {
         }
     }
     let allocated = taken.len() as u64;
-    let oom_deflated = balloon::stats().oom_deflated_pages;
+    let oom_deflated = balloon::stats().oom_deflated_pages - deflated_before;
     for page in taken {
         page_alloc::free(page).map_err(|error| alloc::format!("free: {error:?}"))?;
     }

@@ -115,33 +115,52 @@ fn memory_the_host_was_told_about_reads_back_as_zero() {
 #[test_case]
 fn allocation_takes_warm_unreported_blocks_before_reported_ones() {
     wait_for_worker();
-    let before = check();
-    assert!(before.reported > 0);
-    // Free 8 blocks of the largest order (they cannot merge further) with reporting paused:
-    // they are the only unreported ones of that order, at the heads of the lists.
+    let block = |pfn: u64, order: u8| Pages { pfn, order };
+    // A 2 MiB block split from a 4 MiB one, so that its buddy is a free 2 MiB block; once
+    // reported, every free 2 MiB block is reported.
+    let request = AllocRequest::new(9).kind(MigrateType::Movable);
+    let mut others = Vec::new();
+    let half = loop {
+        let candidate = page_alloc::alloc(request).expect("2 MiB block");
+        let buddy = candidate.pfn ^ 512;
+        let frame = page_alloc::zone_of(buddy).expect("zone").frame(buddy);
+        if frame.state() == FrameState::Free && frame.order() == 9 {
+            break candidate;
+        }
+        others.push(candidate);
+        assert!(others.len() < 256, "no 2 MiB block with a free buddy");
+    };
+    for other in others {
+        page_alloc::free(other).expect("free");
+    }
+    reporting::request();
+    task::sleep(Duration::from_millis(100));
+    wait_for_worker();
+    let buddy = half.pfn ^ 512;
+    let buddy_frame = page_alloc::zone_of(buddy).expect("zone").frame(buddy);
+    assert!(
+        buddy_frame.state() == FrameState::Free
+            && buddy_frame.order() == 9
+            && buddy_frame.flags().contains(FrameFlags::REPORTED),
+        "the buddy is a reported free 2 MiB block"
+    );
+    // A warm 4 MiB block, with reporting paused so it stays unreported.
     set(&tunables::REPORTING_ENABLED, 0);
-    let request = AllocRequest::new(MAX_ORDER).kind(MigrateType::Movable);
-    let blocks: Vec<Pages> = (0..8)
-        .map(|_| page_alloc::alloc(request).expect("4 MiB block"))
-        .collect();
-    for block in &blocks {
-        page_alloc::free(*block).expect("free");
-    }
-    let mut again: Vec<u64> = (0..8)
-        .map(|_| page_alloc::alloc(request).expect("4 MiB block").pfn)
-        .collect();
-    let mut freed: Vec<u64> = blocks.iter().map(|block| block.pfn).collect();
-    again.sort_unstable();
-    freed.sort_unstable();
-    assert_eq!(again, freed, "the warm blocks came back first");
-    for pfn in again {
-        page_alloc::free(Pages {
-            pfn,
-            order: MAX_ORDER,
-        })
-        .expect("free");
-    }
+    reporting::refresh_triggers();
+    let warm = page_alloc::alloc(AllocRequest::new(MAX_ORDER).kind(MigrateType::Movable))
+        .expect("4 MiB block");
+    page_alloc::free(warm).expect("free");
+    // A 2 MiB request: the warm 4 MiB block is split rather than a reported 2 MiB block taken.
+    let got =
+        page_alloc::alloc(AllocRequest::new(9).kind(MigrateType::Movable)).expect("2 MiB block");
+    assert!(
+        (warm.pfn..warm.pfn + 1024).contains(&got.pfn),
+        "got {got:?}, a reported block, while the warm block {warm:?} was free"
+    );
+    page_alloc::free(got).expect("free");
+    page_alloc::free(block(half.pfn, 9)).expect("free");
     set(&tunables::REPORTING_ENABLED, 1);
+    reporting::refresh_triggers();
     reporting::request();
     wait_for_worker();
     check();
@@ -277,14 +296,19 @@ impl reporting::ReportSink for FailingSink {
     }
 }
 
-/// Frees a fresh 4 MiB block (unreported memory) and waits for the worker.
-fn free_something_and_wait() {
+/// Frees a fresh 4 MiB block (unreported memory), waits for the worker, and says whether the
+/// block is reported now.
+fn free_something_and_wait() -> bool {
     let block = page_alloc::alloc(AllocRequest::new(MAX_ORDER).kind(MigrateType::Movable))
         .expect("4 MiB block");
     page_alloc::free(block).expect("free");
     reporting::request();
     task::sleep(Duration::from_millis(100));
     wait_for_worker();
+    let frame = page_alloc::zone_of(block.pfn)
+        .expect("zone")
+        .frame(block.pfn);
+    frame.state() == FrameState::Free && frame.flags().contains(FrameFlags::REPORTED)
 }
 
 #[test_case]
@@ -299,7 +323,10 @@ fn failed_reports_put_blocks_back_unreported_and_a_lost_device_stops_reporting()
         error: reporting::ReportError::Failed,
         calls: calls.clone(),
     }));
-    free_something_and_wait();
+    assert!(
+        !free_something_and_wait(),
+        "a block whose report failed is not flagged"
+    );
     let failed = reporting::stats();
     assert!(calls.load(Relaxed) > 0, "the sink was called");
     assert!(failed.failures > before.failures);
@@ -319,11 +346,11 @@ fn failed_reports_put_blocks_back_unreported_and_a_lost_device_stops_reporting()
         error: reporting::ReportError::DeviceGone,
         calls: calls.clone(),
     }));
-    free_something_and_wait();
+    assert!(!free_something_and_wait());
     assert!(!reporting::is_registered(), "reporting stopped");
     assert_eq!(check().isolated, 0);
     // The real device again.
     reporting::register(device);
-    free_something_and_wait();
+    assert!(free_something_and_wait(), "the real device reports again");
     assert!(reporting::stats().reports > failed.reports);
 }

@@ -259,13 +259,15 @@ extern "x86-interrupt" fn timer_interrupt(_frame: InterruptStackFrame) {
 }
 
 extern "x86-interrupt" fn balloon_config_interrupt(_frame: InterruptStackFrame) {
-    apic::end_of_interrupt();
     crate::drivers::balloon::on_config_interrupt();
+    apic::end_of_interrupt();
 }
 
 extern "x86-interrupt" fn balloon_queue_interrupt(_frame: InterruptStackFrame) {
-    apic::end_of_interrupt();
+    // End of interrupt after the handler: on a level-triggered INTx line the handler's ISR
+    // read lowers the line, and an earlier EOI would have the I/O APIC deliver it again.
     crate::drivers::balloon::on_queue_interrupt();
+    apic::end_of_interrupt();
 }
 
 extern "x86-interrupt" fn spurious_interrupt(_frame: InterruptStackFrame) {

@@ -257,12 +257,17 @@ pub fn init() -> Result<(), BalloonError> {
     )
     .and_then(|()| {
         let queues = [Some(0u16), Some(1), stats_index, reporting_index];
-        pci::set_virtio_msix_vectors(
+        let vectors = pci::set_virtio_msix_vectors(
             &mut root,
             function,
             0,
             queues.iter().flatten().map(|q| (*q, 1)),
-        )
+        );
+        if vectors.is_err() {
+            // Half set up is worse than none: with MSI-X on, INTx is off.
+            pci::disable_msix(&mut root, function);
+        }
+        vectors
     });
     let interrupts = match msix {
         Ok(()) => {
@@ -413,6 +418,8 @@ fn reserve_pages() -> u64 {
 impl BalloonWorker {
     fn run(mut self) {
         loop {
+            // Cleared before the work: a kick arriving during it makes the wait below return.
+            WORKER_KICK.store(false, Relaxed);
             self.answer_statistics();
             self.tell_oom_deflations();
             let target = u64::from(
@@ -425,7 +432,6 @@ impl BalloonWorker {
             } else if target < actual {
                 self.deflate_towards(target);
             }
-            WORKER_KICK.store(false, Relaxed);
             // Interrupts wake the worker. It polls only without them, or while a target it
             // could not reach stands (memory may have come free since): an idle guest whose
             // balloon is where the host wants it takes no timer interrupt for it.
@@ -502,18 +508,15 @@ impl BalloonWorker {
                 };
                 let request = AllocRequest::new(order)
                     .kind(MigrateType::Movable)
-                    .owner(Owner::Balloon);
-                let Some(block) = page_alloc::alloc(request).or_else(|| {
-                    (order > 0)
-                        .then(|| {
-                            page_alloc::alloc(
-                                AllocRequest::new(0)
-                                    .kind(MigrateType::Movable)
-                                    .owner(Owner::Balloon),
-                            )
-                        })
-                        .flatten()
-                }) else {
+                    .owner(Owner::Balloon)
+                    .without_balloon_deflate();
+                let single = AllocRequest {
+                    order: 0,
+                    ..request
+                };
+                let Some(block) = page_alloc::alloc(request)
+                    .or_else(|| (order > 0).then(|| page_alloc::alloc(single)).flatten())
+                else {
                     refused = true;
                     break;
                 };
@@ -601,22 +604,18 @@ impl BalloonWorker {
             *len = 0;
             taken
         };
-        if blocks.is_empty() {
-            return;
+        // Every PFN goes to the host, in requests of at most one page of PFNs.
+        let pfns: Vec<u32> = blocks
+            .iter()
+            .flat_map(|block| (0..block.page_count()).map(move |page| (block.pfn + page) as u32))
+            .collect();
+        for chunk in pfns.chunks(PFNS_PER_REQUEST) {
+            self.pfn_slots()[..chunk.len()].copy_from_slice(chunk);
+            Self::send_pfns(&mut self.deflate, self.pfn_page, chunk.len(), "deflate");
         }
-        let slots = self.pfn_slots();
-        let mut at = 0;
-        for block in &blocks {
-            for page in 0..block.page_count() {
-                if at == PFNS_PER_REQUEST {
-                    break;
-                }
-                slots[at] = (block.pfn + page) as u32;
-                at += 1;
-            }
+        if !pfns.is_empty() {
+            self.write_actual();
         }
-        Self::send_pfns(&mut self.deflate, self.pfn_page, at, "deflate");
-        self.write_actual();
     }
 
     fn fill_statistics(&mut self) -> usize {
@@ -741,6 +740,7 @@ pub fn deflate_on_oom(pages: u64) -> u64 {
     if freed > 0 {
         ACTUAL.fetch_sub(freed, Relaxed);
         OOM_DEFLATED.fetch_add(freed, Relaxed);
+        // Wakes without allocating or freeing (this may run inside the heap's growth).
         kick_worker();
     }
     freed

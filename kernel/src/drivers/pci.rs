@@ -162,6 +162,17 @@ pub fn enable_msix(
     Ok(())
 }
 
+/// Turns MSI-X off again (the device falls back to INTx).
+pub fn disable_msix(root: &mut PciRoot<PortCam>, function: DeviceFunction) {
+    if let Some(capability) = root
+        .capabilities(function)
+        .find(|capability| capability.id == CAPABILITY_MSIX)
+    {
+        let word = PortCam.read_word(function, capability.offset);
+        PortCam.write_word(function, capability.offset, word & !(1 << 31));
+    }
+}
+
 /// Vendor capability of virtio's PCI transport that locates the common configuration.
 const CAPABILITY_VENDOR: u8 = 0x09;
 const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;

@@ -214,6 +214,20 @@ fn check_zone(
                     [reported_seen as u64, reported_count as u64],
                 ));
             }
+            if area.list_end(order, kind, super::buddy::End::Tail)
+                != (previous != NONE).then_some(previous)
+            {
+                let pfn = (order as u64) << 8 | kind as u64;
+                return Err(problem(
+                    pfn,
+                    "list tail is not the last block linked (linked, tail)",
+                    [
+                        previous as u64,
+                        area.list_end(order, kind, super::buddy::End::Tail)
+                            .map_or(NONE as u64, u64::from),
+                    ],
+                ));
+            }
             if count != area.list_count(order, kind) {
                 let pfn = (order as u64) << 8 | kind as u64;
                 return Err(problem(

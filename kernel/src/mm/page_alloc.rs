@@ -35,6 +35,9 @@ pub struct AllocRequest {
     /// May dip below the min watermark (for allocations that free memory, e.g. page tables
     /// of the reclaim path).
     pub use_reserves: bool,
+    /// May take pages back from the balloon when memory runs out (deflate-on-OOM). Off for
+    /// the balloon's own allocations.
+    pub deflate_on_oom: bool,
 }
 
 impl AllocRequest {
@@ -47,6 +50,14 @@ impl AllocRequest {
             zeroed: false,
             owner: Owner::Kernel,
             use_reserves: false,
+            deflate_on_oom: true,
+        }
+    }
+    /// Fails instead of deflating the balloon (for the balloon's own inflation).
+    pub const fn without_balloon_deflate(self) -> Self {
+        AllocRequest {
+            deflate_on_oom: false,
+            ..self
         }
     }
     pub const fn kind(self, kind: MigrateType) -> Self {
@@ -465,7 +476,8 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
     });
     let found = found.or_else(|| {
         // Deflate-on-OOM: pages the balloon holds come back before the allocation fails.
-        if crate::drivers::balloon::deflate_on_oom(1 << request.order) > 0 {
+        if request.deflate_on_oom && crate::drivers::balloon::deflate_on_oom(1 << request.order) > 0
+        {
             candidate_zones(request.limit)
                 .find_map(|zone| Some((zone, alloc_from_zone(zone, &request)?)))
         } else {

@@ -148,12 +148,14 @@ fn worker() {
     loop {
         WAKE.wait_until(|| REQUESTED.load(Relaxed));
         task::sleep(Duration::from_millis(tunables::REPORTING_DELAY_MS.get()));
+        // Active before the request is cleared: `is_idle` never sees a gap.
+        ACTIVE.store(true, Relaxed);
         REQUESTED.store(false, Relaxed);
         refresh_triggers();
         if tunables::REPORTING_ENABLED.get() == 0 {
+            ACTIVE.store(false, Relaxed);
             continue;
         }
-        ACTIVE.store(true, Relaxed);
         let Some(mut sink) = SINK.lock().take() else {
             ACTIVE.store(false, Relaxed);
             continue;

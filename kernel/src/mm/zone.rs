@@ -78,7 +78,7 @@ impl Zone {
     pub fn lock(&self) -> ZoneGuard<'_> {
         ZoneGuard {
             zone: self,
-            area: self.area.lock(),
+            area: core::mem::ManuallyDrop::new(self.area.lock()),
         }
     }
 
@@ -88,10 +88,11 @@ impl Zone {
     }
 }
 
-/// The zone's allocator, locked. Keeps the lock-free free-page count in step on release.
+/// The zone's allocator, locked. Keeps the lock-free free-page count in step on release, and
+/// passes a reporting request on once the lock is released.
 pub struct ZoneGuard<'a> {
     zone: &'a Zone,
-    area: IrqMutexGuard<'a, FreeArea>,
+    area: core::mem::ManuallyDrop<IrqMutexGuard<'a, FreeArea>>,
 }
 
 impl core::ops::Deref for ZoneGuard<'_> {
@@ -110,8 +111,10 @@ impl core::ops::DerefMut for ZoneGuard<'_> {
 impl Drop for ZoneGuard<'_> {
     fn drop(&mut self) {
         self.zone.free_pages.store(self.area.free_pages, Relaxed);
-        if self.area.take_report_wanted() {
-            // Only an atomic flag and a wake-up: safe under the zone lock.
+        let report = self.area.take_report_wanted();
+        // SAFETY: the guard is dropped exactly once, here, and `self.area` is not used after.
+        unsafe { core::mem::ManuallyDrop::drop(&mut self.area) };
+        if report {
             super::reporting::request();
         }
     }

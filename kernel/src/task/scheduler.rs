@@ -401,6 +401,11 @@ where
     let (stack, rsp) = new_stack();
     let id = with_scheduler(|scheduler| {
         let id = scheduler.add_thread(name, Some(stack), rsp, State::Ready);
+        // Room for every thread in the ready queue, so that waking one never allocates.
+        let threads = scheduler.threads.len();
+        scheduler
+            .ready
+            .reserve(threads.saturating_sub(scheduler.ready.len()));
         scheduler.thread(id).entry = Some(entry);
         scheduler.ready.push_back(id);
         scheduler.arm_timer();

@@ -89,12 +89,20 @@ impl WaitQueue {
         }
     }
 
-    /// Wakes every waiting thread and returns how many.
+    /// Wakes every waiting thread and returns how many. Allocates and frees nothing (the
+    /// waiters are popped in place), so it may run where the heap must not be used: under the
+    /// heap's own lock, in the allocator's out-of-memory path, in an interrupt handler.
     pub fn wake_all(&self) -> usize {
-        let waiters = core::mem::take(&mut *self.waiters.lock());
-        waiters
-            .into_iter()
-            .filter(|token| scheduler::wake(*token))
-            .count()
+        let waiting = self.waiters.lock().len();
+        let mut woken = 0;
+        for _ in 0..waiting {
+            let Some(token) = self.waiters.lock().pop_front() else {
+                break;
+            };
+            if scheduler::wake(token) {
+                woken += 1;
+            }
+        }
+        woken
     }
 }
