@@ -172,18 +172,24 @@ class RssSampler:
         return self.samples
 
 
-def reclaim_run(kernel, reporting, mib=1024, watch_s=5.0, echo=False, period=0.1):
+def reclaim_run(kernel, reporting, mib=1024, watch_s=5.0, echo=False, period=0.1,
+                guest=None):
     """Boots `scenario=reclaim` and measures how much of the freed memory leaves the QEMU process.
+
+    `guest`: (extra command-line words, extra environment) for another kind of guest (the Linux
+    guest of linux_guest.py); its `scenario=reclaim` must print the same EVENT lines.
 
     Returns a dict: touched (bytes the touch added), returned fraction after `watch_s`, the
     seconds to 50% and 90% returned (None if never), and the samples relative to `freed`.
     """
-    guest = Guest(kernel, ["scenario=reclaim", f"scenario.reclaim_mib={mib}",
-                           f"scenario.idle_ms={int(watch_s * 1000) + 1500}"],
-                  env={"QEMU_REPORTING": "on" if reporting else "off"}, echo=echo)
+    words, env = guest or ([], {})
+    cmdline = [*words, "scenario=reclaim", f"scenario.reclaim_mib={mib}",
+               f"scenario.idle_ms={int(watch_s * 1000) + 1500}", f"idle_s={int(watch_s) + 2}"]
+    env = {**env, "QEMU_REPORTING": "on" if reporting else "off"}
+    guest = Guest(kernel, cmdline, env=env, echo=echo)
     sampler = RssSampler(guest, period)
     try:
-        start = guest.wait_event("start")
+        start = guest.wait_event("start", timeout=300)
         rss_start = guest.rss_bytes()
         touched_event = guest.wait_event("touched")
         rss_touched = guest.rss_bytes()
