@@ -15,6 +15,7 @@ use kernel::mm::frame::{FrameState, Owner};
 use kernel::mm::page_alloc::{self, AllocRequest, FreeError, Pages, ZoneLimit};
 use kernel::mm::{checker, zones::ZoneKind};
 use kernel::{BootInfo, ExitCode, println};
+use scenarios::Rng;
 
 kernel::entry_point!(main);
 
@@ -24,21 +25,6 @@ fn main(_info: &'static BootInfo) -> ExitCode {
     kernel::mm::reporting::unregister();
     test_main();
     ExitCode::Success
-}
-
-/// xorshift64*: a small seeded generator, so a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
 }
 
 fn signature(pages: Pages, seed: u64) -> u64 {

@@ -19,6 +19,7 @@ use kernel::mm::page_alloc::{self, AllocRequest, Pages};
 use kernel::mm::{PAGE_SIZE, checker, reporting};
 use kernel::time::Instant;
 use kernel::{BootInfo, ExitCode, task, tunables};
+use scenarios::Rng;
 
 kernel::entry_point!(main);
 
@@ -164,21 +165,6 @@ fn allocation_takes_warm_unreported_blocks_before_reported_ones() {
     reporting::request();
     wait_for_worker();
     check();
-}
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
 }
 
 fn signature(pages: Pages, page: u64) -> u64 {

@@ -94,6 +94,8 @@ user_mode_run_asm:
     sub rsp, 8
     mov [rsi], rsp
     mov rsp, rdi
+    // Loads the register image at rsp and returns to ring 3 (the system-call exit too).
+user_registers_restore:
     pop r15
     pop r14
     pop r13
@@ -155,22 +157,7 @@ user_syscall_instruction_entry:
     cld
     mov rdi, rsp
     call user_syscall_dispatch
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
-    iretq
+    jmp user_registers_restore
     "#,
     scratch = sym SYSCALL_USER_RSP,
     tss = sym super::gdt::TSS,

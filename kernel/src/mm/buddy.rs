@@ -107,6 +107,15 @@ pub enum End {
     Tail,
 }
 
+/// Where [`FreeArea::link`] puts a block.
+#[derive(Clone, Copy)]
+enum Place {
+    Head,
+    Tail,
+    /// Just in front of this block.
+    Before(FrameIndex),
+}
+
 /// Counters of one zone's allocator.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BuddyCounters {
@@ -296,72 +305,53 @@ impl FreeArea {
     /// Links a block into a list as an unreported free head: at the head, or at the tail end of
     /// the unreported blocks (just in front of the reported run).
     pub fn push(&mut self, index: FrameIndex, order: u8, kind: MigrateType, end: End) {
-        let frame = self.frame(index);
-        frame.make_head(FrameState::Free, order, kind as u8);
-        let list = &mut self.lists[order as usize][kind as usize];
-        let end = if end == End::Tail && list.boundary != NONE {
-            // In front of the boundary: the reported run stays whole at the tail.
-            let boundary = list.boundary;
-            let before = self.frames[boundary as usize].prev();
-            frame.set_prev(before);
-            frame.set_next(boundary);
-            self.frames[boundary as usize].set_prev(index);
-            if before != NONE {
-                self.frames[before as usize].set_next(index);
-            } else {
-                list.head = index;
-            }
-            list.count += 1;
-            self.free_pages += 1 << order;
-            return;
-        } else {
-            end
+        let list = &self.lists[order as usize][kind as usize];
+        let place = match end {
+            End::Head => Place::Head,
+            // The reported run stays whole at the tail.
+            End::Tail if list.boundary != NONE => Place::Before(list.boundary),
+            End::Tail => Place::Tail,
         };
-        match end {
-            End::Head => {
-                frame.set_next(list.head);
-                if list.head != NONE {
-                    self.frames[list.head as usize].set_prev(index);
-                } else {
-                    list.tail = index;
-                }
-                list.head = index;
-            }
-            End::Tail => {
-                frame.set_prev(list.tail);
-                if list.tail != NONE {
-                    self.frames[list.tail as usize].set_next(index);
-                } else {
-                    list.head = index;
-                }
-                list.tail = index;
-            }
-        }
-        list.count += 1;
-        self.free_pages += 1 << order;
+        self.link(index, order, kind, place);
     }
 
     /// Links a block that the host has just been told about at the tail of its list, in the
     /// reported run, flagged `REPORTED`.
     fn push_reported(&mut self, index: FrameIndex, order: u8, kind: MigrateType) {
-        let frame = self.frame(index);
-        frame.make_head(FrameState::Free, order, kind as u8);
-        frame.set_flags(FrameFlags::REPORTED);
+        self.link(index, order, kind, Place::Tail);
+        self.frame(index).set_flags(FrameFlags::REPORTED);
         let list = &mut self.lists[order as usize][kind as usize];
-        frame.set_prev(list.tail);
-        if list.tail != NONE {
-            self.frames[list.tail as usize].set_next(index);
-        } else {
-            list.head = index;
-        }
-        list.tail = index;
         if list.boundary == NONE {
             list.boundary = index;
         }
-        list.count += 1;
         list.reported += 1;
-        self.free_pages += 1 << order;
         self.reported_pages[order as usize] += 1 << order;
+    }
+
+    /// Makes `index` a free head of `order` and links it into its list at `place`.
+    fn link(&mut self, index: FrameIndex, order: u8, kind: MigrateType, place: Place) {
+        let frame = self.frame(index);
+        frame.make_head(FrameState::Free, order, kind as u8);
+        let list = &mut self.lists[order as usize][kind as usize];
+        let (prev, next) = match place {
+            Place::Head => (NONE, list.head),
+            Place::Tail => (list.tail, NONE),
+            Place::Before(at) => (self.frames[at as usize].prev(), at),
+        };
+        frame.set_prev(prev);
+        frame.set_next(next);
+        if prev != NONE {
+            self.frames[prev as usize].set_next(index);
+        } else {
+            list.head = index;
+        }
+        if next != NONE {
+            self.frames[next as usize].set_prev(index);
+        } else {
+            list.tail = index;
+        }
+        list.count += 1;
+        self.free_pages += 1 << order;
     }
 
     /// Unlinks a free block from whatever list it is on; it keeps its order and is left in
