@@ -139,6 +139,14 @@ pub static SCENARIO_IDLE_MS: Tunable = Tunable::new(
     "scenario=reclaim: how long to stay idle after freeing (the host watches meanwhile)",
 );
 
+pub static USER_MAX_RESIDENT_PCT: Tunable = Tunable::new(
+    "user.max_resident_pct",
+    50,
+    1,
+    100,
+    "most memory one user address space may hold, in percent of managed memory",
+);
+
 /// All tunables, for the command line and the console.
 pub static ALL: &[&Tunable] = &[
     &SCHED_TIMESLICE_MS,
@@ -151,6 +159,7 @@ pub static ALL: &[&Tunable] = &[
     &REPORTING_BUDGET,
     &SCENARIO_RECLAIM_MIB,
     &SCENARIO_IDLE_MS,
+    &USER_MAX_RESIDENT_PCT,
 ];
 
 pub fn find(name: &str) -> Option<&'static Tunable> {

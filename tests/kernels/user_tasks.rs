@@ -369,3 +369,21 @@ fn exit_frees_every_page_many_times_over() {
     assert_eq!(LIVE_SPACES.load(Relaxed), 0);
     check_memory();
 }
+
+#[test_case]
+fn a_task_over_its_resident_limit_is_killed_and_gives_everything_back() {
+    let start_free = settled_free_pages();
+    // 1% of memory: about 5,000 pages of a 2 GiB guest; the walk wants 8,192.
+    let limit = &kernel::tunables::USER_MAX_RESIDENT_PCT;
+    limit.set(1).expect("in range");
+    let report = run(programs::memory_walk(), 8192);
+    limit.set(limit.default).expect("in range");
+    assert_killed(&report, "resident memory limit");
+    let allowed = page_alloc::managed_pages() / 100;
+    assert_eq!(
+        report.counters.resident, allowed,
+        "it got exactly its share"
+    );
+    assert_eq!(settled_free_pages(), start_free);
+    check_memory();
+}

@@ -94,6 +94,8 @@ pub enum FaultError {
     /// The address is in the kernel's half.
     KernelAddress,
     OutOfMemory,
+    /// The space holds as many pages as `user.max_resident_pct` allows.
+    ResidentLimit,
 }
 
 impl FaultError {
@@ -103,6 +105,7 @@ impl FaultError {
             FaultError::Protection => "access the region does not allow",
             FaultError::KernelAddress => "access to kernel memory",
             FaultError::OutOfMemory => "out of memory for a page",
+            FaultError::ResidentLimit => "resident memory limit (user.max_resident_pct) reached",
         }
     }
 }
@@ -486,6 +489,7 @@ impl AddressSpace {
                     .kind(MigrateType::Movable)
                     .zeroed()
                     .owner(Owner::UserAnon);
+                self.check_resident_limit()?;
                 let pages = page_alloc::alloc(request).ok_or(FaultError::OutOfMemory)?;
                 let writable = region.flags.contains(RegionFlags::WRITE);
                 if self
@@ -511,6 +515,17 @@ impl AddressSpace {
         }
     }
 
+    /// One more page would exceed the space's share of memory: no task may take the kernel's
+    /// memory away from everyone else.
+    fn check_resident_limit(&self) -> Result<(), FaultError> {
+        let limit =
+            page_alloc::managed_pages() * crate::tunables::USER_MAX_RESIDENT_PCT.get() / 100;
+        if self.counters.resident >= limit {
+            return Err(FaultError::ResidentLimit);
+        }
+        Ok(())
+    }
+
     /// A write to a write-protected page of a writable region: the last mapper takes the page
     /// back, anyone else gets a private copy.
     fn break_cow(
@@ -530,6 +545,7 @@ impl AddressSpace {
         let request = AllocRequest::new(0)
             .kind(MigrateType::Movable)
             .owner(Owner::UserAnon);
+        self.check_resident_limit()?;
         let copy = page_alloc::alloc(request).ok_or(FaultError::OutOfMemory)?;
         // SAFETY: both pages are direct-mapped RAM; the copy is ours alone, the source is mapped
         // read-only everywhere (nobody can write it while we copy).

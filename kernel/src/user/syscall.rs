@@ -133,7 +133,7 @@ fn write(buffer: u64, len: u64) -> Result<u64, i64> {
         space
             .read_user(buffer, &mut bytes)
             .map_err(|error| match error {
-                FaultError::OutOfMemory => ENOMEM,
+                FaultError::OutOfMemory | FaultError::ResidentLimit => ENOMEM,
                 _ => EFAULT,
             })?;
         Ok(0)
