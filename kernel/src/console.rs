@@ -225,18 +225,10 @@ mod tests {
     }
 
     #[test_case]
-    fn console_runs_user_programs_and_shows_task_counters() {
-        let killed_before = crate::user::stats().killed;
-        let (report, _) = execute("run memory_walk 4");
-        assert!(report.contains("Exited(4)"), "{report}");
-        let (report, _) = execute("run read_address 16");
-        assert!(report.contains("Killed"), "{report}");
-        assert!(execute("run nosuch").0.contains("programs: memory_walk"));
-        assert!(execute("run spin x").0.contains("must be a number"));
-        let (tasks, _) = execute("tasks");
-        let killed = alloc::format!("{} killed", killed_before + 1);
-        assert!(tasks.contains(&killed), "{tasks}");
+    fn console_shows_reporting_and_balloon_counters() {
         assert!(execute("reporting").0.contains("reported now"));
         assert!(execute("balloon").0.contains("target_pages"));
+        assert!(execute("run nosuch").0.contains("programs: memory_walk"));
+        assert!(execute("run spin x").0.contains("must be a number"));
     }
 }

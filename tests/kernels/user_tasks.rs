@@ -387,3 +387,16 @@ fn a_task_over_its_resident_limit_is_killed_and_gives_everything_back() {
     assert_eq!(settled_free_pages(), start_free);
     check_memory();
 }
+
+#[test_case]
+fn console_runs_user_programs_and_shows_task_counters() {
+    use kernel::console::execute;
+    let killed_before = user::stats().killed;
+    let (report, _) = execute("run memory_walk 4");
+    assert!(report.contains("Exited(4)"), "{report}");
+    let (report, _) = execute("run read_address 16");
+    assert!(report.contains("Killed"), "{report}");
+    let (tasks, _) = execute("tasks");
+    let killed = alloc::format!("{} killed", killed_before + 1);
+    assert!(tasks.contains(&killed), "{tasks}");
+}
