@@ -369,11 +369,6 @@ impl FreeArea {
             self.reported_pages[order as usize] -= 1 << order;
             frame.set_flags(frame.flags() - FrameFlags::REPORTED);
         }
-        self.unlink_raw(index);
-    }
-
-    fn unlink_raw(&mut self, index: FrameIndex) {
-        let frame = self.frame(index);
         debug_assert_eq!(frame.state(), FrameState::Free);
         let (order, kind) = (frame.order(), frame.list());
         let list = &mut self.lists[order as usize][kind as usize];
