@@ -144,8 +144,8 @@ pub fn panic(info: &PanicInfo) -> ! {
         // A panic while panicking: do not try to format again.
         qemu::exit(ExitCode::Failure);
     }
-    let thread =
-        task::scheduler::current_name().unwrap_or_else(|| alloc::string::String::from("?"));
+    sync::disable_lock_order_checks();
+    let thread = task::scheduler::current_name().unwrap_or_default();
     drivers::serial::emergency_write(format_args!("\nKERNEL PANIC in thread '{thread}'"));
     if let Some(location) = info.location() {
         drivers::serial::emergency_write(format_args!(" at {location}"));

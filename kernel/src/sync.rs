@@ -1,37 +1,222 @@
-//! Locks for kernel data shared with interrupt handlers and preempting threads.
+//! Locks for kernel data shared with interrupt handlers and preempting threads, and the kernel's
+//! lock order.
 //!
 //! [`IrqMutex`] is a spin lock (correct across CPUs) that also disables interrupts on the
 //! holding CPU while held, so that neither an interrupt handler nor a preempting thread on the
 //! same CPU can spin forever on a lock its own CPU holds. This is what every lock in the kernel
 //! that may be taken with preemption enabled must be.
+//!
+//! # The lock order
+//!
+//! Locks that the memory manager's paths nest carry a [`LockClass`]; a thread may take a lock
+//! only while every class it already holds comes *before* it in this list (outermost first):
+//!
+//! | class | what it guards | may allocate from the heap under it |
+//! | --- | --- | --- |
+//! | `Space` | one address space (regions, page tables) | yes |
+//! | `SpaceRegistry` | the id → space table | yes |
+//! | `Rmap` | the reverse map's side table | yes |
+//! | `Balloon` | the balloon's page list | yes |
+//! | `Heap` | the kernel heap (it maps and frees pages) | (it is the heap) |
+//! | `KernelTables` | the kernel half of the page tables | no |
+//! | `PerCpuCache` | the per-CPU order-0 lists | no |
+//! | `Zone` | one zone's free lists | no |
+//! | `Scheduler` | threads, ready queue, timers, every wait queue's waiters | no |
+//! | `Serial` | COM1 | no |
+//!
+//! Consequences the kernel relies on:
+//! - the scheduler's lock is a leaf below the allocator: anything may wake a thread, also code
+//!   that runs under the heap's or a zone's lock (a free that triggers free page reporting, the
+//!   heap giving pages back, deflate-on-OOM). Nothing allocates, frees heap memory or calls out
+//!   under the scheduler's lock, and wait queues have no lock of their own (their waiters live
+//!   in the scheduler's thread records), so waking never needs memory;
+//! - heap growth and shrinking take page-table and allocator locks, so none of those may
+//!   allocate from the heap;
+//! - a thread never blocks holding a classed lock.
+//!
+//! Debug builds check all of it: taking a lock whose class is not after every held class, or
+//! switching threads with one held, panics with both classes named (a deadlock found at the
+//! first run instead of a hang under load). `try_lock` is not checked: it cannot deadlock.
+//! The record of held classes is global because the kernel runs on one CPU (interrupts are off
+//! while any `IrqMutex` is held, so no other code runs on it meanwhile); with more CPUs it
+//! becomes per-CPU data.
+//!
+//! Locks without a class (`IrqMutex::new`) guard data no allocator path touches (task tables,
+//! test bookkeeping, device registers).
 
 use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering::Relaxed};
 use x86_64::instructions::interrupts;
+
+/// Where a lock sits in the kernel's lock order (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum LockClass {
+    Space = 1,
+    SpaceRegistry = 2,
+    Rmap = 3,
+    Balloon = 4,
+    Heap = 5,
+    KernelTables = 6,
+    PerCpuCache = 7,
+    Zone = 8,
+    Scheduler = 9,
+    Serial = 10,
+}
+
+impl LockClass {
+    /// Classes whose instances may be held together (in the documented order of instances:
+    /// address spaces by id; zones lowest first).
+    fn nests(self) -> bool {
+        matches!(self, LockClass::Space | LockClass::Zone)
+    }
+}
+
+/// Bit `c` set: a lock of class `c` is held (debug builds).
+static HELD_CLASSES: AtomicU32 = AtomicU32::new(0);
+/// How many locks of each class are held (for classes that nest).
+static HELD_DEPTH: [AtomicU8; 16] = [const { AtomicU8::new(0) }; 16];
+/// Set by the panic path: it takes locks in any order to print.
+static CHECKS_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Stops lock-order checking (the panic path).
+pub fn disable_lock_order_checks() {
+    CHECKS_OFF.store(true, Relaxed);
+}
+
+/// The classes held now (bit per class), for tests and the switch check.
+pub fn held_classes() -> u32 {
+    HELD_CLASSES.load(Relaxed)
+}
+
+/// Whether the heap may be used now: no lock is held whose class forbids it.
+pub fn may_allocate() -> bool {
+    held_classes() >> (LockClass::KernelTables as u32) == 0
+}
+
+fn class_name(bit: u32) -> &'static str {
+    const NAMES: [&str; 11] = [
+        "?",
+        "Space",
+        "SpaceRegistry",
+        "Rmap",
+        "Balloon",
+        "Heap",
+        "KernelTables",
+        "PerCpuCache",
+        "Zone",
+        "Scheduler",
+        "Serial",
+    ];
+    NAMES.get(bit as usize).copied().unwrap_or("?")
+}
+
+/// The highest class held, by name (for messages).
+pub fn innermost_held() -> &'static str {
+    let held = held_classes();
+    if held == 0 {
+        "none"
+    } else {
+        class_name(31 - held.leading_zeros())
+    }
+}
+
+fn note_acquire(class: LockClass) {
+    if !cfg!(debug_assertions) || CHECKS_OFF.load(Relaxed) {
+        return;
+    }
+    let bit = class as u32;
+    let held = HELD_CLASSES.load(Relaxed);
+    let later_held = held >> (bit + 1) != 0;
+    let same_held = held & (1 << bit) != 0;
+    if later_held || (same_held && !class.nests()) {
+        CHECKS_OFF.store(true, Relaxed);
+        panic!(
+            "lock order: taking a {:?} lock while holding a {} lock",
+            class,
+            innermost_held()
+        );
+    }
+    HELD_DEPTH[bit as usize].fetch_add(1, Relaxed);
+    HELD_CLASSES.store(held | (1 << bit), Relaxed);
+}
+
+fn note_release(class: LockClass) {
+    if !cfg!(debug_assertions) || CHECKS_OFF.load(Relaxed) {
+        return;
+    }
+    let bit = class as u32;
+    let depth = HELD_DEPTH[bit as usize].load(Relaxed).saturating_sub(1);
+    HELD_DEPTH[bit as usize].store(depth, Relaxed);
+    if depth == 0 {
+        HELD_CLASSES.fetch_and(!(1 << bit), Relaxed);
+    }
+}
+
+/// Debug check: the heap is about to be used (allocation or free). Panics if a lock is held
+/// under which the heap must not be used.
+pub fn check_heap_use(what: &str) {
+    if cfg!(debug_assertions) && !CHECKS_OFF.load(Relaxed) && !may_allocate() {
+        CHECKS_OFF.store(true, Relaxed);
+        panic!(
+            "lock order: heap {what} while holding a {} lock",
+            innermost_held()
+        );
+    }
+}
+
+/// Debug check: the current thread is about to switch away; it must hold no classed lock
+/// (the scheduler's own lock is released just before the switch).
+pub fn check_no_locks_held_at_switch() {
+    if cfg!(debug_assertions) && !CHECKS_OFF.load(Relaxed) && held_classes() != 0 {
+        CHECKS_OFF.store(true, Relaxed);
+        panic!(
+            "lock order: a thread switched away holding a {} lock",
+            innermost_held()
+        );
+    }
+}
 
 /// A spin lock that keeps interrupts off on the holding CPU.
 pub struct IrqMutex<T> {
     inner: spin::Mutex<T>,
+    class: Option<LockClass>,
 }
 
 /// Proof that an [`IrqMutex`] is held; interrupts come back as they were when it drops.
 pub struct IrqMutexGuard<'a, T> {
     guard: Option<spin::MutexGuard<'a, T>>,
     interrupts_were_enabled: bool,
+    class: Option<LockClass>,
 }
 
 impl<T> IrqMutex<T> {
+    /// A lock outside the lock order (no allocator path takes it).
     pub const fn new(value: T) -> Self {
         Self {
             inner: spin::Mutex::new(value),
+            class: None,
+        }
+    }
+
+    /// A lock with its place in the lock order.
+    pub const fn with_class(value: T, class: LockClass) -> Self {
+        Self {
+            inner: spin::Mutex::new(value),
+            class: Some(class),
         }
     }
 
     pub fn lock(&self) -> IrqMutexGuard<'_, T> {
         let interrupts_were_enabled = interrupts::are_enabled();
         interrupts::disable();
+        if let Some(class) = self.class {
+            note_acquire(class);
+        }
         IrqMutexGuard {
             guard: Some(self.inner.lock()),
             interrupts_were_enabled,
+            class: self.class,
         }
     }
 
@@ -39,10 +224,20 @@ impl<T> IrqMutex<T> {
         let interrupts_were_enabled = interrupts::are_enabled();
         interrupts::disable();
         match self.inner.try_lock() {
-            Some(guard) => Some(IrqMutexGuard {
-                guard: Some(guard),
-                interrupts_were_enabled,
-            }),
+            Some(guard) => {
+                if let Some(class) = self.class {
+                    // Recorded so that what is taken under it is checked; never refused.
+                    if cfg!(debug_assertions) && !CHECKS_OFF.load(Relaxed) {
+                        HELD_DEPTH[class as usize].fetch_add(1, Relaxed);
+                        HELD_CLASSES.fetch_or(1 << class as u32, Relaxed);
+                    }
+                }
+                Some(IrqMutexGuard {
+                    guard: Some(guard),
+                    interrupts_were_enabled,
+                    class: self.class,
+                })
+            }
             None => {
                 if interrupts_were_enabled {
                     interrupts::enable();
@@ -80,6 +275,9 @@ impl<T> Drop for IrqMutexGuard<'_, T> {
     fn drop(&mut self) {
         // Release the lock before interrupts come back on.
         drop(self.guard.take());
+        if let Some(class) = self.class {
+            note_release(class);
+        }
         if self.interrupts_were_enabled {
             interrupts::enable();
         }

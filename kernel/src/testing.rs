@@ -125,6 +125,11 @@ fn run_one(test: &'static dyn Testable) -> bool {
 /// Called first by the panic handler: if the panicking thread is the running test, records the
 /// failure and ends that thread (never returns). Otherwise returns, and the panic is fatal.
 pub fn absorb_test_panic(info: &PanicInfo) {
+    // A thread that panicked holding a lock can never release it: going on would hang the
+    // next user of that lock (and recording the failure allocates). Such a panic is fatal.
+    if crate::sync::held_classes() != 0 {
+        return;
+    }
     let Some(current) = crate::task::scheduler::try_current_id() else {
         return;
     };

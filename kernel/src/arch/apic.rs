@@ -104,6 +104,11 @@ pub fn arm_oneshot(delay_ns: u64) {
     write(REG_TIMER_INITIAL, counts as u32);
 }
 
+/// Stops the one-shot timer (a pending count is dropped; nothing fires).
+pub fn stop_timer() {
+    write(REG_TIMER_INITIAL, 0);
+}
+
 /// Signals the end of the interrupt being handled.
 pub fn end_of_interrupt() {
     write(REG_EOI, 0);

@@ -14,7 +14,7 @@ use crate::mm::frame::Owner;
 use crate::mm::page_alloc::{self, AllocRequest, Pages};
 use crate::mm::reporting::{self, ReportError, ReportSink};
 use crate::mm::{PAGE_SIZE, buddy::MigrateType};
-use crate::sync::IrqMutex;
+use crate::sync::{IrqMutex, LockClass};
 use crate::task::{self, WaitQueue};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -134,10 +134,10 @@ static TARGET_REFUSED: AtomicU64 = AtomicU64::new(0);
 /// The device's transport: register accesses only, never held across a wait.
 static TRANSPORT: IrqMutex<Option<PciTransport>> = IrqMutex::new(None);
 /// Blocks in the balloon (allocated, owner Balloon), last inflated last.
-static BALLOON: IrqMutex<Vec<Pages>> = IrqMutex::new(Vec::new());
+static BALLOON: IrqMutex<Vec<Pages>> = IrqMutex::with_class(Vec::new(), LockClass::Balloon);
 /// Blocks deflated on OOM, freed already, not yet told to the host (no allocation needed).
 static PENDING: IrqMutex<([Option<Pages>; PENDING_CAPACITY], usize)> =
-    IrqMutex::new(([None; PENDING_CAPACITY], 0));
+    IrqMutex::with_class(([None; PENDING_CAPACITY], 0), LockClass::Balloon);
 
 static QUEUE_EVENT: WaitQueue = WaitQueue::new();
 static WORKER_EVENT: WaitQueue = WaitQueue::new();

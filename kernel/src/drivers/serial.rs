@@ -4,7 +4,7 @@
 //! Owns COM1. Everything the kernel prints goes through here: `log` messages, machine-readable
 //! lines (`BENCH {...}`, `EVENT {...}`, see [`crate::report`]) and the panic path.
 
-use crate::sync::IrqMutex;
+use crate::sync::{IrqMutex, LockClass};
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
 use uart_16550::backend::PioBackend;
@@ -12,7 +12,8 @@ use uart_16550::{Uart16550, Uart16550Tty};
 
 const COM1_PORT: u16 = 0x3f8;
 
-static COM1: IrqMutex<Option<Uart16550Tty<PioBackend>>> = IrqMutex::new(None);
+static COM1: IrqMutex<Option<Uart16550Tty<PioBackend>>> =
+    IrqMutex::with_class(None, LockClass::Serial);
 static LOGGER: KernelLogger = KernelLogger;
 static LOGGER_INSTALLED: AtomicBool = AtomicBool::new(false);
 

@@ -1,16 +1,25 @@
 //! The kernel heap: `linked_list_allocator` behind interrupt-safe locks, as the global
 //! allocator. A fixed bootstrap region serves allocations before the page allocator exists;
-//! after that, a second heap grows in its own virtual range by mapping unmovable pages from the
-//! page allocator.
+//! after that, the heap grows in chunks mapped from the page allocator and gives a chunk's
+//! pages back as soon as nothing in it is allocated any more.
 //!
-//! Owns the heap's memory and its virtual range. Running out (no pages, or the range is full)
-//! logs an error and makes the allocation return null, which Rust turns into a panic naming the
-//! size that failed: a clear error, never a hang. The grown heap does not shrink yet.
+//! Owns the heap's memory and its virtual range (64 GiB from `0xffff_d000_0000_0000`, cut into
+//! 2048 slots of 32 MiB; a chunk takes one slot, or several for an allocation larger than a
+//! slot). Growth takes pages like any other allocation, so under pressure it goes through
+//! deflate-on-OOM, and it stops at the zones' min watermark. Shrinking keeps one empty chunk
+//! as a spare, so a heap that breathes around a chunk boundary does not map and unmap on every
+//! allocation. Running out (no pages, or the range is full) logs an error and makes the
+//! allocation return null, which Rust turns into a panic naming the size that failed: a clear
+//! error, never a hang. Paths that can fail cleanly ask for room first with [`reserve`].
+//!
+//! Lock order: the heap's locks come after address spaces, the reverse map and the balloon,
+//! and before the kernel page tables, the per-CPU cache, the zones and the scheduler (see
+//! [`crate::sync`]): growing and shrinking take those, so none of them may use the heap.
 
 use super::PAGE_SIZE;
 use super::frame::Owner;
 use super::page_alloc::{self, AllocRequest};
-use crate::sync::IrqMutex;
+use crate::sync::{IrqMutex, LockClass};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 use linked_list_allocator::Heap;
@@ -25,16 +34,42 @@ struct BootstrapRegion([u8; BOOTSTRAP_HEAP_SIZE]);
 #[unsafe(link_section = ".noinit.bootstrap_heap")]
 static mut BOOTSTRAP_REGION: BootstrapRegion = BootstrapRegion([0; BOOTSTRAP_HEAP_SIZE]);
 
-/// Where the growable heap lives, and how large it may become.
+/// Where the grown heap lives, and how large it may become.
 const GROWN_HEAP_START: u64 = 0xffff_d000_0000_0000;
 const GROWN_HEAP_MAX: u64 = 64 << 30;
-/// The heap grows by at least this much at a time.
-const GROW_STEP: u64 = 256 * 1024;
+/// Virtual room per slot; a chunk starts at a slot's start.
+const SLOT_BYTES: u64 = 32 << 20;
+const SLOTS: usize = (GROWN_HEAP_MAX / SLOT_BYTES) as usize;
+/// The smallest chunk (a larger allocation gets a chunk of its own size).
+pub const CHUNK_BYTES: u64 = 1 << 20;
+/// Room a chunk's allocator needs beyond the allocation it was made for.
+const CHUNK_SLACK: u64 = 256;
+
+/// One piece of the grown heap: mapped pages with an allocator of their own.
+struct Chunk {
+    heap: Heap,
+    start: u64,
+    /// Bytes mapped from `start`.
+    bytes: u64,
+}
 
 struct GrownHeap {
-    heap: Heap,
-    /// Bytes mapped from GROWN_HEAP_START.
+    /// Chunks by their first slot.
+    chunks: [Option<Chunk>; SLOTS],
+    /// For each slot: 1 + the first slot of the chunk covering it, or 0 (free).
+    owner: [u16; SLOTS],
+    /// First slots of live chunks, in no order.
+    live: [u16; SLOTS],
+    live_count: usize,
+    /// The chunk that served the last allocation (tried first).
+    hint: Option<usize>,
+    /// An empty chunk kept instead of being given back.
+    spare: Option<usize>,
+    /// Bytes mapped in all chunks.
     mapped: u64,
+    /// Chunks made and given back since boot.
+    chunks_made: u64,
+    chunks_released: u64,
 }
 
 pub struct KernelHeap {
@@ -44,11 +79,21 @@ pub struct KernelHeap {
 
 #[global_allocator]
 static KERNEL_HEAP: KernelHeap = KernelHeap {
-    bootstrap: IrqMutex::new(Heap::empty()),
-    grown: IrqMutex::new(GrownHeap {
-        heap: Heap::empty(),
-        mapped: 0,
-    }),
+    bootstrap: IrqMutex::with_class(Heap::empty(), LockClass::Heap),
+    grown: IrqMutex::with_class(
+        GrownHeap {
+            chunks: [const { None }; SLOTS],
+            owner: [0; SLOTS],
+            live: [0; SLOTS],
+            live_count: 0,
+            hint: None,
+            spare: None,
+            mapped: 0,
+            chunks_made: 0,
+            chunks_released: 0,
+        },
+        LockClass::Heap,
+    ),
 };
 
 /// Gives the heap its bootstrap region. Allocation before this fails (returns null).
@@ -67,55 +112,170 @@ fn in_bootstrap_region(ptr: *mut u8) -> bool {
     (start..start + BOOTSTRAP_HEAP_SIZE).contains(&(ptr as usize))
 }
 
+/// Why the heap could not grow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeapError {
+    /// The page allocator (and the balloon) had no page left.
+    OutOfMemory,
+    /// The heap's virtual range has no room for a chunk this large.
+    RangeFull,
+}
+
 impl GrownHeap {
-    /// Maps at least `bytes` more at the top of the heap; false (logged) if it cannot.
-    fn grow(&mut self, bytes: u64) -> bool {
-        let bytes = bytes.max(GROW_STEP).next_multiple_of(PAGE_SIZE);
-        if self.mapped + bytes > GROWN_HEAP_MAX {
-            log::error!(
-                "kernel heap: its {} GiB virtual range is full",
-                GROWN_HEAP_MAX >> 30
-            );
-            return false;
-        }
-        let free_bytes = page_alloc::free_pages() * PAGE_SIZE;
-        if bytes >= free_bytes {
-            log::error!(
-                "kernel heap: cannot grow by {bytes} bytes: {free_bytes} bytes of memory are free"
-            );
-            return false;
-        }
-        let mut added = 0;
-        while added < bytes {
-            let virt = GROWN_HEAP_START + self.mapped + added;
+    /// Maps a chunk of at least `bytes` (a page multiple, at least [`CHUNK_BYTES`]).
+    fn make_chunk(&mut self, bytes: u64) -> Result<usize, HeapError> {
+        let bytes = bytes.max(CHUNK_BYTES).next_multiple_of(PAGE_SIZE);
+        let slots = bytes.div_ceil(SLOT_BYTES) as usize;
+        let first = (0..=SLOTS.saturating_sub(slots))
+            .find(|&first| self.owner[first..first + slots].iter().all(|&o| o == 0))
+            .ok_or(HeapError::RangeFull)?;
+        let start = GROWN_HEAP_START + first as u64 * SLOT_BYTES;
+        let mut mapped = 0;
+        while mapped < bytes {
             let Some(page) = page_alloc::alloc(AllocRequest::new(0).owner(Owner::Heap)) else {
                 break;
             };
-            if super::paging::map_kernel_pages(virt, page).is_err() {
+            if super::paging::map_kernel_pages(start + mapped, page).is_err() {
                 let _ = page_alloc::free(page);
                 break;
             }
-            added += PAGE_SIZE;
+            mapped += PAGE_SIZE;
         }
-        if added == 0 {
-            log::error!("kernel heap: no memory to grow by {bytes} bytes");
-            return false;
+        if mapped < bytes {
+            unmap_and_free(start, mapped);
+            return Err(HeapError::OutOfMemory);
         }
-        if self.mapped == 0 {
-            // SAFETY: [GROWN_HEAP_START, +added) was just mapped to pages owned by the heap.
-            unsafe { self.heap.init(GROWN_HEAP_START as *mut u8, added as usize) };
-        } else {
-            // SAFETY: the new pages were mapped right above the heap's current top.
-            unsafe { self.heap.extend(added as usize) };
+        let mut heap = Heap::empty();
+        // SAFETY: [start, start + bytes) was just mapped to pages owned by the heap alone and
+        // lies in a free part of the heap's range.
+        unsafe { heap.init(start as *mut u8, bytes as usize) };
+        self.chunks[first] = Some(Chunk { heap, start, bytes });
+        for owner in &mut self.owner[first..first + slots] {
+            *owner = first as u16 + 1;
         }
-        self.mapped += added;
-        true
+        self.live[self.live_count] = first as u16;
+        self.live_count += 1;
+        self.mapped += bytes;
+        self.chunks_made += 1;
+        Ok(first)
+    }
+
+    /// Unmaps a chunk and gives its pages back.
+    fn release_chunk(&mut self, first: usize) {
+        let Some(chunk) = self.chunks[first].take() else {
+            return;
+        };
+        let slots = chunk.bytes.div_ceil(SLOT_BYTES) as usize;
+        for owner in &mut self.owner[first..first + slots] {
+            *owner = 0;
+        }
+        if let Some(at) = self.live[..self.live_count]
+            .iter()
+            .position(|&live| live as usize == first)
+        {
+            self.live_count -= 1;
+            self.live[at] = self.live[self.live_count];
+        }
+        if self.hint == Some(first) {
+            self.hint = None;
+        }
+        if self.spare == Some(first) {
+            self.spare = None;
+        }
+        self.mapped -= chunk.bytes;
+        self.chunks_released += 1;
+        unmap_and_free(chunk.start, chunk.bytes);
+    }
+
+    fn allocate_in(&mut self, first: usize, layout: Layout) -> Option<*mut u8> {
+        let chunk = self.chunks[first].as_mut()?;
+        let ptr = chunk.heap.allocate_first_fit(layout).ok()?;
+        self.hint = Some(first);
+        if self.spare == Some(first) {
+            self.spare = None;
+        }
+        Some(ptr.as_ptr())
+    }
+
+    fn allocate(&mut self, layout: Layout) -> *mut u8 {
+        if let Some(ptr) = self.hint.and_then(|hint| self.allocate_in(hint, layout)) {
+            return ptr;
+        }
+        for at in 0..self.live_count {
+            let first = self.live[at] as usize;
+            if let Some(ptr) = self.allocate_in(first, layout) {
+                return ptr;
+            }
+        }
+        let bytes = layout.size() as u64 + layout.align() as u64 + CHUNK_SLACK;
+        match self.make_chunk(bytes) {
+            Ok(first) => self
+                .allocate_in(first, layout)
+                .unwrap_or(core::ptr::null_mut()),
+            Err(error) => {
+                log::error!(
+                    "kernel heap: cannot grow for {} bytes: {error:?} ({} KiB mapped)",
+                    layout.size(),
+                    self.mapped >> 10
+                );
+                core::ptr::null_mut()
+            }
+        }
+    }
+
+    /// Frees a block of the grown heap; gives its chunk back once the chunk is empty (keeping
+    /// one empty chunk of the smallest size as a spare).
+    ///
+    /// # Safety
+    /// `ptr` was returned by [`Self::allocate`] with `layout` and is not used after.
+    unsafe fn deallocate(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        let slot = ((ptr.as_ptr() as u64 - GROWN_HEAP_START) / SLOT_BYTES) as usize;
+        let Some(first) = self
+            .owner
+            .get(slot)
+            .and_then(|&o| (o as usize).checked_sub(1))
+        else {
+            log::error!("kernel heap: free of {ptr:p} outside every chunk");
+            return;
+        };
+        let Some(chunk) = self.chunks[first].as_mut() else {
+            return;
+        };
+        // SAFETY: forwarded from the caller; the block lies in this chunk (its slot says so).
+        unsafe { chunk.heap.deallocate(ptr, layout) };
+        if chunk.heap.used() != 0 {
+            return;
+        }
+        let small = chunk.bytes == CHUNK_BYTES;
+        match self.spare {
+            None if small => self.spare = Some(first),
+            Some(spare) if spare == first => {}
+            _ => self.release_chunk(first),
+        }
+    }
+
+    fn free_bytes(&self) -> u64 {
+        self.chunks
+            .iter()
+            .flatten()
+            .map(|c| c.heap.free() as u64)
+            .sum()
     }
 }
 
+/// Unmaps `bytes` of the heap from `start` and frees their pages.
+fn unmap_and_free(start: u64, bytes: u64) {
+    super::paging::unmap_kernel_range(start, bytes / PAGE_SIZE, |pfn| {
+        if let Err(error) = page_alloc::free(page_alloc::Pages { pfn, order: 0 }) {
+            log::error!("kernel heap: giving back page {pfn:#x}: {error:?}");
+        }
+    });
+}
+
 // SAFETY: every allocation comes from `linked_list_allocator`, which returns blocks that fit the
-// layout and do not overlap, from memory owned by one of the two heaps; the locks make each
-// heap exclusive across threads and interrupts.
+// layout and do not overlap, from memory owned by the bootstrap region or one chunk of the grown
+// heap; the locks make each heap exclusive across threads and interrupts, and a chunk is given
+// back only when nothing in it is allocated.
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if let Ok(ptr) = self.bootstrap.lock().allocate_first_fit(layout) {
@@ -124,16 +284,7 @@ unsafe impl GlobalAlloc for KernelHeap {
         if !page_alloc::is_initialised() {
             return core::ptr::null_mut();
         }
-        let mut grown = self.grown.lock();
-        loop {
-            if let Ok(ptr) = grown.heap.allocate_first_fit(layout) {
-                return ptr.as_ptr();
-            }
-            let needed = (layout.size() + layout.align() + 64) as u64;
-            if !grown.grow(needed) {
-                return core::ptr::null_mut();
-            }
-        }
+        self.grown.lock().allocate(layout)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -146,10 +297,24 @@ unsafe impl GlobalAlloc for KernelHeap {
             if in_bootstrap_region(ptr) {
                 self.bootstrap.lock().deallocate(nonnull, layout)
             } else {
-                self.grown.lock().heap.deallocate(nonnull, layout)
+                self.grown.lock().deallocate(nonnull, layout)
             }
         }
     }
+}
+
+/// Makes sure at least `bytes` of heap are free (growing it if needed), so that a path that
+/// must not fail halfway (cloning an address space, recording its reverse map) can refuse
+/// cleanly up front instead. Free bytes may be split among chunks: ask with headroom.
+pub fn reserve(bytes: u64) -> Result<(), HeapError> {
+    let bootstrap_free = KERNEL_HEAP.bootstrap.lock().free() as u64;
+    let mut grown = KERNEL_HEAP.grown.lock();
+    if bootstrap_free + grown.free_bytes() >= bytes {
+        return Ok(());
+    }
+    let first = grown.make_chunk(bytes + CHUNK_SLACK)?;
+    grown.hint = Some(first);
+    Ok(())
 }
 
 /// Heap usage in bytes (both regions).
@@ -158,17 +323,40 @@ pub struct HeapStats {
     pub size: usize,
     pub used: usize,
     pub free: usize,
-    /// Bytes of the grown region (pages mapped from the page allocator).
+    /// Bytes of the grown heap (pages mapped from the page allocator now).
     pub grown: usize,
+    /// Chunks of the grown heap now, made since boot, and given back since boot.
+    pub chunks: usize,
+    pub chunks_made: u64,
+    pub chunks_released: u64,
 }
 
 pub fn stats() -> HeapStats {
-    let bootstrap = KERNEL_HEAP.bootstrap.lock();
+    // One heap lock at a time (the lock order allows no two).
+    let (boot_size, boot_used, boot_free) = {
+        let bootstrap = KERNEL_HEAP.bootstrap.lock();
+        (bootstrap.size(), bootstrap.used(), bootstrap.free())
+    };
     let grown = KERNEL_HEAP.grown.lock();
+    let (size, used, free) =
+        grown
+            .chunks
+            .iter()
+            .flatten()
+            .fold((0, 0, 0), |(size, used, free), chunk| {
+                (
+                    size + chunk.heap.size(),
+                    used + chunk.heap.used(),
+                    free + chunk.heap.free(),
+                )
+            });
     HeapStats {
-        size: bootstrap.size() + grown.heap.size(),
-        used: bootstrap.used() + grown.heap.used(),
-        free: bootstrap.free() + grown.heap.free(),
+        size: boot_size + size,
+        used: boot_used + used,
+        free: boot_free + free,
         grown: grown.mapped as usize,
+        chunks: grown.live_count,
+        chunks_made: grown.chunks_made,
+        chunks_released: grown.chunks_released,
     }
 }

@@ -10,7 +10,7 @@ use super::frame::{self, FrameState, Owner};
 use super::zone::{Watermarks, Zone};
 use super::zones::{self, ZoneKind};
 use super::{PAGE_SIZE, phys_to_virt};
-use crate::sync::IrqMutex;
+use crate::sync::{IrqMutex, LockClass};
 use alloc::vec::Vec;
 use boot::{AddrRange, MemoryRegion};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -315,9 +315,12 @@ const EMPTY_PCP_LIST: PcpList = PcpList {
     len: 0,
 };
 
-static PCP: IrqMutex<PerCpuCache> = IrqMutex::new(PerCpuCache {
-    lists: [const { [EMPTY_PCP_LIST; 3] }; 3],
-});
+static PCP: IrqMutex<PerCpuCache> = IrqMutex::with_class(
+    PerCpuCache {
+        lists: [const { [EMPTY_PCP_LIST; 3] }; 3],
+    },
+    LockClass::PerCpuCache,
+);
 
 fn zone_slot(zone: &Zone) -> usize {
     zone.kind as usize
@@ -575,11 +578,21 @@ pub fn write_buddyinfo(out: &mut dyn core::fmt::Write) -> core::fmt::Result {
     }
     writeln!(out)?;
     for zone in zones() {
-        let area = zone.lock();
-        for kind in MigrateType::ALL {
+        // Counted under the lock, written after it: `out` may allocate, and nothing may use the
+        // heap under a zone's lock (see crate::sync).
+        let mut counts = [[0u32; MAX_ORDER as usize + 1]; MigrateType::ALL.len()];
+        {
+            let area = zone.lock();
+            for (row, kind) in counts.iter_mut().zip(MigrateType::ALL) {
+                for (order, count) in row.iter_mut().enumerate() {
+                    *count = area.list_count(order as u8, kind);
+                }
+            }
+        }
+        for (row, kind) in counts.iter().zip(MigrateType::ALL) {
             write!(out, "{:<7} {:<12}", zone.kind.name(), kind.short_name())?;
-            for order in 0..=MAX_ORDER {
-                write!(out, "{:>6}", area.list_count(order, kind))?;
+            for count in row {
+                write!(out, "{count:>6}")?;
             }
             writeln!(out)?;
         }

@@ -15,7 +15,7 @@ use super::frame::Owner;
 use super::page_alloc::{self, AllocRequest, Pages};
 use super::{PAGE_SIZE, phys_to_virt};
 use crate::arch;
-use crate::sync::IrqMutex;
+use crate::sync::{IrqMutex, LockClass};
 use boot::{KERNEL_VMA, MemoryRegion};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use x86_64::registers::control::{Cr3, Cr3Flags};
@@ -51,7 +51,8 @@ struct KernelTables {
     pml4_phys: u64,
 }
 
-static KERNEL_TABLES: IrqMutex<Option<KernelTables>> = IrqMutex::new(None);
+static KERNEL_TABLES: IrqMutex<Option<KernelTables>> =
+    IrqMutex::with_class(None, LockClass::KernelTables);
 /// The kernel PML4's physical address, readable without the lock (the scheduler loads it on
 /// every switch to a kernel thread). Zero until the tables are built.
 static KERNEL_PML4: AtomicU64 = AtomicU64::new(0);
@@ -240,6 +241,28 @@ pub fn unmap_kernel_pages(virt: u64, count: u64) {
         let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt + index * PAGE_SIZE));
         match tables.unmap(page) {
             Ok((_, flush)) => flush.flush(),
+            Err(UnmapError::PageNotMapped) => {}
+            Err(error) => log::error!("unmapping kernel page {virt:#x}: {error:?}"),
+        }
+    }
+}
+
+/// Unmaps `count` pages from `virt` (kernel half), flushes them from the TLB, and hands each
+/// unmapped frame's pfn to `on_frame` (the heap frees them; nothing under this lock may use the
+/// heap).
+pub fn unmap_kernel_range(virt: u64, count: u64, mut on_frame: impl FnMut(u64)) {
+    let guard = KERNEL_TABLES.lock();
+    let Some(tables) = guard.as_ref() else {
+        return;
+    };
+    let mut tables = mapper(tables.pml4_phys);
+    for index in 0..count {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt + index * PAGE_SIZE));
+        match tables.unmap(page) {
+            Ok((frame, flush)) => {
+                flush.flush();
+                on_frame(frame.start_address().as_u64() / PAGE_SIZE);
+            }
             Err(UnmapError::PageNotMapped) => {}
             Err(error) => log::error!("unmapping kernel page {virt:#x}: {error:?}"),
         }

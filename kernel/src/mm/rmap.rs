@@ -9,7 +9,7 @@
 //! [`add`] and [`remove`] under their own lock; compaction and KSM will call [`mappings`].
 
 use super::page_alloc;
-use crate::sync::IrqMutex;
+use crate::sync::{IrqMutex, LockClass};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::Relaxed;
@@ -36,7 +36,8 @@ fn unpack(value: u64) -> Mapping {
     }
 }
 
-static SHARED: IrqMutex<BTreeMap<u64, Vec<Mapping>>> = IrqMutex::new(BTreeMap::new());
+static SHARED: IrqMutex<BTreeMap<u64, Vec<Mapping>>> =
+    IrqMutex::with_class(BTreeMap::new(), LockClass::Rmap);
 
 fn frame(pfn: u64) -> &'static super::frame::Frame {
     page_alloc::zone_of(pfn)

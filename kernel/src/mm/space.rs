@@ -12,7 +12,7 @@ use super::page_alloc::{self, AllocRequest, Pages};
 use super::rmap::{self, Mapping, SpaceId};
 use super::{PAGE_SIZE, phys_to_virt};
 use crate::mm::buddy::MigrateType;
-use crate::sync::IrqMutex;
+use crate::sync::{IrqMutex, LockClass};
 use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -156,7 +156,7 @@ pub type SharedSpace = Arc<IrqMutex<AddressSpace>>;
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 static REGISTRY: IrqMutex<BTreeMap<SpaceId, Weak<IrqMutex<AddressSpace>>>> =
-    IrqMutex::new(BTreeMap::new());
+    IrqMutex::with_class(BTreeMap::new(), LockClass::SpaceRegistry);
 /// Address spaces alive now.
 pub static LIVE_SPACES: AtomicU64 = AtomicU64::new(0);
 /// Spaces being torn down now (their pages are leaving the reverse map).
@@ -203,7 +203,7 @@ impl AddressSpace {
             counters: SpaceCounters::default(),
         };
         let id = space.id;
-        let shared = Arc::new(IrqMutex::new(space));
+        let shared = Arc::new(IrqMutex::with_class(space, LockClass::Space));
         REGISTRY.lock().insert(id, Arc::downgrade(&shared));
         LIVE_SPACES.fetch_add(1, Relaxed);
         Ok(shared)

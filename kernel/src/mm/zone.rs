@@ -4,7 +4,7 @@
 use super::buddy::{FreeArea, MigrateType, PAGEBLOCK_ORDER};
 use super::frame::Frame;
 use super::zones::ZoneKind;
-use crate::sync::{IrqMutex, IrqMutexGuard};
+use crate::sync::{IrqMutex, IrqMutexGuard, LockClass};
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 
 /// Free-page thresholds of a zone, in pages. Below `min` only allocations allowed to use
@@ -50,7 +50,7 @@ impl Zone {
             managed_pages: 0,
             watermarks: Watermarks::default(),
             frames,
-            area: IrqMutex::new(area),
+            area: IrqMutex::with_class(area, LockClass::Zone),
             free_pages: AtomicU64::new(0),
         }
     }

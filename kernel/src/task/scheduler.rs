@@ -1,24 +1,35 @@
-//! The scheduler: thread records, the ready queue, timed wake-ups, the context-switch protocol
-//! and preemption on the timer tick.
+//! The scheduler: thread records, the ready queue, timed wake-ups, wait-queue waiters, the
+//! context-switch protocol and preemption on the timer tick.
 //!
 //! Owns every kernel thread's record and stack. The only way in from elsewhere is the public
-//! functions below and the wait-queue hooks (`prepare_wait`, `commit_wait`, `wake`).
+//! functions below and the wait-queue hooks (`prepare_wait`, `commit_wait`, `cancel_wait`,
+//! `wake_queue`).
 //!
 //! Protocol: every switch happens with interrupts off. The outgoing thread records its new state
 //! and stack pointer; the incoming one runs [`finish_switch`], which puts the outgoing thread on
-//! the ready queue or frees it if it exited. A wait is two steps (`prepare_wait` hands out a
-//! token, `commit_wait` sleeps on it) so that a wake-up arriving between them is not lost.
+//! the ready queue or frees it if it exited. A wait is two steps (`prepare_wait` registers the
+//! thread as a waiter of its queue, `commit_wait` sleeps) so that a wake-up arriving between
+//! them is not lost.
+//!
+//! The scheduler's lock is the innermost lock of the kernel but for the serial port (see
+//! [`crate::sync`]): nothing under it allocates or frees heap memory or calls out, so any code,
+//! including the allocator's and the heap's own paths, may wake a thread. Its containers get
+//! their room before the lock is taken ([`reserve_room`]): the thread table, the ready queue
+//! and the timer heap always hold one entry per thread, and the timer heap drops stale entries
+//! when full instead of growing.
 
 use crate::arch::{self, context};
 use crate::mm::stack::KernelStack;
-use crate::sync::{IrqMutex, IrqMutexGuard};
+use crate::sync::{IrqMutex, IrqMutexGuard, LockClass};
 use crate::time::Instant;
 use crate::tunables;
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
-use alloc::string::{String, ToString};
+use alloc::collections::{BinaryHeap, VecDeque};
+use alloc::string::String;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::cmp::Reverse;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use core::time::Duration;
 use x86_64::instructions::interrupts;
 
@@ -28,6 +39,52 @@ pub struct ThreadId(u64);
 impl ThreadId {
     pub fn as_u64(self) -> u64 {
         self.0
+    }
+}
+
+/// A thread's name, stored inline so that reading it never allocates (the panic path and the
+/// console read it). Longer names are cut at a character boundary.
+#[derive(Clone, Copy)]
+pub struct ThreadName {
+    bytes: [u8; 31],
+    len: u8,
+}
+
+impl ThreadName {
+    fn new(name: &str) -> ThreadName {
+        let mut len = name.len().min(31);
+        while !name.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; 31];
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        ThreadName {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("?")
+    }
+}
+
+impl Default for ThreadName {
+    /// "?": a thread whose name cannot be read.
+    fn default() -> ThreadName {
+        ThreadName::new("?")
+    }
+}
+
+impl core::fmt::Display for ThreadName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl core::fmt::Debug for ThreadName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -54,9 +111,13 @@ pub(crate) struct WaitToken {
     generation: u64,
 }
 
+/// Identifies a wait queue: its address, stable while anyone waits on it (a waiter holds a
+/// reference to the queue). Zero means "no queue".
+pub(crate) type QueueKey = usize;
+
 struct Thread {
     id: ThreadId,
-    name: String,
+    name: ThreadName,
     state: State,
     saved_rsp: u64,
     /// `None` for the boot thread, which runs on the boot stack.
@@ -66,6 +127,9 @@ struct Thread {
     wake_reason: WakeReason,
     /// A wake-up for the current wait arrived before the thread committed to it.
     wake_pending: bool,
+    /// The wait queue this thread waits on (0: none), and its place in that queue's line.
+    waiting_on: QueueKey,
+    wait_ticket: u64,
     /// The user address space (PML4) this thread runs in; `None`: the kernel's tables.
     address_space: Option<u64>,
     /// Its ring-3 entry stack (TSS.RSP0), part of its context while it runs a task.
@@ -78,6 +142,8 @@ pub struct SchedulerStats {
     /// Timer interrupts taken (the timer is one-shot: it fires only for a deadline or the end
     /// of a time slice, never while the kernel is idle with nothing to wake).
     pub timer_interrupts: u64,
+    /// Timer interrupts that found the scheduler's lock taken and were retried shortly after.
+    pub ticks_deferred: u64,
     pub context_switches: u64,
     /// Switches forced by the timer tick on a thread that had used up its time slice.
     pub preemptions: u64,
@@ -87,7 +153,11 @@ pub struct SchedulerStats {
 }
 
 struct Scheduler {
-    threads: BTreeMap<ThreadId, Box<Thread>>,
+    /// Every thread, in id order (ids only grow, so a new thread goes at the end). Boxed: a
+    /// record stays where it is while a switch saves its stack pointer into it, and removing
+    /// one moves pointers only.
+    #[allow(clippy::vec_box)]
+    threads: Vec<Box<Thread>>,
     ready: VecDeque<ThreadId>,
     /// (deadline in ns, sequence, thread, generation), earliest first.
     timers: BinaryHeap<Reverse<(u64, u64, ThreadId, u64)>>,
@@ -97,6 +167,7 @@ struct Scheduler {
     handoff: Option<ThreadId>,
     next_id: u64,
     timer_sequence: u64,
+    next_ticket: u64,
     /// When the running thread's time slice began (ns since boot).
     slice_start_ns: u64,
     /// The deadline the one-shot timer is armed for, if any.
@@ -104,42 +175,59 @@ struct Scheduler {
     stats: SchedulerStats,
 }
 
-static SCHEDULER: IrqMutex<Option<Scheduler>> = IrqMutex::new(None);
+static SCHEDULER: IrqMutex<Option<Scheduler>> = IrqMutex::with_class(None, LockClass::Scheduler);
+/// Timer interrupts that found the lock taken (kept outside it: they could not take it).
+static TICKS_DEFERRED: AtomicU64 = AtomicU64::new(0);
+/// How soon a tick that found the lock taken is retried.
+const TICK_RETRY_NS: u64 = 50_000;
 
 type Guard = IrqMutexGuard<'static, Option<Scheduler>>;
 
 impl Scheduler {
-    fn thread(&mut self, id: ThreadId) -> &mut Thread {
-        self.threads.get_mut(&id).expect("thread record exists")
+    fn position(&self, id: ThreadId) -> Option<usize> {
+        self.threads
+            .binary_search_by_key(&id, |thread| thread.id)
+            .ok()
     }
 
-    fn add_thread(
-        &mut self,
-        name: &str,
-        stack: Option<KernelStack>,
-        saved_rsp: u64,
-        state: State,
-    ) -> ThreadId {
+    fn get(&mut self, id: ThreadId) -> Option<&mut Thread> {
+        let at = self.position(id)?;
+        Some(&mut self.threads[at])
+    }
+
+    fn thread(&mut self, id: ThreadId) -> &mut Thread {
+        self.get(id).expect("thread record exists")
+    }
+
+    /// Whether the containers can take `more` threads without allocating.
+    fn has_room_for(&self, more: usize) -> bool {
+        let wanted = self.threads.len() + more;
+        self.threads.capacity() >= wanted
+            && self.ready.capacity() >= wanted
+            && self.timers.capacity() >= wanted
+    }
+
+    /// Adds a thread record made outside the lock. The caller made room ([`reserve_room`]).
+    fn add_thread(&mut self, mut thread: Box<Thread>) -> ThreadId {
+        debug_assert!(self.has_room_for(1), "room reserved before the lock");
         let id = ThreadId(self.next_id);
         self.next_id += 1;
-        let thread = Thread {
-            id,
-            name: name.to_string(),
-            state,
-            saved_rsp,
-            _stack: stack,
-            entry: None,
-            wait_generation: 0,
-            wake_reason: WakeReason::Woken,
-            wake_pending: false,
-            address_space: None,
-            kernel_entry_stack: 0,
-        };
-        self.threads.insert(id, Box::new(thread));
+        thread.id = id;
+        self.threads.push(thread);
         id
     }
 
     fn add_timer(&mut self, deadline: Instant, thread: ThreadId, generation: u64) {
+        if self.timers.len() == self.timers.capacity() {
+            // Full: drop the entries of waits that are over (at most one live entry per thread
+            // remains, and there is room for one per thread), instead of growing under the lock.
+            let threads = &self.threads;
+            self.timers.retain(|Reverse((_, _, id, generation))| {
+                threads
+                    .binary_search_by_key(id, |thread| thread.id)
+                    .is_ok_and(|at| threads[at].wait_generation == *generation)
+            });
+        }
         self.timer_sequence += 1;
         self.timers.push(Reverse((
             deadline.as_nanos(),
@@ -170,7 +258,7 @@ impl Scheduler {
 
     /// Makes a blocked or sleeping thread runnable if `generation` names its current wait.
     fn wake_thread(&mut self, id: ThreadId, generation: u64, reason: WakeReason) -> bool {
-        let Some(thread) = self.threads.get_mut(&id) else {
+        let Some(thread) = self.get(id) else {
             return false;
         };
         if thread.wait_generation != generation {
@@ -180,12 +268,14 @@ impl Scheduler {
             State::Blocked | State::Sleeping => {
                 thread.state = State::Ready;
                 thread.wake_reason = reason;
+                thread.waiting_on = 0;
                 self.ready.push_back(id);
                 self.arm_timer();
                 true
             }
             State::Running | State::Ready if reason == WakeReason::Woken => {
                 thread.wake_pending = true;
+                thread.waiting_on = 0;
                 true
             }
             _ => false,
@@ -203,32 +293,91 @@ impl Scheduler {
     }
 }
 
+fn new_thread(name: &str, stack: Option<KernelStack>, saved_rsp: u64, state: State) -> Box<Thread> {
+    Box::new(Thread {
+        id: ThreadId(u64::MAX),
+        name: ThreadName::new(name),
+        state,
+        saved_rsp,
+        _stack: stack,
+        entry: None,
+        wait_generation: 0,
+        wake_reason: WakeReason::Woken,
+        wake_pending: false,
+        waiting_on: 0,
+        wait_ticket: 0,
+        address_space: None,
+        kernel_entry_stack: 0,
+    })
+}
+
 /// Makes the running boot flow the thread "main" and creates the idle thread.
 pub fn init() {
-    let mut guard = SCHEDULER.lock();
-    assert!(guard.is_none(), "scheduler initialised twice");
+    let room = 64;
     let mut scheduler = Scheduler {
-        threads: BTreeMap::new(),
-        ready: VecDeque::with_capacity(64),
-        timers: BinaryHeap::with_capacity(64),
+        threads: Vec::with_capacity(room),
+        ready: VecDeque::with_capacity(room),
+        timers: BinaryHeap::with_capacity(room),
         current: ThreadId(0),
         idle: None,
         handoff: None,
         next_id: 0,
         timer_sequence: 0,
+        next_ticket: 0,
         slice_start_ns: 0,
         armed_deadline: None,
-        stats: SchedulerStats {
-            live_threads: 0,
-            ..Default::default()
-        },
+        stats: SchedulerStats::default(),
     };
-    scheduler.current = scheduler.add_thread("main", None, 0, State::Running);
+    scheduler.current = scheduler.add_thread(new_thread("main", None, 0, State::Running));
     let (stack, rsp) = new_stack();
-    let idle = scheduler.add_thread("idle", Some(stack), rsp, State::Ready);
-    scheduler.thread(idle).entry = Some(Box::new(idle_loop));
-    scheduler.idle = Some(idle);
+    let mut idle = new_thread("idle", Some(stack), rsp, State::Ready);
+    idle.entry = Some(Box::new(idle_loop));
+    scheduler.idle = Some(scheduler.add_thread(idle));
+    let mut guard = SCHEDULER.lock();
+    assert!(guard.is_none(), "scheduler initialised twice");
     *guard = Some(scheduler);
+}
+
+/// Makes room in the scheduler's containers for `more` threads, allocating outside its lock:
+/// bigger containers are made first, then swapped in under the lock, and the old ones are
+/// freed after it.
+fn reserve_room(more: usize) {
+    loop {
+        let (threads, ready, timers) = with_scheduler(|scheduler| {
+            if scheduler.has_room_for(more) {
+                (0, 0, 0)
+            } else {
+                (
+                    scheduler.threads.capacity(),
+                    scheduler.ready.capacity(),
+                    scheduler.timers.capacity(),
+                )
+            }
+        });
+        if threads == 0 {
+            return;
+        }
+        let wanted = (threads.max(ready).max(timers) + more).max(16) * 2;
+        let mut new_threads: Vec<Box<Thread>> = Vec::with_capacity(wanted);
+        let mut new_ready: VecDeque<ThreadId> = VecDeque::with_capacity(wanted);
+        let mut new_timers = BinaryHeap::with_capacity(wanted);
+        with_scheduler(|scheduler| {
+            if scheduler.threads.capacity() < wanted {
+                new_threads.append(&mut scheduler.threads);
+                core::mem::swap(&mut new_threads, &mut scheduler.threads);
+            }
+            if scheduler.ready.capacity() < wanted {
+                new_ready.extend(scheduler.ready.drain(..));
+                core::mem::swap(&mut new_ready, &mut scheduler.ready);
+            }
+            if scheduler.timers.capacity() < wanted {
+                // (BinaryHeap::append would keep the larger heap, with its small capacity.)
+                new_timers.extend(scheduler.timers.drain());
+                core::mem::swap(&mut new_timers, &mut scheduler.timers);
+            }
+        });
+        // The old containers (now in the `new_*` names) are freed here, after the lock.
+    }
 }
 
 fn new_stack() -> (KernelStack, u64) {
@@ -277,6 +426,7 @@ fn switch_away(mut guard: Guard, new_state: State) {
     let save: *mut u64 = &mut scheduler.thread(current).saved_rsp;
     let load = scheduler.thread(next).saved_rsp;
     drop(guard);
+    crate::sync::check_no_locks_held_at_switch();
     // SAFETY: interrupts are off; `save` points into the outgoing thread's boxed record, which
     // is freed only by `finish_switch` after this switch completed; `load` was saved by `switch`
     // or prepared by `prepare_stack` for a stack owned by the incoming thread's record.
@@ -296,7 +446,8 @@ fn finish_switch() {
             }
             State::Dead => {
                 scheduler.stats.threads_exited += 1;
-                return scheduler.threads.remove(&previous);
+                let at = scheduler.position(previous)?;
+                return Some(scheduler.threads.remove(at));
             }
             _ => {}
         }
@@ -399,14 +550,11 @@ where
         thread_slot.finished.wake_all();
     });
     let (stack, rsp) = new_stack();
+    let mut thread = new_thread(name, Some(stack), rsp, State::Ready);
+    thread.entry = Some(entry);
+    reserve_room(1);
     let id = with_scheduler(|scheduler| {
-        let id = scheduler.add_thread(name, Some(stack), rsp, State::Ready);
-        // Room for every thread in the ready queue, so that waking one never allocates.
-        let threads = scheduler.threads.len();
-        scheduler
-            .ready
-            .reserve(threads.saturating_sub(scheduler.ready.len()));
-        scheduler.thread(id).entry = Some(entry);
+        let id = scheduler.add_thread(thread);
         scheduler.ready.push_back(id);
         scheduler.arm_timer();
         scheduler.stats.threads_spawned += 1;
@@ -455,13 +603,19 @@ pub fn exit_current() -> ! {
     unreachable!("a dead thread was scheduled again");
 }
 
-/// Starts a wait: the returned token must be published (to a wait queue) before `commit_wait`.
-pub(crate) fn prepare_wait() -> WaitToken {
+/// Starts a wait on the queue `queue`: the current thread becomes one of its waiters (at the
+/// end of its line) before the caller checks its condition, so a wake-up that comes between
+/// the check and [`commit_wait`] is kept.
+pub(crate) fn prepare_wait(queue: QueueKey) -> WaitToken {
     with_scheduler(|scheduler| {
         let current = scheduler.current;
+        scheduler.next_ticket += 1;
+        let ticket = scheduler.next_ticket;
         let thread = scheduler.thread(current);
         thread.wait_generation += 1;
         thread.wake_pending = false;
+        thread.waiting_on = queue;
+        thread.wait_ticket = ticket;
         WaitToken {
             thread: current,
             generation: thread.wait_generation,
@@ -469,7 +623,19 @@ pub(crate) fn prepare_wait() -> WaitToken {
     })
 }
 
-/// Blocks until `wake(token)` or `deadline`. Interrupts must be off.
+/// Ends a prepared wait that will not be committed (the condition already held).
+pub(crate) fn cancel_wait(token: WaitToken) {
+    with_scheduler(|scheduler| {
+        if let Some(thread) = scheduler.get(token.thread)
+            && thread.wait_generation == token.generation
+        {
+            thread.waiting_on = 0;
+            thread.wake_pending = false;
+        }
+    })
+}
+
+/// Blocks until the wait `token` names is woken, or `deadline`. Interrupts must be off.
 pub(crate) fn commit_wait(token: WaitToken, deadline: Option<Instant>) -> WakeReason {
     let mut guard = SCHEDULER.lock();
     let scheduler = guard.as_mut().expect("scheduler initialised");
@@ -483,20 +649,51 @@ pub(crate) fn commit_wait(token: WaitToken, deadline: Option<Instant>) -> WakeRe
         scheduler.add_timer(deadline, token.thread, token.generation);
     }
     switch_away(guard, State::Blocked);
-    with_scheduler(|scheduler| scheduler.thread(token.thread).wake_reason)
+    with_scheduler(|scheduler| {
+        let thread = scheduler.thread(token.thread);
+        // A timeout leaves the queue too.
+        thread.waiting_on = 0;
+        thread.wake_reason
+    })
 }
 
-/// Wakes the wait `token` names; false if that wait is over (stale token) or the thread is gone.
-pub(crate) fn wake(token: WaitToken) -> bool {
+/// Wakes the waiters of `queue`: all of them, or the one waiting longest. Returns how many
+/// were woken. Allocates and frees nothing and takes no lock but the scheduler's, so it may run
+/// anywhere: under the heap's or a zone's lock, in the allocator's out-of-memory path, in an
+/// interrupt handler.
+pub(crate) fn wake_queue(queue: QueueKey, all: bool) -> usize {
     with_scheduler(|scheduler| {
-        scheduler.wake_thread(token.thread, token.generation, WakeReason::Woken)
+        let mut woken = 0;
+        loop {
+            let first = scheduler
+                .threads
+                .iter()
+                .filter(|thread| thread.waiting_on == queue)
+                .min_by_key(|thread| thread.wait_ticket)
+                .map(|thread| (thread.id, thread.wait_generation));
+            let Some((id, generation)) = first else {
+                return woken;
+            };
+            if scheduler.wake_thread(id, generation, WakeReason::Woken) {
+                woken += 1;
+                if !all {
+                    return woken;
+                }
+            } else {
+                scheduler.thread(id).waiting_on = 0;
+            }
+        }
     })
 }
 
 /// Called by the timer interrupt: wakes expired sleepers and preempts a thread whose slice is
-/// used up when another is ready.
+/// used up when another is ready. If the scheduler's lock is taken (another CPU, or a holder on
+/// this one that an interrupt could not have reached: a bug this keeps from becoming a hang),
+/// the tick is not lost: the one-shot timer is re-armed to try again shortly.
 pub fn timer_tick() {
     let Some(mut guard) = SCHEDULER.try_lock() else {
+        TICKS_DEFERRED.fetch_add(1, Relaxed);
+        arch::apic::arm_oneshot(TICK_RETRY_NS);
         return;
     };
     let Some(scheduler) = guard.as_mut() else {
@@ -518,6 +715,18 @@ pub fn timer_tick() {
     }
 }
 
+/// Test hook: delivers a timer tick while the scheduler's lock is held, after the one-shot
+/// timer has fired (stopped), as a tick racing a holder on another CPU would find it.
+#[cfg(test)]
+pub(crate) fn tick_with_lock_taken() {
+    interrupts::without_interrupts(|| {
+        let guard = SCHEDULER.lock();
+        arch::apic::stop_timer();
+        timer_tick();
+        drop(guard);
+    });
+}
+
 /// Starts the one-shot timer that drives timed wake-ups and preemption.
 pub fn start_timer() {
     arch::apic::enable_oneshot();
@@ -536,30 +745,33 @@ pub fn try_current_id() -> Option<ThreadId> {
 }
 
 /// The current thread's name; `None` before the scheduler exists or if its lock is held (the
-/// panic path calls this).
-pub fn current_name() -> Option<String> {
-    let guard = SCHEDULER.try_lock()?;
-    let scheduler = guard.as_ref()?;
-    scheduler
-        .threads
-        .get(&scheduler.current)
-        .map(|thread| thread.name.clone())
+/// panic path calls this: it allocates nothing).
+pub fn current_name() -> Option<ThreadName> {
+    let mut guard = SCHEDULER.try_lock()?;
+    let scheduler = guard.as_mut()?;
+    let current = scheduler.current;
+    scheduler.get(current).map(|thread| thread.name)
 }
 
 pub fn stats() -> SchedulerStats {
     with_scheduler(|scheduler| SchedulerStats {
         live_threads: scheduler.threads.len(),
+        ticks_deferred: TICKS_DEFERRED.load(Relaxed),
         ..scheduler.stats
     })
 }
 
 /// Name and state of every thread, for the console.
-pub fn thread_list() -> alloc::vec::Vec<(u64, String, &'static str)> {
-    with_scheduler(|scheduler| {
-        scheduler
-            .threads
-            .values()
-            .map(|thread| {
+pub fn thread_list() -> Vec<(u64, String, &'static str)> {
+    let mut records: Vec<(u64, ThreadName, &'static str)> = Vec::new();
+    loop {
+        let count = with_scheduler(|scheduler| scheduler.threads.len());
+        records.reserve(count + 4);
+        let complete = with_scheduler(|scheduler| {
+            if scheduler.threads.len() > records.capacity() {
+                return false;
+            }
+            for thread in &scheduler.threads {
                 let state = match thread.state {
                     State::Running => "running",
                     State::Ready => "ready",
@@ -567,8 +779,16 @@ pub fn thread_list() -> alloc::vec::Vec<(u64, String, &'static str)> {
                     State::Blocked => "blocked",
                     State::Dead => "dead",
                 };
-                (thread.id.0, thread.name.clone(), state)
-            })
-            .collect()
-    })
+                records.push((thread.id.0, thread.name, state));
+            }
+            true
+        });
+        if complete {
+            break;
+        }
+    }
+    records
+        .into_iter()
+        .map(|(id, name, state)| (id, String::from(name.as_str()), state))
+        .collect()
 }

@@ -1,16 +1,22 @@
 //! Wait queues: a thread waits until a condition holds, and whoever makes it hold wakes the
 //! queue. The waiter registers before it checks the condition, so a wake-up between the check
 //! and the sleep is never lost.
+//!
+//! A queue owns no list and no lock: its waiters are recorded in the scheduler's thread records
+//! (the queue's address names it there), and the queue keeps only a count so that waking a
+//! queue nobody waits on costs one atomic load. Waiting and waking therefore never allocate,
+//! and a wake-up may come from anywhere, under any lock (see [`crate::sync`]).
 
-use super::scheduler::{self, WaitToken, WakeReason};
-use crate::sync::IrqMutex;
+use super::scheduler::{self, WakeReason};
 use crate::time::Instant;
-use alloc::collections::VecDeque;
+use core::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use core::time::Duration;
 use x86_64::instructions::interrupts;
 
 pub struct WaitQueue {
-    waiters: IrqMutex<VecDeque<WaitToken>>,
+    /// Threads between `prepare_wait` and the end of their wait. Also gives the queue a size,
+    /// so that two queues never share an address.
+    waiters: AtomicU32,
 }
 
 /// How a bounded wait ended.
@@ -29,8 +35,12 @@ impl Default for WaitQueue {
 impl WaitQueue {
     pub const fn new() -> Self {
         Self {
-            waiters: IrqMutex::new(VecDeque::new()),
+            waiters: AtomicU32::new(0),
         }
+    }
+
+    fn key(&self) -> scheduler::QueueKey {
+        self as *const WaitQueue as usize
     }
 
     /// Blocks until `condition` returns true (it is re-checked after every wake-up).
@@ -53,17 +63,18 @@ impl WaitQueue {
                 return WaitResult::Satisfied;
             }
             let reason = interrupts::without_interrupts(|| {
-                let token = scheduler::prepare_wait();
-                self.waiters.lock().push_back(token);
-                if condition() {
-                    self.forget(token);
-                    return None;
-                }
-                let reason = scheduler::commit_wait(token, deadline);
-                if reason == WakeReason::TimedOut {
-                    self.forget(token);
-                }
-                Some(reason)
+                // Counted before the condition is checked again (SeqCst on both sides): a waker
+                // that changes the condition after this check sees the count.
+                self.waiters.fetch_add(1, SeqCst);
+                let token = scheduler::prepare_wait(self.key());
+                let reason = if condition() {
+                    scheduler::cancel_wait(token);
+                    None
+                } else {
+                    Some(scheduler::commit_wait(token, deadline))
+                };
+                self.waiters.fetch_sub(1, SeqCst);
+                reason
             });
             match reason {
                 None => return WaitResult::Satisfied,
@@ -73,36 +84,18 @@ impl WaitQueue {
         }
     }
 
-    fn forget(&self, token: WaitToken) {
-        self.waiters.lock().retain(|waiting| *waiting != token);
-    }
-
     /// Wakes the longest-waiting thread; false if none was waiting.
     pub fn wake_one(&self) -> bool {
-        loop {
-            let Some(token) = self.waiters.lock().pop_front() else {
-                return false;
-            };
-            if scheduler::wake(token) {
-                return true;
-            }
-        }
+        self.waiters.load(SeqCst) != 0 && scheduler::wake_queue(self.key(), false) > 0
     }
 
-    /// Wakes every waiting thread and returns how many. Allocates and frees nothing (the
-    /// waiters are popped in place), so it may run where the heap must not be used: under the
+    /// Wakes every waiting thread and returns how many. Allocates and frees nothing and takes
+    /// only the scheduler's lock, so it may run where the heap must not be used: under the
     /// heap's own lock, in the allocator's out-of-memory path, in an interrupt handler.
     pub fn wake_all(&self) -> usize {
-        let waiting = self.waiters.lock().len();
-        let mut woken = 0;
-        for _ in 0..waiting {
-            let Some(token) = self.waiters.lock().pop_front() else {
-                break;
-            };
-            if scheduler::wake(token) {
-                woken += 1;
-            }
+        if self.waiters.load(SeqCst) == 0 {
+            return 0;
         }
-        woken
+        scheduler::wake_queue(self.key(), true)
     }
 }
