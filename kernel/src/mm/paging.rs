@@ -109,6 +109,8 @@ fn map_4k(
 }
 
 /// Builds the kernel's page tables and switches to them. Returns the bytes of RAM direct-mapped.
+/// Until the switch, the allocator gives only pages the early tables map (below 4 GiB): the
+/// new tables are written through the early direct map.
 pub fn init(map: &[MemoryRegion]) -> u64 {
     let pml4 = page_alloc::alloc(AllocRequest::new(0).zeroed().owner(Owner::PageTable))
         .expect("memory for the PML4");
@@ -191,6 +193,9 @@ pub fn init(map: &[MemoryRegion]) -> u64 {
     // addresses as the early tables (image, direct map of RAM, device registers); the early
     // identity map of low memory is dropped on purpose.
     unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+    // Only now may the allocator hand out pages above the early map's 4 GiB: every page-table
+    // page above was allocated, zeroed and written through the early map.
+    page_alloc::set_direct_map_end(super::zones::ram_end(map));
     mapped
 }
 
