@@ -3,6 +3,7 @@
 # binary (.cargo/config.toml): `cargo run` and each test kernel of `cargo test` come through here.
 #
 #   run-qemu.sh KERNEL.elf [key=value ...]      the words after the path become the kernel command line
+#                                               (at most 4095 bytes: QEMU's PVH buffer holds no more)
 #
 # Environment:
 #   QEMU_ACCEL=tcg|kvm   accelerator (default tcg; kvm on these machines is a slow nested kind)
@@ -29,6 +30,14 @@ fi
 kernel=$1
 shift
 cmdline="$*"
+# QEMU's PVH loader copies the command line into a 4 KiB buffer with no bound check: a longer
+# one overwrites the boot information behind it (the kernel would find no sane memory map).
+cmdline_bytes=$(printf %s "$cmdline" | LC_ALL=C wc -c)
+if [ "$cmdline_bytes" -gt 4095 ]; then
+    echo "run-qemu.sh: the kernel command line is $cmdline_bytes bytes; QEMU's PVH boot takes at most 4095 (a longer one overwrites the memory map). Shorten it." >&2
+    exit 2
+fi
+
 name=$(basename "$kernel")
 name=${name%-*}
 driver="$(dirname "$0")/tests/host/$name.py"

@@ -14,7 +14,10 @@
 
 mod start_info;
 
-pub use start_info::{BootInfo, MAX_CMDLINE, MAX_MEMORY_REGIONS, MemoryKind, MemoryRegion};
+pub use start_info::{
+    BootInfo, MAX_CMDLINE, MAX_MEMORY_REGIONS, MemoryKind, MemoryMapProblem, MemoryRegion,
+    PHYSICAL_ADDRESS_LIMIT, check_memory_map,
+};
 
 /// Virtual address at which all physical memory is mapped.
 pub const DIRECT_MAP_BASE: u64 = 0xffff_8000_0000_0000;

@@ -80,18 +80,43 @@ pub fn start(info: &'static BootInfo, main: fn(&'static BootInfo) -> ExitCode) -
         "kernel entered: PVH start_info at {:#x}",
         info.start_info_phys
     );
+    // Checks that come before anything could hang or fault on what they find. They allocate
+    // nothing: the heap is not up yet.
+    if let Some(feature) = arch::missing_cpu_feature() {
+        log::error!(
+            "cannot boot: this CPU has no {} (CPUID.1:EDX bit {}), which the kernel needs for {}; give QEMU a CPU with it (no '-{}' in -cpu)",
+            feature.name,
+            feature.bit,
+            feature.needed_for,
+            feature.qemu_flag
+        );
+        qemu::exit(ExitCode::Failure);
+    }
+    let layout = boot::kernel_layout();
+    let image = boot::AddrRange {
+        start: layout.boot.start,
+        end: layout.image_phys().end,
+    };
+    if let Err(error) = mm::boot_memory::check(info, image) {
+        log::error!("cannot boot: {error}");
+        if matches!(error, mm::boot_memory::BootMemoryError::BadMap(_)) {
+            if info.cmdline_truncated {
+                log::error!(
+                    "cannot boot: the kernel command line is longer than the {} bytes of QEMU's PVH buffer, which then overwrites the memory map: shorten it",
+                    boot::MAX_CMDLINE - 1
+                );
+            }
+            mm::boot_memory::log_map(info.memory_map());
+        }
+        qemu::exit(ExitCode::Failure);
+    }
     arch::init_cpu();
     arch::apic::init();
     let calibration = arch::tsc::calibrate();
     time::init(info.entry_tsc, calibration.tsc_hz);
     arch::apic::set_timer_hz(calibration.apic_timer_hz);
     mm::heap::init();
-    cmdline::init(info.cmdline());
-    let layout = boot::kernel_layout();
-    let image = boot::AddrRange {
-        start: layout.boot.start,
-        end: layout.image_phys().end,
-    };
+    cmdline::init(info.cmdline_bytes(), info.cmdline_truncated);
     let memory = mm::page_alloc::init(info.memory_map(), image);
     log::info!(
         "memory: {} MiB managed, frame database {} KiB at {:#x} ({} B per 4 KiB frame), set up in {} us ({} us per GiB)",
@@ -144,8 +169,9 @@ pub fn panic(info: &PanicInfo) -> ! {
         // A panic while panicking: do not try to format again.
         qemu::exit(ExitCode::Failure);
     }
-    let thread =
-        task::scheduler::current_name().unwrap_or_else(|| alloc::string::String::from("?"));
+    // No allocation on the way to the message: the panic may come before the heap is up.
+    let thread = task::scheduler::current_name();
+    let thread = thread.as_deref().unwrap_or("?");
     drivers::serial::emergency_write(format_args!("\nKERNEL PANIC in thread '{thread}'"));
     if let Some(location) = info.location() {
         drivers::serial::emergency_write(format_args!(" at {location}"));

@@ -285,12 +285,18 @@ fn heap_exhaustion_returns_null_instead_of_hanging() {
 
 #[test_case]
 fn command_line_splits_words_and_rejects_bad_ones() {
-    let (pairs, malformed) = cmdline::split("scenario=reclaim  sched.timeslice_ms=5 bare =x");
+    let (pairs, malformed) = cmdline::split(b"scenario=reclaim  sched.timeslice_ms=5 bare =x");
     assert_eq!(
         pairs,
         [("scenario", "reclaim"), ("sched.timeslice_ms", "5")]
     );
-    assert_eq!(malformed, ["bare", "=x"]);
+    assert_eq!(
+        malformed,
+        [
+            cmdline::WordError::NotKeyValue("bare"),
+            cmdline::WordError::NotKeyValue("=x")
+        ]
+    );
     assert_eq!(
         cmdline::apply("nonsense.key", "1"),
         Err(cmdline::WordError::UnknownKey("nonsense.key"))
@@ -312,6 +318,162 @@ fn command_line_splits_words_and_rejects_bad_ones() {
     tunables::SCHED_TIMESLICE_MS
         .set(tunables::SCHED_TIMESLICE_MS.default)
         .expect("default is in range");
+}
+
+#[test_case]
+fn command_line_reports_a_word_that_is_not_utf8_and_keeps_the_others() {
+    let (pairs, problems) = cmdline::split(b"log=warn bad\xffword test=x caf\xc3\xa9=1");
+    assert_eq!(pairs, [("log", "warn"), ("test", "x"), ("caf\u{e9}", "1")]);
+    assert_eq!(
+        problems,
+        [cmdline::WordError::NotUtf8 {
+            word: b"bad\xffword",
+            offset: 3
+        }]
+    );
+    let message = alloc::format!("{}", problems[0]);
+    assert!(
+        message.contains("bad\\xffword")
+            && message.contains("0xff")
+            && message.contains("offset 3"),
+        "{message}"
+    );
+}
+
+#[test_case]
+fn command_line_values_that_are_not_valid_say_which_are() {
+    let level = log::max_level();
+    for (key, value, valid) in [
+        ("console", "yes", cmdline::CONSOLE_VALUES),
+        ("console", "", cmdline::CONSOLE_VALUES),
+        ("log", "verbose", cmdline::LOG_LEVELS),
+        ("log", "3", cmdline::LOG_LEVELS),
+    ] {
+        let error = cmdline::apply(key, value).expect_err("refused");
+        assert_eq!(error, cmdline::WordError::NotOneOf { key, value, valid });
+        let message = alloc::format!("{error}");
+        assert!(message.contains(&valid.join(", ")), "{message}");
+        assert!(!message.contains("not a number"), "{message}");
+    }
+    assert_eq!(log::max_level(), level, "a refused log= changed the level");
+    assert_eq!(cmdline::apply("console", "on"), Ok(()));
+    assert_eq!(cmdline::apply("log", "TRACE"), Ok(()));
+    assert_eq!(log::max_level(), log::LevelFilter::Trace);
+    log::set_max_level(level);
+}
+
+fn region(start: u64, size: u64, kind: boot::MemoryKind) -> boot::MemoryRegion {
+    boot::MemoryRegion { start, size, kind }
+}
+
+/// QEMU q35's map of a 2 GiB guest.
+fn q35_map() -> [boot::MemoryRegion; 5] {
+    use boot::MemoryKind::{Ram, Reserved};
+    [
+        region(0, 0x9fc00, Ram),
+        region(0x9fc00, 0x400, Reserved),
+        region(0xf0000, 0x10000, Reserved),
+        region(0x10_0000, 0x7fee_0000, Ram),
+        region(0xfffc_0000, 0x4_0000, Reserved),
+    ]
+}
+
+#[test_case]
+fn memory_map_check_names_text_overlaps_and_missing_ram() {
+    use boot::MemoryKind::{Ram, Reserved};
+    use boot::{MemoryMapProblem, check_memory_map};
+    assert_eq!(check_memory_map(&q35_map()), Ok(()));
+    // A command line that overflowed into the map: entries made of text.
+    let text = region(0x6161_6161_6161_6161, 0x6161_6161_6161_6161, Ram);
+    let mut map = q35_map().to_vec();
+    map.push(text);
+    assert_eq!(
+        check_memory_map(&map),
+        Err(MemoryMapProblem::BeyondAddressSpace { region: text })
+    );
+    let wraps = region(u64::MAX - 0xfff, 0x2000, Reserved);
+    assert!(matches!(
+        check_memory_map(&[region(0, 0x9fc00, Ram), wraps]),
+        Err(MemoryMapProblem::BeyondAddressSpace { .. })
+    ));
+    let overlapping = [
+        region(0x10_0000, 0x100_0000, Ram),
+        region(0x80_0000, 0x1000, Reserved),
+    ];
+    assert_eq!(
+        check_memory_map(&overlapping),
+        Err(MemoryMapProblem::Overlap {
+            first: overlapping[0],
+            second: overlapping[1]
+        })
+    );
+    // Reserved ranges may overlap each other (firmware does that); RAM may not.
+    assert_eq!(
+        check_memory_map(&[
+            region(0, 0x9fc00, Ram),
+            region(0xe0000, 0x20000, Reserved),
+            region(0xf0000, 0x10000, Reserved)
+        ]),
+        Ok(())
+    );
+    assert_eq!(
+        check_memory_map(&[region(0xf0000, 0x10000, Reserved)]),
+        Err(MemoryMapProblem::NoRam)
+    );
+    assert_eq!(check_memory_map(&[]), Err(MemoryMapProblem::NoRam));
+    let message = alloc::format!("{}", MemoryMapProblem::NoStartInfo { magic: 0x6161_6161 });
+    assert!(
+        message.contains("'aaaa'") && message.contains("longer than 4095 bytes"),
+        "{message}"
+    );
+}
+
+#[test_case]
+fn too_small_a_guest_is_told_the_memory_it_needs() {
+    use crate::mm::boot_memory::{BootMemoryError, check_size, minimum_mib};
+    use boot::MemoryKind::Ram;
+    let image = boot::AddrRange {
+        start: 0x10_0000,
+        end: 0xa8_c000,
+    };
+    let needed_mib = minimum_mib(image.end);
+    assert_eq!(
+        needed_mib, 17,
+        "10.5 MiB image + 6 MiB + the frame database"
+    );
+    let with_ram = |bytes: u64| {
+        [
+            region(0, 0x9fc00, Ram),
+            region(0x10_0000, bytes - 0x10_0000, Ram),
+        ]
+    };
+    // 8 MiB: the image does not even fit.
+    let error = check_size(&with_ram(8 << 20), image).expect_err("8 MiB is too small");
+    assert!(matches!(
+        error,
+        BootMemoryError::TooSmall { needed_mib: 17, .. }
+    ));
+    let message = alloc::format!("{error}");
+    assert!(
+        message.contains("needs at least 17 MiB") && message.contains("QEMU_MEM=17M"),
+        "{message}"
+    );
+    // The image fits, but not the database and the running reserve.
+    assert!(check_size(&with_ram(16 << 20), image).is_err());
+    assert_eq!(check_size(&with_ram(needed_mib << 20), image), Ok(()));
+}
+
+#[test_case]
+fn a_cpu_without_a_local_apic_is_refused() {
+    let all = u32::MAX;
+    assert_eq!(crate::arch::missing_feature_in(all), None);
+    let missing = crate::arch::missing_feature_in(all & !(1 << 9)).expect("no APIC");
+    assert_eq!((missing.name, missing.qemu_flag), ("APIC", "apic"));
+    assert_eq!(
+        crate::arch::missing_cpu_feature(),
+        None,
+        "this CPU lacks a feature"
+    );
 }
 
 #[test_case]

@@ -157,6 +157,68 @@ def boot_without_balloon_device_runs(kernel):
     check(said == 1, f"the kernel said {said} times that there is no device")
 
 
+def boot_until_exit(kernel, cmdline=(), env=None, timeout=60):
+    """Boots once and waits for the end: (exit status, console and run-qemu.sh lines)."""
+    guest = Guest(kernel, cmdline, env={"QEMU_BALLOON": "off", **(env or {})}, echo=False)
+    try:
+        status = guest.wait_exit(timeout=timeout)
+    finally:
+        if guest.proc.poll() is None:
+            guest.kill()
+    return status, guest.lines
+
+
+def said(lines, *texts):
+    """The first line that contains every one of `texts` (printed), or a failed check."""
+    for line in lines:
+        if all(text in line for text in texts):
+            print(f"  {line.strip()[:300]}")
+            return line
+    raise AssertionError(f"no line says {' ... '.join(texts)!r}; the run printed:\n"
+                         + "\n".join(lines[-15:]))
+
+
+def cpu_without_apic_stops_with_a_message(kernel):
+    # It used to hang in the timer calibration.
+    status, lines = boot_until_exit(kernel, ["scenario=no_device"],
+                                    env={"QEMU_EXTRA": "-cpu qemu64,-apic"})
+    said(lines, "cannot boot", "no APIC")
+    check(status == 1, f"exit status {status}, not 1")
+
+
+def too_small_guest_is_told_how_much_memory_it_needs(kernel):
+    # It used to panic about the frame database.
+    status, lines = boot_until_exit(kernel, ["scenario=no_device"], env={"QEMU_MEM": "8M"})
+    line = said(lines, "guest memory too small", "needs at least")
+    check(status == 1, f"exit status {status}, not 1")
+    needed = int(line.split("needs at least ")[1].split()[0])
+    status, lines = boot_until_exit(kernel, ["scenario=no_device"],
+                                    env={"QEMU_MEM": f"{needed}M"})
+    check(status == 0, f"a guest of the {needed} MiB it asked for did not run (status {status})")
+    print(f"  and with {needed} MiB it runs")
+
+
+def long_command_line_is_refused_and_a_corrupt_memory_map_named(kernel):
+    words = ["scenario=no_device", "x=" + "a" * 5000]
+    status, lines = boot_until_exit(kernel, words)
+    said(lines, "run-qemu.sh", "the kernel command line is 5021 bytes", "at most 4095")
+    check(status == 2, f"run-qemu.sh exit status {status}, not 2")
+    # Past run-qemu.sh (QEMU's own -append), QEMU's PVH loader overwrites the start_info.
+    status, lines = boot_until_exit(kernel, env={"QEMU_EXTRA": "-append " + "a" * 5000})
+    said(lines, "cannot boot", "start_info", "command line longer than 4095 bytes")
+    check(status == 1, f"exit status {status}, not 1")
+
+
+def bad_command_line_words_are_reported_and_the_others_kept(kernel):
+    # A word that is not UTF-8 used to drop every word after it (here: the scenario).
+    words = [b"caf\xff=1", "console=yes", "log=verbose", "scenario=no_device"]
+    status, lines = boot_until_exit(kernel, words)
+    said(lines, "command line", "caf\\xff=1", "not valid UTF-8")
+    said(lines, "console=yes refused", "valid: on")
+    said(lines, "log=verbose refused", "valid: off, error, warn, info, debug, trace")
+    check(status == 0, f"exit status {status}: the scenario after the bad words did not run")
+
+
 CHECKS = [
     reclaim_with_reporting_returns_freed_memory,
     reclaim_without_reporting_keeps_memory,
@@ -164,6 +226,10 @@ CHECKS = [
     reclaim_above_4gib_without_reporting_keeps_memory,
     balloon_follows_qmp_and_statistics_match,
     boot_without_balloon_device_runs,
+    cpu_without_apic_stops_with_a_message,
+    too_small_guest_is_told_how_much_memory_it_needs,
+    long_command_line_is_refused_and_a_corrupt_memory_map_named,
+    bad_command_line_words_are_reported_and_the_others_kept,
 ]
 
 
