@@ -44,6 +44,7 @@ def reclaim_without_reporting_keeps_memory(kernel):
     # The control: the same workload with free-page-reporting=off returns nothing, so the
     # drop seen with reporting on is the mechanism's doing, not the workload's.
     run = reclaim_run(kernel, reporting=False)
+    said(run["lines"], "does not offer free page reporting", "free-page-reporting=off")
     print(f"  reporting off: touched {run['touched_bytes'] / MIB:.0f} MiB, returned "
           f"{run['returned_fraction']:.1%} in 5 s")
     check(run["status"] == 0, f"guest exit status {run['status']}")
@@ -209,6 +210,16 @@ def long_command_line_is_refused_and_a_corrupt_memory_map_named(kernel):
     check(status == 1, f"exit status {status}, not 1")
 
 
+def legacy_only_balloon_is_named_and_the_kernel_runs_on(kernel):
+    status, lines = boot_until_exit(
+        kernel, ["scenario=no_device"],
+        env={"QEMU_EXTRA": "-device virtio-balloon-pci,disable-modern=on"})
+    said(lines, "legacy-only", "disable-modern=on", "not support")
+    check(status == 0, f"exit status {status}")
+    check(not any("no virtio-balloon device" in line for line in lines),
+          "a legacy-only device was reported as no device")
+
+
 def bad_command_line_words_are_reported_and_the_others_kept(kernel):
     # A word that is not UTF-8 used to drop every word after it (here: the scenario).
     words = [b"caf\xff=1", "console=yes", "log=verbose", "scenario=no_device"]
@@ -229,6 +240,7 @@ CHECKS = [
     cpu_without_apic_stops_with_a_message,
     too_small_guest_is_told_how_much_memory_it_needs,
     long_command_line_is_refused_and_a_corrupt_memory_map_named,
+    legacy_only_balloon_is_named_and_the_kernel_runs_on,
     bad_command_line_words_are_reported_and_the_others_kept,
 ]
 
