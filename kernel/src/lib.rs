@@ -46,6 +46,12 @@ pub struct BootFacts {
 }
 
 static BOOT_FACTS: spin::Once<BootFacts> = spin::Once::new();
+static BOOT_INFO: spin::Once<&'static BootInfo> = spin::Once::new();
+
+/// What the boot protocol passed (memory map, command line), for code that is not `main`.
+pub fn boot_info() -> &'static BootInfo {
+    BOOT_INFO.get().expect("kernel started")
+}
 
 pub fn boot_facts() -> BootFacts {
     *BOOT_FACTS.get().expect("kernel started")
@@ -75,6 +81,7 @@ macro_rules! entry_point {
 /// Brings the kernel up and runs `main`. Called once, from the boot stub, with interrupts off.
 pub fn start(info: &'static BootInfo, main: fn(&'static BootInfo) -> ExitCode) -> ! {
     let first_line_tsc = arch::rdtsc();
+    BOOT_INFO.call_once(|| info);
     drivers::serial::init();
     log::info!(
         "kernel entered: PVH start_info at {:#x}",
@@ -128,6 +135,7 @@ pub fn start(info: &'static BootInfo, main: fn(&'static BootInfo) -> ExitCode) -
         memory.setup_ns / 1000 * 262_144 / memory.managed_pages.max(1)
     );
     let direct_mapped = mm::paging::init(info.memory_map());
+    arch::memory_type::log_at_boot(info.memory_map());
     BOOT_FACTS.call_once(|| BootFacts {
         tsc_hz: calibration.tsc_hz,
         apic_timer_hz: calibration.apic_timer_hz,

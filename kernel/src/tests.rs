@@ -477,6 +477,108 @@ fn a_cpu_without_a_local_apic_is_refused() {
 }
 
 #[test_case]
+fn memory_types_resolve_as_the_manuals_say() {
+    use crate::arch::memory_type::{MemoryType as T, Mtrrs, VariableRange, pat_entries, pat_index};
+    assert_eq!(
+        pat_entries(0x0007_0406_0007_0406),
+        [
+            T::WriteBack,
+            T::WriteThrough,
+            T::UncachedMinus,
+            T::Uncacheable,
+            T::WriteBack,
+            T::WriteThrough,
+            T::UncachedMinus,
+            T::Uncacheable
+        ]
+    );
+    // PWT bit 3, PCD bit 4; PAT bit 7 in a 4 KiB entry, bit 12 in a large one.
+    assert_eq!(pat_index(0x1000 | 0x3, false), 0);
+    assert_eq!(pat_index(0x18 | 0x3, false), 3);
+    assert_eq!(pat_index(0x80 | 0x3, false), 4);
+    assert_eq!(pat_index(0x1000 | 0x80 | 0x3, true), 4);
+    assert_eq!(
+        pat_index(0x80 | 0x8, true),
+        1,
+        "bit 7 of a large entry is its size"
+    );
+    // SeaBIOS on q35: the 32-bit PCI hole uncacheable, a 40-bit CPU.
+    let address_bits = ((1u64 << 40) - 1) & !0xfff;
+    let hole = VariableRange::new(0xc000_0000, 0xff_c000_0800, address_bits);
+    assert_eq!(
+        (hole.base, hole.size, hole.kind),
+        (0xc000_0000, 1 << 30, T::Uncacheable)
+    );
+    let mut mtrrs = Mtrrs {
+        enabled: true,
+        fixed_enabled: true,
+        default_type: T::WriteBack,
+        variable_count: 8,
+        variable: alloc::vec![hole],
+        fixed: (0..10)
+            .map(|index| (index * 0x1_0000, 0x1_0000, T::WriteBack))
+            .chain([(0xa_0000, 0x6_0000, T::Uncacheable)])
+            .collect(),
+    };
+    assert_eq!(mtrrs.type_of(0x8000_0000), T::WriteBack);
+    assert_eq!(mtrrs.type_of(0xc000_1000), T::Uncacheable);
+    assert_eq!(mtrrs.type_of(0x1_0000_0000), T::WriteBack);
+    assert_eq!(mtrrs.type_of(0x9_f000), T::WriteBack, "fixed range");
+    assert_eq!(mtrrs.type_of(0xa_0000), T::Uncacheable, "fixed range");
+    let map = q35_map();
+    assert_eq!(mtrrs.ram_not_write_back(&map), []);
+    // RAM the hole covers, a write-through overlap, MTRRs off: each is found.
+    let ram_in_hole = [region(0xbff0_0000, 0x20_0000, boot::MemoryKind::Ram)];
+    assert_eq!(
+        mtrrs.ram_not_write_back(&ram_in_hole),
+        [(0xc000_0000, 0xc010_0000, T::Uncacheable)]
+    );
+    mtrrs.variable = alloc::vec![
+        VariableRange::new(0x6, 0xff_0000_0800, address_bits),
+        VariableRange::new(0x1000_0004, 0xff_f000_0800, address_bits)
+    ];
+    assert_eq!(mtrrs.type_of(0x1000_0000), T::WriteThrough);
+    assert_eq!(mtrrs.type_of(0x2000_0000), T::WriteBack);
+    mtrrs.enabled = false;
+    assert_eq!(mtrrs.type_of(0x2000_0000), T::Uncacheable);
+}
+
+#[test_case]
+fn direct_map_of_ram_is_write_back() {
+    use crate::arch::memory_type::{MemoryType, Mtrrs, pat, pat_index};
+    let pat = pat().expect("the CPU has a PAT");
+    let type_at = |phys: u64| {
+        let (entry, large) =
+            crate::mm::paging::leaf_entry(crate::mm::phys_to_virt(phys)).expect("direct-mapped");
+        pat[pat_index(entry, large)]
+    };
+    // The first and last RAM page of every zone, and a page in the middle of each.
+    for zone in crate::mm::page_alloc::all_zones() {
+        let middle = (zone.start_pfn + zone.end_pfn) / 2;
+        for pfn in [zone.start_pfn, middle, zone.end_pfn - 1] {
+            let phys = pfn * crate::mm::PAGE_SIZE;
+            if crate::mm::paging::leaf_entry(crate::mm::phys_to_virt(phys)).is_some() {
+                assert_eq!(type_at(phys), MemoryType::WriteBack, "RAM at {phys:#x}");
+            }
+        }
+    }
+    // The check can tell: device registers are mapped uncacheable.
+    assert_eq!(
+        type_at(crate::arch::apic::registers_phys()),
+        MemoryType::Uncacheable
+    );
+    // And the MTRRs keep all RAM write-back.
+    if let Some(mtrrs) = Mtrrs::read() {
+        assert!(mtrrs.enabled, "MTRRs off: all memory uncacheable");
+        assert_eq!(
+            mtrrs.ram_not_write_back(crate::boot_info().memory_map()),
+            [],
+            "{mtrrs:?}"
+        );
+    }
+}
+
+#[test_case]
 fn kernel_image_is_mapped_write_xor_execute() {
     use x86_64::structures::paging::PageTableFlags as Flags;
     let layout = boot::kernel_layout();

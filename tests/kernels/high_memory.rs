@@ -263,3 +263,23 @@ fn user_spaces_and_ring3_tasks_run_on_pages_above_4_gib() {
     assert_eq!(report.exit, kernel::user::TaskExit::Exited(64));
     check_state();
 }
+
+#[test_case]
+fn ram_above_4_gib_is_write_back() {
+    use kernel::arch::memory_type::{MemoryType, Mtrrs, pat, pat_index};
+    let pat = pat().expect("the CPU has a PAT");
+    let zone = normal_zone();
+    for pfn in [zone.start_pfn, zone.end_pfn - 1] {
+        let phys = pfn * PAGE_SIZE;
+        let (entry, large) = paging::leaf_entry(phys_to_virt(phys)).expect("direct-mapped");
+        assert_eq!(
+            pat[pat_index(entry, large)],
+            MemoryType::WriteBack,
+            "{phys:#x}"
+        );
+    }
+    if let Some(mtrrs) = Mtrrs::read() {
+        let map = MEMORY_MAP.get().expect("main stored the map");
+        assert_eq!(mtrrs.ram_not_write_back(map), [], "{mtrrs:?}");
+    }
+}

@@ -8,6 +8,7 @@ pub mod gdt;
 pub mod hpet;
 pub mod idt;
 pub mod ioapic;
+pub mod memory_type;
 pub mod pic;
 pub mod pit;
 pub mod tsc;

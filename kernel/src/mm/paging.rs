@@ -274,6 +274,34 @@ pub fn kernel_pml4_phys() -> u64 {
     phys
 }
 
+/// The raw entry that maps `virt` in the kernel's tables, and whether it maps a large page
+/// (2 MiB or 1 GiB); `None` if unmapped. Raw, because a large entry's PAT bit (bit 12) sits
+/// where `x86_64`'s entry types see an address bit (for the memory-type check).
+pub fn leaf_entry(virt: u64) -> Option<(u64, bool)> {
+    const PRESENT: u64 = 1;
+    const LARGE: u64 = 1 << 7;
+    let guard = KERNEL_TABLES.lock();
+    let mut table = guard.as_ref()?.pml4_phys;
+    for level in (1..=4u32).rev() {
+        let index = (virt >> (12 + 9 * (level - 1))) & 0x1ff;
+        let slot = (phys_to_virt(table) as *const u64).wrapping_add(index as usize);
+        // SAFETY: `table` is a page-table page of the kernel's tables (the PML4 or one an
+        // entry above points to), direct-mapped; the lock keeps it from being freed.
+        let entry = unsafe { slot.read_volatile() };
+        if entry & PRESENT == 0 {
+            return None;
+        }
+        if level == 1 {
+            return Some((entry, false));
+        }
+        if level <= 3 && entry & LARGE != 0 {
+            return Some((entry, true));
+        }
+        table = entry & 0x000f_ffff_ffff_f000;
+    }
+    None
+}
+
 /// Whether `virt` is mapped in the current tables, and with what flags (for tests).
 pub fn translate_flags(virt: u64) -> Option<Flags> {
     use x86_64::structures::paging::mapper::{Translate, TranslateResult};
