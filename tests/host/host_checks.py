@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Host-observed checks, run by `cargo test` (run-qemu.sh hands the host_checks test kernel to
 this driver). Each check boots the kernel with a scenario and asserts on what the host sees:
-QEMU's resident memory, QMP's balloon and statistics, the exit status.
+QEMU's resident memory, QMP's balloon and statistics, the exit status and the console's
+messages (the boot-time problem checks boot with a bad machine or command line on purpose).
 
 Prints `test host::NAME ... ok (T ms)` or `FAILED` with the reason, then `N passed, N failed`,
 like the in-guest test kernels, and exits non-zero on any failure.
