@@ -68,6 +68,8 @@ pub struct BootInfo {
     pub start_info_found: bool,
     /// The magic word found at the start_info's address (0 if unreadable).
     pub start_info_magic: u32,
+    /// The start_info's version and map address, when the map could not be read.
+    pub map_unreadable: Option<(u32, u64)>,
     cmdline: [u8; MAX_CMDLINE],
     cmdline_len: usize,
     /// The command line filled its whole buffer without a terminating NUL: it was longer
@@ -100,6 +102,9 @@ impl BootInfo {
                 magic: self.start_info_magic,
             });
         }
+        if let Some((version, address)) = self.map_unreadable {
+            return Err(MemoryMapProblem::Unreadable { version, address });
+        }
         if self.regions_given as usize > MAX_MEMORY_REGIONS {
             return Err(MemoryMapProblem::TooManyEntries {
                 given: self.regions_given,
@@ -109,9 +114,10 @@ impl BootInfo {
     }
 }
 
-/// What makes a memory map untrustworthy. QEMU's PVH option ROM keeps the map right after its
-/// 4 KiB command-line buffer, so a longer command line overwrites it with text: such entries
-/// start or end beyond the physical address space, or overlap.
+/// What makes a memory map untrustworthy. QEMU's PVH option ROM keeps its boot information
+/// behind its 4 KiB command-line buffer (here the start_info 32 bytes after its end), so a
+/// longer command line overwrites it with text: a wrong magic, entries beyond the physical
+/// address space, overlaps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryMapProblem {
     /// No `hvm_start_info` (wrong magic or unreadable address): not booted through PVH, or
@@ -119,6 +125,9 @@ pub enum MemoryMapProblem {
     NoStartInfo { magic: u32 },
     /// More entries than any firmware passes.
     TooManyEntries { given: u32 },
+    /// The start_info gives no map the kernel can read (version 0, or an address outside the
+    /// early direct map).
+    Unreadable { version: u32, address: u64 },
     /// An entry that reaches beyond the 52-bit physical address space (or wraps around).
     BeyondAddressSpace { region: MemoryRegion },
     /// Two entries claim the same memory, one of them as RAM.
@@ -171,6 +180,10 @@ impl core::fmt::Display for MemoryMapProblem {
                     "entries {a_start:#x}-{a_end:#x} {a_kind:?} and {b_start:#x}-{b_end:#x} {b_kind:?} overlap"
                 )
             }
+            Self::Unreadable { version, address } => write!(
+                f,
+                "the start_info (version {version}) gives no readable map (at {address:#x})"
+            ),
             Self::NoRam => f.write_str("no RAM in it"),
         }
     }
@@ -281,6 +294,7 @@ fn empty_boot_info() -> BootInfo {
         regions_given: 0,
         start_info_found: false,
         start_info_magic: 0,
+        map_unreadable: None,
         cmdline: [0; MAX_CMDLINE],
         cmdline_len: 0,
         cmdline_truncated: false,
@@ -324,7 +338,9 @@ fn read_start_info(info: &mut BootInfo, phys: u64) {
     info.regions_given = start.memmap_entries;
     // A count beyond what any firmware passes is reported by `check_memory_map`; read no more.
     let count = (start.memmap_entries as u64).min(MAX_MEMORY_REGIONS as u64);
-    if start.version >= 1 && phys_ok(start.memmap_paddr, count * entry_size) {
+    if start.version < 1 || !phys_ok(start.memmap_paddr, count * entry_size) {
+        info.map_unreadable = Some((start.version, start.memmap_paddr));
+    } else {
         for index in 0..count {
             // SAFETY: inside the early direct map (checked above for the whole table).
             let entry: HvmMemmapEntry =

@@ -6,7 +6,7 @@
 //! not up yet), so a problem can be described before anything else could fail.
 
 use super::zones;
-use boot::{AddrRange, BootInfo, MemoryKind, MemoryMapProblem, MemoryRegion};
+use boot::{AddrRange, BootInfo, MemoryMapProblem, MemoryRegion};
 
 const MIB: u64 = 1 << 20;
 
@@ -94,12 +94,8 @@ pub fn check_size(map: &[MemoryRegion], image: AddrRange) -> Result<(), BootMemo
 /// Logs the memory map as error lines (after a problem with it).
 pub fn log_map(map: &[MemoryRegion]) {
     for region in map {
-        let kind = match region.kind {
-            MemoryKind::Ram => "RAM",
-            _ => "not RAM",
-        };
         log::error!(
-            "  memory map: {:#014x}-{:#014x} {:?} ({kind})",
+            "  memory map: {:#014x}-{:#014x} {:?}",
             region.start,
             region.start.wrapping_add(region.size),
             region.kind
