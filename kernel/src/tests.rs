@@ -582,6 +582,20 @@ fn direct_map_of_ram_is_write_back() {
 }
 
 #[test_case]
+fn reporting_state_is_on_or_says_why_it_is_off() {
+    use crate::drivers::balloon::{ReportingState, reporting_state};
+    assert_eq!(reporting_state(), ReportingState::Active);
+    tunables::REPORTING_ENABLED.set(0).expect("in range");
+    assert_eq!(reporting_state(), ReportingState::Disabled);
+    assert!(alloc::format!("{}", reporting_state()).contains("reporting.enabled=0"));
+    tunables::REPORTING_ENABLED.set(1).expect("in range");
+    let sink = crate::mm::reporting::unregister().expect("the device's sink was registered");
+    assert_eq!(reporting_state(), ReportingState::Stopped);
+    crate::mm::reporting::register(sink);
+    assert_eq!(reporting_state(), ReportingState::Active);
+}
+
+#[test_case]
 fn kernel_image_is_mapped_write_xor_execute() {
     use x86_64::structures::paging::PageTableFlags as Flags;
     let layout = boot::kernel_layout();

@@ -236,6 +236,8 @@ pub enum ReportingState {
     NotOffered,
     /// The `reporting.enabled` tunable is 0.
     Disabled,
+    /// Reporting was stopped after it started (the device went away, or a test unregistered it).
+    Stopped,
     /// Reporting to the device.
     Active,
 }
@@ -248,6 +250,7 @@ impl core::fmt::Display for ReportingState {
                 "off (the balloon device does not offer it: QEMU's free-page-reporting=off)",
             ),
             Self::Disabled => f.write_str("off (reporting.enabled=0)"),
+            Self::Stopped => f.write_str("off (stopped: the device was lost)"),
             Self::Active => f.write_str("on"),
         }
     }
@@ -266,10 +269,13 @@ pub fn reporting_state() -> ReportingState {
     if crate::tunables::REPORTING_ENABLED.get() == 0 {
         return ReportingState::Disabled;
     }
+    if !reporting::is_registered() {
+        return ReportingState::Stopped;
+    }
     ReportingState::Active
 }
 
-/// What became of the device at boot (for the demo and the console).
+/// Why the driver did not start (set once, by `init`), for the demo and the console.
 static DRIVER_ERROR: spin::Once<alloc::string::String> = spin::Once::new();
 
 /// Why the driver is not running, if it is not (`None` also before `init`).
