@@ -180,12 +180,15 @@ def said(lines, *texts):
                          + "\n".join(lines[-15:]))
 
 
-def cpu_without_apic_stops_with_a_message(kernel):
-    # It used to hang in the timer calibration.
-    status, lines = boot_until_exit(kernel, ["scenario=no_device"],
-                                    env={"QEMU_EXTRA": "-cpu qemu64,-apic"})
-    said(lines, "cannot boot", "no APIC")
-    check(status == 1, f"exit status {status}, not 1")
+def cpu_without_apic_or_nx_stops_with_a_message(kernel):
+    # Without an APIC it used to hang in the timer calibration; without NX (or long mode) it
+    # triple-faulted in the 32-bit entry, in silence.
+    for cpu, text in [("qemu64,-apic", "no APIC"), ("qemu64,-nx", "no NX"),
+                      ("qemu32", "no 64-bit long mode")]:
+        status, lines = boot_until_exit(kernel, ["scenario=no_device"],
+                                        env={"QEMU_EXTRA": f"-cpu {cpu}"})
+        said(lines, "cannot boot", text)
+        check(status == 1, f"-cpu {cpu}: exit status {status}, not 1")
 
 
 def too_small_guest_is_told_how_much_memory_it_needs(kernel):
@@ -238,7 +241,7 @@ CHECKS = [
     reclaim_above_4gib_without_reporting_keeps_memory,
     balloon_follows_qmp_and_statistics_match,
     boot_without_balloon_device_runs,
-    cpu_without_apic_stops_with_a_message,
+    cpu_without_apic_or_nx_stops_with_a_message,
     too_small_guest_is_told_how_much_memory_it_needs,
     long_command_line_is_refused_and_a_corrupt_memory_map_named,
     legacy_only_balloon_is_named_and_the_kernel_runs_on,
