@@ -432,7 +432,7 @@ fn memory_map_check_names_text_overlaps_and_missing_ram() {
 }
 
 #[test_case]
-fn too_small_a_guest_is_told_the_memory_it_needs() {
+fn a_guest_too_small_or_too_large_is_told_what_size_boots() {
     use crate::mm::boot_memory::{BootMemoryError, check_size, minimum_mib};
     use boot::MemoryKind::Ram;
     let image = boot::AddrRange {
@@ -464,6 +464,22 @@ fn too_small_a_guest_is_told_the_memory_it_needs() {
     // The image fits, but not the database and the running reserve.
     assert!(check_size(&with_ram(16 << 20), image).is_err());
     assert_eq!(check_size(&with_ram(needed_mib << 20), image), Ok(()));
+    // 2 GiB below 4 GiB hold the frame database of at most 256 GiB of RAM.
+    let huge = |above_4gib: u64| {
+        [
+            region(0, 0x9fc00, Ram),
+            region(0x10_0000, (2 << 30) - 0x10_0000, Ram),
+            region(4 << 30, above_4gib, Ram),
+        ]
+    };
+    assert_eq!(check_size(&huge(200 << 30), image), Ok(()));
+    let error = check_size(&huge(300 << 30), image).expect_err("the database does not fit");
+    assert!(matches!(error, BootMemoryError::DatabaseDoesNotFit { .. }));
+    let message = alloc::format!("{error}");
+    assert!(
+        message.contains("too large") && message.contains("at most 260"),
+        "{message}"
+    );
 }
 
 #[test_case]

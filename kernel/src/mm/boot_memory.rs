@@ -25,6 +25,13 @@ pub enum BootMemoryError {
         image_end: u64,
         needed_mib: u64,
     },
+    /// The frame database must lie in one free range of RAM below 4 GiB (the early direct map
+    /// builds it); the largest such range is too small for this much RAM.
+    DatabaseDoesNotFit {
+        ram_bytes: u64,
+        database_bytes: u64,
+        largest_low_range: u64,
+    },
 }
 
 impl core::fmt::Display for BootMemoryError {
@@ -43,6 +50,19 @@ impl core::fmt::Display for BootMemoryError {
                 image_end.div_ceil(1024),
                 RUNNING_RESERVE >> 20,
             ),
+            Self::DatabaseDoesNotFit {
+                ram_bytes,
+                database_bytes,
+                largest_low_range,
+            } => write!(
+                f,
+                "guest memory too large: the frame database for {} MiB of RAM needs {} MiB in one free range of RAM below 4 GiB, and the largest holds {} MiB: boot with at most {} MiB",
+                ram_bytes >> 20,
+                database_bytes.div_ceil(MIB),
+                largest_low_range >> 20,
+                // One 32-byte record per 4 KiB frame: 128 bytes of RAM per byte of database.
+                largest_low_range * 128 / MIB,
+            ),
         }
     }
 }
@@ -60,8 +80,8 @@ fn ram_bytes(map: &[MemoryRegion]) -> u64 {
     zones::ram_ranges(map).map(|(start, end)| end - start).sum()
 }
 
-/// Checks the map (`check_memory_map`), that the image lies in RAM, and that RAM holds the
-/// image, the frame database and [`RUNNING_RESERVE`].
+/// Checks the map (`check_memory_map`), that the image lies in RAM, that RAM holds the image,
+/// the frame database and [`RUNNING_RESERVE`], and that the database fits below 4 GiB.
 pub fn check(info: &BootInfo, image: AddrRange) -> Result<(), BootMemoryError> {
     info.check_memory_map().map_err(BootMemoryError::BadMap)?;
     check_size(info.memory_map(), image)
@@ -84,9 +104,25 @@ pub fn check_size(map: &[MemoryRegion], image: AddrRange) -> Result<(), BootMemo
     let reserved_below_image: u64 = zones::ram_ranges(map)
         .map(|(start, end)| end.min(image.end).saturating_sub(start))
         .sum();
-    let free = ram.saturating_sub(reserved_below_image + zones::database_bytes(map));
+    let database_bytes = zones::database_bytes(map);
+    let free = ram.saturating_sub(reserved_below_image + database_bytes);
     if free < RUNNING_RESERVE {
         return Err(too_small);
+    }
+    // Where page_alloc::init can put the database: free RAM above the image, below 4 GiB.
+    let largest_low_range = zones::ram_ranges(map)
+        .map(|(start, end)| {
+            end.min(boot::EARLY_DIRECT_MAP_SIZE)
+                .saturating_sub(start.max(image.end.next_multiple_of(super::PAGE_SIZE)))
+        })
+        .max()
+        .unwrap_or(0);
+    if database_bytes > largest_low_range {
+        return Err(BootMemoryError::DatabaseDoesNotFit {
+            ram_bytes: ram,
+            database_bytes,
+            largest_low_range,
+        });
     }
     Ok(())
 }
