@@ -3,10 +3,11 @@
 # binary (.cargo/config.toml): `cargo run` and each test kernel of `cargo test` come through here.
 #
 #   run-qemu.sh KERNEL.elf [key=value ...]      the words after the path become the kernel command line
+#                                               (at most 4095 bytes: QEMU's PVH buffer holds no more)
 #
 # Environment:
 #   QEMU_ACCEL=tcg|kvm   accelerator (default tcg; kvm on these machines is a slow nested kind)
-#   QEMU_MEM=2G          guest memory
+#   QEMU_MEM=2G          guest memory (default 2G; 6G for the high_memory test kernel)
 #   QEMU_TIMEOUT=SEC     time limit (default: 600 s for test kernels, none for cargo run)
 #   QEMU_BALLOON=on|off  attach virtio-balloon-pci (default on)
 #   QEMU_REPORTING=on|off  the balloon's free-page-reporting property (default on)
@@ -29,6 +30,13 @@ fi
 kernel=$1
 shift
 cmdline="$*"
+# QEMU's PVH loader copies the command line into a 4 KiB buffer with no bound check: a longer
+# one overwrites the boot information behind it (the kernel would find no sane memory map).
+cmdline_bytes=$(printf %s "$cmdline" | LC_ALL=C wc -c)
+if [ "$cmdline_bytes" -gt 4095 ]; then
+    echo "run-qemu.sh: the kernel command line is $cmdline_bytes bytes; QEMU's PVH boot takes at most 4095 (a longer one overwrites the memory map). Shorten it." >&2
+    exit 2
+fi
 
 name=$(basename "$kernel")
 name=${name%-*}
@@ -49,6 +57,13 @@ if ! command -v "$qemu" >/dev/null 2>&1; then
     fi
     command -v "$qemu" >/dev/null 2>&1 || exit 2
 fi
+
+# Test kernels that test a memory size boot with it unless QEMU_MEM says otherwise:
+# high_memory needs RAM above 4 GiB (QEMU's q35 puts RAM there from -m 2816M on).
+mem=${QEMU_MEM:-2G}
+case "$name" in
+    high_memory) mem=${QEMU_MEM:-6G} ;;
+esac
 
 accel=${QEMU_ACCEL:-tcg}
 case "$accel" in
@@ -78,7 +93,7 @@ cleanup() { [ -n "$qmp_dir" ] && rm -rf "$qmp_dir"; return 0; }
 trap cleanup EXIT
 
 args=(
-    -machine q35 -accel "$accel" -cpu "$cpu" -m "${QEMU_MEM:-2G}"
+    -machine q35 -accel "$accel" -cpu "$cpu" -m "$mem"
     -nodefaults -display none -no-reboot
     -serial stdio
     -device isa-debug-exit,iobase=0xf4,iosize=0x04
@@ -93,7 +108,7 @@ fi
 # shellcheck disable=SC2206
 [ -n "${QEMU_EXTRA:-}" ] && args+=(${QEMU_EXTRA})
 
-echo "run-qemu.sh: $(basename "$kernel") accel=$accel mem=${QEMU_MEM:-2G} qmp=$qmp${cmdline:+ cmdline='$cmdline'}" >&2
+echo "run-qemu.sh: $(basename "$kernel") accel=$accel mem=$mem qmp=$qmp${cmdline:+ cmdline='$cmdline'}" >&2
 set +e
 if [ -n "$timeout_s" ]; then
     timeout --foreground -k 5 "$timeout_s" "$qemu" "${args[@]}" </dev/null

@@ -14,7 +14,10 @@
 
 mod start_info;
 
-pub use start_info::{BootInfo, MAX_CMDLINE, MAX_MEMORY_REGIONS, MemoryKind, MemoryRegion};
+pub use start_info::{
+    BootInfo, MAX_CMDLINE, MAX_MEMORY_REGIONS, MemoryKind, MemoryMapProblem, MemoryRegion,
+    PHYSICAL_ADDRESS_LIMIT, check_memory_map,
+};
 
 /// Virtual address at which all physical memory is mapped.
 pub const DIRECT_MAP_BASE: u64 = 0xffff_8000_0000_0000;
@@ -24,6 +27,9 @@ pub const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
 pub const EARLY_DIRECT_MAP_SIZE: u64 = 4 << 30;
 /// Size of the boot stack the first kernel thread runs on.
 pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// The value the boot code writes to QEMU's isa-debug-exit port when it cannot go on (the
+/// kernel's `ExitCode::Failure`).
+const EXIT_FAILURE: u32 = 0x11;
 
 core::arch::global_asm!(
     r#"
@@ -69,6 +75,22 @@ pvh_start32:
     rdtsc
     mov %eax, boot_entry_tsc
     mov %edx, boot_entry_tsc + 4
+
+    /* Long mode and NX (set in EFER below) are required: without them the switch would
+       triple-fault in silence, so say so on COM1 and exit through isa-debug-exit. CPUID
+       overwrites %ebx: keep the start_info address in %esi meanwhile. */
+    mov %ebx, %esi
+    mov $0x80000000, %eax
+    cpuid
+    cmp $0x80000001, %eax
+    jb boot_cpu_unsupported
+    mov $0x80000001, %eax
+    cpuid
+    test $(1 << 29), %edx
+    jz boot_cpu_unsupported
+    test $(1 << 20), %edx
+    jz boot_cpu_unsupported
+    mov %esi, %ebx
 
     /* Zero the seven early page-table pages. */
     mov $boot_pml4, %edi
@@ -156,6 +178,39 @@ boot_start64:
 3:  hlt
     jmp 3b
 
+    .code32
+boot_cpu_unsupported:
+    /* COM1: 8 data bits, no parity, 1 stop bit, divisor latch off (so 0x3f8 is the data). */
+    mov $0x3fb, %dx
+    mov $0x03, %al
+    outb %al, %dx
+    mov $boot_cpu_unsupported_message, %esi
+boot_say_next:
+    movb (%esi), %cl
+    test %cl, %cl
+    jz boot_say_done
+    /* Wait for COM1's transmit holding register (LSR bit 5), then send the byte. */
+    mov $0x3fd, %dx
+boot_say_wait:
+    inb %dx, %al
+    test $0x20, %al
+    jz boot_say_wait
+    mov $0x3f8, %dx
+    mov %cl, %al
+    outb %al, %dx
+    inc %esi
+    jmp boot_say_next
+boot_say_done:
+    /* isa-debug-exit: the kernel's failure status (QEMU exits 35, run-qemu.sh 1). */
+    mov $0xf4, %dx
+    mov ${failure}, %eax
+    outl %eax, %dx
+boot_halt:
+    hlt
+    jmp boot_halt
+boot_cpu_unsupported_message:
+    .asciz "cannot boot: this CPU has no 64-bit long mode or no NX (CPUID 0x80000001 EDX bits 29 and 20), which the kernel needs; give QEMU a 64-bit CPU with nx (no '-nx' in -cpu)\r\n"
+
     .balign 16
 boot_gdt:
     .quad 0
@@ -167,6 +222,7 @@ boot_gdt_pointer:
     .long boot_gdt
     "#,
     stack_size = const BOOT_STACK_SIZE,
+    failure = const EXIT_FAILURE,
     boot_main = sym start_info::boot_main,
     options(att_syntax)
 );

@@ -8,8 +8,11 @@ use core::mem::MaybeUninit;
 
 /// Most memory-map entries kept (QEMU's PVH option ROM passes at most 128).
 pub const MAX_MEMORY_REGIONS: usize = 128;
-/// Longest command line kept, in bytes (QEMU's fw_cfg buffer is 4 KiB).
+/// Size of the command-line buffer, in bytes, with its terminating NUL: QEMU's PVH option ROM
+/// has 4 KiB for it, and a longer line overflows that buffer into the memory map.
 pub const MAX_CMDLINE: usize = 4096;
+/// The highest physical address x86_64 can have (52 address bits).
+pub const PHYSICAL_ADDRESS_LIMIT: u64 = 1 << 52;
 
 const HVM_START_MAGIC: u32 = 0x336e_c578;
 
@@ -59,10 +62,19 @@ impl MemoryRegion {
 pub struct BootInfo {
     regions: [MemoryRegion; MAX_MEMORY_REGIONS],
     region_count: usize,
-    /// Entries the firmware passed beyond [`MAX_MEMORY_REGIONS`] (dropped).
-    pub regions_dropped: usize,
+    /// The firmware's entry count (`memmap_entries`), as it said.
+    pub regions_given: u32,
+    /// Whether the firmware's start_info was found (right magic, readable).
+    pub start_info_found: bool,
+    /// The magic word found at the start_info's address (0 if unreadable).
+    pub start_info_magic: u32,
+    /// The start_info's version and map address, when the map could not be read.
+    pub map_unreadable: Option<(u32, u64)>,
     cmdline: [u8; MAX_CMDLINE],
     cmdline_len: usize,
+    /// The command line filled its whole buffer without a terminating NUL: it was longer
+    /// than [`MAX_CMDLINE`] - 1 bytes, and what is kept is cut.
+    pub cmdline_truncated: bool,
     /// Physical address of the ACPI RSDP, if the firmware gave one.
     pub rsdp_phys: Option<u64>,
     /// Physical address of `hvm_start_info`.
@@ -77,17 +89,129 @@ impl BootInfo {
         &self.regions[..self.region_count]
     }
 
-    /// The kernel command line (`-append`), up to its first invalid UTF-8 byte.
-    pub fn cmdline(&self) -> &str {
-        let bytes = &self.cmdline[..self.cmdline_len];
-        match core::str::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(error) => {
-                // The prefix up to `valid_up_to` is valid UTF-8 by definition.
-                core::str::from_utf8(&bytes[..error.valid_up_to()]).unwrap_or("")
+    /// The kernel command line (`-append`) as the firmware gave it: bytes, not necessarily
+    /// UTF-8 (the kernel's command-line parser says which words are not).
+    pub fn cmdline_bytes(&self) -> &[u8] {
+        &self.cmdline[..self.cmdline_len]
+    }
+
+    /// Whether the memory map is one the kernel can trust (see [`check_memory_map`]).
+    pub fn check_memory_map(&self) -> Result<(), MemoryMapProblem> {
+        if !self.start_info_found {
+            return Err(MemoryMapProblem::NoStartInfo {
+                magic: self.start_info_magic,
+            });
+        }
+        if let Some((version, address)) = self.map_unreadable {
+            return Err(MemoryMapProblem::Unreadable { version, address });
+        }
+        if self.regions_given as usize > MAX_MEMORY_REGIONS {
+            return Err(MemoryMapProblem::TooManyEntries {
+                given: self.regions_given,
+            });
+        }
+        check_memory_map(self.memory_map())
+    }
+}
+
+/// What makes a memory map untrustworthy. QEMU's PVH option ROM keeps its boot information
+/// behind its 4 KiB command-line buffer (here the start_info 32 bytes after its end), so a
+/// longer command line overwrites it with text: a wrong magic, entries beyond the physical
+/// address space, overlaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryMapProblem {
+    /// No `hvm_start_info` (wrong magic or unreadable address): not booted through PVH, or
+    /// the start_info was overwritten (QEMU keeps it after the command-line buffer too).
+    NoStartInfo { magic: u32 },
+    /// More entries than any firmware passes.
+    TooManyEntries { given: u32 },
+    /// The start_info gives no map the kernel can read (version 0, or an address outside the
+    /// early direct map).
+    Unreadable { version: u32, address: u64 },
+    /// An entry that reaches beyond the 52-bit physical address space (or wraps around).
+    BeyondAddressSpace { region: MemoryRegion },
+    /// Two entries claim the same memory, one of them as RAM.
+    Overlap {
+        first: MemoryRegion,
+        second: MemoryRegion,
+    },
+    /// Not one page of RAM.
+    NoRam,
+}
+
+impl core::fmt::Display for MemoryMapProblem {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        let range = |region: &MemoryRegion| {
+            (
+                region.start,
+                region.start.wrapping_add(region.size),
+                region.kind,
+            )
+        };
+        match self {
+            Self::NoStartInfo { magic } => {
+                write!(f, "no PVH start_info: its magic reads {magic:#x}")?;
+                let bytes = magic.to_le_bytes();
+                if bytes.iter().all(|byte| byte.is_ascii_graphic()) {
+                    write!(f, " (text: '{}')", bytes.escape_ascii())?;
+                }
+                write!(
+                    f,
+                    ", not {HVM_START_MAGIC:#x}. Either the kernel was not booted through PVH (QEMU's -kernel), or the start_info was overwritten: a kernel command line longer than {} bytes overflows QEMU's PVH buffer into it; shorten the command line",
+                    MAX_CMDLINE - 1
+                )
             }
+            Self::TooManyEntries { given } => write!(
+                f,
+                "{given} entries, more than the {MAX_MEMORY_REGIONS} any firmware passes"
+            ),
+            Self::BeyondAddressSpace { region } => {
+                let (start, end, kind) = range(region);
+                write!(
+                    f,
+                    "entry {start:#x}-{end:#x} {kind:?} reaches beyond the 52-bit physical address space"
+                )
+            }
+            Self::Overlap { first, second } => {
+                let (a_start, a_end, a_kind) = range(first);
+                let (b_start, b_end, b_kind) = range(second);
+                write!(
+                    f,
+                    "entries {a_start:#x}-{a_end:#x} {a_kind:?} and {b_start:#x}-{b_end:#x} {b_kind:?} overlap"
+                )
+            }
+            Self::Unreadable { version, address } => write!(
+                f,
+                "the start_info (version {version}) gives no readable map (at {address:#x})"
+            ),
+            Self::NoRam => f.write_str("no RAM in it"),
         }
     }
+}
+
+/// Checks a memory map sorted by start address: every entry inside the physical address
+/// space, no RAM entry overlapping another entry, and some RAM.
+pub fn check_memory_map(map: &[MemoryRegion]) -> Result<(), MemoryMapProblem> {
+    for region in map {
+        let end = region.start.checked_add(region.size);
+        if end.is_none_or(|end| end > PHYSICAL_ADDRESS_LIMIT) {
+            return Err(MemoryMapProblem::BeyondAddressSpace { region: *region });
+        }
+    }
+    for pair in map.windows(2) {
+        let (first, second) = (pair[0], pair[1]);
+        let involves_ram = first.kind == MemoryKind::Ram || second.kind == MemoryKind::Ram;
+        if second.start < first.end() && involves_ram {
+            return Err(MemoryMapProblem::Overlap { first, second });
+        }
+    }
+    if !map
+        .iter()
+        .any(|region| region.kind == MemoryKind::Ram && region.size > 0)
+    {
+        return Err(MemoryMapProblem::NoRam);
+    }
+    Ok(())
 }
 
 #[repr(C)]
@@ -167,9 +291,13 @@ fn empty_boot_info() -> BootInfo {
             kind: MemoryKind::Reserved,
         }; MAX_MEMORY_REGIONS],
         region_count: 0,
-        regions_dropped: 0,
+        regions_given: 0,
+        start_info_found: false,
+        start_info_magic: 0,
+        map_unreadable: None,
         cmdline: [0; MAX_CMDLINE],
         cmdline_len: 0,
+        cmdline_truncated: false,
         rsdp_phys: None,
         start_info_phys: 0,
         entry_tsc: 0,
@@ -182,38 +310,43 @@ fn read_start_info(info: &mut BootInfo, phys: u64) {
     }
     // SAFETY: checked to lie inside the early direct map; the firmware put the struct there.
     let start: HvmStartInfo = unsafe { read_phys(phys) };
+    info.start_info_magic = start.magic;
     if start.magic != HVM_START_MAGIC {
         return;
     }
+    info.start_info_found = true;
     if start.rsdp_paddr != 0 {
         info.rsdp_phys = Some(start.rsdp_paddr);
     }
     if phys_ok(start.cmdline_paddr, MAX_CMDLINE as u64) {
+        // Up to the NUL; a buffer full without one held a longer line, cut to MAX_CMDLINE - 1.
         let mut len = 0;
-        while len < MAX_CMDLINE - 1 {
+        info.cmdline_truncated = true;
+        while len < MAX_CMDLINE {
             // SAFETY: inside the early direct map (checked above for the whole buffer).
             let byte: u8 = unsafe { read_phys(start.cmdline_paddr + len as u64) };
             if byte == 0 {
+                info.cmdline_truncated = false;
                 break;
             }
             info.cmdline[len] = byte;
             len += 1;
         }
-        info.cmdline_len = len;
+        info.cmdline_len = len.min(MAX_CMDLINE - 1);
     }
     let entry_size = size_of::<HvmMemmapEntry>() as u64;
-    let count = start.memmap_entries as u64;
-    if start.version >= 1 && phys_ok(start.memmap_paddr, count * entry_size) {
+    info.regions_given = start.memmap_entries;
+    // A count beyond what any firmware passes is reported by `check_memory_map`; read no more.
+    let count = (start.memmap_entries as u64).min(MAX_MEMORY_REGIONS as u64);
+    if start.version < 1 || !phys_ok(start.memmap_paddr, count * entry_size) {
+        info.map_unreadable = Some((start.version, start.memmap_paddr));
+    } else {
         for index in 0..count {
             // SAFETY: inside the early direct map (checked above for the whole table).
             let entry: HvmMemmapEntry =
                 unsafe { read_phys(start.memmap_paddr + index * entry_size) };
             // microvm's qboot can end the map with a zero-size entry of type 0.
             if entry.size == 0 {
-                continue;
-            }
-            if info.region_count == MAX_MEMORY_REGIONS {
-                info.regions_dropped += 1;
                 continue;
             }
             info.regions[info.region_count] = MemoryRegion {

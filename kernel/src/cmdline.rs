@@ -1,9 +1,10 @@
 //! The kernel command line: `key=value` words (QEMU's `-append`, `cargo run -- key=value`).
 //!
 //! Keys: `scenario=NAME` and `bench=NAME` choose what `cargo run` does, `test=TEXT` runs only
-//! the tests whose names contain TEXT, `log=error|warn|info|debug|trace` sets the log level, and
-//! `mechanism.tunable=value` sets a tunable ([`crate::tunables`]). Anything else is reported at
-//! boot and ignored.
+//! the tests whose names contain TEXT, `log=off|error|warn|info|debug|trace` sets the log level,
+//! `console=on` opens the prompt, and `mechanism.tunable=value` sets a tunable
+//! ([`crate::tunables`]). Anything else (a word that is not UTF-8 or not `key=value`, an unknown
+//! key, a bad value) is reported at boot with what is valid, and ignored: the other words count.
 
 use crate::tunables;
 use alloc::vec::Vec;
@@ -15,12 +16,17 @@ const PLAIN_KEYS: &[(&str, &str)] = &[
     ("bench", "run a named benchmark"),
     ("test", "run only tests whose name contains this text"),
     ("skip", "skip tests whose name contains this text"),
-    ("log", "log level: error, warn, info, debug, trace"),
+    ("log", "log level: off, error, warn, info, debug, trace"),
     (
         "console",
         "on: open the serial console's prompt after the demo",
     ),
 ];
+
+/// The values `log=` takes.
+pub const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+/// The values `console=` takes (without it, there is no prompt).
+pub const CONSOLE_VALUES: &[&str] = &["on"];
 
 pub struct Cmdline {
     words: Vec<(&'static str, &'static str)>,
@@ -41,39 +47,102 @@ impl Cmdline {
 /// A problem with one word of the command line.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WordError<'a> {
+    /// The word is not valid UTF-8: `offset` is its first bad byte.
+    NotUtf8 {
+        word: &'a [u8],
+        offset: usize,
+    },
+    NotKeyValue(&'a str),
     UnknownKey(&'a str),
     BadValue {
         key: &'a str,
         value: &'a str,
         reason: tunables::TunableError,
     },
+    /// A key that takes one of a few words, given another.
+    NotOneOf {
+        key: &'a str,
+        value: &'a str,
+        valid: &'static [&'static str],
+    },
 }
 
-/// Splits a command line into `key=value` pairs and the words that are not such pairs.
-pub fn split(text: &str) -> (Vec<(&str, &str)>, Vec<&str>) {
-    let mut pairs = Vec::new();
-    let mut malformed = Vec::new();
-    for word in text.split_ascii_whitespace() {
-        match word.split_once('=') {
-            Some((key, value)) if !key.is_empty() => pairs.push((key, value)),
-            _ => malformed.push(word),
+impl core::fmt::Display for WordError<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self {
+            Self::NotUtf8 { word, offset } => write!(
+                f,
+                "'{}' is not valid UTF-8 (byte {:#04x} at offset {offset}); ignored",
+                word.escape_ascii(),
+                word[*offset]
+            ),
+            Self::NotKeyValue(word) => write!(f, "'{word}' is not key=value; ignored"),
+            Self::UnknownKey(key) => {
+                write!(f, "unknown key '{key}' ignored (known: {})", known_keys())
+            }
+            Self::BadValue { key, value, reason } => {
+                write!(f, "{key}={value} refused ({reason}); keeping the default")
+            }
+            Self::NotOneOf { key, value, valid } => write!(
+                f,
+                "{key}={value} refused (valid: {}); keeping the default",
+                valid.join(", ")
+            ),
         }
     }
-    (pairs, malformed)
 }
 
-/// Checks one pair, applying it if it sets a tunable.
+/// Splits a command line into `key=value` pairs; every other word (not UTF-8, not `key=value`)
+/// becomes a [`WordError`]. Words are separated by ASCII whitespace; a bad word costs only
+/// itself.
+pub fn split(text: &[u8]) -> (Vec<(&str, &str)>, Vec<WordError<'_>>) {
+    let mut pairs = Vec::new();
+    let mut problems = Vec::new();
+    for word in text
+        .split(|byte| byte.is_ascii_whitespace())
+        .filter(|word| !word.is_empty())
+    {
+        let word = match core::str::from_utf8(word) {
+            Ok(word) => word,
+            Err(error) => {
+                problems.push(WordError::NotUtf8 {
+                    word,
+                    offset: error.valid_up_to(),
+                });
+                continue;
+            }
+        };
+        match word.split_once('=') {
+            Some((key, value)) if !key.is_empty() => pairs.push((key, value)),
+            _ => problems.push(WordError::NotKeyValue(word)),
+        }
+    }
+    (pairs, problems)
+}
+
+/// Checks one pair, applying it if it sets a tunable or the log level.
 pub fn apply<'a>(key: &'a str, value: &'a str) -> Result<(), WordError<'a>> {
     if PLAIN_KEYS.iter().any(|(known, _)| *known == key) {
-        if key == "log" {
-            let level = value
-                .parse::<log::LevelFilter>()
-                .map_err(|_| WordError::BadValue {
+        match key {
+            "log" => {
+                // `log` parses exactly these names, in any case.
+                let level = value
+                    .parse::<log::LevelFilter>()
+                    .map_err(|_| WordError::NotOneOf {
+                        key,
+                        value,
+                        valid: LOG_LEVELS,
+                    })?;
+                log::set_max_level(level);
+            }
+            "console" if !CONSOLE_VALUES.contains(&value) => {
+                return Err(WordError::NotOneOf {
                     key,
                     value,
-                    reason: tunables::TunableError::NotANumber,
-                })?;
-            log::set_max_level(level);
+                    valid: CONSOLE_VALUES,
+                });
+            }
+            _ => {}
         }
         return Ok(());
     }
@@ -84,28 +153,30 @@ pub fn apply<'a>(key: &'a str, value: &'a str) -> Result<(), WordError<'a>> {
     }
 }
 
-/// Parses the boot command line once, applies the tunables and reports every bad word.
-pub fn init(text: &'static str) -> &'static Cmdline {
+/// Parses the boot command line once, applies the tunables and reports every bad word; the
+/// good words count. `truncated`: the line was longer than the boot buffer, so its last word
+/// is cut (reported and dropped).
+pub fn init(text: &'static [u8], truncated: bool) -> &'static Cmdline {
     CMDLINE.call_once(|| {
-        let (pairs, malformed) = split(text);
-        for word in malformed {
-            log::error!("command line: '{word}' is not key=value; ignored");
+        let text = if truncated {
+            log::error!(
+                "command line: longer than the {} bytes the PVH boot buffer holds; cut there, its last word dropped",
+                boot::MAX_CMDLINE - 1
+            );
+            let last_space = text.iter().rposition(|byte| byte.is_ascii_whitespace());
+            &text[..last_space.unwrap_or(0)]
+        } else {
+            text
+        };
+        let (pairs, problems) = split(text);
+        for problem in problems {
+            log::error!("command line: {problem}");
         }
         let mut words = Vec::new();
         for (key, value) in pairs {
             match apply(key, value) {
                 Ok(()) => words.push((key, value)),
-                Err(WordError::UnknownKey(key)) => {
-                    log::error!(
-                        "command line: unknown key '{key}' ignored (known: {})",
-                        known_keys()
-                    )
-                }
-                Err(WordError::BadValue { key, value, reason }) => {
-                    log::error!(
-                        "command line: {key}={value} refused ({reason}); keeping the default"
-                    )
-                }
+                Err(problem) => log::error!("command line: {problem}"),
             }
         }
         Cmdline { words }

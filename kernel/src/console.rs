@@ -81,6 +81,8 @@ pub fn execute(line: &str) -> (String, Next) {
         "run" => run_program(&mut out, words.next(), words.next()),
         "reporting" => {
             let stats = crate::mm::reporting::stats();
+            let state = crate::drivers::balloon::reporting_state();
+            let _ = writeln!(out, "free page reporting: {state}");
             let _ = writeln!(
                 out,
                 "{} passes, {} reports, {} MiB reported in all, {} failures; registered: {}",
@@ -226,7 +228,9 @@ mod tests {
 
     #[test_case]
     fn console_shows_reporting_and_balloon_counters() {
-        assert!(execute("reporting").0.contains("reported now"));
+        let reporting = execute("reporting").0;
+        assert!(reporting.contains("reported now"));
+        assert!(reporting.contains("free page reporting: on"), "{reporting}");
         assert!(execute("balloon").0.contains("target_pages"));
         assert!(execute("run nosuch").0.contains("programs: memory_walk"));
         assert!(execute("run spin x").0.contains("must be a number"));

@@ -46,6 +46,12 @@ pub struct BootFacts {
 }
 
 static BOOT_FACTS: spin::Once<BootFacts> = spin::Once::new();
+static BOOT_INFO: spin::Once<&'static BootInfo> = spin::Once::new();
+
+/// What the boot protocol passed (memory map, command line), for code that is not `main`.
+pub fn boot_info() -> &'static BootInfo {
+    BOOT_INFO.get().expect("kernel started")
+}
 
 pub fn boot_facts() -> BootFacts {
     *BOOT_FACTS.get().expect("kernel started")
@@ -75,23 +81,49 @@ macro_rules! entry_point {
 /// Brings the kernel up and runs `main`. Called once, from the boot stub, with interrupts off.
 pub fn start(info: &'static BootInfo, main: fn(&'static BootInfo) -> ExitCode) -> ! {
     let first_line_tsc = arch::rdtsc();
+    BOOT_INFO.call_once(|| info);
     drivers::serial::init();
     log::info!(
         "kernel entered: PVH start_info at {:#x}",
         info.start_info_phys
     );
+    // Checks that come before anything could hang or fault on what they find. They allocate
+    // nothing: the heap is not up yet.
+    if let Some(feature) = arch::missing_cpu_feature() {
+        log::error!(
+            "cannot boot: this CPU has no {} (CPUID.1:EDX bit {}), which the kernel needs for {}; give QEMU a CPU with it (no '-{}' in -cpu)",
+            feature.name,
+            feature.bit,
+            feature.needed_for,
+            feature.qemu_flag
+        );
+        qemu::exit(ExitCode::Failure);
+    }
+    let layout = boot::kernel_layout();
+    let image = boot::AddrRange {
+        start: layout.boot.start,
+        end: layout.image_phys().end,
+    };
+    if let Err(error) = mm::boot_memory::check(info, image) {
+        log::error!("cannot boot: {error}");
+        if matches!(error, mm::boot_memory::BootMemoryError::BadMap(_)) {
+            if info.cmdline_truncated {
+                log::error!(
+                    "cannot boot: the kernel command line is longer than the {} bytes of QEMU's PVH buffer, which then overwrites the memory map: shorten it",
+                    boot::MAX_CMDLINE - 1
+                );
+            }
+            mm::boot_memory::log_map(info.memory_map());
+        }
+        qemu::exit(ExitCode::Failure);
+    }
     arch::init_cpu();
     arch::apic::init();
     let calibration = arch::tsc::calibrate();
     time::init(info.entry_tsc, calibration.tsc_hz);
     arch::apic::set_timer_hz(calibration.apic_timer_hz);
     mm::heap::init();
-    cmdline::init(info.cmdline());
-    let layout = boot::kernel_layout();
-    let image = boot::AddrRange {
-        start: layout.boot.start,
-        end: layout.image_phys().end,
-    };
+    cmdline::init(info.cmdline_bytes(), info.cmdline_truncated);
     let memory = mm::page_alloc::init(info.memory_map(), image);
     log::info!(
         "memory: {} MiB managed, frame database {} KiB at {:#x} ({} B per 4 KiB frame), set up in {} us ({} us per GiB)",
@@ -103,6 +135,7 @@ pub fn start(info: &'static BootInfo, main: fn(&'static BootInfo) -> ExitCode) -
         memory.setup_ns / 1000 * 262_144 / memory.managed_pages.max(1)
     );
     let direct_mapped = mm::paging::init(info.memory_map());
+    arch::memory_type::log_at_boot(info.memory_map());
     BOOT_FACTS.call_once(|| BootFacts {
         tsc_hz: calibration.tsc_hz,
         apic_timer_hz: calibration.apic_timer_hz,
@@ -122,10 +155,8 @@ pub fn start(info: &'static BootInfo, main: fn(&'static BootInfo) -> ExitCode) -
     task::scheduler::init();
     task::scheduler::start_timer();
     x86_64::instructions::interrupts::enable();
-    match drivers::balloon::init() {
-        Ok(()) | Err(drivers::balloon::BalloonError::NoDevice) => {}
-        Err(error) => log::error!("virtio-balloon: driver did not start: {error:?}"),
-    }
+    // Without a device, or when the driver cannot start, it says why itself; the kernel runs on.
+    let _ = drivers::balloon::init();
     let code = main(info);
     log::info!("main returned {code:?}: exiting");
     qemu::exit(code)
@@ -145,6 +176,8 @@ pub fn panic(info: &PanicInfo) -> ! {
         qemu::exit(ExitCode::Failure);
     }
     sync::disable_lock_order_checks();
+    // No allocation on the way to the message: the panic may come before the heap is up (the
+    // name is stored inline).
     let thread = task::scheduler::current_name().unwrap_or_default();
     drivers::serial::emergency_write(format_args!("\nKERNEL PANIC in thread '{thread}'"));
     if let Some(location) = info.location() {

@@ -174,31 +174,36 @@ fn show_user_tasks() {
 }
 
 fn show_reporting() {
-    let balloon = kernel::drivers::balloon::stats();
-    if !balloon.present {
-        println!("Free page reporting: off (no virtio-balloon device)");
-        return;
+    use kernel::drivers::balloon::{self, ReportingState};
+    let state = balloon::reporting_state();
+    if state == ReportingState::Active {
+        // Give the reporting worker its first pass (it waits reporting.delay_ms after the
+        // trigger); a pass that finds nothing to report ends it too.
+        let start = Instant::now();
+        while !kernel::mm::reporting::is_idle() && start.elapsed() < Duration::from_secs(5) {
+            task::sleep(Duration::from_millis(10));
+        }
+        let stats = kernel::mm::reporting::stats();
+        let reported: u64 = stats.reported_pages_now.iter().sum();
+        println!(
+            "Free page reporting: {} reports, {} MiB reported to the host, {} MiB of free memory reported now, {} failures",
+            stats.reports,
+            stats.bytes_reported >> 20,
+            reported >> 8,
+            stats.failures
+        );
+    } else {
+        println!("Free page reporting: {state}");
     }
-    // Give the reporting worker its first pass (it waits reporting.delay_ms after the trigger).
-    let start = Instant::now();
-    while kernel::mm::reporting::stats().reports == 0 && start.elapsed() < Duration::from_secs(5) {
-        task::sleep(Duration::from_millis(10));
+    let balloon = balloon::stats();
+    if balloon.present {
+        println!(
+            "Balloon: target {} pages, actual {}, {} statistics answered, interrupts: {} configuration, {} queue",
+            balloon.target_pages,
+            balloon.actual_pages,
+            balloon.stats_answered,
+            balloon.config_interrupts,
+            balloon.queue_interrupts
+        );
     }
-    let stats = kernel::mm::reporting::stats();
-    let reported: u64 = stats.reported_pages_now.iter().sum();
-    println!(
-        "Free page reporting: {} reports, {} MiB reported to the host, {} MiB of free memory reported now, {} failures",
-        stats.reports,
-        stats.bytes_reported >> 20,
-        reported >> 8,
-        stats.failures
-    );
-    println!(
-        "Balloon: target {} pages, actual {}, {} statistics answered, interrupts: {} configuration, {} queue",
-        balloon.target_pages,
-        balloon.actual_pages,
-        balloon.stats_answered,
-        balloon.config_interrupts,
-        balloon.queue_interrupts
-    );
 }

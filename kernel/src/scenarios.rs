@@ -4,7 +4,8 @@
 //! the host measures.
 //!
 //! - `reclaim`: touch `scenario.reclaim_mib` of memory, free it, then idle for
-//!   `scenario.idle_ms` (events `touched`, `freed`, `idle`, `done`).
+//!   `scenario.idle_ms` (events `touched` with how much of it lay above 4 GiB, `freed`,
+//!   `idle`, `done`).
 //! - `balloon`: follow the host's balloon through three targets and check deflate-on-OOM
 //!   (events `ready`, `inflated`, `stats`, `deflated`, `inflated_max`, `oom`, `done`).
 //! - `no_device`: run without a balloon device and show everything else works.
@@ -56,7 +57,7 @@ fn reclaim() -> Result<(), alloc::string::String> {
     let want = tunables::SCENARIO_RECLAIM_MIB.get() * 256;
     event("start", &[("free_pages", page_alloc::free_pages())]);
     let mut blocks: Vec<Pages> = Vec::new();
-    let mut got = 0;
+    let (mut got, mut above_4gib) = (0, 0);
     while got < want {
         let order = if want - got >= 512 { 9 } else { 0 };
         let request = AllocRequest::new(order).kind(MigrateType::Movable);
@@ -73,9 +74,15 @@ fn reclaim() -> Result<(), alloc::string::String> {
             unsafe { word.write_volatile(0x7e57_0000 + page) };
         }
         got += block.page_count();
+        if block.phys() >= 4 << 30 {
+            above_4gib += block.page_count();
+        }
         blocks.push(block);
     }
-    event("touched", &[("mib", got / 256)]);
+    event(
+        "touched",
+        &[("mib", got / 256), ("above_4gib_mib", above_4gib / 256)],
+    );
     for block in blocks {
         page_alloc::free(block).map_err(|error| alloc::format!("free: {error:?}"))?;
     }

@@ -330,7 +330,9 @@ fn heap_grows_beyond_its_bootstrap_region_with_pages_from_the_allocator() {
 fn heap_exhaustion_returns_null_instead_of_hanging() {
     // More than the whole guest: the heap must refuse without taking memory for nothing.
     let grown_before = crate::mm::heap::stats().grown;
-    let layout = core::alloc::Layout::from_size_align(4 << 30, 4096).expect("valid layout");
+    let guest_bytes = crate::mm::page_alloc::managed_pages() * crate::mm::PAGE_SIZE;
+    let layout =
+        core::alloc::Layout::from_size_align(2 * guest_bytes as usize, 4096).expect("valid layout");
     // black_box keeps the compiler from eliding the allocation (and assuming it succeeded).
     // SAFETY: a non-zero-size layout; the result is checked and never dereferenced.
     let pointer = core::hint::black_box(unsafe { alloc::alloc::alloc(layout) });
@@ -340,7 +342,8 @@ fn heap_exhaustion_returns_null_instead_of_hanging() {
     }
     assert!(
         pointer.is_null(),
-        "a 4 GiB allocation succeeded in a 2 GiB guest"
+        "an allocation of twice the guest's {} MiB succeeded",
+        guest_bytes >> 20
     );
     assert_eq!(
         crate::mm::heap::stats().grown,
@@ -351,12 +354,18 @@ fn heap_exhaustion_returns_null_instead_of_hanging() {
 
 #[test_case]
 fn command_line_splits_words_and_rejects_bad_ones() {
-    let (pairs, malformed) = cmdline::split("scenario=reclaim  sched.timeslice_ms=5 bare =x");
+    let (pairs, malformed) = cmdline::split(b"scenario=reclaim  sched.timeslice_ms=5 bare =x");
     assert_eq!(
         pairs,
         [("scenario", "reclaim"), ("sched.timeslice_ms", "5")]
     );
-    assert_eq!(malformed, ["bare", "=x"]);
+    assert_eq!(
+        malformed,
+        [
+            cmdline::WordError::NotKeyValue("bare"),
+            cmdline::WordError::NotKeyValue("=x")
+        ]
+    );
     assert_eq!(
         cmdline::apply("nonsense.key", "1"),
         Err(cmdline::WordError::UnknownKey("nonsense.key"))
@@ -378,6 +387,294 @@ fn command_line_splits_words_and_rejects_bad_ones() {
     tunables::SCHED_TIMESLICE_MS
         .set(tunables::SCHED_TIMESLICE_MS.default)
         .expect("default is in range");
+}
+
+#[test_case]
+fn command_line_reports_a_word_that_is_not_utf8_and_keeps_the_others() {
+    let (pairs, problems) = cmdline::split(b"log=warn bad\xffword test=x caf\xc3\xa9=1");
+    assert_eq!(pairs, [("log", "warn"), ("test", "x"), ("caf\u{e9}", "1")]);
+    assert_eq!(
+        problems,
+        [cmdline::WordError::NotUtf8 {
+            word: b"bad\xffword",
+            offset: 3
+        }]
+    );
+    let message = alloc::format!("{}", problems[0]);
+    assert!(
+        message.contains("bad\\xffword")
+            && message.contains("0xff")
+            && message.contains("offset 3"),
+        "{message}"
+    );
+}
+
+#[test_case]
+fn command_line_values_that_are_not_valid_say_which_are() {
+    let level = log::max_level();
+    for (key, value, valid) in [
+        ("console", "yes", cmdline::CONSOLE_VALUES),
+        ("console", "", cmdline::CONSOLE_VALUES),
+        ("log", "verbose", cmdline::LOG_LEVELS),
+        ("log", "3", cmdline::LOG_LEVELS),
+    ] {
+        let error = cmdline::apply(key, value).expect_err("refused");
+        assert_eq!(error, cmdline::WordError::NotOneOf { key, value, valid });
+        let message = alloc::format!("{error}");
+        assert!(message.contains(&valid.join(", ")), "{message}");
+        assert!(!message.contains("not a number"), "{message}");
+    }
+    assert_eq!(log::max_level(), level, "a refused log= changed the level");
+    assert_eq!(cmdline::apply("console", "on"), Ok(()));
+    assert_eq!(cmdline::apply("log", "TRACE"), Ok(()));
+    assert_eq!(log::max_level(), log::LevelFilter::Trace);
+    log::set_max_level(level);
+}
+
+fn region(start: u64, size: u64, kind: boot::MemoryKind) -> boot::MemoryRegion {
+    boot::MemoryRegion { start, size, kind }
+}
+
+/// QEMU q35's map of a 2 GiB guest.
+fn q35_map() -> [boot::MemoryRegion; 5] {
+    use boot::MemoryKind::{Ram, Reserved};
+    [
+        region(0, 0x9fc00, Ram),
+        region(0x9fc00, 0x400, Reserved),
+        region(0xf0000, 0x10000, Reserved),
+        region(0x10_0000, 0x7fee_0000, Ram),
+        region(0xfffc_0000, 0x4_0000, Reserved),
+    ]
+}
+
+#[test_case]
+fn memory_map_check_names_text_overlaps_and_missing_ram() {
+    use boot::MemoryKind::{Ram, Reserved};
+    use boot::{MemoryMapProblem, check_memory_map};
+    assert_eq!(check_memory_map(&q35_map()), Ok(()));
+    // A command line that overflowed into the map: entries made of text.
+    let text = region(0x6161_6161_6161_6161, 0x6161_6161_6161_6161, Ram);
+    let mut map = q35_map().to_vec();
+    map.push(text);
+    assert_eq!(
+        check_memory_map(&map),
+        Err(MemoryMapProblem::BeyondAddressSpace { region: text })
+    );
+    let wraps = region(u64::MAX - 0xfff, 0x2000, Reserved);
+    assert!(matches!(
+        check_memory_map(&[region(0, 0x9fc00, Ram), wraps]),
+        Err(MemoryMapProblem::BeyondAddressSpace { .. })
+    ));
+    let overlapping = [
+        region(0x10_0000, 0x100_0000, Ram),
+        region(0x80_0000, 0x1000, Reserved),
+    ];
+    assert_eq!(
+        check_memory_map(&overlapping),
+        Err(MemoryMapProblem::Overlap {
+            first: overlapping[0],
+            second: overlapping[1]
+        })
+    );
+    // Reserved ranges may overlap each other (firmware does that); RAM may not.
+    assert_eq!(
+        check_memory_map(&[
+            region(0, 0x9fc00, Ram),
+            region(0xe0000, 0x20000, Reserved),
+            region(0xf0000, 0x10000, Reserved)
+        ]),
+        Ok(())
+    );
+    assert_eq!(
+        check_memory_map(&[region(0xf0000, 0x10000, Reserved)]),
+        Err(MemoryMapProblem::NoRam)
+    );
+    assert_eq!(check_memory_map(&[]), Err(MemoryMapProblem::NoRam));
+    let message = alloc::format!("{}", MemoryMapProblem::NoStartInfo { magic: 0x6161_6161 });
+    assert!(
+        message.contains("'aaaa'") && message.contains("longer than 4095 bytes"),
+        "{message}"
+    );
+}
+
+#[test_case]
+fn a_guest_too_small_or_too_large_is_told_what_size_boots() {
+    use crate::mm::boot_memory::{BootMemoryError, check_size, minimum_mib};
+    use boot::MemoryKind::Ram;
+    let image = boot::AddrRange {
+        start: 0x10_0000,
+        end: 0xa8_c000,
+    };
+    let needed_mib = minimum_mib(image.end);
+    assert_eq!(
+        needed_mib, 17,
+        "10.5 MiB image + 6 MiB + the frame database"
+    );
+    let with_ram = |bytes: u64| {
+        [
+            region(0, 0x9fc00, Ram),
+            region(0x10_0000, bytes - 0x10_0000, Ram),
+        ]
+    };
+    // 8 MiB: the image does not even fit.
+    let error = check_size(&with_ram(8 << 20), image).expect_err("8 MiB is too small");
+    assert!(matches!(
+        error,
+        BootMemoryError::TooSmall { needed_mib: 17, .. }
+    ));
+    let message = alloc::format!("{error}");
+    assert!(
+        message.contains("needs at least 17 MiB") && message.contains("QEMU_MEM=17M"),
+        "{message}"
+    );
+    // The image fits, but not the database and the running reserve.
+    assert!(check_size(&with_ram(16 << 20), image).is_err());
+    assert_eq!(check_size(&with_ram(needed_mib << 20), image), Ok(()));
+    // 2 GiB below 4 GiB hold the frame database of at most 256 GiB of RAM.
+    let huge = |above_4gib: u64| {
+        [
+            region(0, 0x9fc00, Ram),
+            region(0x10_0000, (2 << 30) - 0x10_0000, Ram),
+            region(4 << 30, above_4gib, Ram),
+        ]
+    };
+    assert_eq!(check_size(&huge(200 << 30), image), Ok(()));
+    let error = check_size(&huge(300 << 30), image).expect_err("the database does not fit");
+    assert!(matches!(error, BootMemoryError::DatabaseDoesNotFit { .. }));
+    let message = alloc::format!("{error}");
+    assert!(
+        message.contains("too large") && message.contains("at most 260"),
+        "{message}"
+    );
+}
+
+#[test_case]
+fn a_cpu_without_a_local_apic_is_refused() {
+    let all = u32::MAX;
+    assert_eq!(crate::arch::missing_feature_in(all), None);
+    let missing = crate::arch::missing_feature_in(all & !(1 << 9)).expect("no APIC");
+    assert_eq!((missing.name, missing.qemu_flag), ("APIC", "apic"));
+    assert_eq!(
+        crate::arch::missing_cpu_feature(),
+        None,
+        "this CPU lacks a feature"
+    );
+}
+
+#[test_case]
+fn memory_types_resolve_as_the_manuals_say() {
+    use crate::arch::memory_type::{MemoryType as T, Mtrrs, VariableRange, pat_entries, pat_index};
+    assert_eq!(
+        pat_entries(0x0007_0406_0007_0406),
+        [
+            T::WriteBack,
+            T::WriteThrough,
+            T::UncachedMinus,
+            T::Uncacheable,
+            T::WriteBack,
+            T::WriteThrough,
+            T::UncachedMinus,
+            T::Uncacheable
+        ]
+    );
+    // PWT bit 3, PCD bit 4; PAT bit 7 in a 4 KiB entry, bit 12 in a large one.
+    assert_eq!(pat_index(0x1000 | 0x3, false), 0);
+    assert_eq!(pat_index(0x18 | 0x3, false), 3);
+    assert_eq!(pat_index(0x80 | 0x3, false), 4);
+    assert_eq!(pat_index(0x1000 | 0x80 | 0x3, true), 4);
+    assert_eq!(
+        pat_index(0x80 | 0x8, true),
+        1,
+        "bit 7 of a large entry is its size"
+    );
+    // SeaBIOS on q35: the 32-bit PCI hole uncacheable, a 40-bit CPU.
+    let address_bits = ((1u64 << 40) - 1) & !0xfff;
+    let hole = VariableRange::new(0xc000_0000, 0xff_c000_0800, address_bits);
+    assert_eq!(
+        (hole.base, hole.size, hole.kind),
+        (0xc000_0000, 1 << 30, T::Uncacheable)
+    );
+    let mut mtrrs = Mtrrs {
+        enabled: true,
+        fixed_enabled: true,
+        default_type: T::WriteBack,
+        variable_count: 8,
+        variable: alloc::vec![hole],
+        fixed: (0..10)
+            .map(|index| (index * 0x1_0000, 0x1_0000, T::WriteBack))
+            .chain([(0xa_0000, 0x6_0000, T::Uncacheable)])
+            .collect(),
+    };
+    assert_eq!(mtrrs.type_of(0x8000_0000), T::WriteBack);
+    assert_eq!(mtrrs.type_of(0xc000_1000), T::Uncacheable);
+    assert_eq!(mtrrs.type_of(0x1_0000_0000), T::WriteBack);
+    assert_eq!(mtrrs.type_of(0x9_f000), T::WriteBack, "fixed range");
+    assert_eq!(mtrrs.type_of(0xa_0000), T::Uncacheable, "fixed range");
+    let map = q35_map();
+    assert_eq!(mtrrs.ram_not_write_back(&map), []);
+    // RAM the hole covers, a write-through overlap, MTRRs off: each is found.
+    let ram_in_hole = [region(0xbff0_0000, 0x20_0000, boot::MemoryKind::Ram)];
+    assert_eq!(
+        mtrrs.ram_not_write_back(&ram_in_hole),
+        [(0xc000_0000, 0xc010_0000, T::Uncacheable)]
+    );
+    mtrrs.variable = alloc::vec![
+        VariableRange::new(0x6, 0xff_0000_0800, address_bits),
+        VariableRange::new(0x1000_0004, 0xff_f000_0800, address_bits)
+    ];
+    assert_eq!(mtrrs.type_of(0x1000_0000), T::WriteThrough);
+    assert_eq!(mtrrs.type_of(0x2000_0000), T::WriteBack);
+    mtrrs.enabled = false;
+    assert_eq!(mtrrs.type_of(0x2000_0000), T::Uncacheable);
+}
+
+#[test_case]
+fn direct_map_of_ram_is_write_back() {
+    use crate::arch::memory_type::{MemoryType, Mtrrs, pat, pat_index};
+    let pat = pat().expect("the CPU has a PAT");
+    let type_at = |phys: u64| {
+        let (entry, large) =
+            crate::mm::paging::leaf_entry(crate::mm::phys_to_virt(phys)).expect("direct-mapped");
+        pat[pat_index(entry, large)]
+    };
+    // The first and last RAM page of every zone, and a page in the middle of each.
+    for zone in crate::mm::page_alloc::all_zones() {
+        let middle = (zone.start_pfn + zone.end_pfn) / 2;
+        for pfn in [zone.start_pfn, middle, zone.end_pfn - 1] {
+            let phys = pfn * crate::mm::PAGE_SIZE;
+            if crate::mm::paging::leaf_entry(crate::mm::phys_to_virt(phys)).is_some() {
+                assert_eq!(type_at(phys), MemoryType::WriteBack, "RAM at {phys:#x}");
+            }
+        }
+    }
+    // The check can tell: device registers are mapped uncacheable.
+    assert_eq!(
+        type_at(crate::arch::apic::registers_phys()),
+        MemoryType::Uncacheable
+    );
+    // And the MTRRs keep all RAM write-back.
+    if let Some(mtrrs) = Mtrrs::read() {
+        assert!(mtrrs.enabled, "MTRRs off: all memory uncacheable");
+        assert_eq!(
+            mtrrs.ram_not_write_back(crate::boot_info().memory_map()),
+            [],
+            "{mtrrs:?}"
+        );
+    }
+}
+
+#[test_case]
+fn reporting_state_is_on_or_says_why_it_is_off() {
+    use crate::drivers::balloon::{ReportingState, reporting_state};
+    assert_eq!(reporting_state(), ReportingState::Active);
+    tunables::REPORTING_ENABLED.set(0).expect("in range");
+    assert_eq!(reporting_state(), ReportingState::Disabled);
+    assert!(alloc::format!("{}", reporting_state()).contains("reporting.enabled=0"));
+    tunables::REPORTING_ENABLED.set(1).expect("in range");
+    let sink = crate::mm::reporting::unregister().expect("the device's sink was registered");
+    assert_eq!(reporting_state(), ReportingState::Stopped);
+    crate::mm::reporting::register(sink);
+    assert_eq!(reporting_state(), ReportingState::Active);
 }
 
 #[test_case]

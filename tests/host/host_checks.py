@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Host-observed checks, run by `cargo test` (run-qemu.sh hands the host_checks test kernel to
 this driver). Each check boots the kernel with a scenario and asserts on what the host sees:
-QEMU's resident memory, QMP's balloon and statistics, the exit status.
+QEMU's resident memory, QMP's balloon and statistics, the exit status and the console's
+messages (the boot-time problem checks boot with a bad machine or command line on purpose).
 
 Prints `test host::NAME ... ok (T ms)` or `FAILED` with the reason, then `N passed, N failed`,
 like the in-guest test kernels, and exits non-zero on any failure.
@@ -44,10 +45,45 @@ def reclaim_without_reporting_keeps_memory(kernel):
     # The control: the same workload with free-page-reporting=off returns nothing, so the
     # drop seen with reporting on is the mechanism's doing, not the workload's.
     run = reclaim_run(kernel, reporting=False)
+    said(run["lines"], "does not offer free page reporting", "free-page-reporting=off")
     print(f"  reporting off: touched {run['touched_bytes'] / MIB:.0f} MiB, returned "
           f"{run['returned_fraction']:.1%} in 5 s")
     check(run["status"] == 0, f"guest exit status {run['status']}")
     check(run["touched_bytes"] >= 0.9 * GIB, "touching 1 GiB did not grow the QEMU process")
+    check(run["returned_fraction"] < 0.2,
+          f"{run['returned_fraction']:.1%} returned without reporting")
+
+
+# A 6 GiB guest: QEMU's q35 puts 4 GiB of it above 4 GiB, the guest's Normal zone, which the
+# allocator uses first. Half a GiB keeps the two boots short.
+HIGH_MEMORY = {"QEMU_MEM": "6G"}
+HIGH_MIB = 512
+
+
+def high_reclaim_run(kernel, reporting):
+    run = reclaim_run(kernel, reporting=reporting, mib=HIGH_MIB, watch_s=3.0,
+                      guest=([], HIGH_MEMORY))
+    above = run["guest_touched_above_4gib_mib"]
+    print(f"  6 GiB guest, reporting {'on' if reporting else 'off'}: touched "
+          f"{run['touched_bytes'] / MIB:.0f} MiB ({above} MiB above 4 GiB in the guest), "
+          f"returned {run['returned_fraction']:.1%} in 3 s, 90% after {seconds(run['t90_s'])}")
+    check(run["status"] == 0, f"guest exit status {run['status']}")
+    check(above is not None and above >= 0.95 * HIGH_MIB,
+          f"only {above} MiB of the {HIGH_MIB} MiB touched lay above 4 GiB")
+    check(run["touched_bytes"] >= 0.9 * HIGH_MIB * MIB,
+          f"touching {HIGH_MIB} MiB did not grow the QEMU process")
+    return run
+
+
+def reclaim_above_4gib_returns_freed_memory(kernel):
+    run = high_reclaim_run(kernel, reporting=True)
+    check(run["t90_s"] is not None and run["t90_s"] <= 3.0,
+          f"90% of the memory freed above 4 GiB did not leave the QEMU process within 3 s "
+          f"(returned {run['returned_fraction']:.1%})")
+
+
+def reclaim_above_4gib_without_reporting_keeps_memory(kernel):
+    run = high_reclaim_run(kernel, reporting=False)
     check(run["returned_fraction"] < 0.2,
           f"{run['returned_fraction']:.1%} returned without reporting")
 
@@ -123,11 +159,93 @@ def boot_without_balloon_device_runs(kernel):
     check(said == 1, f"the kernel said {said} times that there is no device")
 
 
+def boot_until_exit(kernel, cmdline=(), env=None, timeout=60):
+    """Boots once and waits for the end: (exit status, console and run-qemu.sh lines)."""
+    guest = Guest(kernel, cmdline, env={"QEMU_BALLOON": "off", **(env or {})}, echo=False)
+    try:
+        status = guest.wait_exit(timeout=timeout)
+    finally:
+        if guest.proc.poll() is None:
+            guest.kill()
+    return status, guest.lines
+
+
+def said(lines, *texts):
+    """The first line that contains every one of `texts` (printed), or a failed check."""
+    for line in lines:
+        if all(text in line for text in texts):
+            print(f"  {line.strip()[:300]}")
+            return line
+    raise AssertionError(f"no line says {' ... '.join(texts)!r}; the run printed:\n"
+                         + "\n".join(lines[-15:]))
+
+
+def cpu_without_apic_or_nx_stops_with_a_message(kernel):
+    # Without an APIC it used to hang in the timer calibration; without NX (or long mode) it
+    # triple-faulted in the 32-bit entry, in silence.
+    for cpu, text in [("qemu64,-apic", "no APIC"), ("qemu64,-nx", "no NX"),
+                      ("qemu32", "no 64-bit long mode")]:
+        status, lines = boot_until_exit(kernel, ["scenario=no_device"],
+                                        env={"QEMU_EXTRA": f"-cpu {cpu}"})
+        said(lines, "cannot boot", text)
+        check(status == 1, f"-cpu {cpu}: exit status {status}, not 1")
+
+
+def too_small_guest_is_told_how_much_memory_it_needs(kernel):
+    # It used to panic about the frame database.
+    status, lines = boot_until_exit(kernel, ["scenario=no_device"], env={"QEMU_MEM": "8M"})
+    line = said(lines, "guest memory too small", "needs at least")
+    check(status == 1, f"exit status {status}, not 1")
+    needed = int(line.split("needs at least ")[1].split()[0])
+    status, lines = boot_until_exit(kernel, ["scenario=no_device"],
+                                    env={"QEMU_MEM": f"{needed}M"})
+    check(status == 0, f"a guest of the {needed} MiB it asked for did not run (status {status})")
+    print(f"  and with {needed} MiB it runs")
+
+
+def long_command_line_is_refused_and_a_corrupt_memory_map_named(kernel):
+    words = ["scenario=no_device", "x=" + "a" * 5000]
+    status, lines = boot_until_exit(kernel, words)
+    said(lines, "run-qemu.sh", "the kernel command line is 5021 bytes", "at most 4095")
+    check(status == 2, f"run-qemu.sh exit status {status}, not 2")
+    # Past run-qemu.sh (QEMU's own -append), QEMU's PVH loader overwrites the start_info.
+    status, lines = boot_until_exit(kernel, env={"QEMU_EXTRA": "-append " + "a" * 5000})
+    said(lines, "cannot boot", "start_info", "command line longer than 4095 bytes")
+    check(status == 1, f"exit status {status}, not 1")
+
+
+def legacy_only_balloon_is_named_and_the_kernel_runs_on(kernel):
+    status, lines = boot_until_exit(
+        kernel, ["scenario=no_device"],
+        env={"QEMU_EXTRA": "-device virtio-balloon-pci,disable-modern=on"})
+    said(lines, "legacy-only", "disable-modern=on", "not support")
+    check(status == 0, f"exit status {status}")
+    check(not any("no virtio-balloon device" in line for line in lines),
+          "a legacy-only device was reported as no device")
+
+
+def bad_command_line_words_are_reported_and_the_others_kept(kernel):
+    # A word that is not UTF-8 used to drop every word after it (here: the scenario).
+    words = [b"caf\xff=1", "console=yes", "log=verbose", "scenario=no_device"]
+    status, lines = boot_until_exit(kernel, words)
+    said(lines, "command line", "caf\\xff=1", "not valid UTF-8")
+    said(lines, "console=yes refused", "valid: on")
+    said(lines, "log=verbose refused", "valid: off, error, warn, info, debug, trace")
+    check(status == 0, f"exit status {status}: the scenario after the bad words did not run")
+
+
 CHECKS = [
     reclaim_with_reporting_returns_freed_memory,
     reclaim_without_reporting_keeps_memory,
+    reclaim_above_4gib_returns_freed_memory,
+    reclaim_above_4gib_without_reporting_keeps_memory,
     balloon_follows_qmp_and_statistics_match,
     boot_without_balloon_device_runs,
+    cpu_without_apic_or_nx_stops_with_a_message,
+    too_small_guest_is_told_how_much_memory_it_needs,
+    long_command_line_is_refused_and_a_corrupt_memory_map_named,
+    legacy_only_balloon_is_named_and_the_kernel_runs_on,
+    bad_command_line_words_are_reported_and_the_others_kept,
 ]
 
 

@@ -215,6 +215,7 @@ def reclaim_run(kernel, reporting, mib=1024, watch_s=5.0, echo=False, period=0.1
         "status": status,
         "touched_bytes": touched,
         "guest_touched_mib": touched_event.get("mib"),
+        "guest_touched_above_4gib_mib": touched_event.get("above_4gib_mib"),
         "rss_start": rss_start,
         "rss_touched": rss_touched,
         "returned_fraction": (rss_touched - final) / touched,
@@ -223,6 +224,7 @@ def reclaim_run(kernel, reporting, mib=1024, watch_s=5.0, echo=False, period=0.1
         "t95_s": time_to(0.95),
         "samples": [(t - start["host_t"], rss) for (t, rss) in samples
                     if t >= start["host_t"]],
+        "lines": guest.lines,
         "events": {"touched": touched_event["host_t"] - start["host_t"],
                    "freed": t0 - start["host_t"]},
     }

@@ -373,10 +373,13 @@ fn exit_frees_every_page_many_times_over() {
 #[test_case]
 fn a_task_over_its_resident_limit_is_killed_and_gives_everything_back() {
     let start_free = settled_free_pages();
-    // 1% of memory: about 5,000 pages of a 2 GiB guest; the walk wants 8,192.
+    // 1% of memory (about 5,000 pages of a 2 GiB guest); the walk wants twice that.
     let limit = &kernel::tunables::USER_MAX_RESIDENT_PCT;
     limit.set(1).expect("in range");
-    let report = run(programs::memory_walk(), 8192);
+    let report = run(
+        programs::memory_walk(),
+        2 * page_alloc::managed_pages() / 100,
+    );
     limit.set(limit.default).expect("in range");
     assert_killed(&report, "resident memory limit");
     let allowed = page_alloc::managed_pages() / 100;

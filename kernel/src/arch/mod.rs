@@ -8,6 +8,7 @@ pub mod gdt;
 pub mod hpet;
 pub mod idt;
 pub mod ioapic;
+pub mod memory_type;
 pub mod pic;
 pub mod pit;
 pub mod tsc;
@@ -40,6 +41,48 @@ pub fn init_cpu() {
             flags.insert(x86_64::registers::control::Cr0Flags::EMULATE_COPROCESSOR)
         })
     };
+}
+
+/// A CPU feature the kernel cannot run without.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuFeature {
+    /// Its bit in CPUID leaf 1, EDX.
+    pub bit: u32,
+    /// Its name in Intel's manuals.
+    pub name: &'static str,
+    /// Its name in QEMU's `-cpu` option.
+    pub qemu_flag: &'static str,
+    /// What the kernel needs it for.
+    pub needed_for: &'static str,
+}
+
+const REQUIRED_FEATURES: [CpuFeature; 2] = [
+    CpuFeature {
+        bit: 5,
+        name: "MSR",
+        qemu_flag: "msr",
+        needed_for: "model-specific registers (the APIC base, SYSCALL, PAT)",
+    },
+    CpuFeature {
+        bit: 9,
+        name: "APIC",
+        qemu_flag: "apic",
+        needed_for: "its timer and every interrupt (the local APIC)",
+    },
+];
+
+/// The first feature the kernel needs that this CPU lacks (CPUID leaf 1), if any. Without a
+/// local APIC the timer calibration would wait forever.
+pub fn missing_cpu_feature() -> Option<CpuFeature> {
+    let leaf = core::arch::x86_64::__cpuid(1);
+    missing_feature_in(leaf.edx)
+}
+
+/// [`missing_cpu_feature`] for a given CPUID.1:EDX value.
+pub fn missing_feature_in(edx: u32) -> Option<CpuFeature> {
+    REQUIRED_FEATURES
+        .into_iter()
+        .find(|feature| edx & (1 << feature.bit) == 0)
 }
 
 /// Halts this CPU for good with interrupts off.

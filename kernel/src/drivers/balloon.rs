@@ -21,7 +21,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use core::time::Duration;
 use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::pci::{PciTransport, VirtioPciError};
 use virtio_drivers::transport::{DeviceType, InterruptStatus, Transport};
 
 const VIRTIO_VENDOR: u16 = 0x1af4;
@@ -205,25 +205,119 @@ fn kick_worker() {
 #[derive(Debug)]
 pub enum BalloonError {
     NoDevice,
+    /// The device has only the legacy (pre-1.0) virtio interface, which this driver does not
+    /// speak: QEMU's `disable-modern=on`.
+    LegacyOnly,
     Transport(virtio_drivers::transport::pci::VirtioPciError),
     Queue(virtio_drivers::Error),
     NoMemory,
 }
 
+impl core::fmt::Display for BalloonError {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self {
+            Self::NoDevice => f.write_str("no virtio-balloon device"),
+            Self::LegacyOnly => f.write_str(
+                "the virtio-balloon device is legacy-only (no virtio 1.0 interface, as QEMU's disable-modern=on makes it), which this driver does not support",
+            ),
+            Self::Transport(error) => write!(f, "its PCI transport failed: {error:?}"),
+            Self::Queue(error) => write!(f, "a virtqueue could not be set up: {error:?}"),
+            Self::NoMemory => f.write_str("no memory for its buffers"),
+        }
+    }
+}
+
+/// Whether free memory goes back to the host, and if not, why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportingState {
+    /// The driver is not running (no device, or it could not start): the reason.
+    NoDriver(&'static str),
+    /// The device does not offer free page reporting.
+    NotOffered,
+    /// The `reporting.enabled` tunable is 0.
+    Disabled,
+    /// Reporting was stopped after it started (the device went away, or a test unregistered it).
+    Stopped,
+    /// Reporting to the device.
+    Active,
+}
+
+impl core::fmt::Display for ReportingState {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self {
+            Self::NoDriver(reason) => write!(f, "off ({reason})"),
+            Self::NotOffered => f.write_str(
+                "off (the balloon device does not offer it: QEMU's free-page-reporting=off)",
+            ),
+            Self::Disabled => f.write_str("off (reporting.enabled=0)"),
+            Self::Stopped => f.write_str("off (stopped: the device was lost)"),
+            Self::Active => f.write_str("on"),
+        }
+    }
+}
+
+/// Free page reporting's state now, from the device's features and the tunable (no waiting).
+pub fn reporting_state() -> ReportingState {
+    if !is_present() {
+        return ReportingState::NoDriver(
+            not_running_because().unwrap_or("no virtio-balloon device"),
+        );
+    }
+    if !Features::from_bits_truncate(FEATURES.load(Relaxed)).contains(Features::PAGE_REPORTING) {
+        return ReportingState::NotOffered;
+    }
+    if crate::tunables::REPORTING_ENABLED.get() == 0 {
+        return ReportingState::Disabled;
+    }
+    if !reporting::is_registered() {
+        return ReportingState::Stopped;
+    }
+    ReportingState::Active
+}
+
+/// Why the driver did not start (set once, by `init`), for the demo and the console.
+static DRIVER_ERROR: spin::Once<alloc::string::String> = spin::Once::new();
+
+/// Why the driver is not running, if it is not (`None` also before `init`).
+pub fn not_running_because() -> Option<&'static str> {
+    DRIVER_ERROR.get().map(|reason| reason.as_str())
+}
+
 /// Finds the device and starts the driver: the reporting sink and the balloon worker. Without a
-/// device it says so once and returns; everything else works without it.
+/// device, or when the driver cannot start, it says so once (why, and that reporting and
+/// ballooning are off) and returns; everything else works without it.
 pub fn init() -> Result<(), BalloonError> {
+    let result = start();
+    if let Err(error) = &result {
+        let reason = alloc::format!("{error}");
+        match error {
+            BalloonError::NoDevice => {
+                log::info!("{reason}: free page reporting and ballooning are off")
+            }
+            _ => log::error!(
+                "virtio-balloon: driver did not start: {reason}; free page reporting and ballooning are off"
+            ),
+        }
+        DRIVER_ERROR.call_once(|| reason);
+    }
+    result
+}
+
+fn start() -> Result<(), BalloonError> {
     let mut root = pci::root();
     let found = pci::enumerate(&root)
         .into_iter()
         .find(|(_, info)| info.vendor_id == VIRTIO_VENDOR && DEVICE_IDS.contains(&info.device_id));
     let Some((function, info)) = found else {
-        log::info!("no virtio-balloon device: free page reporting and ballooning are off");
         return Err(BalloonError::NoDevice);
     };
     pci::enable_device(&mut root, function);
     let mut transport =
-        PciTransport::new::<KernelHal, _>(&mut root, function).map_err(BalloonError::Transport)?;
+        PciTransport::new::<KernelHal, _>(&mut root, function).map_err(|error| match error {
+            // A virtio 1.0 device has a common configuration capability; a legacy one has none.
+            VirtioPciError::MissingCommonConfig => BalloonError::LegacyOnly,
+            other => BalloonError::Transport(other),
+        })?;
     if transport.device_type() != DeviceType::MemoryBalloon {
         return Err(BalloonError::NoDevice);
     }
@@ -310,8 +404,11 @@ pub fn init() -> Result<(), BalloonError> {
     FEATURES.store(features.bits(), Relaxed);
     *TRANSPORT.lock() = Some(transport);
     PRESENT.store(true, Relaxed);
-    if let Some(queue) = reporting_queue {
-        reporting::register(Box::new(BalloonReporter { queue }));
+    match reporting_queue {
+        Some(queue) => reporting::register(Box::new(BalloonReporter { queue })),
+        None => log::info!(
+            "virtio-balloon: the device does not offer free page reporting (QEMU's free-page-reporting=off): reporting is off, ballooning works"
+        ),
     }
     let mut worker = BalloonWorker {
         inflate,

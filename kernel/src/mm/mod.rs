@@ -1,6 +1,7 @@
 //! Memory management: the kernel heap, the page-fault policy, kernel page tables and the zone
 //! layout (the buddy allocator, reporting, compaction, KSM and user spaces come here next).
 
+pub mod boot_memory;
 pub mod buddy;
 pub mod checker;
 pub mod fault;

@@ -124,6 +124,22 @@ struct ZoneSet {
 
 static ZONES: Once<ZoneSet> = Once::new();
 static BOOT_FREE_PAGES: AtomicU64 = AtomicU64::new(0);
+/// Physical memory below this address is reachable through the direct map. Until the kernel's
+/// own page tables are live that is only what the early tables map (4 GiB): every allocation
+/// may be zeroed or written through the direct map (page tables are), so until then zones
+/// that reach above it are not used.
+static DIRECT_MAP_END: AtomicU64 = AtomicU64::new(boot::EARLY_DIRECT_MAP_SIZE);
+
+/// Tells the allocator that the direct map now covers physical memory up to `end` (the kernel
+/// page tables call it once they map all RAM): zones up to there become usable.
+pub fn set_direct_map_end(end: u64) {
+    DIRECT_MAP_END.store(end, Relaxed);
+}
+
+/// Whether every page of `zone` is reachable through the direct map now.
+fn is_direct_mapped(zone: &Zone) -> bool {
+    zone.end_pfn * PAGE_SIZE <= DIRECT_MAP_END.load(Relaxed)
+}
 
 fn zones() -> &'static [Zone] {
     &ZONES.get().expect("page allocator initialised").zones
@@ -180,11 +196,7 @@ pub fn subtract(ranges: &[(u64, u64)], holes: &[(u64, u64)]) -> Vec<(u64, u64)> 
 pub fn init(map: &[MemoryRegion], kernel_image: AddrRange) -> InitReport {
     let started = crate::time::Instant::now();
     let spans = zones::zone_spans(map);
-    let database_bytes: u64 = spans
-        .iter()
-        .map(|span| (span.end_pfn - span.start_pfn) * size_of::<frame::Frame>() as u64)
-        .sum();
-    let database_bytes = database_bytes.next_multiple_of(PAGE_SIZE);
+    let database_bytes = zones::database_bytes(map);
     // Low memory (real-mode structures, the PVH start_info) and the kernel image stay reserved.
     let mut reserved = alloc::vec![
         (0, 1 << 20),
@@ -283,14 +295,18 @@ pub fn boot_free_pages() -> u64 {
     BOOT_FREE_PAGES.load(Relaxed)
 }
 
-/// The zones a request may use, in the order to try them (highest allowed first).
+/// The zones a request may use, in the order to try them (highest allowed first). Zones the
+/// direct map does not reach yet are left out (see [`DIRECT_MAP_END`]).
 fn candidate_zones(limit: ZoneLimit) -> impl Iterator<Item = &'static Zone> {
     let allowed = move |kind: ZoneKind| match limit {
         ZoneLimit::Any => true,
         ZoneLimit::Dma32 => kind != ZoneKind::Normal,
         ZoneLimit::Dma => kind == ZoneKind::Dma,
     };
-    zones().iter().rev().filter(move |zone| allowed(zone.kind))
+    zones()
+        .iter()
+        .rev()
+        .filter(move |zone| allowed(zone.kind) && is_direct_mapped(zone))
 }
 
 // ---- The per-CPU cache of order-0 pages -------------------------------------------------

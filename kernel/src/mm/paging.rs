@@ -110,6 +110,8 @@ fn map_4k(
 }
 
 /// Builds the kernel's page tables and switches to them. Returns the bytes of RAM direct-mapped.
+/// Until the switch, the allocator gives only pages the early tables map (below 4 GiB): the
+/// new tables are written through the early direct map.
 pub fn init(map: &[MemoryRegion]) -> u64 {
     let pml4 = page_alloc::alloc(AllocRequest::new(0).zeroed().owner(Owner::PageTable))
         .expect("memory for the PML4");
@@ -192,6 +194,9 @@ pub fn init(map: &[MemoryRegion]) -> u64 {
     // addresses as the early tables (image, direct map of RAM, device registers); the early
     // identity map of low memory is dropped on purpose.
     unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+    // Only now may the allocator hand out pages above the early map's 4 GiB: every page-table
+    // page above was allocated, zeroed and written through the early map.
+    page_alloc::set_direct_map_end(super::zones::ram_end(map));
     mapped
 }
 
@@ -290,6 +295,34 @@ pub fn kernel_pml4_phys() -> u64 {
     let phys = KERNEL_PML4.load(Relaxed);
     assert_ne!(phys, 0, "kernel page tables not built yet");
     phys
+}
+
+/// The raw entry that maps `virt` in the kernel's tables, and whether it maps a large page
+/// (2 MiB or 1 GiB); `None` if unmapped. Raw, because a large entry's PAT bit (bit 12) sits
+/// where `x86_64`'s entry types see an address bit (for the memory-type check).
+pub fn leaf_entry(virt: u64) -> Option<(u64, bool)> {
+    const PRESENT: u64 = 1;
+    const LARGE: u64 = 1 << 7;
+    let guard = KERNEL_TABLES.lock();
+    let mut table = guard.as_ref()?.pml4_phys;
+    for level in (1..=4u32).rev() {
+        let index = (virt >> (12 + 9 * (level - 1))) & 0x1ff;
+        let slot = (phys_to_virt(table) as *const u64).wrapping_add(index as usize);
+        // SAFETY: `table` is a page-table page of the kernel's tables (the PML4 or one an
+        // entry above points to), direct-mapped; the lock keeps it from being freed.
+        let entry = unsafe { slot.read_volatile() };
+        if entry & PRESENT == 0 {
+            return None;
+        }
+        if level == 1 {
+            return Some((entry, false));
+        }
+        if level <= 3 && entry & LARGE != 0 {
+            return Some((entry, true));
+        }
+        table = entry & 0x000f_ffff_ffff_f000;
+    }
+    None
 }
 
 /// Whether `virt` is mapped in the current tables, and with what flags (for tests).

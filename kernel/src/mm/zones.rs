@@ -55,30 +55,45 @@ pub fn ram_ranges(map: &[MemoryRegion]) -> impl Iterator<Item = (u64, u64)> + '_
 
 /// The zones the memory map gives, lowest first, only those with RAM.
 pub fn zone_spans(map: &[MemoryRegion]) -> Vec<ZoneSpan> {
-    let mut spans = Vec::new();
-    for kind in ZoneKind::ALL {
-        let (zone_start, zone_end) = kind.limits();
-        let mut span: Option<ZoneSpan> = None;
-        for (start, end) in ram_ranges(map) {
-            let start = start.max(zone_start);
-            let end = end.min(zone_end);
-            if end <= start {
-                continue;
-            }
-            let (start_pfn, end_pfn) = (start / PAGE_SIZE, end / PAGE_SIZE);
-            let entry = span.get_or_insert(ZoneSpan {
-                kind,
-                start_pfn,
-                end_pfn,
-                present_pages: 0,
-            });
-            entry.start_pfn = entry.start_pfn.min(start_pfn);
-            entry.end_pfn = entry.end_pfn.max(end_pfn);
-            entry.present_pages += end_pfn - start_pfn;
+    ZoneKind::ALL
+        .into_iter()
+        .filter_map(|kind| zone_span(map, kind))
+        .collect()
+}
+
+/// The RAM of zone `kind` in the map, if it has any (allocates nothing: usable before the heap).
+pub fn zone_span(map: &[MemoryRegion], kind: ZoneKind) -> Option<ZoneSpan> {
+    let (zone_start, zone_end) = kind.limits();
+    let mut span: Option<ZoneSpan> = None;
+    for (start, end) in ram_ranges(map) {
+        let start = start.max(zone_start);
+        let end = end.min(zone_end);
+        if end <= start {
+            continue;
         }
-        spans.extend(span);
+        let (start_pfn, end_pfn) = (start / PAGE_SIZE, end / PAGE_SIZE);
+        let entry = span.get_or_insert(ZoneSpan {
+            kind,
+            start_pfn,
+            end_pfn,
+            present_pages: 0,
+        });
+        entry.start_pfn = entry.start_pfn.min(start_pfn);
+        entry.end_pfn = entry.end_pfn.max(end_pfn);
+        entry.present_pages += end_pfn - start_pfn;
     }
-    spans
+    span
+}
+
+/// Bytes of the page-frame database for this map: one record per frame of every zone's span
+/// (holes inside a span included), rounded up to a page.
+pub fn database_bytes(map: &[MemoryRegion]) -> u64 {
+    ZoneKind::ALL
+        .into_iter()
+        .filter_map(|kind| zone_span(map, kind))
+        .map(|span| (span.end_pfn - span.start_pfn) * size_of::<super::frame::Frame>() as u64)
+        .sum::<u64>()
+        .next_multiple_of(PAGE_SIZE)
 }
 
 /// Highest physical address of RAM.
