@@ -400,3 +400,56 @@ fn console_runs_user_programs_and_shows_task_counters() {
     let killed = alloc::format!("{} killed", killed_before + 1);
     assert!(tasks.contains(&killed), "{tasks}");
 }
+
+#[test_case]
+fn flags_a_task_sets_never_reach_the_kernel_or_its_way_back() {
+    const TF: u64 = 1 << 8;
+    const IF: u64 = 1 << 9;
+    const DF: u64 = 1 << 10;
+    const IOPL: u64 = 3 << 12;
+    const NT: u64 = 1 << 14;
+    const RF: u64 = 1 << 16;
+    const VM: u64 = 1 << 17;
+    const AC: u64 = 1 << 18;
+    const ID: u64 = 1 << 21;
+    // (bits the task sets, whether they are still its own after the system calls)
+    let cases = [
+        ("NT", NT, true),
+        ("DF", DF, true),
+        ("AC", AC, true),
+        ("ID", ID, true),
+        ("IOPL", IOPL, false),
+        ("RF", RF, false),
+        ("VM", VM, false),
+        ("all", NT | DF | AC | ID | IOPL | RF | VM, false),
+    ];
+    for (name, bits, kept) in cases {
+        let report = run(programs::flags(), bits);
+        let TaskExit::Exited(flags) = report.exit else {
+            panic!("{name}: {:?}", report.exit);
+        };
+        let flags = flags as u64;
+        assert_ne!(flags, 100, "{name}: write did not write it all");
+        assert_eq!(
+            flags & IF,
+            IF,
+            "{name}: interrupts on in ring 3: {flags:#x}"
+        );
+        assert_eq!(
+            flags & (IOPL | RF | VM),
+            0,
+            "{name}: privileged flags: {flags:#x}"
+        );
+        if kept {
+            assert_eq!(
+                flags & bits,
+                bits,
+                "{name}: the task's own flag: {flags:#x}"
+            );
+        }
+    }
+    // TF: the task single-steps itself; the first trap kills it and the kernel goes on.
+    let report = run(programs::flags(), TF);
+    assert_killed(&report, "debug exception");
+    check_memory();
+}

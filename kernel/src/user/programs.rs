@@ -431,6 +431,38 @@ user_program_bad_calls_start:
     exit_with 111
     .global user_program_bad_calls_end
 user_program_bad_calls_end:
+
+    // flags(bits): sets `bits` in RFLAGS with POPF (ring 3 may set some, the CPU ignores the
+    // others), makes two system calls (clock; write, which copies user memory), reads RFLAGS
+    // back, clears what it set and exits with the RFLAGS it read. 100: write did not write it all.
+    .global user_program_flags_start
+user_program_flags_start:
+    pushfq
+    or [rsp], rdi
+    popfq
+    sys 7
+    lea rdi, [rip + .Lfl_message]
+    lea rsi, [rip + .Lfl_message_end]
+    sub rsi, rdi
+    mov r12, rsi
+    sys 1
+    cmp rax, r12
+    jne .Lfl_fail_write
+    pushfq
+    pop r13
+    push 0x202
+    popfq
+    mov rdi, r13
+    sys 0
+.Lfl_fail_write:
+    push 0x202
+    popfq
+    exit_with 100
+.Lfl_message:
+    .ascii "flags: system calls with my flags set\n"
+.Lfl_message_end:
+    .global user_program_flags_end
+user_program_flags_end:
     .popsection
     "#
 );
@@ -483,4 +515,6 @@ programs! {
     advise: user_program_advise_start .. user_program_advise_end;
     /// System calls with bad arguments.
     bad_calls: user_program_bad_calls_start .. user_program_bad_calls_end;
+    /// Sets RFLAGS bits `rdi`, makes system calls, exits with the RFLAGS it sees after them.
+    flags: user_program_flags_start .. user_program_flags_end;
 }

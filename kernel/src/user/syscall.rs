@@ -103,6 +103,8 @@ pub fn dispatch(registers: &mut UserRegisters) {
         Ok(value) => value,
         Err(errno) => (-errno) as u64,
     };
+    // The frame goes back to ring 3 through IRETQ: only flags the task may set survive.
+    registers.sanitize_rflags();
 }
 
 /// Runs `f` on the current task's address space, under its lock.
