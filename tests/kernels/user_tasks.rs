@@ -453,3 +453,16 @@ fn flags_a_task_sets_never_reach_the_kernel_or_its_way_back() {
     assert_killed(&report, "debug exception");
     check_memory();
 }
+
+#[test_case]
+fn wait_tells_exit_statuses_from_errors() {
+    // Statuses that were error numbers (-ECHILD is -10) or the old "killed" value.
+    for status in [-10i64, -1000, 0, 7, i64::MIN] {
+        let report = run(programs::wait_status(), status as u64);
+        assert_eq!(report.exit, TaskExit::Exited(status), "status {status}");
+    }
+    // A killed child: wait says so, apart from any status.
+    let report = run(programs::wait_status(), 0x4b11);
+    assert_eq!(report.exit, TaskExit::Exited(0x4b11), "see wait_status");
+    check_memory();
+}

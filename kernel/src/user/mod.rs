@@ -316,6 +316,11 @@ pub(crate) fn clone_current(registers: &UserRegisters) -> Result<Pid, SpaceError
     Ok(pid)
 }
 
+/// Whether the caller has a child `pid` it has not waited for.
+pub(crate) fn has_child(pid: Pid) -> bool {
+    current_task().is_some_and(|parent| parent.children.lock().iter().any(|child| child.pid == pid))
+}
+
 /// `wait`: waits for the caller's child `pid` to end; `None` if it has no such child.
 pub(crate) fn wait_child(pid: Pid) -> Option<TaskExit> {
     let parent = current_task()?;

@@ -216,8 +216,11 @@ user_program_cow_clone_start:
     cmp qword ptr [r13 + 4096], 0x5555
     jne .Lcc_parent_lost_b
     mov rdi, r12
+    lea rsi, [r13 + 4096 + 8]
     sys 9
-    cmp rax, 2
+    test rax, rax
+    jnz .Lcc_child_failed
+    cmp qword ptr [r13 + 4096 + 8], 2
     jne .Lcc_child_failed
     cmp qword ptr [r13], 0x1111
     jne .Lcc_parent_saw_child_write
@@ -378,6 +381,7 @@ user_program_bad_calls_start:
     cmp rax, -12
     jne .Lbc_fail_105
     mov edi, 12345
+    xor esi, esi
     sys 9
     cmp rax, -10
     jne .Lbc_fail_106
@@ -463,6 +467,51 @@ user_program_flags_start:
 .Lfl_message_end:
     .global user_program_flags_end
 user_program_flags_end:
+    // wait_status(status): clones; the child exits with `status` (or, for status 0x4b11, reads
+    // address 0x10 and is killed). The parent first waits with a kernel status address (must
+    // fail with -EFAULT and leave the child waitable), then with one on its stack, and exits
+    // with the status it got; 0x4b11 if wait said killed; 5000 + errno if wait failed; 6000 if
+    // the first wait did not fail with -EFAULT.
+    .global user_program_wait_status_start
+user_program_wait_status_start:
+    mov r12, rdi
+    sys 8
+    test rax, rax
+    js .Lws_fail
+    jz .Lws_child
+    mov r13, rax
+    mov rdi, r13
+    movabs rsi, 0xffff800000000000
+    sys 9
+    cmp rax, -14
+    jne .Lws_no_efault
+    push -1
+    mov rdi, r13
+    mov rsi, rsp
+    sys 9
+    test rax, rax
+    js .Lws_fail
+    jnz .Lws_killed
+    pop rdi
+    sys 0
+.Lws_killed:
+    exit_with 0x4b11
+.Lws_no_efault:
+    exit_with 6000
+.Lws_fail:
+    neg rax
+    lea rdi, [rax + 5000]
+    sys 0
+.Lws_child:
+    cmp r12, 0x4b11
+    je .Lws_child_dies
+    mov rdi, r12
+    sys 0
+.Lws_child_dies:
+    mov rax, [0x10]
+    exit_with 1
+    .global user_program_wait_status_end
+user_program_wait_status_end:
     .popsection
     "#
 );
@@ -517,4 +566,6 @@ programs! {
     bad_calls: user_program_bad_calls_start .. user_program_bad_calls_end;
     /// Sets RFLAGS bits `rdi`, makes system calls, exits with the RFLAGS it sees after them.
     flags: user_program_flags_start .. user_program_flags_end;
+    /// Clones a child that exits with `rdi`; exits with the status `wait` gave.
+    wait_status: user_program_wait_status_start .. user_program_wait_status_end;
 }

@@ -15,7 +15,7 @@
 //! | 6 | sleep | nanoseconds | 0 |
 //! | 7 | clock | | nanoseconds since boot |
 //! | 8 | clone | | the child's pid in the parent, 0 in the child |
-//! | 9 | wait | child pid | its exit status, or [`WAIT_KILLED`] if it was killed |
+//! | 9 | wait | child pid, status address (0: none) | [`WAIT_EXITED`] (its exit status written there as an i64) or [`WAIT_KILLED`] (0 written) |
 //! | 10 | page_map_count | address | how many mappings share the page there (0: none yet) |
 //! | 11 | check_memory | | 0 if the frame-state and reverse-map checkers pass, `-EIO` if not |
 //!
@@ -53,8 +53,10 @@ pub const PROT_WRITE: u64 = 2;
 pub const PROT_EXEC: u64 = 4;
 pub const MADV_MERGEABLE: u64 = 12;
 pub const MADV_UNMERGEABLE: u64 = 13;
+/// What `wait` returns for a child that called `exit` (its status is at the status address).
+pub const WAIT_EXITED: u64 = 0;
 /// What `wait` returns for a child that was killed.
-pub const WAIT_KILLED: i64 = -1000;
+pub const WAIT_KILLED: u64 = 1;
 /// Longest single `write`.
 pub const WRITE_MAX: usize = 4096;
 
@@ -82,11 +84,7 @@ pub fn dispatch(registers: &mut UserRegisters) {
         SYS_CLONE => super::clone_current(registers)
             .map(u64::from)
             .map_err(space_errno),
-        SYS_WAIT => match u32::try_from(a).ok().and_then(super::wait_child) {
-            Some(super::TaskExit::Exited(status)) => Ok(status as u64),
-            Some(super::TaskExit::Killed(_)) => Ok(WAIT_KILLED as u64),
-            None => Err(ECHILD),
-        },
+        SYS_WAIT => wait(a, b),
         SYS_PAGE_MAP_COUNT => with_space(|space| {
             // Only the task's own regions: never a kernel page's counts.
             if space.region_at(a).is_none() {
@@ -146,6 +144,36 @@ fn write(buffer: u64, len: u64) -> Result<u64, i64> {
         .unwrap_or_default();
     log::info!("[task {pid} '{name}'] {}", text.trim_end_matches('\n'));
     Ok(len as u64)
+}
+
+/// `wait`: the status goes to user memory and the result says how the child ended, so that no
+/// exit status (-10, -1000, ...) can be mistaken for an error number.
+fn wait(pid: u64, status_address: u64) -> Result<u64, i64> {
+    let pid = u32::try_from(pid).map_err(|_| ECHILD)?;
+    if !super::has_child(pid) {
+        return Err(ECHILD);
+    }
+    let write_status = |status: i64| {
+        if status_address == 0 {
+            return Ok(0);
+        }
+        with_space(|space| {
+            space
+                .write_user(status_address, &status.to_ne_bytes())
+                .map(|()| 0)
+                .map_err(|error| match error {
+                    FaultError::OutOfMemory | FaultError::ResidentLimit => ENOMEM,
+                    _ => EFAULT,
+                })
+        })
+    };
+    // A bad status address fails before the child is reaped, so its status is not lost.
+    write_status(0)?;
+    match super::wait_child(pid) {
+        Some(super::TaskExit::Exited(status)) => write_status(status).map(|_| WAIT_EXITED),
+        Some(super::TaskExit::Killed(_)) => Ok(WAIT_KILLED),
+        None => Err(ECHILD),
+    }
 }
 
 fn mmap(len: u64, protection: u64) -> Result<u64, i64> {
