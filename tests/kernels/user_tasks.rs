@@ -466,3 +466,23 @@ fn wait_tells_exit_statuses_from_errors() {
     assert_eq!(report.exit, TaskExit::Exited(0x4b11), "see wait_status");
     check_memory();
 }
+
+#[test_case]
+fn copy_on_write_is_not_refused_by_the_resident_limit() {
+    let start_free = settled_free_pages();
+    let limit = &kernel::tunables::USER_MAX_RESIDENT_PCT;
+    limit.set(1).expect("in range");
+    let allowed = page_alloc::managed_pages() / 100;
+    // The code page and `allowed - 1` data pages: both sides are at their limit after the
+    // clone, and each copy-on-write copy replaces a page, it does not add one.
+    let report = run(programs::fill_clone(), allowed - 1);
+    limit.set(limit.default).expect("in range");
+    assert_eq!(
+        report.exit,
+        TaskExit::Exited(0),
+        "see fill_clone's statuses"
+    );
+    assert_eq!(report.counters.resident, allowed, "{:?}", report.counters);
+    assert_eq!(settled_free_pages(), start_free);
+    check_memory();
+}

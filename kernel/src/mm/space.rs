@@ -545,7 +545,8 @@ impl AddressSpace {
         let request = AllocRequest::new(0)
             .kind(MigrateType::Movable)
             .owner(Owner::UserAnon);
-        self.check_resident_limit()?;
+        // No resident-limit check: the copy replaces the shared page in this space, so the
+        // space does not grow (a task at its limit may still write what it shares after clone).
         let copy = page_alloc::alloc(request).ok_or(FaultError::OutOfMemory)?;
         // SAFETY: both pages are direct-mapped RAM; the copy is ours alone, the source is mapped
         // read-only everywhere (nobody can write it while we copy).

@@ -512,6 +512,71 @@ user_program_wait_status_start:
     exit_with 1
     .global user_program_wait_status_end
 user_program_wait_status_end:
+    // fill_clone(pages): maps `pages` pages and writes each one's index into it, clones. The
+    // child checks every page and writes each (a copy-on-write copy apiece), exits 0. The parent
+    // waits with the status address in its first page (a copy while the child still maps it),
+    // rewrites every page and exits with the child's status. 100.. a step failed: 100 mmap,
+    // 101 clone, 102 wait (the child killed, or wait failed); 10 the child saw wrong data.
+    .global user_program_fill_clone_start
+user_program_fill_clone_start:
+    mov r12, rdi
+    mov rdi, r12
+    shl rdi, 12
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lfc_fail_100
+    mov r13, rax
+    xor ebx, ebx
+.Lfc_fill:
+    mov rax, rbx
+    shl rax, 12
+    mov [r13 + rax], rbx
+    inc rbx
+    cmp rbx, r12
+    jb .Lfc_fill
+    sys 8
+    test rax, rax
+    js .Lfc_fail_101
+    jz .Lfc_child
+    mov rdi, rax
+    mov rsi, r13
+    sys 9
+    test rax, rax
+    jnz .Lfc_fail_102
+    mov r14, [r13]
+    xor ebx, ebx
+.Lfc_rewrite:
+    mov rax, rbx
+    shl rax, 12
+    mov [r13 + rax + 8], rbx
+    inc rbx
+    cmp rbx, r12
+    jb .Lfc_rewrite
+    mov rdi, r14
+    sys 0
+.Lfc_child:
+    xor ebx, ebx
+.Lfc_child_loop:
+    mov rax, rbx
+    shl rax, 12
+    cmp [r13 + rax], rbx
+    jne .Lfc_child_wrong
+    mov [r13 + rax + 8], rbx
+    inc rbx
+    cmp rbx, r12
+    jb .Lfc_child_loop
+    exit_with 0
+.Lfc_child_wrong:
+    exit_with 10
+.Lfc_fail_100:
+    exit_with 100
+.Lfc_fail_101:
+    exit_with 101
+.Lfc_fail_102:
+    exit_with 102
+    .global user_program_fill_clone_end
+user_program_fill_clone_end:
     .popsection
     "#
 );
@@ -568,4 +633,6 @@ programs! {
     flags: user_program_flags_start .. user_program_flags_end;
     /// Clones a child that exits with `rdi`; exits with the status `wait` gave.
     wait_status: user_program_wait_status_start .. user_program_wait_status_end;
+    /// Fills `rdi` pages, clones; both sides write every page (copy-on-write).
+    fill_clone: user_program_fill_clone_start .. user_program_fill_clone_end;
 }
