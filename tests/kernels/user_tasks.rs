@@ -15,7 +15,7 @@ use core::time::Duration;
 use kernel::mm::space::{AddressSpace, LIVE_SPACES, RegionFlags};
 use kernel::mm::{PAGE_SIZE, checker, page_alloc, rmap};
 use kernel::time::Instant;
-use kernel::user::{self, CODE_BASE, STACK_TOP, TaskExit, TaskReport, programs};
+use kernel::user::{self, CODE_BASE, Capabilities, STACK_TOP, TaskExit, TaskReport, programs};
 use kernel::{BootInfo, ExitCode, task};
 
 kernel::entry_point!(main);
@@ -27,7 +27,12 @@ fn main(_info: &'static BootInfo) -> ExitCode {
 
 /// Runs `program` with `argument` to its end (at most 60 s).
 fn run(program: programs::Program, argument: u64) -> TaskReport {
-    let handle = user::spawn(program.name, &program, argument).expect("task starts");
+    run_with(program, argument, Capabilities::empty())
+}
+
+/// [`run`] with capabilities.
+fn run_with(program: programs::Program, argument: u64, caps: Capabilities) -> TaskReport {
+    let handle = user::spawn_with(program.name, &program, argument, caps).expect("task starts");
     match handle.join_timeout(Duration::from_secs(60)) {
         Ok(report) => report,
         Err(_) => panic!("task '{}' did not end within 60 s", program.name),
@@ -153,7 +158,7 @@ fn fresh_pages_never_show_another_tasks_old_data() {
 #[test_case]
 fn clone_shares_pages_copy_on_write_in_ring3() {
     let cow_before = user::stats();
-    let report = run(programs::cow_clone(), 0);
+    let report = run_with(programs::cow_clone(), 1, Capabilities::DIAGNOSTICS);
     assert_eq!(report.exit, TaskExit::Exited(0), "see cow_clone's statuses");
     // Page A: the child copied it, so the parent took it back on its write without a copy.
     // Page B: the parent wrote it first, while shared (a copy), unless the child had already
@@ -345,7 +350,8 @@ fn exit_frees_every_page_many_times_over() {
     let round = || {
         assert_eq!(run(programs::memory_walk(), 32).exit, TaskExit::Exited(32));
         assert_eq!(run(programs::fresh_pages(), 7).exit, TaskExit::Exited(0));
-        assert_eq!(run(programs::cow_clone(), 0).exit, TaskExit::Exited(0));
+        let report = run_with(programs::cow_clone(), 1, Capabilities::DIAGNOSTICS);
+        assert_eq!(report.exit, TaskExit::Exited(0));
         assert_killed(&run(programs::read_address(), 0x10), "unmapped");
     };
     round();
@@ -485,4 +491,28 @@ fn copy_on_write_is_not_refused_by_the_resident_limit() {
     assert_eq!(report.counters.resident, allowed, "{:?}", report.counters);
     assert_eq!(settled_free_pages(), start_free);
     check_memory();
+}
+
+#[test_case]
+fn check_memory_needs_the_diagnostics_capability() {
+    // Without it the child's first check fails (status 13), so the parent exits 20.
+    let report = run(programs::cow_clone(), 1);
+    assert_eq!(
+        report.exit,
+        TaskExit::Exited(20),
+        "see cow_clone's statuses"
+    );
+    // Clone passes the capability on: the child's checks pass too.
+    let report = run_with(programs::cow_clone(), 1, Capabilities::DIAGNOSTICS);
+    assert_eq!(report.exit, TaskExit::Exited(0), "see cow_clone's statuses");
+    // Without checks the program runs for anyone (the console's `run cow_clone`).
+    assert_eq!(run(programs::cow_clone(), 0).exit, TaskExit::Exited(0));
+    // What a call costs the kernel: a walk of all memory with interrupts off.
+    let start = Instant::now();
+    check_memory();
+    log::info!(
+        "check_memory: {} us for {} MiB managed",
+        start.elapsed().as_micros(),
+        page_alloc::managed_pages() / 256
+    );
 }

@@ -40,6 +40,17 @@ pub const STACK_BYTES: u64 = 64 * 1024;
 /// A task's number, unique since boot.
 pub type Pid = u32;
 
+bitflags::bitflags! {
+    /// What a task may do beyond the ordinary system calls. Given at spawn, inherited by clone.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Capabilities: u8 {
+        /// The `check_memory` diagnostic: it walks all memory with interrupts off (2.3 ms for
+        /// 2 GiB under TCG, and more with many tasks mapped), so any task could stall the
+        /// kernel at will with it, in a loop. Only tasks the kernel starts for testing get it.
+        const DIAGNOSTICS = 1 << 0;
+    }
+}
+
 /// How a task ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskExit {
@@ -102,11 +113,16 @@ pub struct Task {
     finished: WaitQueue,
     /// Children made by `clone` and not yet waited for.
     children: IrqMutex<Vec<Arc<Task>>>,
+    capabilities: Capabilities,
 }
 
 impl Task {
     pub fn pid(&self) -> Pid {
         self.pid
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
     }
 
     /// The task's address space, while it runs.
@@ -172,8 +188,19 @@ pub fn current_task() -> Option<Arc<Task>> {
     RUNNING.lock().get(&thread).cloned()
 }
 
-/// Starts `program` in a new task, with `argument` in its first register (`rdi`).
+/// Starts `program` in a new task, with `argument` in its first register (`rdi`) and no
+/// capabilities.
 pub fn spawn(name: &str, program: &Program, argument: u64) -> Result<TaskHandle, SpawnError> {
+    spawn_with(name, program, argument, Capabilities::empty())
+}
+
+/// [`spawn`] with `capabilities` (the tests give diagnostics to their programs).
+pub fn spawn_with(
+    name: &str,
+    program: &Program,
+    argument: u64,
+    capabilities: Capabilities,
+) -> Result<TaskHandle, SpawnError> {
     let space = AddressSpace::new().map_err(SpawnError::Space)?;
     {
         let mut space = space.lock();
@@ -191,12 +218,17 @@ pub fn spawn(name: &str, program: &Program, argument: u64) -> Result<TaskHandle,
             .map_err(SpawnError::Space)?;
     }
     let registers = UserRegisters::at_entry(CODE_BASE, STACK_TOP, argument);
-    let task = start(name, space, registers);
+    let task = start(name, space, registers, capabilities);
     Ok(TaskHandle { task })
 }
 
 /// Starts a task thread for `space` at `registers`.
-fn start(name: &str, space: SharedSpace, registers: UserRegisters) -> Arc<Task> {
+fn start(
+    name: &str,
+    space: SharedSpace,
+    registers: UserRegisters,
+    capabilities: Capabilities,
+) -> Arc<Task> {
     let task = Arc::new(Task {
         pid: NEXT_PID.fetch_add(1, Relaxed),
         name: name.to_string(),
@@ -205,6 +237,7 @@ fn start(name: &str, space: SharedSpace, registers: UserRegisters) -> Arc<Task> 
         report: IrqMutex::new(None),
         finished: WaitQueue::new(),
         children: IrqMutex::new(Vec::new()),
+        capabilities,
     });
     STARTED.fetch_add(1, Relaxed);
     let runner = task.clone();
@@ -310,7 +343,7 @@ pub(crate) fn clone_current(registers: &UserRegisters) -> Result<Pid, SpaceError
     let mut child_registers = *registers;
     child_registers.rax = 0;
     let name = alloc::format!("{}-child", parent.name);
-    let child = start(&name, child_space, child_registers);
+    let child = start(&name, child_space, child_registers, parent.capabilities);
     let pid = child.pid;
     parent.children.lock().push(child);
     Ok(pid)

@@ -24,6 +24,15 @@ core::arch::global_asm!(
         mov edi, \status
         sys 0
     .endm
+    // Runs check_memory if r15 is not zero; jumps to `fail` if it does not pass.
+    .macro check_memory_if_asked fail
+        test r15, r15
+        jz 1f
+        sys 11
+        test rax, rax
+        jnz \fail
+    1:
+    .endm
 
     // memory_walk(pages): maps `pages` pages, checks that every word reads zero on first touch,
     // writes a pattern, reads it all back, says so on the console, unmaps, exits with `pages`.
@@ -191,10 +200,12 @@ user_program_sleeper_end:
     // writes B = 0x5555 (a stale writable TLB entry would let it write the shared page). The
     // child checks it sees A = 0x1111 in a page shared twice and B = 0x4444, writes A = 0x2222
     // (its private copy, mapped once), exits 2. The parent waits for the child, checks it still
-    // sees A = 0x1111 in a page mapped once, writes 0x3333 and exits 0. The memory checkers run
-    // at each step. Statuses: 10.. the child, 20.. the parent, 30.. set-up.
+    // sees A = 0x1111 in a page mapped once, writes 0x3333 and exits 0. With a non-zero argument
+    // the memory checkers run at each step (check_memory: the task needs the diagnostics
+    // capability). Statuses: 10.. the child, 20.. the parent, 30.. set-up.
     .global user_program_cow_clone_start
 user_program_cow_clone_start:
+    mov r15, rdi
     mov edi, 2 * 4096
     mov esi, 3
     sys 2
@@ -231,9 +242,7 @@ user_program_cow_clone_start:
     mov qword ptr [r13], 0x3333
     cmp qword ptr [r13], 0x3333
     jne .Lcc_parent_lost_write
-    sys 11
-    test rax, rax
-    jnz .Lcc_parent_check
+    check_memory_if_asked .Lcc_parent_check
     exit_with 0
 .Lcc_child:
     cmp qword ptr [r13], 0x1111
@@ -244,9 +253,7 @@ user_program_cow_clone_start:
     sys 10
     cmp rax, 2
     jne .Lcc_child_not_shared
-    sys 11
-    test rax, rax
-    jnz .Lcc_child_check_shared
+    check_memory_if_asked .Lcc_child_check_shared
     mov qword ptr [r13], 0x2222
     cmp qword ptr [r13], 0x2222
     jne .Lcc_child_lost_write
@@ -254,9 +261,7 @@ user_program_cow_clone_start:
     sys 10
     cmp rax, 1
     jne .Lcc_child_still_shared
-    sys 11
-    test rax, rax
-    jnz .Lcc_child_check_private
+    check_memory_if_asked .Lcc_child_check_private
     exit_with 2
 .Lcc_child_wrong_data:
     exit_with 10
@@ -623,7 +628,7 @@ programs! {
     spin: user_program_spin_start .. user_program_spin_end;
     /// Sleeps `rdi` ms and checks the clock.
     sleeper: user_program_sleeper_start .. user_program_sleeper_end;
-    /// Clone with copy-on-write, checked on both sides.
+    /// Clone with copy-on-write, checked on both sides (`rdi` != 0: with the memory checkers).
     cow_clone: user_program_cow_clone_start .. user_program_cow_clone_end;
     /// madvise MERGEABLE / UNMERGEABLE, with refused bad arguments.
     advise: user_program_advise_start .. user_program_advise_end;

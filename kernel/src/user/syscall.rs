@@ -17,11 +17,15 @@
 //! | 8 | clone | | the child's pid in the parent, 0 in the child |
 //! | 9 | wait | child pid, status address (0: none) | [`WAIT_EXITED`] (its exit status written there as an i64) or [`WAIT_KILLED`] (0 written) |
 //! | 10 | page_map_count | address | how many mappings share the page there (0: none yet) |
-//! | 11 | check_memory | | 0 if the frame-state and reverse-map checkers pass, `-EIO` if not |
+//! | 11 | check_memory | | 0 if the frame-state and reverse-map checkers pass, `-EIO` if not; `-EPERM` without [`Capabilities::DIAGNOSTICS`] |
 //!
 //! The last two are diagnostics (like Linux's `/proc/self/pagemap`) for the tests' programs.
+//! `check_memory` walks all memory with interrupts off, so only tasks spawned with the
+//! diagnostics capability (the tests') may call it: it is not made preemptible because it proves
+//! a consistent picture of every zone, list and mapping at one instant, which it could not do
+//! while the kernel changes them under it.
 
-use super::SYSTEM_CALLS;
+use super::{Capabilities, SYSTEM_CALLS};
 use crate::arch::user_entry::UserRegisters;
 use crate::mm::space::{FaultError, RegionFlags, SpaceError};
 use crate::mm::{checker, rmap, space};
@@ -41,6 +45,7 @@ pub const SYS_WAIT: u64 = 9;
 pub const SYS_PAGE_MAP_COUNT: u64 = 10;
 pub const SYS_CHECK_MEMORY: u64 = 11;
 
+pub const EPERM: i64 = 1;
 pub const EIO: i64 = 5;
 pub const ECHILD: i64 = 10;
 pub const ENOMEM: i64 = 12;
@@ -205,6 +210,11 @@ fn madvise(address: u64, len: u64, advice: u64) -> Result<u64, i64> {
 }
 
 fn check_memory() -> Result<u64, i64> {
+    let allowed = super::current_task()
+        .is_some_and(|task| task.capabilities.contains(Capabilities::DIAGNOSTICS));
+    if !allowed {
+        return Err(EPERM);
+    }
     match checker::check() {
         Ok(_) => Ok(0),
         Err(problem) => {
