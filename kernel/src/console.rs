@@ -74,8 +74,8 @@ pub fn execute(line: &str) -> (String, Next) {
             }
             writeln!(
                 out,
-                "{} started, {} exited, {} killed, {} system calls",
-                stats.started, stats.exited, stats.killed, stats.system_calls
+                "{} started, {} exited, {} killed, {} system calls, {} clones refused",
+                stats.started, stats.exited, stats.killed, stats.system_calls, stats.clones_refused
             )
         }
         "run" => run_program(&mut out, words.next(), words.next()),

@@ -12,6 +12,7 @@ extern crate alloc;
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use core::time::Duration;
+use kernel::mm::frame::Owner;
 use kernel::mm::space::{AddressSpace, LIVE_SPACES, RegionFlags};
 use kernel::mm::{PAGE_SIZE, checker, page_alloc, rmap};
 use kernel::time::Instant;
@@ -515,4 +516,105 @@ fn check_memory_needs_the_diagnostics_capability() {
         start.elapsed().as_micros(),
         page_alloc::managed_pages() / 256
     );
+}
+
+/// Pages held by user tasks and kernel stacks now, once finished tasks are gone.
+fn task_pages() -> (u64, u64) {
+    settled_free_pages();
+    let census = checker::check().expect("memory check");
+    (
+        census.allocated_by_owner[Owner::UserAnon as usize],
+        census.allocated_by_owner[Owner::Stack as usize],
+    )
+}
+
+/// After many tasks: every user page and kernel stack is back, and free memory is where it
+/// was but for the kernel page tables of new stack slots (one per 32 slots, kept for reuse).
+fn assert_tasks_left_nothing(before: (u64, u64), start_free: u64, slack: u64) {
+    assert_eq!(task_pages(), before, "(user pages, stack pages) held");
+    let free = settled_free_pages();
+    assert!(
+        free <= start_free && free + slack >= start_free,
+        "free pages {free}, {start_free} before (slack {slack})"
+    );
+}
+
+/// Waits until no task runs (children of a clone bomb are let go and end on their own).
+fn wait_for_no_tasks() {
+    let start = Instant::now();
+    while user::stats().live > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(50),
+            "{} tasks still run",
+            user::stats().live
+        );
+        task::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test_case]
+fn a_clone_bomb_meets_the_task_limit_and_the_kernel_goes_on() {
+    let (start_free, before_pages) = (settled_free_pages(), task_pages());
+    let max = &kernel::tunables::USER_MAX_TASKS;
+    max.set(64).expect("in range");
+    let before = user::stats();
+    // 2^12 tasks if nothing stopped them.
+    let report = run(programs::clone_bomb(), 12);
+    wait_for_no_tasks();
+    max.set(max.default).expect("in range");
+    let after = user::stats();
+    let started = after.started - before.started;
+    log::info!("clone bomb: {started} tasks started, {:?}", report.exit);
+    assert!(matches!(
+        report.exit,
+        TaskExit::Exited(0) | TaskExit::Exited(11)
+    ));
+    assert!(started < 4096, "the limit stopped it: {started} tasks");
+    assert!(
+        after.clones_refused > before.clones_refused,
+        "clones were refused"
+    );
+    assert_eq!(after.killed, before.killed, "nobody was killed");
+    assert_tasks_left_nothing(before_pages, start_free, 8);
+    check_memory();
+    // The kernel goes on: a task runs as before.
+    assert_eq!(run(programs::memory_walk(), 4).exit, TaskExit::Exited(4));
+}
+
+#[test_case]
+fn a_clone_bomb_out_of_memory_gets_errors_and_the_kernel_goes_on() {
+    use kernel::mm::page_alloc::{AllocRequest, Pages};
+    let (start_free, before_pages) = (settled_free_pages(), task_pages());
+    let max = &kernel::tunables::USER_MAX_TASKS;
+    max.set(max.max).expect("in range");
+    // Leave about 24 MiB free: room for a few hundred tasks, not for 2^14.
+    let mut held: alloc::vec::Vec<Pages> = alloc::vec::Vec::new();
+    while page_alloc::free_pages() > 6144 + 512 {
+        match page_alloc::alloc(AllocRequest::new(9)) {
+            Some(pages) => held.push(pages),
+            None => break,
+        }
+    }
+    let before = user::stats();
+    let report = run(programs::clone_bomb(), 14);
+    wait_for_no_tasks();
+    max.set(max.default).expect("in range");
+    for pages in held {
+        page_alloc::free(pages).expect("free");
+    }
+    let started = user::stats().started - before.started;
+    log::info!(
+        "clone bomb in 24 MiB: {started} tasks started, {:?}",
+        report.exit
+    );
+    assert!(started < 1 << 14, "memory stopped it: {started} tasks");
+    assert!(
+        user::stats().clones_refused > before.clones_refused,
+        "clones were refused"
+    );
+    assert_eq!(user::stats().killed, before.killed, "nobody was killed");
+    // Up to one stack slot per page of the 24 MiB: a page table per 32 slots.
+    assert_tasks_left_nothing(before_pages, start_free, 6144 / 32 + 8);
+    check_memory();
+    assert_eq!(run(programs::memory_walk(), 4).exit, TaskExit::Exited(4));
 }

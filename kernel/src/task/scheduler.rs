@@ -224,18 +224,25 @@ pub fn init() {
         },
     };
     scheduler.current = scheduler.add_thread("main", None, 0, State::Running);
-    let (stack, rsp) = new_stack();
+    // At boot, before anything else runs: a kernel without an idle thread cannot go on.
+    let (stack, rsp) = new_stack().expect("boot: no memory for the idle thread's stack");
     let idle = scheduler.add_thread("idle", Some(stack), rsp, State::Ready);
     scheduler.thread(idle).entry = Some(Box::new(idle_loop));
     scheduler.idle = Some(idle);
     *guard = Some(scheduler);
 }
 
-fn new_stack() -> (KernelStack, u64) {
-    // A thread cannot start without a stack; KernelStack::new has logged why.
-    let mut stack = KernelStack::new().expect("no memory for a kernel thread's stack");
+/// Why a kernel thread could not be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpawnError {
+    /// No memory (or no stack slot) for its stack; `KernelStack::new` has logged which.
+    NoStack,
+}
+
+fn new_stack() -> Result<(KernelStack, u64), SpawnError> {
+    let mut stack = KernelStack::new().ok_or(SpawnError::NoStack)?;
     let rsp = context::prepare_stack(stack.words(), thread_start);
-    (stack, rsp)
+    Ok((stack, rsp))
 }
 
 fn with_scheduler<R>(f: impl FnOnce(&mut Scheduler) -> R) -> R {
@@ -382,8 +389,9 @@ impl<T> JoinHandle<T> {
     }
 }
 
-/// Starts a kernel thread running `f`; it is runnable at once.
-pub fn spawn<F, T>(name: &str, f: F) -> JoinHandle<T>
+/// Starts a kernel thread running `f`; it is runnable at once. Fails (and `f` is dropped) when
+/// there is no memory for its stack.
+pub fn spawn<F, T>(name: &str, f: F) -> Result<JoinHandle<T>, SpawnError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -398,7 +406,7 @@ where
         *thread_slot.value.lock() = Some(value);
         thread_slot.finished.wake_all();
     });
-    let (stack, rsp) = new_stack();
+    let (stack, rsp) = new_stack()?;
     let id = with_scheduler(|scheduler| {
         let id = scheduler.add_thread(name, Some(stack), rsp, State::Ready);
         // Room for every thread in the ready queue, so that waking one never allocates.
@@ -412,7 +420,7 @@ where
         scheduler.stats.threads_spawned += 1;
         id
     });
-    JoinHandle { id, slot }
+    Ok(JoinHandle { id, slot })
 }
 
 /// Gives the CPU to the next ready thread, if any.

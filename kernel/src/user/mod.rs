@@ -80,6 +80,8 @@ pub struct TaskStats {
     pub system_calls: u64,
     /// Tasks running now.
     pub live: u64,
+    /// Clones refused (task limit or memory).
+    pub clones_refused: u64,
 }
 
 static STARTED: AtomicU64 = AtomicU64::new(0);
@@ -87,6 +89,9 @@ static EXITED: AtomicU64 = AtomicU64::new(0);
 static KILLED: AtomicU64 = AtomicU64::new(0);
 pub(crate) static SYSTEM_CALLS: AtomicU64 = AtomicU64::new(0);
 static NEXT_PID: AtomicU32 = AtomicU32::new(1);
+static CLONES_REFUSED: AtomicU64 = AtomicU64::new(0);
+/// When a refused clone was last logged (ns since boot; 0: never).
+static LAST_REFUSAL_LOG_NS: AtomicU64 = AtomicU64::new(0);
 
 pub fn stats() -> TaskStats {
     let started = STARTED.load(Relaxed);
@@ -98,6 +103,7 @@ pub fn stats() -> TaskStats {
         killed,
         system_calls: SYSTEM_CALLS.load(Relaxed),
         live: started - exited - killed,
+        clones_refused: CLONES_REFUSED.load(Relaxed),
     }
 }
 
@@ -177,6 +183,50 @@ impl TaskHandle {
 pub enum SpawnError {
     Space(SpaceError),
     Fault(FaultError),
+    /// `user.max_tasks` tasks run already.
+    TooManyTasks,
+    /// Free memory is down to what the kernel keeps for itself (see [`memory_for_a_task`]).
+    LowMemory,
+    /// No kernel thread for it (no memory for its stack).
+    Thread(task::SpawnError),
+}
+
+impl SpawnError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SpawnError::Space(_) => "no address space",
+            SpawnError::Fault(error) => error.reason(),
+            SpawnError::TooManyTasks => "too many tasks (user.max_tasks)",
+            SpawnError::LowMemory => "memory is low",
+            SpawnError::Thread(_) => "no memory for a kernel thread",
+        }
+    }
+}
+
+/// Tasks started and not yet finished: the count `user.max_tasks` limits. A start takes its
+/// place here before it allocates anything.
+static LIVE: AtomicU64 = AtomicU64::new(0);
+
+/// Takes a place for one more task, or fails when `user.max_tasks` run already.
+fn reserve_task_place() -> Result<(), SpawnError> {
+    let max = crate::tunables::USER_MAX_TASKS.get();
+    LIVE.fetch_update(Relaxed, Relaxed, |live| (live < max).then_some(live + 1))
+        .map(|_| ())
+        .map_err(|_| SpawnError::TooManyTasks)
+}
+
+/// Pages beyond the zones' high watermarks that must be free for a task to start: a start costs
+/// a kernel stack, page tables and heap (which grows 64 pages at a time), and the kernel's own
+/// allocations must not be the ones that fail when tasks multiply.
+const TASK_START_RESERVE_PAGES: u64 = 256;
+
+/// Whether memory allows another task (a clone bomb stops here, with the kernel unharmed).
+fn memory_for_a_task() -> bool {
+    let keep: u64 = crate::mm::page_alloc::all_zones()
+        .iter()
+        .map(|zone| zone.watermarks.high)
+        .sum();
+    crate::mm::page_alloc::free_pages() >= keep + TASK_START_RESERVE_PAGES
 }
 
 /// Which task each thread runs.
@@ -201,6 +251,23 @@ pub fn spawn_with(
     argument: u64,
     capabilities: Capabilities,
 ) -> Result<TaskHandle, SpawnError> {
+    reserve_task_place()?;
+    let started = build_and_start(name, program, argument, capabilities);
+    if started.is_err() {
+        LIVE.fetch_sub(1, Relaxed);
+    }
+    started
+}
+
+fn build_and_start(
+    name: &str,
+    program: &Program,
+    argument: u64,
+    capabilities: Capabilities,
+) -> Result<TaskHandle, SpawnError> {
+    if !memory_for_a_task() {
+        return Err(SpawnError::LowMemory);
+    }
     let space = AddressSpace::new().map_err(SpawnError::Space)?;
     {
         let mut space = space.lock();
@@ -218,17 +285,17 @@ pub fn spawn_with(
             .map_err(SpawnError::Space)?;
     }
     let registers = UserRegisters::at_entry(CODE_BASE, STACK_TOP, argument);
-    let task = start(name, space, registers, capabilities);
+    let task = start(name, space, registers, capabilities)?;
     Ok(TaskHandle { task })
 }
 
-/// Starts a task thread for `space` at `registers`.
+/// Starts a task thread for `space` at `registers` (its place in [`LIVE`] is taken already).
 fn start(
     name: &str,
     space: SharedSpace,
     registers: UserRegisters,
     capabilities: Capabilities,
-) -> Arc<Task> {
+) -> Result<Arc<Task>, SpawnError> {
     let task = Arc::new(Task {
         pid: NEXT_PID.fetch_add(1, Relaxed),
         name: name.to_string(),
@@ -239,11 +306,16 @@ fn start(
         children: IrqMutex::new(Vec::new()),
         capabilities,
     });
-    STARTED.fetch_add(1, Relaxed);
     let runner = task.clone();
-    // The join handle is not needed: the task's own report says when it is done.
-    drop(task::spawn(name, move || run(runner, registers)));
-    task
+    // The join handle is not needed: the task's own report says when it is done. On failure
+    // the closure, and with it the space, is dropped here.
+    let thread = task::spawn(name, move || run(runner, registers));
+    if let Err(error) = thread {
+        log::warn!("task '{name}' not started: no kernel thread ({error:?})");
+        return Err(SpawnError::Thread(error));
+    }
+    STARTED.fetch_add(1, Relaxed);
+    Ok(task)
 }
 
 /// The body of a task thread.
@@ -294,6 +366,7 @@ fn run(task: Arc<Task>, registers: UserRegisters) {
         counters,
         mergeable_bytes,
     });
+    LIVE.fetch_sub(1, Relaxed);
     task.finished.wake_all();
 }
 
@@ -336,17 +409,52 @@ pub fn handle_page_fault(fault: &PageFault) -> FaultResolution {
 
 /// `clone`: a child task whose address space is a copy-on-write copy of the caller's, resuming
 /// at the same place with `rax` = 0. Returns the child's pid.
-pub(crate) fn clone_current(registers: &UserRegisters) -> Result<Pid, SpaceError> {
-    let parent = current_task().ok_or(SpaceError::NotMapped)?;
-    let space = parent.space().ok_or(SpaceError::NotMapped)?;
-    let child_space = space.lock().fork()?;
+/// Fails when `user.max_tasks` tasks run, or memory is short (see [`memory_for_a_task`]).
+pub(crate) fn clone_current(registers: &UserRegisters) -> Result<Pid, SpawnError> {
+    let parent = current_task().ok_or(SpawnError::Space(SpaceError::NotMapped))?;
+    let child = reserve_task_place().and_then(|()| {
+        let child = clone_of(&parent, registers);
+        if child.is_err() {
+            LIVE.fetch_sub(1, Relaxed);
+        }
+        child
+    });
+    match &child {
+        Ok(child) => parent.children.lock().push(child.clone()),
+        Err(error) => {
+            let refused = CLONES_REFUSED.fetch_add(1, Relaxed) + 1;
+            // At most one line a second: a clone bomb must not flood the console.
+            let now = crate::time::uptime_ns().unwrap_or(0);
+            let last = LAST_REFUSAL_LOG_NS.load(Relaxed);
+            if (last == 0 || now.saturating_sub(last) >= 1_000_000_000)
+                && LAST_REFUSAL_LOG_NS
+                    .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+                    .is_ok()
+            {
+                log::warn!(
+                    "task {} '{}': clone refused: {} ({refused} clones refused since boot)",
+                    parent.pid,
+                    parent.name,
+                    error.reason()
+                );
+            }
+        }
+    }
+    child.map(|child| child.pid)
+}
+
+fn clone_of(parent: &Arc<Task>, registers: &UserRegisters) -> Result<Arc<Task>, SpawnError> {
+    if !memory_for_a_task() {
+        return Err(SpawnError::LowMemory);
+    }
+    let space = parent
+        .space()
+        .ok_or(SpawnError::Space(SpaceError::NotMapped))?;
+    let child_space = space.lock().fork().map_err(SpawnError::Space)?;
     let mut child_registers = *registers;
     child_registers.rax = 0;
     let name = alloc::format!("{}-child", parent.name);
-    let child = start(&name, child_space, child_registers, parent.capabilities);
-    let pid = child.pid;
-    parent.children.lock().push(child);
-    Ok(pid)
+    start(&name, child_space, child_registers, parent.capabilities)
 }
 
 /// Whether the caller has a child `pid` it has not waited for.

@@ -582,6 +582,26 @@ user_program_fill_clone_start:
     exit_with 102
     .global user_program_fill_clone_end
 user_program_fill_clone_end:
+    // clone_bomb(rounds): clones `rounds` times; every child goes on with the rounds left (2^rounds
+    // tasks if nothing stops them). Exits 0, or with the error number of the first clone the
+    // kernel refused.
+    .global user_program_clone_bomb_start
+user_program_clone_bomb_start:
+    mov r12, rdi
+.Lcb_loop:
+    test r12, r12
+    jz .Lcb_done
+    dec r12
+    sys 8
+    test rax, rax
+    jns .Lcb_loop
+    neg rax
+    mov rdi, rax
+    sys 0
+.Lcb_done:
+    exit_with 0
+    .global user_program_clone_bomb_end
+user_program_clone_bomb_end:
     .popsection
     "#
 );
@@ -640,4 +660,6 @@ programs! {
     wait_status: user_program_wait_status_start .. user_program_wait_status_end;
     /// Fills `rdi` pages, clones; both sides write every page (copy-on-write).
     fill_clone: user_program_fill_clone_start .. user_program_fill_clone_end;
+    /// Clones `rdi` times, and every child too: up to 2^`rdi` tasks.
+    clone_bomb: user_program_clone_bomb_start .. user_program_clone_bomb_end;
 }

@@ -14,7 +14,7 @@
 //! | 5 | yield | | 0 |
 //! | 6 | sleep | nanoseconds | 0 |
 //! | 7 | clock | | nanoseconds since boot |
-//! | 8 | clone | | the child's pid in the parent, 0 in the child |
+//! | 8 | clone | | the child's pid in the parent, 0 in the child; `-EAGAIN` when `user.max_tasks` tasks run, `-ENOMEM` when memory is short |
 //! | 9 | wait | child pid, status address (0: none) | [`WAIT_EXITED`] (its exit status written there as an i64) or [`WAIT_KILLED`] (0 written) |
 //! | 10 | page_map_count | address | how many mappings share the page there (0: none yet) |
 //! | 11 | check_memory | | 0 if the frame-state and reverse-map checkers pass, `-EIO` if not; `-EPERM` without [`Capabilities::DIAGNOSTICS`] |
@@ -48,6 +48,7 @@ pub const SYS_CHECK_MEMORY: u64 = 11;
 pub const EPERM: i64 = 1;
 pub const EIO: i64 = 5;
 pub const ECHILD: i64 = 10;
+pub const EAGAIN: i64 = 11;
 pub const ENOMEM: i64 = 12;
 pub const EFAULT: i64 = 14;
 pub const EINVAL: i64 = 22;
@@ -88,7 +89,7 @@ pub fn dispatch(registers: &mut UserRegisters) {
         SYS_CLOCK => Ok(crate::time::uptime_ns().unwrap_or(0)),
         SYS_CLONE => super::clone_current(registers)
             .map(u64::from)
-            .map_err(space_errno),
+            .map_err(spawn_errno),
         SYS_WAIT => wait(a, b),
         SYS_PAGE_MAP_COUNT => with_space(|space| {
             // Only the task's own regions: never a kernel page's counts.
@@ -117,6 +118,16 @@ fn with_space(f: impl FnOnce(&mut space::AddressSpace) -> Result<u64, i64>) -> R
         .ok_or(EFAULT)?;
     let mut guard = space.lock();
     f(&mut guard)
+}
+
+fn spawn_errno(error: super::SpawnError) -> i64 {
+    match error {
+        super::SpawnError::TooManyTasks => EAGAIN,
+        super::SpawnError::Space(error) => space_errno(error),
+        super::SpawnError::Fault(_)
+        | super::SpawnError::LowMemory
+        | super::SpawnError::Thread(_) => ENOMEM,
+    }
 }
 
 fn space_errno(error: SpaceError) -> i64 {
