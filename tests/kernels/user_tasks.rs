@@ -348,11 +348,17 @@ fn settled_free_pages() -> u64 {
 
 #[test_case]
 fn exit_frees_every_page_many_times_over() {
+    // Joined without a time limit: a bounded join leaves its timer in the scheduler's heap
+    // until the deadline, which would count as heap growth here.
+    let run = |program: programs::Program, argument: u64| {
+        let caps = Capabilities::DIAGNOSTICS;
+        let handle = user::spawn_with(program.name, &program, argument, caps).expect("starts");
+        handle.join()
+    };
     let round = || {
         assert_eq!(run(programs::memory_walk(), 32).exit, TaskExit::Exited(32));
         assert_eq!(run(programs::fresh_pages(), 7).exit, TaskExit::Exited(0));
-        let report = run_with(programs::cow_clone(), 1, Capabilities::DIAGNOSTICS);
-        assert_eq!(report.exit, TaskExit::Exited(0));
+        assert_eq!(run(programs::cow_clone(), 1).exit, TaskExit::Exited(0));
         assert_killed(&run(programs::read_address(), 0x10), "unmapped");
     };
     round();
@@ -617,4 +623,120 @@ fn a_clone_bomb_out_of_memory_gets_errors_and_the_kernel_goes_on() {
     assert_tasks_left_nothing(before_pages, start_free, 6144 / 32 + 8);
     check_memory();
     assert_eq!(run(programs::memory_walk(), 4).exit, TaskExit::Exited(4));
+}
+
+/// Starts `program`, lets it get going, asks it to die and returns its report.
+fn kill_after_start(program: programs::Program, argument: u64) -> TaskReport {
+    let handle = user::spawn(program.name, &program, argument).expect("task starts");
+    task::sleep(Duration::from_millis(20));
+    assert!(
+        handle.task().space().is_some(),
+        "still runs before the kill"
+    );
+    user::kill(handle.pid(), "killed by the test").expect("the task runs");
+    let asked = Instant::now();
+    let report = match handle.join_timeout(Duration::from_secs(5)) {
+        Ok(report) => report,
+        Err(_) => panic!("'{}' still runs 5 s after its kill", program.name),
+    };
+    log::info!(
+        "'{}' died {:?} after its kill",
+        program.name,
+        asked.elapsed()
+    );
+    report
+}
+
+#[test_case]
+fn a_task_spinning_in_ring3_dies_when_killed() {
+    let killed_before = user::stats().killed;
+    // `run jump_to 4194304`: a jump to itself, no system call ever.
+    let report = kill_after_start(programs::jump_to(), CODE_BASE);
+    assert_killed(&report, "killed by the test");
+    assert_eq!(user::stats().killed, killed_before + 1);
+    check_memory();
+}
+
+#[test_case]
+fn a_sleeping_task_wakes_to_die_when_killed() {
+    let report = kill_after_start(programs::sleep_forever(), 0);
+    assert_killed(&report, "killed by the test");
+}
+
+#[test_case]
+fn a_task_waiting_for_its_child_wakes_to_die_when_killed() {
+    let report = kill_after_start(programs::wait_forever(), 0);
+    assert_killed(&report, "killed by the test");
+    // Its child was let go and sleeps on: it can be killed by its pid.
+    let children: alloc::vec::Vec<_> = user::running_tasks()
+        .into_iter()
+        .filter(|(_, name)| name == "wait_forever-child")
+        .collect();
+    assert_eq!(children.len(), 1, "{children:?}");
+    user::kill(children[0].0, "killed by the test").expect("runs");
+    wait_for_no_tasks();
+    check_memory();
+}
+
+#[test_case]
+fn killing_no_task_is_an_error() {
+    assert_eq!(
+        user::kill(999_999, "nobody"),
+        Err(user::KillError::NoSuchTask)
+    );
+    // A finished task cannot be killed either.
+    let report = run(programs::memory_walk(), 1);
+    assert_eq!(
+        user::kill(report.pid, "late"),
+        Err(user::KillError::NoSuchTask)
+    );
+}
+
+/// Console input: one Ctrl-C (byte 3) once `delay` has passed, nothing before or after.
+fn ctrl_c_after(delay: Duration) -> impl FnMut() -> Option<u8> {
+    let start = Instant::now();
+    let mut sent = false;
+    move || {
+        if sent || start.elapsed() < delay {
+            return None;
+        }
+        sent = true;
+        Some(3)
+    }
+}
+
+#[test_case]
+fn console_kill_and_ctrl_c_end_runaway_tasks() {
+    use kernel::console::{execute, execute_with_input};
+    // In the background, then `kill ID`.
+    let (started, _) = execute("run sleep_forever 0 &");
+    assert!(started.contains("background"), "{started}");
+    task::sleep(Duration::from_millis(10));
+    let pid: u32 = started
+        .split_whitespace()
+        .nth(1)
+        .and_then(|word| word.parse().ok())
+        .expect("a pid");
+    let (tasks, _) = execute("tasks");
+    assert!(tasks.contains("sleep_forever"), "{tasks}");
+    let (killed, _) = execute(&alloc::format!("kill {pid}"));
+    assert!(killed.contains("kill requested"), "{killed}");
+    wait_for_no_tasks();
+    assert!(execute("kill 999999").0.contains("NoSuchTask"));
+    assert!(execute("kill x").0.contains("usage"));
+    // In the foreground: Ctrl-C (byte 3) typed while it spins kills it and its children.
+    let mut ctrl_c = ctrl_c_after(Duration::from_millis(50));
+    let (report, _) = execute_with_input("run jump_to 4194304", &mut ctrl_c);
+    assert!(
+        report.contains("Killed") && report.contains("Ctrl-C"),
+        "{report}"
+    );
+    let mut ctrl_c = ctrl_c_after(Duration::from_millis(50));
+    let (report, _) = execute_with_input("run wait_forever", &mut ctrl_c);
+    assert!(
+        report.contains("Killed") && report.contains("Ctrl-C"),
+        "{report}"
+    );
+    wait_for_no_tasks();
+    check_memory();
 }

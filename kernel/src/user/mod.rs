@@ -24,7 +24,7 @@ use crate::sync::IrqMutex;
 use crate::task::{self, ThreadId, WaitQueue, WaitResult};
 use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use core::time::Duration;
@@ -120,6 +120,11 @@ pub struct Task {
     /// Children made by `clone` and not yet waited for.
     children: IrqMutex<Vec<Arc<Task>>>,
     capabilities: Capabilities,
+    /// Why the task is to die, once someone asked ([`kill`]): it dies on its next way back to
+    /// ring 3 (end of a system call, a timer interrupt or fault from ring 3).
+    kill_reason: IrqMutex<Option<String>>,
+    /// Woken when a kill is requested: the task's interruptible waits (sleep) wait here.
+    interrupt: WaitQueue,
 }
 
 impl Task {
@@ -129,6 +134,15 @@ impl Task {
 
     pub fn capabilities(&self) -> Capabilities {
         self.capabilities
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether a kill was requested and the task has not died yet.
+    pub fn kill_pending(&self) -> bool {
+        self.kill_reason.lock().is_some() && self.report.lock().is_none()
     }
 
     /// The task's address space, while it runs.
@@ -229,6 +243,83 @@ fn memory_for_a_task() -> bool {
     crate::mm::page_alloc::free_pages() >= keep + TASK_START_RESERVE_PAGES
 }
 
+/// Every task started and not yet finished, by pid (for [`kill`]).
+static TASKS: IrqMutex<BTreeMap<Pid, Weak<Task>>> = IrqMutex::new(BTreeMap::new());
+/// Tasks asked to die that have not finished yet: while 0, the ring-3 return paths skip the
+/// check.
+static KILLS_PENDING: AtomicU64 = AtomicU64::new(0);
+
+/// Why a kill request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillError {
+    /// No task with this pid runs.
+    NoSuchTask,
+}
+
+/// Asks task `pid` to die for `reason`. It dies the next time it is on its way back to ring 3:
+/// at once if it sleeps or waits in a system call (it is woken), at the next timer interrupt
+/// if it runs in ring 3. A second kill before it died keeps the first reason.
+pub fn kill(pid: Pid, reason: &str) -> Result<(), KillError> {
+    let task = TASKS
+        .lock()
+        .get(&pid)
+        .and_then(Weak::upgrade)
+        .ok_or(KillError::NoSuchTask)?;
+    {
+        let mut pending = task.kill_reason.lock();
+        if task.report.lock().is_some() {
+            return Err(KillError::NoSuchTask);
+        }
+        if pending.is_none() {
+            *pending = Some(reason.to_string());
+            KILLS_PENDING.fetch_add(1, Relaxed);
+            log::info!("task {pid} '{}': kill requested: {reason}", task.name);
+        }
+    }
+    // Wake it wherever it waits for us: an interruptible sleep, or `wait` for a child.
+    task.interrupt.wake_all();
+    for child in task.children.lock().iter() {
+        child.finished.wake_all();
+    }
+    Ok(())
+}
+
+/// [`kill`] for `pid` and every descendant it has not waited for (the console's Ctrl-C).
+/// Returns how many tasks were asked to die.
+pub fn kill_family(pid: Pid, reason: &str) -> Result<usize, KillError> {
+    let root = TASKS
+        .lock()
+        .get(&pid)
+        .and_then(Weak::upgrade)
+        .ok_or(KillError::NoSuchTask)?;
+    let mut family = alloc::vec![root];
+    let mut index = 0;
+    while index < family.len() {
+        let children: Vec<Arc<Task>> = family[index].children.lock().clone();
+        family.extend(children);
+        index += 1;
+    }
+    Ok(family
+        .iter()
+        .filter(|task| kill(task.pid, reason).is_ok())
+        .count())
+}
+
+/// Called on every way back to ring 3 that can be interrupted (the end of a system call, a
+/// timer interrupt or page fault from ring 3): a task asked to die dies here.
+pub fn on_return_to_user() {
+    if KILLS_PENDING.load(Relaxed) == 0 {
+        return;
+    }
+    let Some(task) = current_task() else {
+        return;
+    };
+    let reason = task.kill_reason.lock().clone();
+    if let Some(reason) = reason {
+        kill_current(reason);
+    }
+}
+
 /// Which task each thread runs.
 static RUNNING: IrqMutex<BTreeMap<ThreadId, Arc<Task>>> = IrqMutex::new(BTreeMap::new());
 
@@ -305,13 +396,17 @@ fn start(
         finished: WaitQueue::new(),
         children: IrqMutex::new(Vec::new()),
         capabilities,
+        kill_reason: IrqMutex::new(None),
+        interrupt: WaitQueue::new(),
     });
+    TASKS.lock().insert(task.pid, Arc::downgrade(&task));
     let runner = task.clone();
     // The join handle is not needed: the task's own report says when it is done. On failure
     // the closure, and with it the space, is dropped here.
     let thread = task::spawn(name, move || run(runner, registers));
     if let Err(error) = thread {
         log::warn!("task '{name}' not started: no kernel thread ({error:?})");
+        TASKS.lock().remove(&task.pid);
         return Err(SpawnError::Thread(error));
     }
     STARTED.fetch_add(1, Relaxed);
@@ -327,7 +422,14 @@ fn run(task: Arc<Task>, registers: UserRegisters) {
     let thread = task::scheduler::current_id();
     RUNNING.lock().insert(thread, task.clone());
     task::scheduler::bind_address_space(Some(pml4));
-    user_entry::run_in_user_mode(&registers);
+    let killed_before_start = task.kill_reason.lock().clone();
+    match killed_before_start {
+        Some(reason) => {
+            log::warn!("task {} '{}' killed: {reason}", task.pid, task.name);
+            *task.exit.lock() = Some(TaskExit::Killed(reason));
+        }
+        None => user_entry::run_in_user_mode(&registers),
+    }
     // Back from ring 3 for good (exit or kill), with interrupts off.
     x86_64::instructions::interrupts::enable();
     task::scheduler::bind_address_space(None);
@@ -360,12 +462,21 @@ fn run(task: Arc<Task>, registers: UserRegisters) {
         TaskExit::Exited(_) => EXITED.fetch_add(1, Relaxed),
         TaskExit::Killed(_) => KILLED.fetch_add(1, Relaxed),
     };
-    *task.report.lock() = Some(TaskReport {
-        pid: task.pid,
-        exit,
-        counters,
-        mergeable_bytes,
-    });
+    {
+        // Under the kill lock: a kill either comes before the report (and is counted off here)
+        // or sees it and is refused.
+        let pending = task.kill_reason.lock();
+        if pending.is_some() {
+            KILLS_PENDING.fetch_sub(1, Relaxed);
+        }
+        *task.report.lock() = Some(TaskReport {
+            pid: task.pid,
+            exit,
+            counters,
+            mergeable_bytes,
+        });
+    }
+    TASKS.lock().remove(&task.pid);
     LIVE.fetch_sub(1, Relaxed);
     task.finished.wake_all();
 }
@@ -471,16 +582,32 @@ pub(crate) fn wait_child(pid: Pid) -> Option<TaskExit> {
         .iter()
         .find(|child| child.pid == pid)
         .cloned()?;
-    let report = child.wait(None)?;
+    // A kill of the parent wakes it (see `kill`): it returns without the child's report.
+    child
+        .finished
+        .wait_until(|| child.report.lock().is_some() || parent.kill_pending());
+    let report = child.report.lock().clone()?;
     parent.children.lock().retain(|other| other.pid != pid);
     Some(report.exit)
 }
 
-/// Task names and pids running now, for the console.
+/// `sleep`: sleeps `duration`, or less if the task is asked to die meanwhile.
+pub(crate) fn sleep_current(duration: Duration) {
+    match current_task() {
+        Some(task) => {
+            task.interrupt
+                .wait_until_timeout(|| task.kill_pending(), duration);
+        }
+        None => task::sleep(duration),
+    }
+}
+
+/// Pids and names of the tasks started and not finished, for the console.
 pub fn running_tasks() -> Vec<(Pid, String)> {
-    RUNNING
+    TASKS
         .lock()
         .values()
+        .filter_map(Weak::upgrade)
         .map(|task| (task.pid, task.name.clone()))
         .collect()
 }

@@ -602,6 +602,36 @@ user_program_clone_bomb_start:
     exit_with 0
     .global user_program_clone_bomb_end
 user_program_clone_bomb_end:
+    // sleep_forever: sleeps u64::MAX nanoseconds; exits 0 if it ever wakes.
+    .global user_program_sleep_forever_start
+user_program_sleep_forever_start:
+    mov rdi, -1
+    sys 6
+    exit_with 0
+    .global user_program_sleep_forever_end
+user_program_sleep_forever_end:
+
+    // wait_forever: clones a child that sleeps u64::MAX nanoseconds and waits for it; exits with
+    // wait's result if it ever returns.
+    .global user_program_wait_forever_start
+user_program_wait_forever_start:
+    sys 8
+    test rax, rax
+    js .Lwf_fail
+    jz .Lwf_child
+    mov rdi, rax
+    xor esi, esi
+    sys 9
+    mov rdi, rax
+    sys 0
+.Lwf_child:
+    mov rdi, -1
+    sys 6
+    exit_with 0
+.Lwf_fail:
+    exit_with 100
+    .global user_program_wait_forever_end
+user_program_wait_forever_end:
     .popsection
     "#
 );
@@ -662,4 +692,8 @@ programs! {
     fill_clone: user_program_fill_clone_start .. user_program_fill_clone_end;
     /// Clones `rdi` times, and every child too: up to 2^`rdi` tasks.
     clone_bomb: user_program_clone_bomb_start .. user_program_clone_bomb_end;
+    /// Sleeps for good (u64::MAX ns).
+    sleep_forever: user_program_sleep_forever_start .. user_program_sleep_forever_end;
+    /// Waits for a child that sleeps for good.
+    wait_forever: user_program_wait_forever_start .. user_program_wait_forever_end;
 }

@@ -83,7 +83,7 @@ pub fn dispatch(registers: &mut UserRegisters) {
             Ok(0)
         }
         SYS_SLEEP => {
-            crate::task::sleep(Duration::from_nanos(a));
+            super::sleep_current(Duration::from_nanos(a));
             Ok(0)
         }
         SYS_CLOCK => Ok(crate::time::uptime_ns().unwrap_or(0)),
@@ -109,6 +109,8 @@ pub fn dispatch(registers: &mut UserRegisters) {
     };
     // The frame goes back to ring 3 through IRETQ: only flags the task may set survive.
     registers.sanitize_rflags();
+    // A task asked to die (while it slept, waited or ran this call) dies here.
+    super::on_return_to_user();
 }
 
 /// Runs `f` on the current task's address space, under its lock.
