@@ -87,8 +87,13 @@ pub fn execute_with_input(line: &str, input: &mut dyn FnMut() -> Option<u8>) -> 
             }
             writeln!(
                 out,
-                "{} started, {} exited, {} killed, {} system calls, {} clones refused",
-                stats.started, stats.exited, stats.killed, stats.system_calls, stats.clones_refused
+                "{} started, {} exited, {} killed ({} oom_kill), {} system calls, {} clones refused",
+                stats.started,
+                stats.exited,
+                stats.killed,
+                stats.oom_kill,
+                stats.system_calls,
+                stats.clones_refused
             )
         }
         "run" => {

@@ -740,3 +740,72 @@ fn console_kill_and_ctrl_c_end_runaway_tasks() {
     wait_for_no_tasks();
     check_memory();
 }
+
+/// Holds memory so that about `left` pages stay free (kernel pages, given back by the caller).
+fn hold_all_but(left: u64) -> alloc::vec::Vec<page_alloc::Pages> {
+    use kernel::mm::page_alloc::AllocRequest;
+    let mut held = alloc::vec::Vec::new();
+    for order in [9u8, 0] {
+        while page_alloc::free_pages() > left + (1 << order) {
+            match page_alloc::alloc(AllocRequest::new(order).without_balloon_deflate()) {
+                Some(pages) => held.push(pages),
+                None => break,
+            }
+        }
+    }
+    held
+}
+
+#[test_case]
+fn out_of_memory_kills_the_largest_task_and_the_others_finish() {
+    let (start_free, before_pages) = (settled_free_pages(), task_pages());
+    let held = hold_all_but(12_000);
+    let before = user::stats();
+    // The hog takes half of what is left and keeps it; the walkers then need more than the
+    // rest between them.
+    let hog_program = programs::hog();
+    let hog = user::spawn("hog", &hog_program, 6000).expect("starts");
+    while hog
+        .task()
+        .space()
+        .is_some_and(|space| space.lock().counters.resident < 6001)
+    {
+        task::sleep(Duration::from_millis(5));
+    }
+    let walk = programs::memory_walk();
+    let walkers: alloc::vec::Vec<_> = (0..2)
+        .map(|_| user::spawn("walker", &walk, 3000).expect("starts"))
+        .collect();
+    let hog_report = hog.join_timeout(Duration::from_secs(30));
+    let walker_reports: alloc::vec::Vec<_> = walkers.into_iter().map(|w| w.join()).collect();
+    for pages in held {
+        page_alloc::free(pages).expect("free");
+    }
+    let hog_report = hog_report.unwrap_or_else(|_| panic!("the hog was not killed"));
+    assert_killed(&hog_report, "out of memory");
+    for report in walker_reports {
+        assert_eq!(report.exit, TaskExit::Exited(3000), "the walkers finish");
+    }
+    let after = user::stats();
+    assert_eq!(after.oom_kill, before.oom_kill + 1);
+    assert_eq!(after.killed, before.killed + 1);
+    check_memory();
+    assert_tasks_left_nothing(before_pages, start_free, 0);
+}
+
+#[test_case]
+fn out_of_memory_kills_the_faulting_task_when_it_is_the_largest() {
+    let (start_free, before_pages) = (settled_free_pages(), task_pages());
+    let held = hold_all_but(4000);
+    let before = user::stats();
+    let report = run(programs::memory_walk(), 8000);
+    for pages in held {
+        page_alloc::free(pages).expect("free");
+    }
+    assert_killed(&report, "out of memory");
+    assert_eq!(user::stats().oom_kill, before.oom_kill + 1);
+    check_memory();
+    assert_tasks_left_nothing(before_pages, start_free, 0);
+    // The kernel goes on.
+    assert_eq!(run(programs::memory_walk(), 4).exit, TaskExit::Exited(4));
+}

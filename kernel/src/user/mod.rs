@@ -82,6 +82,8 @@ pub struct TaskStats {
     pub live: u64,
     /// Clones refused (task limit or memory).
     pub clones_refused: u64,
+    /// Tasks killed by the OOM killer (also counted in `killed`).
+    pub oom_kill: u64,
 }
 
 static STARTED: AtomicU64 = AtomicU64::new(0);
@@ -90,6 +92,7 @@ static KILLED: AtomicU64 = AtomicU64::new(0);
 pub(crate) static SYSTEM_CALLS: AtomicU64 = AtomicU64::new(0);
 static NEXT_PID: AtomicU32 = AtomicU32::new(1);
 static CLONES_REFUSED: AtomicU64 = AtomicU64::new(0);
+static OOM_KILLS: AtomicU64 = AtomicU64::new(0);
 /// When a refused clone was last logged (ns since boot; 0: never).
 static LAST_REFUSAL_LOG_NS: AtomicU64 = AtomicU64::new(0);
 
@@ -104,6 +107,7 @@ pub fn stats() -> TaskStats {
         system_calls: SYSTEM_CALLS.load(Relaxed),
         live: started - exited - killed,
         clones_refused: CLONES_REFUSED.load(Relaxed),
+        oom_kill: OOM_KILLS.load(Relaxed),
     }
 }
 
@@ -514,8 +518,71 @@ pub fn handle_page_fault(fault: &PageFault) -> FaultResolution {
     );
     match outcome {
         Ok(_) => FaultResolution::Retry,
+        Err(FaultError::OutOfMemory) => out_of_memory(),
         Err(error) => FaultResolution::Fatal(error.reason()),
     }
+}
+
+/// The OOM killer, for a task whose page fault found no memory (the balloon, asked by the
+/// allocator, had nothing left to give either): the task with the largest resident set dies.
+/// If that is the faulting task, its fault is fatal. Otherwise the faulting task waits until
+/// the victim's memory is back and retries the fault (which may find another victim).
+fn out_of_memory() -> FaultResolution {
+    const FATAL: &str = "out of memory: the largest task (oom_kill)";
+    let Some(current) = current_task() else {
+        return FaultResolution::Fatal("out of memory");
+    };
+    let Some((victim, resident)) = largest_task() else {
+        return FaultResolution::Fatal("out of memory");
+    };
+    if Arc::ptr_eq(&victim, &current) {
+        OOM_KILLS.fetch_add(1, Relaxed);
+        log::warn!(
+            "oom_kill: task {} '{}' with {resident} resident pages (the largest, faulting itself)",
+            current.pid,
+            current.name
+        );
+        return FaultResolution::Fatal(FATAL);
+    }
+    // A victim already dying (for the OOM killer or anyone) is waited for, not killed twice.
+    if !victim.kill_pending() {
+        OOM_KILLS.fetch_add(1, Relaxed);
+        log::warn!(
+            "oom_kill: task {} '{}' with {resident} resident pages (task {} '{}' needs a page)",
+            victim.pid,
+            victim.name,
+            current.pid,
+            current.name
+        );
+        let reason =
+            alloc::format!("out of memory: the largest task, {resident} resident pages (oom_kill)");
+        // It may have finished meanwhile: its memory is back, which is all we need.
+        let _ = kill(victim.pid, &reason);
+    }
+    // Wait, preemptible, until the victim has torn down its space. Bounded waits: a victim
+    // spinning in ring 3 dies at a timer interrupt, and these keep one coming.
+    x86_64::instructions::interrupts::enable();
+    while victim.report.lock().is_none() && !current.kill_pending() {
+        victim.finished.wait_until_timeout(
+            || victim.report.lock().is_some() || current.kill_pending(),
+            Duration::from_millis(10),
+        );
+    }
+    x86_64::instructions::interrupts::disable();
+    // Retried; if the faulting task was asked to die meanwhile, it dies on the way back.
+    FaultResolution::Retry
+}
+
+/// The live task with the most resident pages, and that count.
+fn largest_task() -> Option<(Arc<Task>, u64)> {
+    let tasks: Vec<Arc<Task>> = TASKS.lock().values().filter_map(Weak::upgrade).collect();
+    tasks
+        .into_iter()
+        .filter_map(|task| {
+            let resident = task.space()?.lock().counters.resident;
+            Some((task, resident))
+        })
+        .max_by_key(|(_, resident)| *resident)
 }
 
 /// `clone`: a child task whose address space is a copy-on-write copy of the caller's, resuming

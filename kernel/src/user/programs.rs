@@ -632,6 +632,40 @@ user_program_wait_forever_start:
     exit_with 100
     .global user_program_wait_forever_end
 user_program_wait_forever_end:
+    // hog(pages): maps `pages` pages, writes each, says so, then sleeps 20 s holding them and
+    // exits 0. 100: mmap failed.
+    .global user_program_hog_start
+user_program_hog_start:
+    mov r12, rdi
+    mov rdi, r12
+    shl rdi, 12
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lhg_fail
+    mov r13, rax
+    xor ebx, ebx
+.Lhg_touch:
+    mov rax, rbx
+    shl rax, 12
+    mov [r13 + rax], rbx
+    inc rbx
+    cmp rbx, r12
+    jb .Lhg_touch
+    lea rdi, [rip + .Lhg_message]
+    lea rsi, [rip + .Lhg_message_end]
+    sub rsi, rdi
+    sys 1
+    mov rdi, 20000000000
+    sys 6
+    exit_with 0
+.Lhg_fail:
+    exit_with 100
+.Lhg_message:
+    .ascii "hog: all my pages are resident\n"
+.Lhg_message_end:
+    .global user_program_hog_end
+user_program_hog_end:
     .popsection
     "#
 );
@@ -696,4 +730,6 @@ programs! {
     sleep_forever: user_program_sleep_forever_start .. user_program_sleep_forever_end;
     /// Waits for a child that sleeps for good.
     wait_forever: user_program_wait_forever_start .. user_program_wait_forever_end;
+    /// Touches `rdi` pages and holds them for 20 s.
+    hog: user_program_hog_start .. user_program_hog_end;
 }
