@@ -1,7 +1,9 @@
 //! Ring-3 tasks and their address spaces: programs that run in ring 3 and exit with a status,
 //! isolation (tasks that touch what they may not are killed, the kernel and other tasks go on,
 //! fresh pages never show old data), copy-on-write after clone with exact reference counts and
-//! reverse map, madvise, bad system calls, preemption of ring 3, and teardown without leaks.
+//! reverse map, madvise, bad system calls, preemption of ring 3, teardown without leaks, and
+//! hostile tasks: RFLAGS they set, clone bombs (task limit, memory), kills (spinning, sleeping,
+//! waiting; the console's kill and Ctrl-C), the OOM killer, `wait` statuses, capabilities.
 #![no_std]
 #![no_main]
 #![feature(custom_test_frameworks)]

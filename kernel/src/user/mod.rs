@@ -1,15 +1,25 @@
 //! Ring-3 tasks: a task is a kernel thread that runs a user program in its own address space.
 //!
 //! Owns the task records: which thread runs which task, exit statuses, the parent/child links
-//! made by `clone`, and the task counters. Memory belongs to [`crate::mm::space`]; entering and
-//! leaving ring 3 to [`crate::arch::user_entry`]; the system calls are in [`syscall`], the
-//! programs in [`programs`].
+//! made by `clone`, capabilities, kill requests, the task limit (`user.max_tasks`), the OOM
+//! killer's choice of victim, and the task counters. Memory belongs to [`crate::mm::space`];
+//! entering and leaving ring 3 to [`crate::arch::user_entry`]; the system calls are in
+//! [`syscall`], the programs in [`programs`].
 //!
-//! Life of a task: [`spawn`] builds its address space (the program's code at [`CODE_BASE`],
-//! read-execute; a stack below [`STACK_TOP`], read-write, faulted in on demand) and starts a
-//! thread that binds the space and enters ring 3. The thread comes back to the kernel when the
-//! task calls `exit` or is killed (a fault it has no right to, any other exception); it then
-//! records a [`TaskReport`], tears the address space down and wakes whoever waits for it.
+//! Life of a task: [`spawn`] (or `clone`) takes a place under `user.max_tasks`, checks that
+//! memory is not down to the kernel's reserve, builds its address space (the program's code at
+//! [`CODE_BASE`], read-execute; a stack below [`STACK_TOP`], read-write, faulted in on demand)
+//! and starts a thread that binds the space and enters ring 3; any of these failing is an error
+//! for the caller, never a panic. The thread comes back to the kernel when the task calls
+//! `exit` or is killed: for a fault it has no right to or any other exception (at once), or on
+//! request ([`kill`]: the console's `kill` and Ctrl-C, the OOM killer), when it is next on its
+//! way back to ring 3 (the end of a system call, a timer interrupt or page fault from ring 3;
+//! a sleep or `wait` is woken for it). It then records a [`TaskReport`], tears the address
+//! space down and wakes whoever waits for it.
+//!
+//! Out of memory: a user page fault that finds no page (after the allocator asked the balloon)
+//! kills the task with the largest resident set; the faulting task retries once the victim's
+//! memory is back, or is the victim itself.
 
 pub mod programs;
 pub mod syscall;
@@ -631,6 +641,9 @@ fn clone_of(parent: &Arc<Task>, registers: &UserRegisters) -> Result<Arc<Task>, 
     let child_space = space.lock().fork().map_err(SpawnError::Space)?;
     let mut child_registers = *registers;
     child_registers.rax = 0;
+    // The saved flags are the caller's as SYSCALL found them (RF may be set, after a fault on
+    // the SYSCALL's own fetch): the child enters ring 3 with only the flags a task may have.
+    child_registers.sanitize_rflags();
     let name = alloc::format!("{}-child", parent.name);
     start(&name, child_space, child_registers, parent.capabilities)
 }
