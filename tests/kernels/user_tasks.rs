@@ -811,3 +811,30 @@ fn out_of_memory_kills_the_faulting_task_when_it_is_the_largest() {
     // The kernel goes on.
     assert_eq!(run(programs::memory_walk(), 4).exit, TaskExit::Exited(4));
 }
+
+#[test_case]
+fn a_system_call_with_a_bad_stack_pointer_returns_to_it() {
+    for rsp in [
+        0x8000_0000_0000_0000u64,
+        0xffff_8000_0000_0000,
+        KERNEL_SECRET.as_ptr() as u64,
+        0,
+        1,
+    ] {
+        let report = run(programs::odd_stack(), rsp);
+        assert_eq!(report.exit, TaskExit::Exited(0), "rsp {rsp:#x}");
+    }
+    check_memory();
+    assert_eq!(
+        KERNEL_SECRET.load(Relaxed),
+        0x5ec2_e75e_c2e7_5ec2,
+        "kernel data unchanged"
+    );
+}
+
+#[test_case]
+fn a_single_step_trap_due_at_syscall_is_taken_in_ring3() {
+    let report = run(programs::trap_syscall(), 0);
+    assert_killed(&report, "debug exception");
+    check_memory();
+}

@@ -666,6 +666,35 @@ user_program_hog_start:
 .Lhg_message_end:
     .global user_program_hog_end
 user_program_hog_end:
+    // odd_stack(rsp): makes a system call (clock) with its stack pointer set to `rsp` (a
+    // non-canonical or kernel address: the kernel must neither use nor trip over it), restores
+    // it and exits 0.
+    .global user_program_odd_stack_start
+user_program_odd_stack_start:
+    mov r12, rsp
+    mov rsp, rdi
+    sys 7
+    mov rsp, r12
+    exit_with 0
+    .global user_program_odd_stack_end
+user_program_odd_stack_end:
+    // trap_syscall: sets TF by a POPF right before SYSCALL, so the single-step trap is due just
+    // as SYSCALL enters the kernel, still on this task's stack pointer, placed at the bottom of
+    // its top stack page (the page below is not mapped yet): had the kernel taken that trap on
+    // it, it would fault in ring 0. Killed by the trap after the SYSCALL, back in ring 3.
+    .global user_program_trap_syscall_start
+user_program_trap_syscall_start:
+    pushfq
+    pop rax
+    or rax, 0x100
+    movabs rsp, 0x7ffffefff000
+    mov [rsp], rax
+    mov eax, 7
+    popfq
+    syscall
+    exit_with 0
+    .global user_program_trap_syscall_end
+user_program_trap_syscall_end:
     .popsection
     "#
 );
@@ -732,4 +761,8 @@ programs! {
     wait_forever: user_program_wait_forever_start .. user_program_wait_forever_end;
     /// Touches `rdi` pages and holds them for 20 s.
     hog: user_program_hog_start .. user_program_hog_end;
+    /// Makes a system call with its stack pointer set to `rdi`.
+    odd_stack: user_program_odd_stack_start .. user_program_odd_stack_end;
+    /// SYSCALL with the single-step trap due.
+    trap_syscall: user_program_trap_syscall_start .. user_program_trap_syscall_end;
 }
