@@ -567,12 +567,18 @@ fn a_clone_bomb_meets_the_task_limit_and_the_kernel_goes_on() {
     max.set(64).expect("in range");
     let before = user::stats();
     // 2^12 tasks if nothing stopped them.
+    let start = Instant::now();
     let report = run(programs::clone_bomb(), 12);
     wait_for_no_tasks();
+    let elapsed = start.elapsed();
     max.set(max.default).expect("in range");
     let after = user::stats();
     let started = after.started - before.started;
-    log::info!("clone bomb: {started} tasks started, {:?}", report.exit);
+    log::info!(
+        "clone bomb: {started} tasks started, {} clones refused, over in {elapsed:?}, {:?}",
+        after.clones_refused - before.clones_refused,
+        report.exit
+    );
     assert!(matches!(
         report.exit,
         TaskExit::Exited(0) | TaskExit::Exited(11)
@@ -604,15 +610,18 @@ fn a_clone_bomb_out_of_memory_gets_errors_and_the_kernel_goes_on() {
         }
     }
     let before = user::stats();
+    let start = Instant::now();
     let report = run(programs::clone_bomb(), 14);
     wait_for_no_tasks();
+    let elapsed = start.elapsed();
     max.set(max.default).expect("in range");
     for pages in held {
         page_alloc::free(pages).expect("free");
     }
     let started = user::stats().started - before.started;
     log::info!(
-        "clone bomb in 24 MiB: {started} tasks started, {:?}",
+        "clone bomb in 24 MiB: {started} tasks started, {} clones refused, over in {elapsed:?}, {:?}",
+        user::stats().clones_refused - before.clones_refused,
         report.exit
     );
     assert!(started < 1 << 14, "memory stopped it: {started} tasks");
@@ -775,11 +784,16 @@ fn out_of_memory_kills_the_largest_task_and_the_others_finish() {
         task::sleep(Duration::from_millis(5));
     }
     let walk = programs::memory_walk();
+    let start = Instant::now();
     let walkers: alloc::vec::Vec<_> = (0..2)
         .map(|_| user::spawn("walker", &walk, 3000).expect("starts"))
         .collect();
     let hog_report = hog.join_timeout(Duration::from_secs(30));
     let walker_reports: alloc::vec::Vec<_> = walkers.into_iter().map(|w| w.join()).collect();
+    log::info!(
+        "out of memory: hog killed and walkers done in {:?}",
+        start.elapsed()
+    );
     for pages in held {
         page_alloc::free(pages).expect("free");
     }
