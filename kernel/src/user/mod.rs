@@ -419,7 +419,7 @@ fn start(
     // the closure, and with it the space, is dropped here.
     let thread = task::spawn(name, move || run(runner, registers));
     if let Err(error) = thread {
-        log::warn!("task '{name}' not started: no kernel thread ({error:?})");
+        // The caller reports it (clone: rate-limited, a bomb must not flood the console).
         TASKS.lock().remove(&task.pid);
         return Err(SpawnError::Thread(error));
     }
