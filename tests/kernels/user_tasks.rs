@@ -852,3 +852,51 @@ fn a_single_step_trap_due_at_syscall_is_taken_in_ring3() {
     assert_killed(&report, "debug exception");
     check_memory();
 }
+
+#[test_case]
+fn user_pages_leave_the_kernel_its_reserve() {
+    use kernel::mm::page_alloc::AllocRequest;
+    use kernel::mm::space::FaultError;
+    // Enough left that every zone starts above its low watermark.
+    let held = hold_all_but(6000);
+    page_alloc::drain_per_cpu_caches();
+    let space = AddressSpace::new().expect("space");
+    let flags = RegionFlags::READ | RegionFlags::WRITE;
+    let base = space
+        .lock()
+        .map_anonymous(None, 8000 * PAGE_SIZE, flags)
+        .expect("region");
+    let mut pages = 0;
+    let error = loop {
+        assert!(pages < 8000, "6000 free pages gave 8000 user pages");
+        match space.lock().write_user(base + pages * PAGE_SIZE, &[1]) {
+            Ok(()) => pages += 1,
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(error, FaultError::OutOfMemory);
+    // Memory is full for tasks, not for the kernel: what lies between the zones' low and min
+    // watermarks is left for its heap, page tables and stacks (less what per-CPU lists hold).
+    let reserve: u64 = page_alloc::all_zones()
+        .iter()
+        .map(|zone| zone.watermarks.low - zone.watermarks.min)
+        .sum();
+    let want = (reserve / 2) as usize;
+    let kernel: alloc::vec::Vec<_> = (0..want)
+        .map_while(|_| page_alloc::alloc(AllocRequest::new(0)))
+        .collect();
+    let got = kernel.len();
+    for pages in kernel {
+        page_alloc::free(pages).expect("free");
+    }
+    drop(space);
+    for pages in held {
+        page_alloc::free(pages).expect("free");
+    }
+    log::info!(
+        "user pages stopped after {pages}; the kernel then got {got} of {want} pages (reserve {reserve})"
+    );
+    assert!(want >= 16, "a reserve worth testing: {reserve} pages");
+    assert_eq!(got, want, "the kernel's reserve");
+    check_memory();
+}
