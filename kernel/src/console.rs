@@ -20,7 +20,9 @@ const HELP: &str = "commands:
   tasks            task counters and the tasks running now
   reporting        free page reporting counters and reported memory per order
   balloon          the balloon: target, size, statistics, interrupts
-  run PROGRAM [N]  run a user program with argument N and show its report
+  run PROGRAM [N] [&]  run a user program with argument N and show its report (Ctrl-C
+                   kills it and its children); with &, in the background
+  kill ID          kill task ID (tasks lists them)
   tunables         every tunable with its value and range
   set NAME=VALUE   change a tunable
   exit             leave the console (the kernel exits)";
@@ -32,8 +34,19 @@ pub enum Next {
     Exit,
 }
 
-/// Runs one command line and returns its output.
+/// Control-C on the serial line: kills the foreground task.
+const CTRL_C: u8 = 0x03;
+/// How often `run` looks for Ctrl-C while its task runs.
+const INPUT_POLL: Duration = Duration::from_millis(10);
+
+/// Runs one command line and returns its output. Input that arrives while a command runs (Ctrl-C)
+/// is read from the serial line.
 pub fn execute(line: &str) -> (String, Next) {
+    execute_with_input(line, &mut crate::drivers::serial::try_read_byte)
+}
+
+/// [`execute`] with `input` as the source of bytes typed while a command runs (the tests').
+pub fn execute_with_input(line: &str, input: &mut dyn FnMut() -> Option<u8>) -> (String, Next) {
     let mut out = String::new();
     let mut words = line.split_whitespace();
     let command = words.next().unwrap_or("");
@@ -74,11 +87,26 @@ pub fn execute(line: &str) -> (String, Next) {
             }
             writeln!(
                 out,
-                "{} started, {} exited, {} killed, {} system calls",
-                stats.started, stats.exited, stats.killed, stats.system_calls
+                "{} started, {} exited, {} killed ({} oom_kill), {} system calls, {} clones refused",
+                stats.started,
+                stats.exited,
+                stats.killed,
+                stats.oom_kill,
+                stats.system_calls,
+                stats.clones_refused
             )
         }
-        "run" => run_program(&mut out, words.next(), words.next()),
+        "run" => {
+            let rest: alloc::vec::Vec<&str> = words.collect();
+            run_program(&mut out, &rest, input)
+        }
+        "kill" => match words.next().map(str::parse::<crate::user::Pid>) {
+            Some(Ok(pid)) => match crate::user::kill(pid, "killed from the console") {
+                Ok(()) => writeln!(out, "task {pid}: kill requested"),
+                Err(error) => writeln!(out, "kill {pid}: {error:?}"),
+            },
+            _ => writeln!(out, "usage: kill ID (tasks lists them)"),
+        },
         "reporting" => {
             let stats = crate::mm::reporting::stats();
             let state = crate::drivers::balloon::reporting_state();
@@ -156,6 +184,11 @@ pub fn run() {
                     crate::print!("\x08 \x08");
                 }
             }
+            CTRL_C => {
+                crate::println!("^C");
+                line.clear();
+                crate::print!("> ");
+            }
             byte if byte.is_ascii_graphic() || byte == b' ' => {
                 line.push(byte as char);
                 crate::print!("{}", byte as char);
@@ -165,8 +198,20 @@ pub fn run() {
     }
 }
 
-/// `run PROGRAM [N]`: runs a user program to its end and writes its report.
-fn run_program(out: &mut String, name: Option<&str>, argument: Option<&str>) -> core::fmt::Result {
+/// `run PROGRAM [N] [&]`: runs a user program to its end and writes its report; Ctrl-C from
+/// `input` kills it (and its children). With `&` it runs on in the background.
+fn run_program(
+    out: &mut String,
+    words: &[&str],
+    input: &mut dyn FnMut() -> Option<u8>,
+) -> core::fmt::Result {
+    let background = words.last() == Some(&"&");
+    let words = if background {
+        &words[..words.len() - 1]
+    } else {
+        words
+    };
+    let (name, argument) = (words.first().copied(), words.get(1).copied());
     let programs = crate::user::programs::all();
     let Some(program) = programs.iter().find(|program| Some(program.name) == name) else {
         let names: alloc::vec::Vec<&str> = programs.iter().map(|program| program.name).collect();
@@ -181,17 +226,33 @@ fn run_program(out: &mut String, name: Option<&str>, argument: Option<&str>) -> 
         Some(Ok(value)) => value,
         Some(Err(_)) => return writeln!(out, "the argument must be a number"),
     };
-    match crate::user::spawn(program.name, program, argument) {
-        Ok(handle) => {
-            let report = handle.join();
-            writeln!(
-                out,
-                "task {}: {:?}, {:?}",
-                report.pid, report.exit, report.counters
-            )
-        }
-        Err(error) => writeln!(out, "could not start {}: {error:?}", program.name),
+    let mut handle = match crate::user::spawn(program.name, program, argument) {
+        Ok(handle) => handle,
+        Err(error) => return writeln!(out, "could not start {}: {error:?}", program.name),
+    };
+    let pid = handle.pid();
+    if background {
+        return writeln!(
+            out,
+            "task {pid} runs in the background (kill {pid} ends it)"
+        );
     }
+    let report = loop {
+        match handle.join_timeout(INPUT_POLL) {
+            Ok(report) => break report,
+            Err(still_running) => handle = still_running,
+        }
+        while let Some(byte) = input() {
+            if byte == CTRL_C {
+                let _ = crate::user::kill_family(pid, "interrupted from the console (Ctrl-C)");
+            }
+        }
+    };
+    writeln!(
+        out,
+        "task {}: {:?}, {:?}",
+        report.pid, report.exit, report.counters
+    )
 }
 
 #[cfg(test)]

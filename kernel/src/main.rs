@@ -106,7 +106,10 @@ fn show_threads() {
         })
         .collect();
     for worker in workers {
-        worker.join();
+        match worker {
+            Ok(worker) => worker.join(),
+            Err(error) => println!("  a sleeper could not start: {error:?}"),
+        }
     }
     for (ms, woke) in order.lock().iter() {
         println!(

@@ -85,12 +85,19 @@ fn run_one(test: &'static dyn Testable) -> bool {
         outcome: Outcome::Running,
     };
     let start = Instant::now();
-    let handle = task::spawn(name, move || {
+    let spawned = task::spawn(name, move || {
         CURRENT.lock().thread = Some(task::current_id());
         test.run();
         CURRENT.lock().outcome = Outcome::Passed;
         DONE.wake_all();
     });
+    let handle = match spawned {
+        Ok(handle) => handle,
+        Err(error) => {
+            crate::println!("test {name} ... FAILED: no thread to run it in ({error:?})");
+            return false;
+        }
+    };
     let finished =
         DONE.wait_until_timeout(|| CURRENT.lock().outcome != Outcome::Running, time_limit());
     let elapsed = start.elapsed();

@@ -122,6 +122,7 @@ fn sleepers_wake_in_deadline_order() {
                 order.lock().push(ms);
                 woke
             })
+            .expect("thread starts")
         })
         .collect();
     let woke: Vec<Duration> = sleepers.into_iter().map(|handle| handle.join()).collect();
@@ -149,7 +150,8 @@ fn busy_thread_is_preempted_by_the_timer() {
             core::hint::spin_loop();
         }
         true
-    });
+    })
+    .expect("thread starts");
     let start = Instant::now();
     task::yield_now();
     let back_after = start.elapsed();
@@ -173,7 +175,8 @@ fn wait_queue_wakes_a_waiter_when_the_condition_holds() {
     let waiter = task::spawn("waiter", || {
         QUEUE.wait_until(|| VALUE.load(Ordering::SeqCst) == 3);
         VALUE.load(Ordering::SeqCst)
-    });
+    })
+    .expect("thread starts");
     for value in 1..=3 {
         task::sleep(Duration::from_millis(5));
         VALUE.store(value, Ordering::SeqCst);
@@ -263,7 +266,7 @@ fn the_scheduler_makes_room_for_hundreds_of_threads_outside_its_lock() {
 
 #[test_case]
 fn join_returns_the_thread_result() {
-    let handle = task::spawn("adder", || (1..=100u64).sum::<u64>());
+    let handle = task::spawn("adder", || (1..=100u64).sum::<u64>()).expect("thread starts");
     assert_eq!(handle.join(), 5050);
 }
 
@@ -271,14 +274,14 @@ fn join_returns_the_thread_result() {
 fn exited_threads_give_their_memory_back() {
     // Warm up so lazily grown structures (the thread map, queues) have their final size.
     for _ in 0..10 {
-        task::spawn("warm", || ()).join();
+        task::spawn("warm", || ()).expect("thread starts").join();
     }
     task::yield_now();
     let used_before = crate::mm::heap::stats().used;
     let live_before = task::scheduler::stats().live_threads;
     for round in 0..20 {
         let handles: Vec<_> = (0..10)
-            .map(|i| task::spawn("short", move || round * i))
+            .map(|i| task::spawn("short", move || round * i).expect("thread starts"))
             .collect();
         for handle in handles {
             handle.join();
@@ -752,4 +755,34 @@ fn thread_stacks_have_unmapped_guard_pages_and_are_freed() {
     );
     crate::mm::page_alloc::drain_per_cpu_caches();
     assert_eq!(crate::mm::page_alloc::free_pages(), free_before);
+}
+
+#[test_case]
+fn spawning_a_thread_without_memory_for_its_stack_fails_cleanly() {
+    use crate::mm::page_alloc::{self, AllocRequest};
+    use crate::mm::stack::STACK_ORDER;
+    // Take every block a stack could use, then ask for a thread.
+    let mut held = Vec::new();
+    while let Some(pages) =
+        page_alloc::alloc(AllocRequest::new(STACK_ORDER).without_balloon_deflate())
+    {
+        held.push(pages);
+    }
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = ran.clone();
+    let spawned = task::spawn("no stack", move || flag.store(true, Ordering::Relaxed));
+    let refused = matches!(spawned, Err(task::SpawnError::NoStack));
+    for pages in held {
+        page_alloc::free(pages).expect("free");
+    }
+    assert!(
+        refused,
+        "spawn without memory: {:?}",
+        spawned.map(|h| h.id())
+    );
+    task::yield_now();
+    assert!(!ran.load(Ordering::Relaxed), "a refused thread never runs");
+    // Memory back: threads start again.
+    let handle = task::spawn("stack again", || 7).expect("thread starts");
+    assert_eq!(handle.join(), 7);
 }

@@ -147,6 +147,14 @@ pub static USER_MAX_RESIDENT_PCT: Tunable = Tunable::new(
     "most memory one user address space may hold, in percent of managed memory",
 );
 
+pub static USER_MAX_TASKS: Tunable = Tunable::new(
+    "user.max_tasks",
+    512,
+    1,
+    65_536,
+    "most user tasks alive at once (spawn and clone fail beyond it; each costs at least 64 KiB)",
+);
+
 /// All tunables, for the command line and the console.
 pub static ALL: &[&Tunable] = &[
     &SCHED_TIMESLICE_MS,
@@ -160,6 +168,7 @@ pub static ALL: &[&Tunable] = &[
     &SCENARIO_RECLAIM_MIB,
     &SCENARIO_IDLE_MS,
     &USER_MAX_RESIDENT_PCT,
+    &USER_MAX_TASKS,
 ];
 
 pub fn find(name: &str) -> Option<&'static Tunable> {

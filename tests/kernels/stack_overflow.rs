@@ -22,7 +22,10 @@ fn recurse(depth: u64) -> u64 {
 
 fn main(_info: &'static BootInfo) -> ExitCode {
     kernel::println!("stack_overflow: recursing without end in a kernel thread");
-    let result = task::spawn("deep", || recurse(0)).join();
+    let Ok(thread) = task::spawn("deep", || recurse(0)) else {
+        return scenarios::did_not_panic("spawning the recursing thread (it could not start)");
+    };
+    let result = thread.join();
     kernel::println!("recursion returned {result}");
     scenarios::did_not_panic("unbounded recursion")
 }

@@ -1,7 +1,9 @@
 //! Ring-3 tasks and their address spaces: programs that run in ring 3 and exit with a status,
 //! isolation (tasks that touch what they may not are killed, the kernel and other tasks go on,
 //! fresh pages never show old data), copy-on-write after clone with exact reference counts and
-//! reverse map, madvise, bad system calls, preemption of ring 3, and teardown without leaks.
+//! reverse map, madvise, bad system calls, preemption of ring 3, teardown without leaks, and
+//! hostile tasks: RFLAGS they set, clone bombs (task limit, memory), kills (spinning, sleeping,
+//! waiting; the console's kill and Ctrl-C), the OOM killer, `wait` statuses, capabilities.
 #![no_std]
 #![no_main]
 #![feature(custom_test_frameworks)]
@@ -12,10 +14,11 @@ extern crate alloc;
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use core::time::Duration;
+use kernel::mm::frame::Owner;
 use kernel::mm::space::{AddressSpace, LIVE_SPACES, RegionFlags};
 use kernel::mm::{PAGE_SIZE, checker, page_alloc, rmap};
 use kernel::time::Instant;
-use kernel::user::{self, CODE_BASE, STACK_TOP, TaskExit, TaskReport, programs};
+use kernel::user::{self, CODE_BASE, Capabilities, STACK_TOP, TaskExit, TaskReport, programs};
 use kernel::{BootInfo, ExitCode, task};
 
 kernel::entry_point!(main);
@@ -27,7 +30,12 @@ fn main(_info: &'static BootInfo) -> ExitCode {
 
 /// Runs `program` with `argument` to its end (at most 60 s).
 fn run(program: programs::Program, argument: u64) -> TaskReport {
-    let handle = user::spawn(program.name, &program, argument).expect("task starts");
+    run_with(program, argument, Capabilities::empty())
+}
+
+/// [`run`] with capabilities.
+fn run_with(program: programs::Program, argument: u64, caps: Capabilities) -> TaskReport {
+    let handle = user::spawn_with(program.name, &program, argument, caps).expect("task starts");
     match handle.join_timeout(Duration::from_secs(60)) {
         Ok(report) => report,
         Err(_) => panic!("task '{}' did not end within 60 s", program.name),
@@ -153,7 +161,7 @@ fn fresh_pages_never_show_another_tasks_old_data() {
 #[test_case]
 fn clone_shares_pages_copy_on_write_in_ring3() {
     let cow_before = user::stats();
-    let report = run(programs::cow_clone(), 0);
+    let report = run_with(programs::cow_clone(), 1, Capabilities::DIAGNOSTICS);
     assert_eq!(report.exit, TaskExit::Exited(0), "see cow_clone's statuses");
     // Page A: the child copied it, so the parent took it back on its write without a copy.
     // Page B: the parent wrote it first, while shared (a copy), unless the child had already
@@ -342,10 +350,17 @@ fn settled_free_pages() -> u64 {
 
 #[test_case]
 fn exit_frees_every_page_many_times_over() {
+    // Joined without a time limit: a bounded join leaves its timer in the scheduler's heap
+    // until the deadline, which would count as heap growth here.
+    let run = |program: programs::Program, argument: u64| {
+        let caps = Capabilities::DIAGNOSTICS;
+        let handle = user::spawn_with(program.name, &program, argument, caps).expect("starts");
+        handle.join()
+    };
     let round = || {
         assert_eq!(run(programs::memory_walk(), 32).exit, TaskExit::Exited(32));
         assert_eq!(run(programs::fresh_pages(), 7).exit, TaskExit::Exited(0));
-        assert_eq!(run(programs::cow_clone(), 0).exit, TaskExit::Exited(0));
+        assert_eq!(run(programs::cow_clone(), 1).exit, TaskExit::Exited(0));
         assert_killed(&run(programs::read_address(), 0x10), "unmapped");
     };
     round();
@@ -402,4 +417,489 @@ fn console_runs_user_programs_and_shows_task_counters() {
     let (tasks, _) = execute("tasks");
     let killed = alloc::format!("{} killed", killed_before + 1);
     assert!(tasks.contains(&killed), "{tasks}");
+}
+
+#[test_case]
+fn flags_a_task_sets_never_reach_the_kernel_or_its_way_back() {
+    const TF: u64 = 1 << 8;
+    const IF: u64 = 1 << 9;
+    const DF: u64 = 1 << 10;
+    const IOPL: u64 = 3 << 12;
+    const NT: u64 = 1 << 14;
+    const RF: u64 = 1 << 16;
+    const VM: u64 = 1 << 17;
+    const AC: u64 = 1 << 18;
+    const ID: u64 = 1 << 21;
+    // (bits the task sets, whether they are still its own after the system calls)
+    let cases = [
+        ("NT", NT, true),
+        ("DF", DF, true),
+        ("AC", AC, true),
+        ("ID", ID, true),
+        ("IOPL", IOPL, false),
+        ("RF", RF, false),
+        ("VM", VM, false),
+        ("all", NT | DF | AC | ID | IOPL | RF | VM, false),
+    ];
+    for (name, bits, kept) in cases {
+        let report = run(programs::flags(), bits);
+        let TaskExit::Exited(flags) = report.exit else {
+            panic!("{name}: {:?}", report.exit);
+        };
+        let flags = flags as u64;
+        assert_ne!(flags, 100, "{name}: write did not write it all");
+        assert_eq!(
+            flags & IF,
+            IF,
+            "{name}: interrupts on in ring 3: {flags:#x}"
+        );
+        assert_eq!(
+            flags & (IOPL | RF | VM),
+            0,
+            "{name}: privileged flags: {flags:#x}"
+        );
+        if kept {
+            assert_eq!(
+                flags & bits,
+                bits,
+                "{name}: the task's own flag: {flags:#x}"
+            );
+        }
+    }
+    // TF: the task single-steps itself; the first trap kills it and the kernel goes on.
+    let report = run(programs::flags(), TF);
+    assert_killed(&report, "debug exception");
+    check_memory();
+}
+
+#[test_case]
+fn wait_tells_exit_statuses_from_errors() {
+    // Statuses that were error numbers (-ECHILD is -10) or the old "killed" value.
+    for status in [-10i64, -1000, 0, 7, i64::MIN] {
+        let report = run(programs::wait_status(), status as u64);
+        assert_eq!(report.exit, TaskExit::Exited(status), "status {status}");
+    }
+    // A killed child: wait says so, apart from any status.
+    let report = run(programs::wait_status(), 0x4b11);
+    assert_eq!(report.exit, TaskExit::Exited(0x4b11), "see wait_status");
+    check_memory();
+}
+
+#[test_case]
+fn copy_on_write_is_not_refused_by_the_resident_limit() {
+    let start_free = settled_free_pages();
+    let limit = &kernel::tunables::USER_MAX_RESIDENT_PCT;
+    limit.set(1).expect("in range");
+    let allowed = page_alloc::managed_pages() / 100;
+    // The code page and `allowed - 1` data pages: both sides are at their limit after the
+    // clone, and each copy-on-write copy replaces a page, it does not add one.
+    let report = run(programs::fill_clone(), allowed - 1);
+    limit.set(limit.default).expect("in range");
+    assert_eq!(
+        report.exit,
+        TaskExit::Exited(0),
+        "see fill_clone's statuses"
+    );
+    assert_eq!(report.counters.resident, allowed, "{:?}", report.counters);
+    assert_eq!(settled_free_pages(), start_free);
+    check_memory();
+}
+
+#[test_case]
+fn check_memory_needs_the_diagnostics_capability() {
+    // Without it the child's first check fails (status 13), so the parent exits 20.
+    let report = run(programs::cow_clone(), 1);
+    assert_eq!(
+        report.exit,
+        TaskExit::Exited(20),
+        "see cow_clone's statuses"
+    );
+    // Clone passes the capability on: the child's checks pass too.
+    let report = run_with(programs::cow_clone(), 1, Capabilities::DIAGNOSTICS);
+    assert_eq!(report.exit, TaskExit::Exited(0), "see cow_clone's statuses");
+    // Without checks the program runs for anyone (the console's `run cow_clone`).
+    assert_eq!(run(programs::cow_clone(), 0).exit, TaskExit::Exited(0));
+    // What a call costs the kernel: a walk of all memory with interrupts off.
+    let start = Instant::now();
+    check_memory();
+    log::info!(
+        "check_memory: {} us for {} MiB managed",
+        start.elapsed().as_micros(),
+        page_alloc::managed_pages() / 256
+    );
+}
+
+/// Pages held by user tasks and kernel stacks now, once finished tasks are gone.
+fn task_pages() -> (u64, u64) {
+    settled_free_pages();
+    let census = checker::check().expect("memory check");
+    (
+        census.allocated_by_owner[Owner::UserAnon as usize],
+        census.allocated_by_owner[Owner::Stack as usize],
+    )
+}
+
+/// After many tasks: every user page and kernel stack is back, and free memory is where it
+/// was but for the kernel page tables of new stack slots (one per 32 slots, kept for reuse).
+fn assert_tasks_left_nothing(before: (u64, u64), start_free: u64, slack: u64) {
+    assert_eq!(task_pages(), before, "(user pages, stack pages) held");
+    let free = settled_free_pages();
+    assert!(
+        free <= start_free && free + slack >= start_free,
+        "free pages {free}, {start_free} before (slack {slack})"
+    );
+}
+
+/// Waits until no task runs (children of a clone bomb are let go and end on their own).
+fn wait_for_no_tasks() {
+    let start = Instant::now();
+    while user::stats().live > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(50),
+            "{} tasks still run",
+            user::stats().live
+        );
+        task::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test_case]
+fn a_clone_bomb_meets_the_task_limit_and_the_kernel_goes_on() {
+    let (start_free, before_pages) = (settled_free_pages(), task_pages());
+    let max = &kernel::tunables::USER_MAX_TASKS;
+    max.set(64).expect("in range");
+    let before = user::stats();
+    // 2^12 tasks if nothing stopped them.
+    let start = Instant::now();
+    let report = run(programs::clone_bomb(), 12);
+    wait_for_no_tasks();
+    let elapsed = start.elapsed();
+    max.set(max.default).expect("in range");
+    let after = user::stats();
+    let started = after.started - before.started;
+    log::info!(
+        "clone bomb: {started} tasks started, {} clones refused, over in {elapsed:?}, {:?}",
+        after.clones_refused - before.clones_refused,
+        report.exit
+    );
+    assert!(matches!(
+        report.exit,
+        TaskExit::Exited(0) | TaskExit::Exited(11)
+    ));
+    assert!(started < 4096, "the limit stopped it: {started} tasks");
+    assert!(
+        after.clones_refused > before.clones_refused,
+        "clones were refused"
+    );
+    assert_eq!(after.killed, before.killed, "nobody was killed");
+    assert_tasks_left_nothing(before_pages, start_free, 8);
+    check_memory();
+    // The kernel goes on: a task runs as before.
+    assert_eq!(run(programs::memory_walk(), 4).exit, TaskExit::Exited(4));
+}
+
+#[test_case]
+fn a_clone_bomb_out_of_memory_gets_errors_and_the_kernel_goes_on() {
+    use kernel::mm::page_alloc::{AllocRequest, Pages};
+    let (start_free, before_pages) = (settled_free_pages(), task_pages());
+    let max = &kernel::tunables::USER_MAX_TASKS;
+    max.set(max.max).expect("in range");
+    // Leave about 24 MiB free: room for a few hundred tasks, not for 2^14.
+    let mut held: alloc::vec::Vec<Pages> = alloc::vec::Vec::new();
+    while page_alloc::free_pages() > 6144 + 512 {
+        match page_alloc::alloc(AllocRequest::new(9)) {
+            Some(pages) => held.push(pages),
+            None => break,
+        }
+    }
+    let before = user::stats();
+    let start = Instant::now();
+    let report = run(programs::clone_bomb(), 14);
+    wait_for_no_tasks();
+    let elapsed = start.elapsed();
+    max.set(max.default).expect("in range");
+    for pages in held {
+        page_alloc::free(pages).expect("free");
+    }
+    let started = user::stats().started - before.started;
+    log::info!(
+        "clone bomb in 24 MiB: {started} tasks started, {} clones refused, over in {elapsed:?}, {:?}",
+        user::stats().clones_refused - before.clones_refused,
+        report.exit
+    );
+    assert!(started < 1 << 14, "memory stopped it: {started} tasks");
+    assert!(
+        user::stats().clones_refused > before.clones_refused,
+        "clones were refused"
+    );
+    assert_eq!(user::stats().killed, before.killed, "nobody was killed");
+    // Up to one stack slot per page of the 24 MiB: a page table per 32 slots.
+    assert_tasks_left_nothing(before_pages, start_free, 6144 / 32 + 8);
+    check_memory();
+    assert_eq!(run(programs::memory_walk(), 4).exit, TaskExit::Exited(4));
+}
+
+/// Starts `program`, lets it get going, asks it to die and returns its report.
+fn kill_after_start(program: programs::Program, argument: u64) -> TaskReport {
+    let handle = user::spawn(program.name, &program, argument).expect("task starts");
+    task::sleep(Duration::from_millis(20));
+    assert!(
+        handle.task().space().is_some(),
+        "still runs before the kill"
+    );
+    user::kill(handle.pid(), "killed by the test").expect("the task runs");
+    let asked = Instant::now();
+    let report = match handle.join_timeout(Duration::from_secs(5)) {
+        Ok(report) => report,
+        Err(_) => panic!("'{}' still runs 5 s after its kill", program.name),
+    };
+    log::info!(
+        "'{}' died {:?} after its kill",
+        program.name,
+        asked.elapsed()
+    );
+    report
+}
+
+#[test_case]
+fn a_task_spinning_in_ring3_dies_when_killed() {
+    let killed_before = user::stats().killed;
+    // `run jump_to 4194304`: a jump to itself, no system call ever.
+    let report = kill_after_start(programs::jump_to(), CODE_BASE);
+    assert_killed(&report, "killed by the test");
+    assert_eq!(user::stats().killed, killed_before + 1);
+    check_memory();
+}
+
+#[test_case]
+fn a_sleeping_task_wakes_to_die_when_killed() {
+    let report = kill_after_start(programs::sleep_forever(), 0);
+    assert_killed(&report, "killed by the test");
+}
+
+#[test_case]
+fn a_task_waiting_for_its_child_wakes_to_die_when_killed() {
+    let report = kill_after_start(programs::wait_forever(), 0);
+    assert_killed(&report, "killed by the test");
+    // Its child was let go and sleeps on: it can be killed by its pid.
+    let children: alloc::vec::Vec<_> = user::running_tasks()
+        .into_iter()
+        .filter(|(_, name)| name == "wait_forever-child")
+        .collect();
+    assert_eq!(children.len(), 1, "{children:?}");
+    user::kill(children[0].0, "killed by the test").expect("runs");
+    wait_for_no_tasks();
+    check_memory();
+}
+
+#[test_case]
+fn killing_no_task_is_an_error() {
+    assert_eq!(
+        user::kill(999_999, "nobody"),
+        Err(user::KillError::NoSuchTask)
+    );
+    // A finished task cannot be killed either.
+    let report = run(programs::memory_walk(), 1);
+    assert_eq!(
+        user::kill(report.pid, "late"),
+        Err(user::KillError::NoSuchTask)
+    );
+}
+
+/// Console input: one Ctrl-C (byte 3) once `delay` has passed, nothing before or after.
+fn ctrl_c_after(delay: Duration) -> impl FnMut() -> Option<u8> {
+    let start = Instant::now();
+    let mut sent = false;
+    move || {
+        if sent || start.elapsed() < delay {
+            return None;
+        }
+        sent = true;
+        Some(3)
+    }
+}
+
+#[test_case]
+fn console_kill_and_ctrl_c_end_runaway_tasks() {
+    use kernel::console::{execute, execute_with_input};
+    // In the background, then `kill ID`.
+    let (started, _) = execute("run sleep_forever 0 &");
+    assert!(started.contains("background"), "{started}");
+    task::sleep(Duration::from_millis(10));
+    let pid: u32 = started
+        .split_whitespace()
+        .nth(1)
+        .and_then(|word| word.parse().ok())
+        .expect("a pid");
+    let (tasks, _) = execute("tasks");
+    assert!(tasks.contains("sleep_forever"), "{tasks}");
+    let (killed, _) = execute(&alloc::format!("kill {pid}"));
+    assert!(killed.contains("kill requested"), "{killed}");
+    wait_for_no_tasks();
+    assert!(execute("kill 999999").0.contains("NoSuchTask"));
+    assert!(execute("kill x").0.contains("usage"));
+    // In the foreground: Ctrl-C (byte 3) typed while it spins kills it and its children.
+    let mut ctrl_c = ctrl_c_after(Duration::from_millis(50));
+    let (report, _) = execute_with_input("run jump_to 4194304", &mut ctrl_c);
+    assert!(
+        report.contains("Killed") && report.contains("Ctrl-C"),
+        "{report}"
+    );
+    let mut ctrl_c = ctrl_c_after(Duration::from_millis(50));
+    let (report, _) = execute_with_input("run wait_forever", &mut ctrl_c);
+    assert!(
+        report.contains("Killed") && report.contains("Ctrl-C"),
+        "{report}"
+    );
+    wait_for_no_tasks();
+    check_memory();
+}
+
+/// Holds memory so that about `left` pages stay free (kernel pages, given back by the caller).
+fn hold_all_but(left: u64) -> alloc::vec::Vec<page_alloc::Pages> {
+    use kernel::mm::page_alloc::AllocRequest;
+    let mut held = alloc::vec::Vec::new();
+    for order in [9u8, 0] {
+        while page_alloc::free_pages() > left + (1 << order) {
+            match page_alloc::alloc(AllocRequest::new(order).without_balloon_deflate()) {
+                Some(pages) => held.push(pages),
+                None => break,
+            }
+        }
+    }
+    held
+}
+
+#[test_case]
+fn out_of_memory_kills_the_largest_task_and_the_others_finish() {
+    let (start_free, before_pages) = (settled_free_pages(), task_pages());
+    let held = hold_all_but(12_000);
+    let before = user::stats();
+    // The hog takes half of what is left and keeps it; the walkers then need more than the
+    // rest between them.
+    let hog_program = programs::hog();
+    let hog = user::spawn("hog", &hog_program, 6000).expect("starts");
+    while hog
+        .task()
+        .space()
+        .is_some_and(|space| space.lock().counters.resident < 6001)
+    {
+        task::sleep(Duration::from_millis(5));
+    }
+    let walk = programs::memory_walk();
+    let start = Instant::now();
+    let walkers: alloc::vec::Vec<_> = (0..2)
+        .map(|_| user::spawn("walker", &walk, 3000).expect("starts"))
+        .collect();
+    let hog_report = hog.join_timeout(Duration::from_secs(30));
+    let walker_reports: alloc::vec::Vec<_> = walkers.into_iter().map(|w| w.join()).collect();
+    log::info!(
+        "out of memory: hog killed and walkers done in {:?}",
+        start.elapsed()
+    );
+    for pages in held {
+        page_alloc::free(pages).expect("free");
+    }
+    let hog_report = hog_report.unwrap_or_else(|_| panic!("the hog was not killed"));
+    assert_killed(&hog_report, "out of memory");
+    for report in walker_reports {
+        assert_eq!(report.exit, TaskExit::Exited(3000), "the walkers finish");
+    }
+    let after = user::stats();
+    assert_eq!(after.oom_kill, before.oom_kill + 1);
+    assert_eq!(after.killed, before.killed + 1);
+    check_memory();
+    assert_tasks_left_nothing(before_pages, start_free, 0);
+}
+
+#[test_case]
+fn out_of_memory_kills_the_faulting_task_when_it_is_the_largest() {
+    let (start_free, before_pages) = (settled_free_pages(), task_pages());
+    let held = hold_all_but(4000);
+    let before = user::stats();
+    let report = run(programs::memory_walk(), 8000);
+    for pages in held {
+        page_alloc::free(pages).expect("free");
+    }
+    assert_killed(&report, "out of memory");
+    assert_eq!(user::stats().oom_kill, before.oom_kill + 1);
+    check_memory();
+    assert_tasks_left_nothing(before_pages, start_free, 0);
+    // The kernel goes on.
+    assert_eq!(run(programs::memory_walk(), 4).exit, TaskExit::Exited(4));
+}
+
+#[test_case]
+fn a_system_call_with_a_bad_stack_pointer_returns_to_it() {
+    for rsp in [
+        0x8000_0000_0000_0000u64,
+        0xffff_8000_0000_0000,
+        KERNEL_SECRET.as_ptr() as u64,
+        0,
+        1,
+    ] {
+        let report = run(programs::odd_stack(), rsp);
+        assert_eq!(report.exit, TaskExit::Exited(0), "rsp {rsp:#x}");
+    }
+    check_memory();
+    assert_eq!(
+        KERNEL_SECRET.load(Relaxed),
+        0x5ec2_e75e_c2e7_5ec2,
+        "kernel data unchanged"
+    );
+}
+
+#[test_case]
+fn a_single_step_trap_due_at_syscall_is_taken_in_ring3() {
+    let report = run(programs::trap_syscall(), 0);
+    assert_killed(&report, "debug exception");
+    check_memory();
+}
+
+#[test_case]
+fn user_pages_leave_the_kernel_its_reserve() {
+    use kernel::mm::page_alloc::AllocRequest;
+    use kernel::mm::space::FaultError;
+    // Enough left that every zone starts above its low watermark.
+    let held = hold_all_but(6000);
+    page_alloc::drain_per_cpu_caches();
+    let space = AddressSpace::new().expect("space");
+    let flags = RegionFlags::READ | RegionFlags::WRITE;
+    let base = space
+        .lock()
+        .map_anonymous(None, 8000 * PAGE_SIZE, flags)
+        .expect("region");
+    let mut pages = 0;
+    let error = loop {
+        assert!(pages < 8000, "6000 free pages gave 8000 user pages");
+        match space.lock().write_user(base + pages * PAGE_SIZE, &[1]) {
+            Ok(()) => pages += 1,
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(error, FaultError::OutOfMemory);
+    // Memory is full for tasks, not for the kernel: what lies between the zones' low and min
+    // watermarks is left for its heap, page tables and stacks (less what per-CPU lists hold).
+    let reserve: u64 = page_alloc::all_zones()
+        .iter()
+        .map(|zone| zone.watermarks.low - zone.watermarks.min)
+        .sum();
+    let want = (reserve / 2) as usize;
+    let kernel: alloc::vec::Vec<_> = (0..want)
+        .map_while(|_| page_alloc::alloc(AllocRequest::new(0)))
+        .collect();
+    let got = kernel.len();
+    for pages in kernel {
+        page_alloc::free(pages).expect("free");
+    }
+    drop(space);
+    for pages in held {
+        page_alloc::free(pages).expect("free");
+    }
+    log::info!(
+        "user pages stopped after {pages}; the kernel then got {got} of {want} pages (reserve {reserve})"
+    );
+    assert!(want >= 16, "a reserve worth testing: {reserve} pages");
+    assert_eq!(got, want, "the kernel's reserve");
+    check_memory();
 }

@@ -234,6 +234,7 @@ extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, error: Page
         error,
     };
     match crate::mm::fault::handle_page_fault(&fault) {
+        FaultResolution::Retry if from_user_mode(&frame) => crate::user::on_return_to_user(),
         FaultResolution::Retry => {}
         FaultResolution::ContinueAt(target) => {
             // SAFETY: `target` is an exception-table fixup for the faulting instruction, code
@@ -251,11 +252,15 @@ extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, error: Page
     }
 }
 
-extern "x86-interrupt" fn timer_interrupt(_frame: InterruptStackFrame) {
+extern "x86-interrupt" fn timer_interrupt(frame: InterruptStackFrame) {
     // Acknowledge first: the scheduler may switch to another thread before this handler
     // returns, and the APIC must be free to deliver the next tick meanwhile.
     apic::end_of_interrupt();
     crate::task::scheduler::timer_tick();
+    if from_user_mode(&frame) {
+        // A task that never makes a system call still dies when it is asked to.
+        crate::user::on_return_to_user();
+    }
 }
 
 extern "x86-interrupt" fn balloon_config_interrupt(_frame: InterruptStackFrame) {

@@ -49,6 +49,19 @@ pub struct UserRegisters {
 
 /// RFLAGS of a task: interrupts on (bit 9), reserved bit 1; nothing else (no IOPL, no AC).
 const USER_RFLAGS: u64 = 0x202;
+/// The RFLAGS bits a task may change for itself (POPF in ring 3 changes exactly these): the
+/// arithmetic flags, TF, DF, NT, AC and ID. Never IF, IOPL, RF, VM, VIF or VIP.
+const USER_CHANGEABLE_RFLAGS: u64 = 0x0001 // CF
+    | 0x0004 // PF
+    | 0x0010 // AF
+    | 0x0040 // ZF
+    | 0x0080 // SF
+    | 0x0100 // TF
+    | 0x0400 // DF
+    | 0x0800 // OF
+    | 0x4000 // NT
+    | 0x4_0000 // AC
+    | 0x20_0000; // ID
 
 impl UserRegisters {
     /// A task's first state: all registers zero but the entry point, the stack pointer and the
@@ -66,6 +79,12 @@ impl UserRegisters {
         }
     }
 
+    /// Makes the saved RFLAGS safe to return to ring 3 with: only the bits a task may set for
+    /// itself survive; interrupts are on and nothing privileged (IOPL, VM, RF, VIF, VIP) is set.
+    pub fn sanitize_rflags(&mut self) {
+        self.rflags = (self.rflags & USER_CHANGEABLE_RFLAGS) | USER_RFLAGS;
+    }
+
     /// Whether this frame returns to ring 3 with interrupts on and nothing more privileged:
     /// the only frames [`run_in_user_mode`] accepts.
     pub fn is_user_frame(&self) -> bool {
@@ -73,7 +92,7 @@ impl UserRegisters {
         self.cs == u64::from(selectors.user_code.0)
             && self.ss == u64::from(selectors.user_data.0)
             && self.rflags & USER_RFLAGS == USER_RFLAGS
-            && self.rflags & 0x3000 == 0
+            && self.rflags & !(USER_CHANGEABLE_RFLAGS | USER_RFLAGS) == 0
             && self.rip < 0x0000_8000_0000_0000
     }
 }
@@ -180,7 +199,12 @@ unsafe extern "C" {
 }
 
 /// Enables the SYSCALL instruction: EFER.SCE, the segments (STAR), the entry (LSTAR), and the
-/// flags cleared on entry (SFMASK: interrupts, direction, trap, alignment check).
+/// flags cleared on entry (SFMASK). The kernel must not inherit any flag a task can set: IF
+/// (the entry runs with interrupts off until it is on its own stack), DF (Rust assumes it
+/// clear), TF (no single-stepping the kernel), AC (no alignment checks, and no SMAP bypass
+/// once SMAP is on), NT (IRETQ with NT set raises #GP in long mode: the kernel's own return to
+/// ring 3 would fault), and IOPL (as Linux; ring 3 cannot raise it, but nothing relies on that).
+/// Linux masks the same set. RF is cleared by SYSCALL itself; VM cannot be set in long mode.
 pub fn init() {
     use x86_64::registers::model_specific::{Efer, EferFlags, LStar, SFMask, Star};
     use x86_64::registers::rflags::RFlags;
@@ -207,7 +231,10 @@ pub fn init() {
         RFlags::INTERRUPT_FLAG
             | RFlags::DIRECTION_FLAG
             | RFlags::TRAP_FLAG
-            | RFlags::ALIGNMENT_CHECK,
+            | RFlags::ALIGNMENT_CHECK
+            | RFlags::NESTED_TASK
+            | RFlags::IOPL_HIGH
+            | RFlags::IOPL_LOW,
     );
     // SAFETY: SCE only makes SYSCALL/SYSRET valid; the MSRs above point them at the entry
     // code and the kernel's segments.

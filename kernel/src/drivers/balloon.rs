@@ -420,7 +420,9 @@ fn start() -> Result<(), BalloonError> {
         refused_logged: false,
     };
     worker.offer_statistics();
-    drop(task::spawn("balloon", move || worker.run()));
+    if let Err(error) = task::spawn("balloon", move || worker.run()) {
+        log::error!("virtio-balloon: no worker thread ({error:?}): the balloon stays as it is");
+    }
     Ok(())
 }
 

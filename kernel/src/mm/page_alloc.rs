@@ -38,6 +38,10 @@ pub struct AllocRequest {
     /// May take pages back from the balloon when memory runs out (deflate-on-OOM). Off for
     /// the balloon's own allocations.
     pub deflate_on_oom: bool,
+    /// Stops at the low watermark instead of the min one (user pages): what lies between is
+    /// the kernel's, so that its heap, page tables and stacks are not what fails when tasks
+    /// fill memory (the OOM killer frees memory before the kernel runs short).
+    pub leave_kernel_reserve: bool,
 }
 
 impl AllocRequest {
@@ -51,6 +55,7 @@ impl AllocRequest {
             owner: Owner::Kernel,
             use_reserves: false,
             deflate_on_oom: true,
+            leave_kernel_reserve: false,
         }
     }
     /// Fails instead of deflating the balloon (for the balloon's own inflation).
@@ -74,6 +79,13 @@ impl AllocRequest {
     }
     pub const fn owner(self, owner: Owner) -> Self {
         AllocRequest { owner, ..self }
+    }
+    /// For user pages: see [`AllocRequest::leave_kernel_reserve`].
+    pub const fn leave_kernel_reserve(self) -> Self {
+        AllocRequest {
+            leave_kernel_reserve: true,
+            ..self
+        }
     }
     pub const fn use_reserves(self) -> Self {
         AllocRequest {
@@ -349,6 +361,17 @@ fn pcp_type_slot(kind: MigrateType) -> Option<usize> {
     }
 }
 
+/// The free pages `request` must leave in `zone`.
+fn watermark(zone: &Zone, request: &AllocRequest) -> u64 {
+    if request.use_reserves {
+        0
+    } else if request.leave_kernel_reserve {
+        zone.watermarks.low
+    } else {
+        zone.watermarks.min
+    }
+}
+
 /// Order-0 allocation through the per-CPU cache (the common case touches no zone lock).
 fn alloc_order0_cached(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
     let type_slot = pcp_type_slot(request.kind)?;
@@ -357,11 +380,7 @@ fn alloc_order0_cached(zone: &'static Zone, request: &AllocRequest) -> Option<u6
     if list.len == 0 {
         // Refill a batch under the zone lock, keeping the zone above its watermark.
         let mut area = zone.lock();
-        let mark = if request.use_reserves {
-            0
-        } else {
-            zone.watermarks.min
-        };
+        let mark = watermark(zone, request);
         while list.len < PCP_BATCH && area.free_pages > mark {
             let Some(index) = area.allocate(0, request.kind) else {
                 break;
@@ -459,11 +478,7 @@ fn alloc_from_zone(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
         return Some(pfn);
     }
     let mut area = zone.lock();
-    let mark = if request.use_reserves {
-        0
-    } else {
-        zone.watermarks.min
-    };
+    let mark = watermark(zone, request);
     if area.free_pages < mark + (1 << request.order) {
         return None;
     }

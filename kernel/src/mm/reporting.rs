@@ -86,8 +86,11 @@ pub fn stats() -> ReportingStats {
 /// Starts reporting to `sink` (the worker thread starts on first use).
 pub fn register(sink: Box<dyn ReportSink>) {
     *SINK.lock() = Some(sink);
-    if !WORKER_STARTED.swap(true, Relaxed) {
-        drop(task::spawn("reporting", worker));
+    if !WORKER_STARTED.swap(true, Relaxed)
+        && let Err(error) = task::spawn("reporting", worker)
+    {
+        log::error!("reporting: no worker thread ({error:?}): free pages are not reported");
+        WORKER_STARTED.store(false, Relaxed);
     }
     refresh_triggers();
     request();

@@ -488,7 +488,8 @@ impl AddressSpace {
                 let request = AllocRequest::new(0)
                     .kind(MigrateType::Movable)
                     .zeroed()
-                    .owner(Owner::UserAnon);
+                    .owner(Owner::UserAnon)
+                    .leave_kernel_reserve();
                 self.check_resident_limit()?;
                 let pages = page_alloc::alloc(request).ok_or(FaultError::OutOfMemory)?;
                 let writable = region.flags.contains(RegionFlags::WRITE);
@@ -544,8 +545,10 @@ impl AddressSpace {
         }
         let request = AllocRequest::new(0)
             .kind(MigrateType::Movable)
-            .owner(Owner::UserAnon);
-        self.check_resident_limit()?;
+            .owner(Owner::UserAnon)
+            .leave_kernel_reserve();
+        // No resident-limit check: the copy replaces the shared page in this space, so the
+        // space does not grow (a task at its limit may still write what it shares after clone).
         let copy = page_alloc::alloc(request).ok_or(FaultError::OutOfMemory)?;
         // SAFETY: both pages are direct-mapped RAM; the copy is ours alone, the source is mapped
         // read-only everywhere (nobody can write it while we copy).

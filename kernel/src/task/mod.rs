@@ -8,7 +8,7 @@ pub mod scheduler;
 pub mod wait_queue;
 
 pub use scheduler::{
-    JoinHandle, SchedulerStats, ThreadId, current_id, current_name, exit_current, sleep, spawn,
-    yield_now,
+    JoinHandle, SchedulerStats, SpawnError, ThreadId, current_id, current_name, exit_current,
+    sleep, spawn, yield_now,
 };
 pub use wait_queue::{WaitQueue, WaitResult};

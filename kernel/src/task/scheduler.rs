@@ -329,7 +329,8 @@ pub fn init() {
         stats: SchedulerStats::default(),
     };
     scheduler.current = scheduler.add_thread(new_thread("main", None, 0, State::Running));
-    let (stack, rsp) = new_stack();
+    // At boot, before anything else runs: a kernel without an idle thread cannot go on.
+    let (stack, rsp) = new_stack().expect("boot: no memory for the idle thread's stack");
     let mut idle = new_thread("idle", Some(stack), rsp, State::Ready);
     idle.entry = Some(Box::new(idle_loop));
     scheduler.idle = Some(scheduler.add_thread(idle));
@@ -380,11 +381,17 @@ fn reserve_room(more: usize) {
     }
 }
 
-fn new_stack() -> (KernelStack, u64) {
-    // A thread cannot start without a stack; KernelStack::new has logged why.
-    let mut stack = KernelStack::new().expect("no memory for a kernel thread's stack");
+/// Why a kernel thread could not be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpawnError {
+    /// No memory (or no stack slot) for its stack; `KernelStack::new` has logged which.
+    NoStack,
+}
+
+fn new_stack() -> Result<(KernelStack, u64), SpawnError> {
+    let mut stack = KernelStack::new().ok_or(SpawnError::NoStack)?;
     let rsp = context::prepare_stack(stack.words(), thread_start);
-    (stack, rsp)
+    Ok((stack, rsp))
 }
 
 fn with_scheduler<R>(f: impl FnOnce(&mut Scheduler) -> R) -> R {
@@ -533,8 +540,9 @@ impl<T> JoinHandle<T> {
     }
 }
 
-/// Starts a kernel thread running `f`; it is runnable at once.
-pub fn spawn<F, T>(name: &str, f: F) -> JoinHandle<T>
+/// Starts a kernel thread running `f`; it is runnable at once. Fails (and `f` is dropped) when
+/// there is no memory for its stack.
+pub fn spawn<F, T>(name: &str, f: F) -> Result<JoinHandle<T>, SpawnError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -549,7 +557,7 @@ where
         *thread_slot.value.lock() = Some(value);
         thread_slot.finished.wake_all();
     });
-    let (stack, rsp) = new_stack();
+    let (stack, rsp) = new_stack()?;
     let mut thread = new_thread(name, Some(stack), rsp, State::Ready);
     thread.entry = Some(entry);
     reserve_room(1);
@@ -560,7 +568,7 @@ where
         scheduler.stats.threads_spawned += 1;
         id
     });
-    JoinHandle { id, slot }
+    Ok(JoinHandle { id, slot })
 }
 
 /// Gives the CPU to the next ready thread, if any.

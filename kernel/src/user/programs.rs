@@ -24,6 +24,15 @@ core::arch::global_asm!(
         mov edi, \status
         sys 0
     .endm
+    // Runs check_memory if r15 is not zero; jumps to `fail` if it does not pass.
+    .macro check_memory_if_asked fail
+        test r15, r15
+        jz 1f
+        sys 11
+        test rax, rax
+        jnz \fail
+    1:
+    .endm
 
     // memory_walk(pages): maps `pages` pages, checks that every word reads zero on first touch,
     // writes a pattern, reads it all back, says so on the console, unmaps, exits with `pages`.
@@ -191,10 +200,12 @@ user_program_sleeper_end:
     // writes B = 0x5555 (a stale writable TLB entry would let it write the shared page). The
     // child checks it sees A = 0x1111 in a page shared twice and B = 0x4444, writes A = 0x2222
     // (its private copy, mapped once), exits 2. The parent waits for the child, checks it still
-    // sees A = 0x1111 in a page mapped once, writes 0x3333 and exits 0. The memory checkers run
-    // at each step. Statuses: 10.. the child, 20.. the parent, 30.. set-up.
+    // sees A = 0x1111 in a page mapped once, writes 0x3333 and exits 0. With a non-zero argument
+    // the memory checkers run at each step (check_memory: the task needs the diagnostics
+    // capability). Statuses: 10.. the child, 20.. the parent, 30.. set-up.
     .global user_program_cow_clone_start
 user_program_cow_clone_start:
+    mov r15, rdi
     mov edi, 2 * 4096
     mov esi, 3
     sys 2
@@ -216,8 +227,11 @@ user_program_cow_clone_start:
     cmp qword ptr [r13 + 4096], 0x5555
     jne .Lcc_parent_lost_b
     mov rdi, r12
+    lea rsi, [r13 + 4096 + 8]
     sys 9
-    cmp rax, 2
+    test rax, rax
+    jnz .Lcc_child_failed
+    cmp qword ptr [r13 + 4096 + 8], 2
     jne .Lcc_child_failed
     cmp qword ptr [r13], 0x1111
     jne .Lcc_parent_saw_child_write
@@ -228,9 +242,7 @@ user_program_cow_clone_start:
     mov qword ptr [r13], 0x3333
     cmp qword ptr [r13], 0x3333
     jne .Lcc_parent_lost_write
-    sys 11
-    test rax, rax
-    jnz .Lcc_parent_check
+    check_memory_if_asked .Lcc_parent_check
     exit_with 0
 .Lcc_child:
     cmp qword ptr [r13], 0x1111
@@ -241,9 +253,7 @@ user_program_cow_clone_start:
     sys 10
     cmp rax, 2
     jne .Lcc_child_not_shared
-    sys 11
-    test rax, rax
-    jnz .Lcc_child_check_shared
+    check_memory_if_asked .Lcc_child_check_shared
     mov qword ptr [r13], 0x2222
     cmp qword ptr [r13], 0x2222
     jne .Lcc_child_lost_write
@@ -251,9 +261,7 @@ user_program_cow_clone_start:
     sys 10
     cmp rax, 1
     jne .Lcc_child_still_shared
-    sys 11
-    test rax, rax
-    jnz .Lcc_child_check_private
+    check_memory_if_asked .Lcc_child_check_private
     exit_with 2
 .Lcc_child_wrong_data:
     exit_with 10
@@ -378,6 +386,7 @@ user_program_bad_calls_start:
     cmp rax, -12
     jne .Lbc_fail_105
     mov edi, 12345
+    xor esi, esi
     sys 9
     cmp rax, -10
     jne .Lbc_fail_106
@@ -431,6 +440,261 @@ user_program_bad_calls_start:
     exit_with 111
     .global user_program_bad_calls_end
 user_program_bad_calls_end:
+
+    // flags(bits): sets `bits` in RFLAGS with POPF (ring 3 may set some, the CPU ignores the
+    // others), makes two system calls (clock; write, which copies user memory), reads RFLAGS
+    // back, clears what it set and exits with the RFLAGS it read. 100: write did not write it all.
+    .global user_program_flags_start
+user_program_flags_start:
+    pushfq
+    or [rsp], rdi
+    popfq
+    sys 7
+    lea rdi, [rip + .Lfl_message]
+    lea rsi, [rip + .Lfl_message_end]
+    sub rsi, rdi
+    mov r12, rsi
+    sys 1
+    cmp rax, r12
+    jne .Lfl_fail_write
+    pushfq
+    pop r13
+    push 0x202
+    popfq
+    mov rdi, r13
+    sys 0
+.Lfl_fail_write:
+    push 0x202
+    popfq
+    exit_with 100
+.Lfl_message:
+    .ascii "flags: system calls with my flags set\n"
+.Lfl_message_end:
+    .global user_program_flags_end
+user_program_flags_end:
+    // wait_status(status): clones; the child exits with `status` (or, for status 0x4b11, reads
+    // address 0x10 and is killed). The parent first waits with a kernel status address (must
+    // fail with -EFAULT and leave the child waitable), then with one on its stack, and exits
+    // with the status it got; 0x4b11 if wait said killed; 5000 + errno if wait failed; 6000 if
+    // the first wait did not fail with -EFAULT.
+    .global user_program_wait_status_start
+user_program_wait_status_start:
+    mov r12, rdi
+    sys 8
+    test rax, rax
+    js .Lws_fail
+    jz .Lws_child
+    mov r13, rax
+    mov rdi, r13
+    movabs rsi, 0xffff800000000000
+    sys 9
+    cmp rax, -14
+    jne .Lws_no_efault
+    push -1
+    mov rdi, r13
+    mov rsi, rsp
+    sys 9
+    test rax, rax
+    js .Lws_fail
+    jnz .Lws_killed
+    pop rdi
+    sys 0
+.Lws_killed:
+    exit_with 0x4b11
+.Lws_no_efault:
+    exit_with 6000
+.Lws_fail:
+    neg rax
+    lea rdi, [rax + 5000]
+    sys 0
+.Lws_child:
+    cmp r12, 0x4b11
+    je .Lws_child_dies
+    mov rdi, r12
+    sys 0
+.Lws_child_dies:
+    mov rax, [0x10]
+    exit_with 1
+    .global user_program_wait_status_end
+user_program_wait_status_end:
+    // fill_clone(pages): maps `pages` pages and writes each one's index into it, clones. The
+    // child checks every page and writes each (a copy-on-write copy apiece), exits 0. The parent
+    // waits with the status address in its first page (a copy while the child still maps it),
+    // rewrites every page and exits with the child's status. 100.. a step failed: 100 mmap,
+    // 101 clone, 102 wait (the child killed, or wait failed); 10 the child saw wrong data.
+    .global user_program_fill_clone_start
+user_program_fill_clone_start:
+    mov r12, rdi
+    mov rdi, r12
+    shl rdi, 12
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lfc_fail_100
+    mov r13, rax
+    xor ebx, ebx
+.Lfc_fill:
+    mov rax, rbx
+    shl rax, 12
+    mov [r13 + rax], rbx
+    inc rbx
+    cmp rbx, r12
+    jb .Lfc_fill
+    sys 8
+    test rax, rax
+    js .Lfc_fail_101
+    jz .Lfc_child
+    mov rdi, rax
+    mov rsi, r13
+    sys 9
+    test rax, rax
+    jnz .Lfc_fail_102
+    mov r14, [r13]
+    xor ebx, ebx
+.Lfc_rewrite:
+    mov rax, rbx
+    shl rax, 12
+    mov [r13 + rax + 8], rbx
+    inc rbx
+    cmp rbx, r12
+    jb .Lfc_rewrite
+    mov rdi, r14
+    sys 0
+.Lfc_child:
+    xor ebx, ebx
+.Lfc_child_loop:
+    mov rax, rbx
+    shl rax, 12
+    cmp [r13 + rax], rbx
+    jne .Lfc_child_wrong
+    mov [r13 + rax + 8], rbx
+    inc rbx
+    cmp rbx, r12
+    jb .Lfc_child_loop
+    exit_with 0
+.Lfc_child_wrong:
+    exit_with 10
+.Lfc_fail_100:
+    exit_with 100
+.Lfc_fail_101:
+    exit_with 101
+.Lfc_fail_102:
+    exit_with 102
+    .global user_program_fill_clone_end
+user_program_fill_clone_end:
+    // clone_bomb(rounds): clones `rounds` times; every child goes on with the rounds left (2^rounds
+    // tasks if nothing stops them). Exits 0, or with the error number of the first clone the
+    // kernel refused.
+    .global user_program_clone_bomb_start
+user_program_clone_bomb_start:
+    mov r12, rdi
+.Lcb_loop:
+    test r12, r12
+    jz .Lcb_done
+    dec r12
+    sys 8
+    test rax, rax
+    jns .Lcb_loop
+    neg rax
+    mov rdi, rax
+    sys 0
+.Lcb_done:
+    exit_with 0
+    .global user_program_clone_bomb_end
+user_program_clone_bomb_end:
+    // sleep_forever: sleeps u64::MAX nanoseconds; exits 0 if it ever wakes.
+    .global user_program_sleep_forever_start
+user_program_sleep_forever_start:
+    mov rdi, -1
+    sys 6
+    exit_with 0
+    .global user_program_sleep_forever_end
+user_program_sleep_forever_end:
+
+    // wait_forever: clones a child that sleeps u64::MAX nanoseconds and waits for it; exits with
+    // wait's result if it ever returns.
+    .global user_program_wait_forever_start
+user_program_wait_forever_start:
+    sys 8
+    test rax, rax
+    js .Lwf_fail
+    jz .Lwf_child
+    mov rdi, rax
+    xor esi, esi
+    sys 9
+    mov rdi, rax
+    sys 0
+.Lwf_child:
+    mov rdi, -1
+    sys 6
+    exit_with 0
+.Lwf_fail:
+    exit_with 100
+    .global user_program_wait_forever_end
+user_program_wait_forever_end:
+    // hog(pages): maps `pages` pages, writes each, says so, then sleeps 20 s holding them and
+    // exits 0. 100: mmap failed.
+    .global user_program_hog_start
+user_program_hog_start:
+    mov r12, rdi
+    mov rdi, r12
+    shl rdi, 12
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lhg_fail
+    mov r13, rax
+    xor ebx, ebx
+.Lhg_touch:
+    mov rax, rbx
+    shl rax, 12
+    mov [r13 + rax], rbx
+    inc rbx
+    cmp rbx, r12
+    jb .Lhg_touch
+    lea rdi, [rip + .Lhg_message]
+    lea rsi, [rip + .Lhg_message_end]
+    sub rsi, rdi
+    sys 1
+    mov rdi, 20000000000
+    sys 6
+    exit_with 0
+.Lhg_fail:
+    exit_with 100
+.Lhg_message:
+    .ascii "hog: all my pages are resident\n"
+.Lhg_message_end:
+    .global user_program_hog_end
+user_program_hog_end:
+    // odd_stack(rsp): makes a system call (clock) with its stack pointer set to `rsp` (a
+    // non-canonical or kernel address: the kernel must neither use nor trip over it), restores
+    // it and exits 0.
+    .global user_program_odd_stack_start
+user_program_odd_stack_start:
+    mov r12, rsp
+    mov rsp, rdi
+    sys 7
+    mov rsp, r12
+    exit_with 0
+    .global user_program_odd_stack_end
+user_program_odd_stack_end:
+    // trap_syscall: sets TF by a POPF right before SYSCALL, so the single-step trap is due just
+    // as SYSCALL enters the kernel, still on this task's stack pointer, placed at the bottom of
+    // its top stack page (the page below is not mapped yet): had the kernel taken that trap on
+    // it, it would fault in ring 0. Killed by the trap after the SYSCALL, back in ring 3.
+    .global user_program_trap_syscall_start
+user_program_trap_syscall_start:
+    pushfq
+    pop rax
+    or rax, 0x100
+    movabs rsp, 0x7ffffefff000
+    mov [rsp], rax
+    mov eax, 7
+    popfq
+    syscall
+    exit_with 0
+    .global user_program_trap_syscall_end
+user_program_trap_syscall_end:
     .popsection
     "#
 );
@@ -477,10 +741,28 @@ programs! {
     spin: user_program_spin_start .. user_program_spin_end;
     /// Sleeps `rdi` ms and checks the clock.
     sleeper: user_program_sleeper_start .. user_program_sleeper_end;
-    /// Clone with copy-on-write, checked on both sides.
+    /// Clone with copy-on-write, checked on both sides (`rdi` != 0: with the memory checkers).
     cow_clone: user_program_cow_clone_start .. user_program_cow_clone_end;
     /// madvise MERGEABLE / UNMERGEABLE, with refused bad arguments.
     advise: user_program_advise_start .. user_program_advise_end;
     /// System calls with bad arguments.
     bad_calls: user_program_bad_calls_start .. user_program_bad_calls_end;
+    /// Sets RFLAGS bits `rdi`, makes system calls, exits with the RFLAGS it sees after them.
+    flags: user_program_flags_start .. user_program_flags_end;
+    /// Clones a child that exits with `rdi`; exits with the status `wait` gave.
+    wait_status: user_program_wait_status_start .. user_program_wait_status_end;
+    /// Fills `rdi` pages, clones; both sides write every page (copy-on-write).
+    fill_clone: user_program_fill_clone_start .. user_program_fill_clone_end;
+    /// Clones `rdi` times, and every child too: up to 2^`rdi` tasks.
+    clone_bomb: user_program_clone_bomb_start .. user_program_clone_bomb_end;
+    /// Sleeps for good (u64::MAX ns).
+    sleep_forever: user_program_sleep_forever_start .. user_program_sleep_forever_end;
+    /// Waits for a child that sleeps for good.
+    wait_forever: user_program_wait_forever_start .. user_program_wait_forever_end;
+    /// Touches `rdi` pages and holds them for 20 s.
+    hog: user_program_hog_start .. user_program_hog_end;
+    /// Makes a system call with its stack pointer set to `rdi`.
+    odd_stack: user_program_odd_stack_start .. user_program_odd_stack_end;
+    /// SYSCALL with the single-step trap due.
+    trap_syscall: user_program_trap_syscall_start .. user_program_trap_syscall_end;
 }

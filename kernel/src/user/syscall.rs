@@ -14,14 +14,18 @@
 //! | 5 | yield | | 0 |
 //! | 6 | sleep | nanoseconds | 0 |
 //! | 7 | clock | | nanoseconds since boot |
-//! | 8 | clone | | the child's pid in the parent, 0 in the child |
-//! | 9 | wait | child pid | its exit status, or [`WAIT_KILLED`] if it was killed |
+//! | 8 | clone | | the child's pid in the parent, 0 in the child; `-EAGAIN` when `user.max_tasks` tasks run, `-ENOMEM` when memory is short |
+//! | 9 | wait | child pid, status address (0: none) | [`WAIT_EXITED`] (its exit status written there as an i64) or [`WAIT_KILLED`] (0 written) |
 //! | 10 | page_map_count | address | how many mappings share the page there (0: none yet) |
-//! | 11 | check_memory | | 0 if the frame-state and reverse-map checkers pass, `-EIO` if not |
+//! | 11 | check_memory | | 0 if the frame-state and reverse-map checkers pass, `-EIO` if not; `-EPERM` without [`Capabilities::DIAGNOSTICS`] |
 //!
 //! The last two are diagnostics (like Linux's `/proc/self/pagemap`) for the tests' programs.
+//! `check_memory` walks all memory with interrupts off, so only tasks spawned with the
+//! diagnostics capability (the tests') may call it: it is not made preemptible because it proves
+//! a consistent picture of every zone, list and mapping at one instant, which it could not do
+//! while the kernel changes them under it.
 
-use super::SYSTEM_CALLS;
+use super::{Capabilities, SYSTEM_CALLS};
 use crate::arch::user_entry::UserRegisters;
 use crate::mm::space::{FaultError, RegionFlags, SpaceError};
 use crate::mm::{checker, rmap, space};
@@ -41,8 +45,10 @@ pub const SYS_WAIT: u64 = 9;
 pub const SYS_PAGE_MAP_COUNT: u64 = 10;
 pub const SYS_CHECK_MEMORY: u64 = 11;
 
+pub const EPERM: i64 = 1;
 pub const EIO: i64 = 5;
 pub const ECHILD: i64 = 10;
+pub const EAGAIN: i64 = 11;
 pub const ENOMEM: i64 = 12;
 pub const EFAULT: i64 = 14;
 pub const EINVAL: i64 = 22;
@@ -53,8 +59,10 @@ pub const PROT_WRITE: u64 = 2;
 pub const PROT_EXEC: u64 = 4;
 pub const MADV_MERGEABLE: u64 = 12;
 pub const MADV_UNMERGEABLE: u64 = 13;
+/// What `wait` returns for a child that called `exit` (its status is at the status address).
+pub const WAIT_EXITED: u64 = 0;
 /// What `wait` returns for a child that was killed.
-pub const WAIT_KILLED: i64 = -1000;
+pub const WAIT_KILLED: u64 = 1;
 /// Longest single `write`.
 pub const WRITE_MAX: usize = 4096;
 
@@ -75,18 +83,14 @@ pub fn dispatch(registers: &mut UserRegisters) {
             Ok(0)
         }
         SYS_SLEEP => {
-            crate::task::sleep(Duration::from_nanos(a));
+            super::sleep_current(Duration::from_nanos(a));
             Ok(0)
         }
         SYS_CLOCK => Ok(crate::time::uptime_ns().unwrap_or(0)),
         SYS_CLONE => super::clone_current(registers)
             .map(u64::from)
-            .map_err(space_errno),
-        SYS_WAIT => match u32::try_from(a).ok().and_then(super::wait_child) {
-            Some(super::TaskExit::Exited(status)) => Ok(status as u64),
-            Some(super::TaskExit::Killed(_)) => Ok(WAIT_KILLED as u64),
-            None => Err(ECHILD),
-        },
+            .map_err(spawn_errno),
+        SYS_WAIT => wait(a, b),
         SYS_PAGE_MAP_COUNT => with_space(|space| {
             // Only the task's own regions: never a kernel page's counts.
             if space.region_at(a).is_none() {
@@ -103,6 +107,10 @@ pub fn dispatch(registers: &mut UserRegisters) {
         Ok(value) => value,
         Err(errno) => (-errno) as u64,
     };
+    // The frame goes back to ring 3 through IRETQ: only flags the task may set survive.
+    registers.sanitize_rflags();
+    // A task asked to die (while it slept, waited or ran this call) dies here.
+    super::on_return_to_user();
 }
 
 /// Runs `f` on the current task's address space, under its lock.
@@ -112,6 +120,16 @@ fn with_space(f: impl FnOnce(&mut space::AddressSpace) -> Result<u64, i64>) -> R
         .ok_or(EFAULT)?;
     let mut guard = space.lock();
     f(&mut guard)
+}
+
+fn spawn_errno(error: super::SpawnError) -> i64 {
+    match error {
+        super::SpawnError::TooManyTasks => EAGAIN,
+        super::SpawnError::Space(error) => space_errno(error),
+        super::SpawnError::Fault(_)
+        | super::SpawnError::LowMemory
+        | super::SpawnError::Thread(_) => ENOMEM,
+    }
 }
 
 fn space_errno(error: SpaceError) -> i64 {
@@ -146,6 +164,36 @@ fn write(buffer: u64, len: u64) -> Result<u64, i64> {
     Ok(len as u64)
 }
 
+/// `wait`: the status goes to user memory and the result says how the child ended, so that no
+/// exit status (-10, -1000, ...) can be mistaken for an error number.
+fn wait(pid: u64, status_address: u64) -> Result<u64, i64> {
+    let pid = u32::try_from(pid).map_err(|_| ECHILD)?;
+    if !super::has_child(pid) {
+        return Err(ECHILD);
+    }
+    let write_status = |status: i64| {
+        if status_address == 0 {
+            return Ok(0);
+        }
+        with_space(|space| {
+            space
+                .write_user(status_address, &status.to_ne_bytes())
+                .map(|()| 0)
+                .map_err(|error| match error {
+                    FaultError::OutOfMemory | FaultError::ResidentLimit => ENOMEM,
+                    _ => EFAULT,
+                })
+        })
+    };
+    // A bad status address fails before the child is reaped, so its status is not lost.
+    write_status(0)?;
+    match super::wait_child(pid) {
+        Some(super::TaskExit::Exited(status)) => write_status(status).map(|_| WAIT_EXITED),
+        Some(super::TaskExit::Killed(_)) => Ok(WAIT_KILLED),
+        None => Err(ECHILD),
+    }
+}
+
 fn mmap(len: u64, protection: u64) -> Result<u64, i64> {
     if protection & !(PROT_READ | PROT_WRITE | PROT_EXEC) != 0 {
         return Err(EINVAL);
@@ -175,6 +223,11 @@ fn madvise(address: u64, len: u64, advice: u64) -> Result<u64, i64> {
 }
 
 fn check_memory() -> Result<u64, i64> {
+    let allowed = super::current_task()
+        .is_some_and(|task| task.capabilities.contains(Capabilities::DIAGNOSTICS));
+    if !allowed {
+        return Err(EPERM);
+    }
     match checker::check() {
         Ok(_) => Ok(0),
         Err(problem) => {
