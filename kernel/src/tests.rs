@@ -205,7 +205,8 @@ fn a_timer_tick_that_finds_the_scheduler_locked_is_retried_not_lost() {
     let sleeper = task::spawn("sleeper", move || {
         task::sleep(Duration::from_millis(5));
         flag.store(true, Ordering::SeqCst);
-    });
+    })
+    .expect("thread starts");
     // Let the sleeper arm the one-shot timer for its deadline.
     task::yield_now();
     let deferred_before = task::scheduler::stats().ticks_deferred;
@@ -233,7 +234,8 @@ fn waking_needs_no_heap_and_takes_only_the_scheduler_lock() {
     static READY: AtomicBool = AtomicBool::new(false);
     let waiter = task::spawn("waiter", || {
         QUEUE.wait_until(|| READY.load(Ordering::SeqCst))
-    });
+    })
+    .expect("thread starts");
     task::yield_now();
     let used_before = crate::mm::heap::stats().used;
     let woken = {
@@ -250,15 +252,21 @@ fn waking_needs_no_heap_and_takes_only_the_scheduler_lock() {
 fn the_scheduler_makes_room_for_hundreds_of_threads_outside_its_lock() {
     // More threads than the scheduler's first containers hold, all sleeping with deadlines
     // (timers) at once: its tables grow by swapping in bigger ones, never under its lock.
+    static GO: AtomicBool = AtomicBool::new(false);
+    GO.store(false, Ordering::SeqCst);
     let handles: Vec<_> = (0..200)
         .map(|i| {
             task::spawn("many", move || {
-                task::sleep(Duration::from_millis(1 + i % 7))
+                while !GO.load(Ordering::SeqCst) {
+                    task::sleep(Duration::from_millis(1 + i % 7));
+                }
             })
+            .expect("thread starts")
         })
         .collect();
     let live = task::scheduler::stats().live_threads;
     assert!(live >= 200, "{live} threads live");
+    GO.store(true, Ordering::SeqCst);
     for handle in handles {
         handle.join();
     }
