@@ -106,3 +106,15 @@ pub fn has_1gib_pages() -> bool {
     let leaf = core::arch::x86_64::__cpuid(0x8000_0001);
     leaf.edx & (1 << 26) != 0
 }
+
+/// Drops the TLB entry of `address` on this CPU (with one CPU, the only one that could hold
+/// it; shootdowns for more CPUs belong here).
+pub fn flush_tlb_page(address: u64) {
+    x86_64::instructions::tlb::flush(x86_64::VirtAddr::new_truncate(address));
+}
+
+/// Drops every non-global TLB entry and the paging-structure caches on this CPU (after page
+/// tables were freed, or many entries changed at once).
+pub fn flush_tlb_all() {
+    x86_64::instructions::tlb::flush_all();
+}

@@ -42,11 +42,56 @@ pub fn init() {
     }
 }
 
-/// Writes formatted text to the console as one unit (lines from different threads never mix).
-pub fn write_fmt(args: fmt::Arguments) {
-    if let Some(tty) = COM1.lock().as_mut() {
-        let _ = tty.write_fmt(args);
+/// How much formatted text is gathered on the stack before it goes to the port.
+const LINE_BUFFER: usize = 1024;
+
+/// Text formatted on the stack, written to COM1 a buffer at a time. Formatting runs outside the
+/// console's lock (an argument's `Display` may allocate, and the console's lock is the
+/// innermost of all: see [`crate::sync`]).
+struct Gathered {
+    bytes: [u8; LINE_BUFFER],
+    len: usize,
+}
+
+impl Gathered {
+    fn flush(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        // Whole characters only are gathered, so the bytes are valid UTF-8.
+        if let (Ok(text), Some(tty)) = (
+            core::str::from_utf8(&self.bytes[..self.len]),
+            COM1.lock().as_mut(),
+        ) {
+            let _ = tty.write_str(text);
+        }
+        self.len = 0;
     }
+}
+
+impl Write for Gathered {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        for character in text.chars() {
+            let width = character.len_utf8();
+            if self.len + width > LINE_BUFFER {
+                self.flush();
+            }
+            character.encode_utf8(&mut self.bytes[self.len..self.len + width]);
+            self.len += width;
+        }
+        Ok(())
+    }
+}
+
+/// Writes formatted text to the console as one unit: lines from different threads never mix
+/// (unless a single message is longer than 1 KiB).
+pub fn write_fmt(args: fmt::Arguments) {
+    let mut gathered = Gathered {
+        bytes: [0; LINE_BUFFER],
+        len: 0,
+    };
+    let _ = gathered.write_fmt(args);
+    gathered.flush();
 }
 
 /// Reads one byte from the console if one is waiting.

@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::mapper::{MapToError, MapperFlush, Translate, TranslateResult};
-use x86_64::structures::paging::page_table::PageTableFlags as Flags;
+use x86_64::structures::paging::page_table::{PageTableEntry, PageTableFlags as Flags};
 use x86_64::structures::paging::{
     FrameAllocator, Mapper, OffsetPageTable, Page, PageSize, PageTable, PhysFrame, Size4KiB,
 };
@@ -367,11 +367,30 @@ impl AddressSpace {
             self.regions.remove(&key).expect("listed");
         }
         // Only the pages present in the range (a huge, barely touched region costs what it
-        // holds, not its size).
-        for (address, _, _) in self.present_pages() {
-            if (start..end).contains(&address) {
-                self.unmap_page(address);
-            }
+        // holds, not its size), walked in place: freeing memory needs no memory. Page-table
+        // pages left empty go back too.
+        let (id, active) = (self.id, self.is_active());
+        let mut unmapped = 0;
+        let pruned = walk_user_tables(
+            self.pml4.phys(),
+            start,
+            end,
+            Some(&mut self.counters.table_pages),
+            |address, entry| {
+                let pfn = entry.addr().as_u64() / PAGE_SIZE;
+                entry.set_unused();
+                if active {
+                    crate::arch::flush_tlb_page(address);
+                }
+                release_mapping(id, pfn, address);
+                unmapped += 1;
+                core::ops::ControlFlow::<()>::Continue(())
+            },
+        );
+        self.counters.resident -= unmapped;
+        if matches!(pruned, Ok(true)) && active {
+            // Freed table pages may sit in the paging-structure caches.
+            crate::arch::flush_tlb_all();
         }
         Ok(())
     }
@@ -405,36 +424,9 @@ impl AddressSpace {
         Ok(())
     }
 
-    fn unmap_page(&mut self, address: u64) {
-        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(address));
-        let Ok((frame, flush)) = self.tables().unmap(page) else {
-            return;
-        };
-        self.finish(flush);
-        self.counters.resident -= 1;
-        self.release(frame.start_address().as_u64() / PAGE_SIZE, address);
-    }
-
     /// Drops this space's mapping of `pfn` at `address`; frees the page if it was the last.
     fn release(&self, pfn: u64, address: u64) {
-        match rmap::remove(
-            pfn,
-            Mapping {
-                space: self.id,
-                address,
-            },
-        ) {
-            Some(0) => {
-                if let Err(error) = page_alloc::free(Pages { pfn, order: 0 }) {
-                    log::error!("space {}: freeing user page {pfn:#x}: {error:?}", self.id);
-                }
-            }
-            Some(_) => {}
-            None => log::error!(
-                "space {}: reverse map had no entry for {address:#x} -> {pfn:#x}",
-                self.id
-            ),
-        }
+        release_mapping(self.id, pfn, address);
     }
 
     fn map_page(&mut self, address: u64, pfn: u64, flags: Flags) -> Result<(), SpaceError> {
@@ -579,83 +571,80 @@ impl AddressSpace {
     }
 
     /// A copy of this space sharing every present page copy-on-write: both sides see the same
-    /// data, and the first write on either side gets a private page.
+    /// data, and the first write on either side gets a private page. Walks the page tables in
+    /// place; the reverse map's entries need heap, which is reserved in steps up front, so a
+    /// clone without memory fails cleanly (`OutOfMemory`, the half-made child torn down) rather
+    /// than panicking halfway.
     pub fn fork(&mut self) -> Result<SharedSpace, SpaceError> {
         let child = AddressSpace::new()?;
         let mut guard = child.lock();
         for region in self.regions.values() {
             guard.regions.insert(region.start, *region);
         }
-        let present = self.present_pages();
-        for (address, pfn, writable) in present {
-            let region = self
-                .region_at(address)
-                .expect("present pages lie in regions");
-            if writable {
-                let page = Page::<Size4KiB>::containing_address(VirtAddr::new(address));
-                // SAFETY: write-protects an existing user mapping of this space.
-                let flush = unsafe {
-                    self.tables()
-                        .update_flags(page, user_flags(region.flags, false))
-                };
-                if let Ok(flush) = flush {
-                    self.finish(flush);
+        let regions = &self.regions;
+        let region_at = |address: u64| {
+            let (_, region) = regions.range(..=address).next_back()?;
+            (address < region.end()).then_some(*region)
+        };
+        let mut shared = 0u64;
+        let result = walk_user_tables(
+            self.pml4.phys(),
+            USER_START,
+            USER_END,
+            None,
+            |address, entry| {
+                if shared.is_multiple_of(FORK_RESERVE_STEP)
+                    && super::heap::reserve(FORK_RESERVE_STEP * RMAP_HEAP_PER_PAGE).is_err()
+                {
+                    return core::ops::ControlFlow::Break(SpaceError::OutOfMemory);
                 }
-            }
-            guard.map_page(address, pfn, user_flags(region.flags, false))?;
-            rmap::add(
-                pfn,
-                Mapping {
-                    space: guard.id,
-                    address,
-                },
-            );
-            guard.counters.resident += 1;
+                let Some(region) = region_at(address) else {
+                    return core::ops::ControlFlow::Break(SpaceError::NotMapped);
+                };
+                let pfn = entry.addr().as_u64() / PAGE_SIZE;
+                // Write-protected in place; the TLB is flushed once, after the walk.
+                entry.set_flags(entry.flags() - Flags::WRITABLE);
+                if let Err(error) = guard.map_page(address, pfn, user_flags(region.flags, false)) {
+                    return core::ops::ControlFlow::Break(error);
+                }
+                rmap::add(
+                    pfn,
+                    Mapping {
+                        space: guard.id,
+                        address,
+                    },
+                );
+                guard.counters.resident += 1;
+                shared += 1;
+                core::ops::ControlFlow::Continue(())
+            },
+        );
+        if shared > 0 && self.is_active() {
+            crate::arch::flush_tlb_all();
         }
         drop(guard);
+        result?;
         Ok(child)
     }
 
-    /// Every present user page: (address, pfn, writable), in address order.
+    /// Every present user page: (address, pfn, writable), in address order (for checkers and
+    /// tests; the memory paths walk in place instead).
     pub fn present_pages(&self) -> Vec<(u64, u64, bool)> {
         let mut pages = Vec::new();
-        // SAFETY: a read-only walk of this space's lower-half tables, all of which are pages
-        // of RAM owned by the space (reachable through the direct map), under its lock.
-        let table = |phys: PhysAddr| unsafe { &*(phys_to_virt(phys.as_u64()) as *const PageTable) };
-        {
-            for (i4, e4) in table(PhysAddr::new(self.pml4.phys()))
-                .iter()
-                .enumerate()
-                .take(256)
-            {
-                if !e4.flags().contains(Flags::PRESENT) {
-                    continue;
-                }
-                for (i3, e3) in table(e4.addr()).iter().enumerate() {
-                    if !e3.flags().contains(Flags::PRESENT) {
-                        continue;
-                    }
-                    for (i2, e2) in table(e3.addr()).iter().enumerate() {
-                        if !e2.flags().contains(Flags::PRESENT) {
-                            continue;
-                        }
-                        for (i1, e1) in table(e2.addr()).iter().enumerate() {
-                            if e1.flags().contains(Flags::PRESENT) {
-                                let address = ((i4 as u64) << 39)
-                                    | ((i3 as u64) << 30)
-                                    | ((i2 as u64) << 21)
-                                    | ((i1 as u64) << 12);
-                                pages.push((
-                                    address,
-                                    e1.addr().as_u64() / PAGE_SIZE,
-                                    e1.flags().contains(Flags::WRITABLE),
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let _ = walk_user_tables(
+            self.pml4.phys(),
+            USER_START,
+            USER_END,
+            None,
+            |address, entry| {
+                pages.push((
+                    address,
+                    entry.addr().as_u64() / PAGE_SIZE,
+                    entry.flags().contains(Flags::WRITABLE),
+                ));
+                core::ops::ControlFlow::<()>::Continue(())
+            },
+        );
         pages
     }
 
@@ -764,6 +753,93 @@ impl AddressSpace {
     }
 }
 
+/// Heap the reverse map may need per page shared by a clone (a side-table entry and its share
+/// of a tree node), and how many pages a clone shares per reservation.
+const RMAP_HEAP_PER_PAGE: u64 = 128;
+const FORK_RESERVE_STEP: u64 = 256;
+
+/// Drops mapping (`space`, `address`) of `pfn` from the reverse map; frees the page if it was
+/// the last. Allocates nothing.
+fn release_mapping(space: SpaceId, pfn: u64, address: u64) {
+    match rmap::remove(pfn, Mapping { space, address }) {
+        Some(0) => {
+            if let Err(error) = page_alloc::free(Pages { pfn, order: 0 }) {
+                log::error!("space {space}: freeing user page {pfn:#x}: {error:?}");
+            }
+        }
+        Some(_) => {}
+        None => log::error!("space {space}: reverse map had no entry for {address:#x} -> {pfn:#x}"),
+    }
+}
+
+/// Walks the lower-half page tables under `pml4_phys` in place and calls `visit` with the
+/// address and entry of every present 4 KiB mapping in `[start, end)`, in address order,
+/// stopping at the first `Break`. With `prune` (the space's table-page counter), table pages
+/// that the walk leaves without a present entry are freed and unlinked; the result says
+/// whether any was (the caller flushes the TLB). Allocates nothing.
+fn walk_user_tables<E>(
+    pml4_phys: u64,
+    start: u64,
+    end: u64,
+    mut prune: Option<&mut u64>,
+    mut visit: impl FnMut(u64, &mut PageTableEntry) -> core::ops::ControlFlow<E>,
+) -> Result<bool, E> {
+    // SAFETY: every table reached from a present lower-half entry of a space's PML4 is a page
+    // of RAM owned by that space, reachable through the direct map; the caller holds the
+    // space's lock (or owns the space outright in teardown), so no other reference to these
+    // tables exists while the walk runs, and each table is borrowed once at a time.
+    let table = |phys: u64| unsafe { &mut *(phys_to_virt(phys) as *mut PageTable) };
+    let overlaps = |base: u64, size: u64| base < end && start < base + size;
+    let mut pruned = false;
+    let mut free_if_empty = |entry: &mut PageTableEntry, prune: &mut Option<&mut u64>| {
+        if let Some(tables) = prune.as_deref_mut() {
+            let phys = entry.addr().as_u64();
+            if table(phys).iter().all(|e| e.is_unused()) {
+                entry.set_unused();
+                if let Err(error) = page_alloc::free(Pages {
+                    pfn: phys / PAGE_SIZE,
+                    order: 0,
+                }) {
+                    log::error!("freeing an empty page-table page: {error:?}");
+                }
+                *tables -= 1;
+                pruned = true;
+            }
+        }
+    };
+    for (i4, e4) in table(pml4_phys).iter_mut().enumerate().take(256) {
+        let base4 = (i4 as u64) << 39;
+        if !e4.flags().contains(Flags::PRESENT) || !overlaps(base4, 1 << 39) {
+            continue;
+        }
+        for (i3, e3) in table(e4.addr().as_u64()).iter_mut().enumerate() {
+            let base3 = base4 | (i3 as u64) << 30;
+            if !e3.flags().contains(Flags::PRESENT) || !overlaps(base3, 1 << 30) {
+                continue;
+            }
+            for (i2, e2) in table(e3.addr().as_u64()).iter_mut().enumerate() {
+                let base2 = base3 | (i2 as u64) << 21;
+                if !e2.flags().contains(Flags::PRESENT) || !overlaps(base2, 1 << 21) {
+                    continue;
+                }
+                for (i1, e1) in table(e2.addr().as_u64()).iter_mut().enumerate() {
+                    let address = base2 | (i1 as u64) << 12;
+                    if e1.flags().contains(Flags::PRESENT)
+                        && overlaps(address, PAGE_SIZE)
+                        && let core::ops::ControlFlow::Break(error) = visit(address, e1)
+                    {
+                        return Err(error);
+                    }
+                }
+                free_if_empty(e2, &mut prune);
+            }
+            free_if_empty(e3, &mut prune);
+        }
+        free_if_empty(e4, &mut prune);
+    }
+    Ok(pruned)
+}
+
 impl Drop for AddressSpace {
     /// Teardown: every page and page-table page goes back. Must not run while the space is
     /// loaded in CR3 (a task switches to the kernel's tables before dropping its space).
@@ -772,14 +848,23 @@ impl Drop for AddressSpace {
         if self.is_active() {
             super::paging::activate_kernel_tables();
         }
-        for (address, pfn, _) in self.present_pages() {
-            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(address));
-            if let Ok((_, flush)) = self.tables().unmap(page) {
-                flush.ignore();
-            }
-            self.counters.resident -= 1;
-            self.release(pfn, address);
-        }
+        // In place: tearing down a space of any size needs no memory.
+        let id = self.id;
+        let mut released = 0;
+        let _ = walk_user_tables(
+            self.pml4.phys(),
+            USER_START,
+            USER_END,
+            None,
+            |address, entry| {
+                let pfn = entry.addr().as_u64() / PAGE_SIZE;
+                entry.set_unused();
+                release_mapping(id, pfn, address);
+                released += 1;
+                core::ops::ControlFlow::<()>::Continue(())
+            },
+        );
+        self.counters.resident -= released;
         self.free_tables();
         let _ = page_alloc::free(self.pml4);
         REGISTRY.lock().remove(&self.id);
