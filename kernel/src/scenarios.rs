@@ -179,6 +179,14 @@ fn follow_balloon() -> Result<(), alloc::string::String> {
         }
     }
     let allocated = taken.len() as u64;
+    // The heap grows through the same path: with every free page taken, 8 MiB of heap still
+    // come (from the balloon), and go back to the allocator when freed.
+    let heap_bytes = 8 << 20;
+    let heap_deflated_before = balloon::stats().oom_deflated_pages;
+    let mut heap_block: Vec<u8> = Vec::new();
+    let heap_grew = heap_block.try_reserve_exact(heap_bytes).is_ok();
+    drop(heap_block);
+    let heap_deflated = balloon::stats().oom_deflated_pages - heap_deflated_before;
     let oom_deflated = balloon::stats().oom_deflated_pages - deflated_before;
     for page in taken {
         page_alloc::free(page).map_err(|error| alloc::format!("free: {error:?}"))?;
@@ -190,11 +198,18 @@ fn follow_balloon() -> Result<(), alloc::string::String> {
             ("wanted", want),
             ("allocated", allocated),
             ("oom_deflated_pages", oom_deflated),
+            ("heap_grew", heap_grew as u64),
+            ("heap_deflated_pages", heap_deflated),
         ],
     );
     if allocated < want || oom_deflated == 0 {
         return Err(alloc::format!(
             "deflate-on-OOM: {allocated} of {want} pages allocated, {oom_deflated} deflated"
+        ));
+    }
+    if !heap_grew || heap_deflated == 0 {
+        return Err(alloc::format!(
+            "deflate-on-OOM for the heap: grew {heap_grew}, {heap_deflated} pages deflated"
         ));
     }
     checker::check()?;

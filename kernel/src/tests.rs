@@ -338,6 +338,216 @@ fn heap_grows_beyond_its_bootstrap_region_with_pages_from_the_allocator() {
 }
 
 #[test_case]
+fn the_heap_gives_its_pages_back_when_it_shrinks() {
+    use crate::mm::{heap, page_alloc};
+    let before = heap::stats();
+    // 48 MiB in 4 KiB pieces: well past the bootstrap region, spread over many chunks.
+    let blocks: Vec<Box<[u8; 4096]>> = (0..12 * 1024).map(|_| Box::new([7u8; 4096])).collect();
+    let grown = heap::stats();
+    assert!(
+        grown.grown >= before.grown + (40 << 20),
+        "the heap grew from {} to {} bytes",
+        before.grown,
+        grown.grown
+    );
+    let free_while_grown = page_alloc::free_pages();
+    drop(blocks);
+    let after = heap::stats();
+    // Everything went back but at most one spare chunk.
+    assert!(
+        after.grown <= before.grown + heap::CHUNK_BYTES as usize,
+        "the heap kept {} bytes after shrinking (it had {} before)",
+        after.grown,
+        before.grown
+    );
+    assert!(after.chunks_released > before.chunks_released);
+    assert!(page_alloc::free_pages() >= free_while_grown + (40 << 20) / 4096);
+}
+
+#[test_case]
+fn unmapping_and_tearing_down_a_space_allocate_nothing() {
+    use crate::mm::heap;
+    use crate::mm::space::{AddressSpace, RegionFlags};
+    let space = AddressSpace::new().expect("a space");
+    let mut guard = space.lock();
+    let flags = RegionFlags::READ | RegionFlags::WRITE;
+    let pages = 2048u64;
+    let start = guard
+        .map_anonymous(None, pages * 4096, flags)
+        .expect("a region");
+    for page in 0..pages {
+        guard
+            .write_user(start + page * 4096, &page.to_le_bytes())
+            .expect("writable");
+    }
+    let second = guard
+        .map_anonymous(None, pages * 4096, flags)
+        .expect("a second region");
+    for page in 0..pages {
+        guard
+            .write_user(second + page * 4096, &[1])
+            .expect("writable");
+    }
+    assert_eq!(guard.counters.resident, 2 * pages);
+    let tables_before = guard.counters.table_pages;
+    let allocations = heap::stats().allocations;
+    guard.unmap(start, pages * 4096).expect("unmapped");
+    assert_eq!(
+        heap::stats().allocations,
+        allocations,
+        "munmap of {pages} pages used the heap"
+    );
+    assert_eq!(guard.counters.resident, pages);
+    assert!(
+        guard.counters.table_pages < tables_before,
+        "the emptied page tables stayed: {} -> {}",
+        tables_before,
+        guard.counters.table_pages
+    );
+    drop(guard);
+    let allocations = heap::stats().allocations;
+    drop(space);
+    assert_eq!(
+        heap::stats().allocations,
+        allocations,
+        "teardown of {pages} pages used the heap"
+    );
+    crate::mm::checker::check().expect("frame states");
+}
+
+#[test_case]
+fn cloning_without_memory_fails_cleanly_and_loses_nothing() {
+    use crate::mm::buddy::MigrateType;
+    use crate::mm::page_alloc::{self, AllocRequest};
+    use crate::mm::space::{AddressSpace, RegionFlags, SpaceError};
+    let space = AddressSpace::new().expect("a space");
+    let mut guard = space.lock();
+    let pages = 1024u64;
+    let start = guard
+        .map_anonymous(None, pages * 4096, RegionFlags::READ | RegionFlags::WRITE)
+        .expect("a region");
+    for page in 0..pages {
+        guard
+            .write_user(start + page * 4096, &page.to_le_bytes())
+            .expect("writable");
+    }
+    // Take every free page (in 2 MiB blocks first, so the list of them stays small).
+    let mut held = Vec::with_capacity(8192);
+    for order in [9u8, 0] {
+        let request = AllocRequest::new(order)
+            .kind(MigrateType::Movable)
+            .without_balloon_deflate();
+        while held.len() < held.capacity() {
+            match page_alloc::alloc(request) {
+                Some(block) => held.push(block),
+                None => break,
+            }
+        }
+    }
+    let result = guard.fork();
+    for block in held {
+        page_alloc::free(block).expect("freed");
+    }
+    assert!(
+        matches!(result, Err(SpaceError::OutOfMemory)),
+        "clone with no memory: {:?}",
+        result.as_ref().map(|_| ())
+    );
+    // The parent's data is intact, and a clone works again now that memory is back.
+    let mut word = [0u8; 8];
+    guard
+        .read_user(start + 77 * 4096, &mut word)
+        .expect("readable");
+    assert_eq!(u64::from_le_bytes(word), 77);
+    let child = guard.fork().expect("a clone with memory");
+    drop(guard);
+    drop(child);
+    drop(space);
+    crate::mm::checker::check().expect("frame states");
+    crate::mm::space::check_reverse_map().expect("reverse map");
+}
+
+#[test_case]
+fn space_ids_are_reused_and_never_outgrow_the_reverse_map() {
+    use crate::mm::rmap::MAX_SPACE_ID;
+    use crate::mm::space::{self, AddressSpace, RegionFlags};
+    // Start just below the end of the id range: ids must wrap, not alias in the reverse map.
+    space::set_next_space_id(MAX_SPACE_ID - 2);
+    let flags = RegionFlags::READ | RegionFlags::WRITE;
+    let mut spaces = Vec::new();
+    for round in 0..6u64 {
+        let space = AddressSpace::new().expect("a space");
+        {
+            let mut guard = space.lock();
+            assert!(guard.id() <= MAX_SPACE_ID, "id {} too large", guard.id());
+            let start = guard.map_anonymous(None, 4 * 4096, flags).expect("region");
+            guard
+                .write_user(start, &round.to_le_bytes())
+                .expect("write");
+            let child = guard.fork().expect("clone");
+            spaces.push(child);
+        }
+        spaces.push(space);
+    }
+    let mut ids: Vec<u32> = spaces.iter().map(|space| space.lock().id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), spaces.len(), "two live spaces share an id");
+    assert!(ids.contains(&1), "ids did not wrap around: {ids:?}");
+    space::check_reverse_map().expect("reverse map exact across the wrap");
+    drop(spaces);
+    crate::mm::checker::check().expect("every page freed once");
+}
+
+#[test_case]
+fn racing_double_frees_free_each_page_exactly_once() {
+    use crate::mm::frame::FrameState;
+    use crate::mm::page_alloc::{self, AllocRequest, FreeError};
+    // The transition itself: one free claims the frame, the second finds it taken.
+    let page = page_alloc::alloc(AllocRequest::new(0)).expect("a page");
+    let frame = page_alloc::zone_of(page.pfn).expect("zone").frame(page.pfn);
+    assert_eq!(
+        frame.begin_free(1),
+        Err(FrameState::Allocated),
+        "wrong order"
+    );
+    assert_eq!(frame.begin_free(0), Ok(()));
+    assert_eq!(frame.begin_free(0), Err(FrameState::Isolated));
+    frame.make_head(FrameState::Allocated, 0, 0);
+    page_alloc::free(page).expect("freed once");
+    // Two threads free the same pages at once, preempted at random points.
+    let pages: Arc<Vec<_>> = Arc::new(
+        (0..48)
+            .map(|_| page_alloc::alloc(AllocRequest::new(0)).expect("a page"))
+            .collect(),
+    );
+    let refused = Arc::new(AtomicU64::new(0));
+    let freers: Vec<_> = (0..2)
+        .map(|_| {
+            let (pages, refused) = (pages.clone(), refused.clone());
+            task::spawn("freer", move || {
+                for &page in pages.iter() {
+                    match page_alloc::free(page) {
+                        Ok(()) => {}
+                        Err(FreeError::NotAllocated(_)) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(other) => panic!("unexpected {other:?}"),
+                    }
+                    task::yield_now();
+                }
+            })
+            .expect("thread starts")
+        })
+        .collect();
+    for freer in freers {
+        freer.join();
+    }
+    assert_eq!(refused.load(Ordering::Relaxed), pages.len() as u64);
+    crate::mm::checker::check().expect("each page free exactly once");
+}
+
+#[test_case]
 fn heap_exhaustion_returns_null_instead_of_hanging() {
     // More than the whole guest: the heap must refuse without taking memory for nothing.
     let grown_before = crate::mm::heap::stats().grown;

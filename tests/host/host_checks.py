@@ -138,6 +138,10 @@ def balloon_follows_qmp_and_statistics_match(kernel):
         oom = guest.wait_event("oom")
         print(f"  deflate-on-OOM: {oom['allocated']} of {oom['wanted']} pages allocated with "
               f"{oom['free_before']} free; {oom['oom_deflated_pages']} pages deflated")
+        print(f"  heap growth with no page free: grew {bool(oom['heap_grew'])}, "
+              f"{oom['heap_deflated_pages']} pages deflated for it")
+        check(oom["heap_grew"] == 1 and oom["heap_deflated_pages"] > 0,
+              "the heap could not grow through deflate-on-OOM")
         guest.wait_event("done")
         status = guest.wait_exit(timeout=120)
         check(status == 0, f"guest exit status {status}")

@@ -172,6 +172,27 @@ impl Frame {
         self.prev.store(prev, Relaxed)
     }
 
+    /// The one transition that starts freeing an allocated block: `Allocated` (with `order`)
+    /// becomes `Isolated` (in transit to the free lists) in a single compare-and-swap, so of two
+    /// frees of the same block racing each other exactly one wins; the other sees the state the
+    /// winner left and is refused. Returns the state found when the swap did not happen.
+    pub fn begin_free(&self, order: u8) -> Result<(), FrameState> {
+        // Acquire on success: the winner sees everything the allocation's owner wrote before
+        // it freed. A wrong order is refused before the swap (the state is left alone).
+        if self.state() == FrameState::Allocated && self.order() != order {
+            return Err(FrameState::Allocated);
+        }
+        self.state
+            .compare_exchange(
+                FrameState::Allocated as u8,
+                FrameState::Isolated as u8,
+                core::sync::atomic::Ordering::Acquire,
+                Relaxed,
+            )
+            .map(|_| ())
+            .map_err(FrameState::from_u8)
+    }
+
     /// Makes this frame the head of a block in `state`.
     pub fn make_head(&self, state: FrameState, order: u8, list: u8) {
         self.set_order(order);

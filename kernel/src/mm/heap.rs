@@ -22,7 +22,11 @@ use super::page_alloc::{self, AllocRequest};
 use crate::sync::{IrqMutex, LockClass};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use linked_list_allocator::Heap;
+
+/// Allocations served since boot (tests use it to prove a path allocates nothing).
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// Size of the bootstrap heap region (in `.noinit`: the heap needs no zeroed memory, and
 /// zeroing 8 MiB at boot took 10 ms under TCG).
@@ -125,6 +129,12 @@ impl GrownHeap {
     /// Maps a chunk of at least `bytes` (a page multiple, at least [`CHUNK_BYTES`]).
     fn make_chunk(&mut self, bytes: u64) -> Result<usize, HeapError> {
         let bytes = bytes.max(CHUNK_BYTES).next_multiple_of(PAGE_SIZE);
+        // More than all free memory and the balloon together can never be had: refuse before
+        // taking (and then giving back) every page there is.
+        let obtainable = page_alloc::free_pages() + crate::drivers::balloon::stats().actual_pages;
+        if bytes / PAGE_SIZE > obtainable {
+            return Err(HeapError::OutOfMemory);
+        }
         let slots = bytes.div_ceil(SLOT_BYTES) as usize;
         let first = (0..=SLOTS.saturating_sub(slots))
             .find(|&first| self.owner[first..first + slots].iter().all(|&o| o == 0))
@@ -278,6 +288,7 @@ fn unmap_and_free(start: u64, bytes: u64) {
 // back only when nothing in it is allocated.
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
         if let Ok(ptr) = self.bootstrap.lock().allocate_first_fit(layout) {
             return ptr.as_ptr();
         }
@@ -329,6 +340,8 @@ pub struct HeapStats {
     pub chunks: usize,
     pub chunks_made: u64,
     pub chunks_released: u64,
+    /// Allocations since boot.
+    pub allocations: u64,
 }
 
 pub fn stats() -> HeapStats {
@@ -358,5 +371,6 @@ pub fn stats() -> HeapStats {
         chunks: grown.live_count,
         chunks_made: grown.chunks_made,
         chunks_released: grown.chunks_released,
+        allocations: ALLOCATIONS.load(Relaxed),
     }
 }

@@ -539,39 +539,37 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
 /// Frees a block allocated by [`alloc`] with the same order. A double free, a free of a
 /// reserved frame or of the wrong order is refused with a logged error; nothing changes.
 pub fn free(pages: Pages) -> Result<(), FreeError> {
-    let result = check_free(pages);
+    // One atomic transition claims the block (a double free racing this one is refused), and
+    // interrupts stay off until it is on a list, so this CPU never shows it in transit.
+    let result = x86_64::instructions::interrupts::without_interrupts(|| {
+        let zone = zone_of(pages.pfn).ok_or(FreeError::NoSuchFrame)?;
+        let head = zone.frame(pages.pfn);
+        head.begin_free(pages.order).map_err(|state| match state {
+            FrameState::Allocated => FreeError::WrongOrder {
+                allocated: head.order(),
+            },
+            other => FreeError::NotAllocated(other),
+        })?;
+        head.refcount.store(0, Relaxed);
+        head.mapcount.store(0, Relaxed);
+        head.rmap.store(0, Relaxed);
+        if pages.order == 0 {
+            // The pageblock's type decides the list (as Linux), not the type it was allocated
+            // as.
+            free_order0_cached(zone, pages.pfn, zone.pageblock_type(pages.pfn));
+        } else {
+            free_to_zone(zone, pages.pfn, pages.order);
+        }
+        Ok(())
+    });
     if let Err(error) = result {
         log::error!(
             "page allocator: refused to free pfn {:#x} order {}: {error:?}",
             pages.pfn,
             pages.order
         );
-        return result;
     }
-    let zone = zone_of(pages.pfn).expect("checked");
-    let head = zone.frame(pages.pfn);
-    head.refcount.store(0, Relaxed);
-    head.mapcount.store(0, Relaxed);
-    head.rmap.store(0, Relaxed);
-    if pages.order == 0 {
-        // The pageblock's type decides the list (as Linux), not the type it was allocated as.
-        free_order0_cached(zone, pages.pfn, zone.pageblock_type(pages.pfn));
-    } else {
-        free_to_zone(zone, pages.pfn, pages.order);
-    }
-    Ok(())
-}
-
-fn check_free(pages: Pages) -> Result<(), FreeError> {
-    let zone = zone_of(pages.pfn).ok_or(FreeError::NoSuchFrame)?;
-    let head = zone.frame(pages.pfn);
-    match head.state() {
-        FrameState::Allocated if head.order() == pages.order => Ok(()),
-        FrameState::Allocated => Err(FreeError::WrongOrder {
-            allocated: head.order(),
-        }),
-        other => Err(FreeError::NotAllocated(other)),
-    }
+    result
 }
 
 fn free_to_zone(zone: &Zone, pfn: u64, order: u8) {

@@ -24,8 +24,18 @@ pub struct Mapping {
     pub address: u64,
 }
 
+/// Bits of a space id in the inline encoding, and the largest id (address spaces reuse ids,
+/// see `space::AddressSpace::new`, so they always fit).
+pub const SPACE_ID_BITS: u32 = 28;
+pub const MAX_SPACE_ID: SpaceId = (1 << SPACE_ID_BITS) - 1;
+
 /// Inline encoding: space id in the top 28 bits, virtual page number in the low 36.
 fn pack(mapping: Mapping) -> u64 {
+    debug_assert!(
+        mapping.space <= MAX_SPACE_ID,
+        "space id {} does not fit the reverse map",
+        mapping.space
+    );
     ((mapping.space as u64) << 36) | (mapping.address >> 12)
 }
 

@@ -164,6 +164,12 @@ static TEARDOWNS: AtomicU64 = AtomicU64::new(0);
 /// Page faults resolved in every space since boot (for the balloon's statistics).
 static MINOR_FAULTS: AtomicU64 = AtomicU64::new(0);
 
+/// Test hook: the id the next space tries first (to reach the end of the id range quickly).
+#[cfg(test)]
+pub(crate) fn set_next_space_id(id: SpaceId) {
+    NEXT_ID.store(id, Relaxed);
+}
+
 /// Page faults resolved in all user address spaces since boot.
 pub fn minor_faults_total() -> u64 {
     MINOR_FAULTS.load(Relaxed)
@@ -196,13 +202,36 @@ impl AddressSpace {
                 table[index] = kernel[index].clone();
             }
         }
-        let space = AddressSpace {
-            id: NEXT_ID.fetch_add(1, Relaxed),
+        let mut space = AddressSpace {
+            id: 0,
             pml4,
             regions: BTreeMap::new(),
             counters: SpaceCounters::default(),
         };
-        let id = space.id;
+        let placeholder = Weak::new();
+        let mut registry = REGISTRY.lock();
+        // Ids are reused once their space is gone: the reverse map keeps only
+        // `rmap::SPACE_ID_BITS` bits of one inline, so they must stay below 2^28 however many
+        // spaces come and go (a space leaves the registry only after its last mapping left the
+        // reverse map, so a reused id never meets a stale entry).
+        let mut found = None;
+        for _ in 0..rmap::MAX_SPACE_ID {
+            let candidate = NEXT_ID.load(Relaxed);
+            let next = if candidate >= rmap::MAX_SPACE_ID {
+                1
+            } else {
+                candidate + 1
+            };
+            NEXT_ID.store(next, Relaxed);
+            if !registry.contains_key(&candidate) {
+                found = Some(candidate);
+                break;
+            }
+        }
+        let id = found.ok_or(SpaceError::OutOfMemory)?;
+        registry.insert(id, placeholder);
+        drop(registry);
+        space.id = id;
         let shared = Arc::new(IrqMutex::with_class(space, LockClass::Space));
         REGISTRY.lock().insert(id, Arc::downgrade(&shared));
         LIVE_SPACES.fetch_add(1, Relaxed);
@@ -358,13 +387,9 @@ impl AddressSpace {
         }
         self.split_at(start);
         self.split_at(end);
-        let inside: Vec<u64> = self
-            .regions
-            .range(start..end)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in inside {
-            self.regions.remove(&key).expect("listed");
+        // One at a time: no list of them (freeing memory needs no memory).
+        while let Some(key) = self.regions.range(start..end).next().map(|(key, _)| *key) {
+            self.regions.remove(&key);
         }
         // Only the pages present in the range (a huge, barely touched region costs what it
         // holds, not its size), walked in place: freeing memory needs no memory. Page-table
