@@ -34,7 +34,9 @@
 //!   allocate from the heap;
 //! - a thread never blocks holding a classed lock.
 //!
-//! Debug builds check all of it: taking a lock whose class is not after every held class, or
+//! The classes held are recorded in every build (two atomic operations per lock; the
+//! allocator asks [`held_classes`] whether it may compact memory before failing), and debug
+//! builds check all of it: taking a lock whose class is not after every held class, or
 //! switching threads with one held, panics with both classes named (a deadlock found at the
 //! first run instead of a hang under load). `try_lock` is not checked: it cannot deadlock.
 //! The record of held classes is global because the kernel runs on one CPU (interrupts are off
@@ -122,14 +124,14 @@ pub fn innermost_held() -> &'static str {
 }
 
 fn note_acquire(class: LockClass) {
-    if !cfg!(debug_assertions) || CHECKS_OFF.load(Relaxed) {
-        return;
-    }
     let bit = class as u32;
     let held = HELD_CLASSES.load(Relaxed);
     let later_held = held >> (bit + 1) != 0;
     let same_held = held & (1 << bit) != 0;
-    if later_held || (same_held && !class.nests()) {
+    if cfg!(debug_assertions)
+        && !CHECKS_OFF.load(Relaxed)
+        && (later_held || (same_held && !class.nests()))
+    {
         CHECKS_OFF.store(true, Relaxed);
         panic!(
             "lock order: taking a {:?} lock while holding a {} lock",
@@ -142,9 +144,6 @@ fn note_acquire(class: LockClass) {
 }
 
 fn note_release(class: LockClass) {
-    if !cfg!(debug_assertions) || CHECKS_OFF.load(Relaxed) {
-        return;
-    }
     let bit = class as u32;
     let depth = HELD_DEPTH[bit as usize].load(Relaxed).saturating_sub(1);
     HELD_DEPTH[bit as usize].store(depth, Relaxed);
@@ -227,10 +226,8 @@ impl<T> IrqMutex<T> {
             Some(guard) => {
                 if let Some(class) = self.class {
                     // Recorded so that what is taken under it is checked; never refused.
-                    if cfg!(debug_assertions) && !CHECKS_OFF.load(Relaxed) {
-                        HELD_DEPTH[class as usize].fetch_add(1, Relaxed);
-                        HELD_CLASSES.fetch_or(1 << class as u32, Relaxed);
-                    }
+                    HELD_DEPTH[class as usize].fetch_add(1, Relaxed);
+                    HELD_CLASSES.fetch_or(1 << class as u32, Relaxed);
                 }
                 Some(IrqMutexGuard {
                     guard: Some(guard),

@@ -548,6 +548,76 @@ fn racing_double_frees_free_each_page_exactly_once() {
 }
 
 #[test_case]
+fn compaction_rebuilds_huge_blocks_and_moved_pages_keep_their_contents() {
+    use crate::mm::compaction;
+    use crate::mm::page_alloc;
+    use crate::mm::space::{AddressSpace, RegionFlags};
+    let flags = RegionFlags::READ | RegionFlags::WRITE;
+    let pages = 8 * 1024u64;
+    // Four spaces fault their pages in turn, so consecutive frames go to different spaces;
+    // dropping three of them leaves every 2 MiB block a quarter used and none free.
+    let spaces: Vec<_> = (0..4)
+        .map(|_| AddressSpace::new().expect("a space"))
+        .collect();
+    let mut start = 0;
+    for shared in &spaces {
+        start = shared
+            .lock()
+            .map_anonymous(Some(0x1000_0000_0000), pages * 4096, flags)
+            .expect("region");
+    }
+    for page in 0..pages {
+        for (which, shared) in spaces.iter().enumerate() {
+            let signature = page.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ which as u64;
+            shared
+                .lock()
+                .write_user(start + page * 4096, &signature.to_le_bytes())
+                .expect("write");
+        }
+    }
+    let mut spaces = spaces;
+    let parent = spaces.remove(0);
+    drop(spaces);
+    // A clone shares every page: moved pages must keep all their mappings.
+    let child = parent.lock().fork().expect("clone");
+    page_alloc::drain_per_cpu_caches();
+    let before = compaction::stats();
+    let report = compaction::compact_all();
+    let after = compaction::stats();
+    assert!(report.migrated > 0, "{report:?}");
+    assert!(
+        report.huge_blocks_after >= report.huge_blocks_before + 8,
+        "{report:?}"
+    );
+    assert_eq!(
+        after.pgmigrate_success - before.pgmigrate_success,
+        report.migrated
+    );
+    crate::mm::checker::check().expect("frame states after compaction");
+    crate::mm::space::check_reverse_map().expect("reverse map after compaction");
+    for shared in [&parent, &child] {
+        let mut space = shared.lock();
+        let mut checked = 0;
+        for page in 0..pages {
+            let address = start + page * 4096;
+            let mut word = [0u8; 8];
+            space.read_user(address, &mut word).expect("read");
+            let signature = page.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            assert_eq!(
+                u64::from_le_bytes(word),
+                signature,
+                "page {page} moved wrong"
+            );
+            checked += 1;
+        }
+        assert!(checked > 0);
+    }
+    drop(child);
+    drop(parent);
+    crate::mm::checker::check().expect("frame states after teardown");
+}
+
+#[test_case]
 fn heap_exhaustion_returns_null_instead_of_hanging() {
     // More than the whole guest: the heap must refuse without taking memory for nothing.
     let grown_before = crate::mm::heap::stats().grown;

@@ -556,6 +556,29 @@ impl FreeArea {
         Some(index)
     }
 
+    /// Takes the free block whose head is `index` off its list and splits it into allocated
+    /// order-0 pages owned by `owner`, each with one reference (compaction's targets: the free
+    /// scanner takes free memory where it finds it, not the smallest block). Returns the block's
+    /// order and whether it had been reported to the host (its memory comes back from the host
+    /// on first touch), or `None` if `index` is not a free head.
+    pub fn claim_free_block(&mut self, index: FrameIndex, owner: u8) -> Option<(u8, bool)> {
+        let frame = self.frame(index);
+        if frame.state() != FrameState::Free {
+            return None;
+        }
+        let order = frame.order();
+        let reported = frame.flags().contains(FrameFlags::REPORTED);
+        self.unlink(index);
+        for page in index..index + (1 << order) {
+            let frame = self.frame(page);
+            frame.make_head(FrameState::Allocated, 0, owner);
+            frame
+                .refcount
+                .store(1, core::sync::atomic::Ordering::Relaxed);
+        }
+        Some((order, reported))
+    }
+
     /// Takes the free block whose head is `index` off its list: it becomes isolated, neither
     /// allocatable nor mergeable, until [`FreeArea::put_back_isolated`].
     pub fn isolate(&mut self, index: FrameIndex) -> Option<u8> {

@@ -32,6 +32,9 @@ pub struct FrameCensus {
     pub reported: u64,
     /// Allocated pages per [`Owner`].
     pub allocated_by_owner: [u64; Owner::ALL.len()],
+    /// User pages being moved by compaction whose mappings already went to the new frame (the
+    /// mover frees them next).
+    pub migrated_unmapped: u64,
 }
 
 /// An inconsistency, described without allocating (formatted once the locks are released).
@@ -78,7 +81,8 @@ pub fn check() -> Result<FrameCensus, String> {
         let Some(mapped) = super::space::check_reverse_map()? else {
             return Ok(census);
         };
-        let user_pages = census.allocated_by_owner[Owner::UserAnon as usize];
+        let user_pages =
+            census.allocated_by_owner[Owner::UserAnon as usize] - census.migrated_unmapped;
         if user_pages != mapped as u64 {
             return Err(format!(
                 "{user_pages} user pages allocated but {mapped} mapped by address spaces"
@@ -302,6 +306,11 @@ fn check_zone(
             FrameState::Allocated => {
                 census.allocated += span as u64;
                 census.allocated_by_owner[frame.owner() as usize] += span as u64;
+                if frame.flags().contains(FrameFlags::MIGRATING)
+                    && frame.mapcount.load(core::sync::atomic::Ordering::Relaxed) == 0
+                {
+                    census.migrated_unmapped += 1;
+                }
             }
         }
         if frame.flags().contains(FrameFlags::REPORTED) {

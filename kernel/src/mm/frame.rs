@@ -91,6 +91,9 @@ bitflags::bitflags! {
         const REPORTED = 1 << 0;
         /// The block's contents are known to be zero.
         const ZEROED = 1 << 1;
+        /// An allocated user page that compaction has taken a reference to and is moving (see
+        /// `mm::migrate`): it is never picked twice, and the checkers expect the extra reference.
+        const MIGRATING = 1 << 2;
     }
 }
 
@@ -170,6 +173,59 @@ impl Frame {
     }
     pub fn set_prev(&self, prev: FrameIndex) {
         self.prev.store(prev, Relaxed)
+    }
+
+    /// Takes a reference to a page found by scanning the database (compaction, KSM): succeeds
+    /// only on the head of an allocated user page that still has a reference (a page whose
+    /// last reference is being dropped, a free, isolated or reserved frame are refused). A
+    /// compare-and-swap loop, so it cannot resurrect a page another CPU is freeing.
+    pub fn try_get(&self) -> bool {
+        let mut count = self.refcount.load(core::sync::atomic::Ordering::Acquire);
+        loop {
+            if count == 0
+                || self.state() != FrameState::Allocated
+                || !matches!(self.owner(), Owner::UserAnon | Owner::KsmShared)
+            {
+                return false;
+            }
+            match self.refcount.compare_exchange_weak(
+                count,
+                count + 1,
+                core::sync::atomic::Ordering::AcqRel,
+                core::sync::atomic::Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => count = now,
+            }
+        }
+    }
+
+    /// Takes one more reference to a page the caller already holds one to.
+    pub fn get(&self) {
+        let before = self.refcount.fetch_add(1, Relaxed);
+        assert!(
+            before > 0 && before < u32::MAX,
+            "reference count {before} of a held page"
+        );
+    }
+
+    /// Drops a reference; true if it was the last one (the caller then frees the page).
+    /// Release ordering: what the holder wrote is visible to whoever frees the page.
+    pub fn put(&self) -> bool {
+        let before = self
+            .refcount
+            .fetch_sub(1, core::sync::atomic::Ordering::AcqRel);
+        assert!(before > 0, "reference count underflow");
+        before == 1
+    }
+
+    /// References beyond the page's mappings and `holders` (whom the caller knows of): a
+    /// page with any is pinned (someone uses it outside the page tables) and is never moved
+    /// or merged.
+    pub fn extra_references(&self, holders: u32) -> u32 {
+        self.refcount
+            .load(Relaxed)
+            .saturating_sub(self.mapcount.load(Relaxed) + holders)
     }
 
     /// The one transition that starts freeing an allocated block: `Allocated` (with `order`)

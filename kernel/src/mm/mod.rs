@@ -4,9 +4,11 @@
 pub mod boot_memory;
 pub mod buddy;
 pub mod checker;
+pub mod compaction;
 pub mod fault;
 pub mod frame;
 pub mod heap;
+pub mod migrate;
 pub mod page_alloc;
 pub mod paging;
 pub mod reporting;

@@ -536,6 +536,15 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
     Some(pages)
 }
 
+/// Gives an allocated block a new owner (a compaction target becoming a user page).
+pub fn set_owner(pages: Pages, owner: Owner) {
+    if let Some(zone) = zone_of(pages.pfn) {
+        let head = zone.frame(pages.pfn);
+        debug_assert_eq!(head.state(), FrameState::Allocated);
+        head.set_list(owner as u8);
+    }
+}
+
 /// Frees a block allocated by [`alloc`] with the same order. A double free, a free of a
 /// reserved frame or of the wrong order is refused with a logged error; nothing changes.
 pub fn free(pages: Pages) -> Result<(), FreeError> {

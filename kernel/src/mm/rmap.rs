@@ -2,8 +2,10 @@
 //!
 //! A page mapped once (the common case) keeps its mapping inline in its frame record (`rmap`);
 //! a page mapped more than once (after a clone, or merged by KSM) keeps all of them in a side
-//! table keyed by pfn. The frame's `mapcount` always equals the number of mappings, and its
-//! `refcount` equals `mapcount` for user pages (the page is freed when both reach zero).
+//! table keyed by pfn. The frame's `mapcount` always equals the number of mappings. Every
+//! mapping holds one reference (`refcount`); anything else that holds a user page (compaction
+//! moving it, KSM comparing it) holds one more, taken with `Frame::try_get`. The page is freed
+//! by whoever drops the last reference, mapping or not.
 //!
 //! Owns the `rmap` and `mapcount` fields of user frames and the side table. Address spaces call
 //! [`add`] and [`remove`] under their own lock; compaction and KSM will call [`mappings`].
@@ -55,9 +57,27 @@ fn frame(pfn: u64) -> &'static super::frame::Frame {
         .frame(pfn)
 }
 
-/// Records that `mapping` maps `pfn`; returns the new map count.
+/// Records that `mapping` maps `pfn`, taking a reference for it; returns the new map count.
 pub fn add(pfn: u64, mapping: Mapping) -> u32 {
     let record = frame(pfn);
+    record.get();
+    link(pfn, record, mapping)
+}
+
+/// Records the first mapping of a page just allocated: the allocation's reference becomes the
+/// mapping's.
+pub fn add_new(pfn: u64, mapping: Mapping) -> u32 {
+    let record = frame(pfn);
+    debug_assert_eq!(record.mapcount.load(Relaxed), 0, "a new page is unmapped");
+    debug_assert_eq!(
+        record.refcount.load(Relaxed),
+        1,
+        "a new page has one reference"
+    );
+    link(pfn, record, mapping)
+}
+
+fn link(pfn: u64, record: &super::frame::Frame, mapping: Mapping) -> u32 {
     let mut shared = SHARED.lock();
     let count = record.mapcount.load(Relaxed);
     match count {
@@ -73,13 +93,20 @@ pub fn add(pfn: u64, mapping: Mapping) -> u32 {
             .push(mapping),
     }
     record.mapcount.store(count + 1, Relaxed);
-    record.refcount.store(count + 1, Relaxed);
     count + 1
 }
 
-/// Removes `mapping` of `pfn`; returns the new map count (0: nobody maps the page any more, and
-/// the caller frees it). A mapping that was never recorded is a bug, reported as `None`.
-pub fn remove(pfn: u64, mapping: Mapping) -> Option<u32> {
+/// What removing a mapping left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unmapped {
+    pub mapcount: u32,
+    /// The mapping held the page's last reference: the caller frees it.
+    pub last_reference: bool,
+}
+
+/// Removes `mapping` of `pfn` and drops its reference. A mapping that was never recorded is a
+/// bug, reported as `None` (nothing changes).
+pub fn remove(pfn: u64, mapping: Mapping) -> Option<Unmapped> {
     let record = frame(pfn);
     let mut shared = SHARED.lock();
     let count = record.mapcount.load(Relaxed);
@@ -103,8 +130,35 @@ pub fn remove(pfn: u64, mapping: Mapping) -> Option<u32> {
         }
     }
     record.mapcount.store(count - 1, Relaxed);
-    record.refcount.store(count - 1, Relaxed);
-    Some(count - 1)
+    drop(shared);
+    Some(Unmapped {
+        mapcount: count - 1,
+        last_reference: record.put(),
+    })
+}
+
+/// Moves every mapping of `from` to `to` (a page migrated: the page tables already point at
+/// `to`): the map count, the mappings' references and the inline entry or side-table key go
+/// over; `from` keeps only references that were not mappings'. Allocates at most a node of the
+/// side table.
+pub fn move_mappings(from: u64, to: u64) {
+    let (old, new) = (frame(from), frame(to));
+    let mut shared = SHARED.lock();
+    let count = old.mapcount.load(Relaxed);
+    if count > 1
+        && let Some(list) = shared.remove(&from)
+    {
+        // Re-keying moves the list; a BTreeMap insert may allocate a node, which the lock
+        // order allows here (the reverse map comes before the heap).
+        shared.insert(to, list);
+    }
+    new.rmap.store(old.rmap.load(Relaxed), Relaxed);
+    old.rmap.store(0, Relaxed);
+    new.mapcount.store(count, Relaxed);
+    old.mapcount.store(0, Relaxed);
+    // `to` came with its allocation's reference; it now holds one per mapping.
+    new.refcount.store(count, Relaxed);
+    old.refcount.fetch_sub(count, Relaxed);
 }
 
 /// Every mapping of `pfn`.

@@ -164,6 +164,11 @@ static TEARDOWNS: AtomicU64 = AtomicU64::new(0);
 /// Page faults resolved in every space since boot (for the balloon's statistics).
 static MINOR_FAULTS: AtomicU64 = AtomicU64::new(0);
 
+/// The live space named `id` (for walkers that start from the reverse map: compaction, KSM).
+pub fn find_space(id: SpaceId) -> Option<SharedSpace> {
+    REGISTRY.lock().get(&id).and_then(Weak::upgrade)
+}
+
 /// Test hook: the id the next space tries first (to reach the end of the id range quickly).
 #[cfg(test)]
 pub(crate) fn set_next_space_id(id: SpaceId) {
@@ -289,6 +294,67 @@ impl AddressSpace {
             )),
             _ => None,
         }
+    }
+
+    /// The leaf entry mapping `address`, if its tables exist (walked in place, no allocation).
+    fn leaf_entry(&mut self, address: u64) -> Option<&mut PageTableEntry> {
+        if address >= USER_END {
+            return None;
+        }
+        let mut phys = self.pml4.phys();
+        for shift in [39u64, 30, 21] {
+            // SAFETY: a table of this space (the PML4 or one reached from a present entry),
+            // direct-mapped RAM; `&mut self` holds the space's lock, so no other reference.
+            let table = unsafe { &mut *(phys_to_virt(phys) as *mut PageTable) };
+            let entry = &table[((address >> shift) & 511) as usize];
+            if !entry.flags().contains(Flags::PRESENT) {
+                return None;
+            }
+            phys = entry.addr().as_u64();
+        }
+        // SAFETY: as above, for the last-level table.
+        let table = unsafe { &mut *(phys_to_virt(phys) as *mut PageTable) };
+        Some(&mut table[((address >> 12) & 511) as usize])
+    }
+
+    /// Drops the TLB entry of `address` in this space: needed only while the space is loaded
+    /// (loading CR3 flushes the rest). With more CPUs, shootdowns go here.
+    fn flush_page(&self, address: u64) {
+        if self.is_active() {
+            crate::arch::flush_tlb_page(address);
+        }
+    }
+
+    /// Points the mapping at `address` to `new_pfn`, keeping its permissions, if it still maps
+    /// `expected_pfn`; false (nothing changed) otherwise. The caller moves the reverse map.
+    pub fn replace_page(&mut self, address: u64, expected_pfn: u64, new_pfn: u64) -> bool {
+        let Some(entry) = self.leaf_entry(address) else {
+            return false;
+        };
+        if !entry.flags().contains(Flags::PRESENT)
+            || entry.addr().as_u64() / PAGE_SIZE != expected_pfn
+        {
+            return false;
+        }
+        let flags = entry.flags();
+        entry.set_addr(PhysAddr::new(new_pfn * PAGE_SIZE), flags);
+        self.flush_page(address);
+        true
+    }
+
+    /// Removes write permission from the mapping at `address` if it maps `expected_pfn`.
+    pub fn write_protect(&mut self, address: u64, expected_pfn: u64) -> bool {
+        let Some(entry) = self.leaf_entry(address) else {
+            return false;
+        };
+        if !entry.flags().contains(Flags::PRESENT)
+            || entry.addr().as_u64() / PAGE_SIZE != expected_pfn
+        {
+            return false;
+        }
+        entry.set_flags(entry.flags() - Flags::WRITABLE);
+        self.flush_page(address);
+        true
     }
 
     /// Adds an anonymous region of `len` bytes at `start` (or wherever there is room); pages
@@ -517,7 +583,7 @@ impl AddressSpace {
                     let _ = page_alloc::free(pages);
                     return Err(FaultError::OutOfMemory);
                 }
-                rmap::add(
+                rmap::add_new(
                     pages.pfn,
                     Mapping {
                         space: self.id,
@@ -583,7 +649,7 @@ impl AddressSpace {
         flush.ignore();
         self.map_page(address, copy.pfn, user_flags(flags, true))
             .map_err(|_| FaultError::OutOfMemory)?;
-        rmap::add(
+        rmap::add_new(
             copy.pfn,
             Mapping {
                 space: self.id,
@@ -787,7 +853,10 @@ const FORK_RESERVE_STEP: u64 = 256;
 /// the last. Allocates nothing.
 fn release_mapping(space: SpaceId, pfn: u64, address: u64) {
     match rmap::remove(pfn, Mapping { space, address }) {
-        Some(0) => {
+        Some(rmap::Unmapped {
+            last_reference: true,
+            ..
+        }) => {
             if let Err(error) = page_alloc::free(Pages { pfn, order: 0 }) {
                 log::error!("space {space}: freeing user page {pfn:#x}: {error:?}");
             }
@@ -942,9 +1011,10 @@ pub fn check_reverse_map() -> Result<Option<usize>, alloc::string::String> {
             ));
         }
         let record = page_alloc::zone_of(pfn).expect("in a zone").frame(pfn);
-        if record.owner() != Owner::UserAnon
-            || record.refcount.load(Relaxed) != expected.len() as u32
-        {
+        // One reference per mapping, and one more while compaction moves the page.
+        let holders = expected.len() as u32
+            + u32::from(record.flags().contains(super::frame::FrameFlags::MIGRATING));
+        if record.owner() != Owner::UserAnon || record.refcount.load(Relaxed) != holders {
             return Err(alloc::format!(
                 "pfn {pfn:#x}: owner {:?} refcount {} for {} mappings",
                 record.owner(),

@@ -1,0 +1,383 @@
+//! Compaction: moves movable pages out of the way so that free memory forms whole 2 MiB blocks
+//! again (which the allocator can hand out as huge blocks and free page reporting can give to
+//! the host), the fragmentation score that says when that is needed, and the proactive thread.
+//!
+//! Owns the scanners' state, the per-pageblock skip hints, the deferral state per zone, the
+//! proactive thread and the counters (Linux's names). Reaches the free lists only through the
+//! zone's interface (`claim_free_block`, list counts), pages only through [`super::migrate`].
+//!
+//! A pass over a zone (Linux's shape): a migrate scanner climbs from the zone's start through
+//! movable pageblocks and isolates up to 32 user pages at a time; a free scanner descends from
+//! the zone's end and claims free blocks smaller than a pageblock (never whole free 2 MiB
+//! blocks: filling one to empty another gains nothing) from movable pageblocks as targets,
+//! unreported ones first (a reported target is memory the host must fault back in: counted as
+//! `compact_reported_targets`). Each isolated page moves to a target; the pass ends when the
+//! scanners meet. Blocks isolated for reporting are never taken (only free heads on the lists
+//! are claimed), and claimed targets are off the lists, so reporting never sees them.
+//!
+//! Modes: `Async` (a failed allocation's first try: stops as soon as a block of the wanted
+//! order exists, honours skip hints), `SyncLight` (the proactive thread: whole zone, honours
+//! skip hints), `Full` (console `compact`: whole zone, ignores and clears skip hints).
+
+use super::buddy::{MAX_ORDER, MigrateType, PAGEBLOCK_ORDER};
+use super::frame::{FrameFlags, FrameState, Owner};
+use super::migrate;
+use super::page_alloc::{self, Pages};
+use super::zone::Zone;
+use crate::task;
+use crate::tunables;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// How hard a pass tries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Async,
+    SyncLight,
+    Full,
+}
+
+/// Pages isolated by the migrate scanner at a time (Linux's COMPACT_CLUSTER_MAX).
+const CLUSTER: usize = 32;
+
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// Compaction counters since boot, with Linux's names.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[allow(non_snake_case)]
+        pub struct CompactionStats { $(pub $name: u64,)* }
+        #[allow(non_upper_case_globals)]
+        mod counter { use core::sync::atomic::AtomicU64; $(pub static $name: AtomicU64 = AtomicU64::new(0);)* }
+        pub fn stats() -> CompactionStats {
+            CompactionStats { $($name: counter::$name.load(Relaxed),)* }
+        }
+    };
+}
+
+counters!(
+    compact_migrate_scanned,
+    compact_free_scanned,
+    compact_isolated,
+    compact_stall,
+    compact_fail,
+    compact_success,
+    compact_daemon_wake,
+    compact_passes,
+    compact_deferred,
+    compact_reported_targets,
+    pgmigrate_success,
+    pgmigrate_fail,
+);
+
+fn count(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Relaxed);
+}
+
+// ---- Fragmentation figures -----------------------------------------------------------------
+
+/// Free blocks per order in a zone (all migratetypes; per-CPU pages not included).
+fn free_blocks(zone: &Zone) -> [u64; MAX_ORDER as usize + 1] {
+    let mut blocks = [0u64; MAX_ORDER as usize + 1];
+    let area = zone.lock();
+    for (order, slot) in blocks.iter_mut().enumerate() {
+        *slot = MigrateType::ALL
+            .iter()
+            .map(|&kind| u64::from(area.list_count(order as u8, kind)))
+            .sum();
+    }
+    blocks
+}
+
+/// Linux's `extfrag_for_order`: the share (0..=100) of free memory that is not in blocks of
+/// at least `order`.
+pub fn extfrag(zone: &Zone, order: u8) -> u64 {
+    let blocks = free_blocks(zone);
+    let free: u64 = blocks.iter().enumerate().map(|(k, n)| n << k).sum();
+    if free == 0 {
+        return 0;
+    }
+    let suitable: u64 = blocks
+        .iter()
+        .enumerate()
+        .skip(order as usize)
+        .map(|(k, n)| n << (k - order as usize))
+        .sum();
+    (free - (suitable << order)) * 100 / free
+}
+
+/// A zone's fragmentation score: extfrag at the pageblock order.
+pub fn zone_score(zone: &Zone) -> u64 {
+    extfrag(zone, PAGEBLOCK_ORDER)
+}
+
+/// The node's score: zone scores weighted by zone size (small zones count for little).
+pub fn node_score() -> u64 {
+    let zones = page_alloc::all_zones();
+    let present: u64 = zones.iter().map(|zone| zone.present_pages).sum();
+    zones
+        .iter()
+        .map(|zone| zone.present_pages * zone_score(zone) / (present + 1))
+        .sum()
+}
+
+/// Linux's fragmentation index for `order`: -1000 when a block of that order is free, near 0
+/// when an allocation would fail for lack of memory, near 1000 when it would fail because free
+/// memory is in pieces.
+pub fn fragmentation_index(zone: &Zone, order: u8) -> i64 {
+    let blocks = free_blocks(zone);
+    if blocks.iter().skip(order as usize).any(|&n| n > 0) {
+        return -1000;
+    }
+    let free: u64 = blocks.iter().enumerate().map(|(k, n)| n << k).sum();
+    let total: u64 = blocks.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    1000 - ((1000 + free * 1000 / (1 << order)) / total) as i64
+}
+
+/// Free memory in blocks below `reporting.min_order`: what free page reporting cannot give to
+/// the host until compaction makes whole blocks of it (pages).
+pub fn stranded_pages() -> u64 {
+    let min_order = tunables::REPORTING_MIN_ORDER.get() as usize;
+    page_alloc::all_zones()
+        .iter()
+        .map(|zone| {
+            free_blocks(zone)
+                .iter()
+                .enumerate()
+                .take(min_order)
+                .map(|(k, n)| n << k)
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+// ---- One pass ------------------------------------------------------------------------------
+
+/// Per-pageblock "nothing to isolate here" hints, per zone (allocated on first use).
+static SKIP: spin::Once<Vec<Vec<AtomicBool>>> = spin::Once::new();
+
+fn skip_hints(zone_index: usize) -> &'static [AtomicBool] {
+    let all = SKIP.call_once(|| {
+        page_alloc::all_zones()
+            .iter()
+            .map(|zone| {
+                let blocks = zone.lock().pageblock_count();
+                (0..blocks).map(|_| AtomicBool::new(false)).collect()
+            })
+            .collect()
+    });
+    &all[zone_index]
+}
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub migrated: u64,
+    pub failed: u64,
+    /// Free blocks of the pageblock order and up, before and after.
+    pub huge_blocks_before: u64,
+    pub huge_blocks_after: u64,
+}
+
+fn huge_blocks(zone: &Zone) -> u64 {
+    free_blocks(zone)
+        .iter()
+        .enumerate()
+        .skip(PAGEBLOCK_ORDER as usize)
+        .map(|(k, n)| n << (k - PAGEBLOCK_ORDER as usize))
+        .sum()
+}
+
+fn has_free_block(zone: &Zone, order: u8) -> bool {
+    free_blocks(zone)
+        .iter()
+        .skip(order as usize)
+        .any(|&n| n > 0)
+}
+
+/// The free scanner: claims targets from pageblock `slot` (free blocks below the pageblock
+/// order in a movable pageblock), unreported blocks first, until `targets` holds `wanted`.
+fn claim_targets(zone: &Zone, slot: usize, wanted: usize, targets: &mut Vec<Pages>) {
+    let mut area = zone.lock();
+    let (start, end) = area.pageblock_range(slot);
+    if area.pageblock_type(start) != MigrateType::Movable {
+        return;
+    }
+    for take_reported in [false, true] {
+        let mut index = start;
+        while index < end && targets.len() < wanted {
+            let frame = area.frame(index);
+            let order = frame.order();
+            if frame.state() == FrameState::Free && order < PAGEBLOCK_ORDER {
+                count(&counter::compact_free_scanned, 1);
+                let reported = frame.flags().contains(FrameFlags::REPORTED);
+                // Room for the whole block (the target list never grows under the lock).
+                if reported == take_reported && targets.len() + (1 << order) <= targets.capacity() {
+                    let pfn = area.pfn(index);
+                    if let Some((order, reported)) =
+                        area.claim_free_block(index, Owner::Kernel as u8)
+                    {
+                        if reported {
+                            count(&counter::compact_reported_targets, 1 << order);
+                        }
+                        targets.extend((0..1u64 << order).map(|page| Pages {
+                            pfn: pfn + page,
+                            order: 0,
+                        }));
+                    }
+                }
+                index += 1 << order;
+            } else if frame.state() == FrameState::Free {
+                index += 1 << order;
+            } else {
+                index += 1;
+            }
+        }
+    }
+}
+
+/// The migrate scanner: isolates up to [`CLUSTER`] user pages of pageblock `slot`, from frame
+/// index `from`; returns where it stopped.
+fn isolate_from(zone: &Zone, slot: usize, from: u32, pages: &mut Vec<u64>) -> u32 {
+    let (start, end) = zone.lock().pageblock_range(slot);
+    let mut index = from.max(start);
+    while index < end && pages.len() < CLUSTER {
+        let pfn = zone.start_pfn + u64::from(index);
+        let frame = zone.frame(pfn);
+        count(&counter::compact_migrate_scanned, 1);
+        match frame.state() {
+            FrameState::Free | FrameState::Isolated => index += 1 << frame.order(),
+            FrameState::Allocated
+                if frame.owner() == Owner::UserAnon && migrate::isolate_user_page(pfn) =>
+            {
+                pages.push(pfn);
+                count(&counter::compact_isolated, 1);
+                index += 1;
+            }
+            FrameState::Allocated => index += 1 << frame.order(),
+            _ => index += 1,
+        }
+    }
+    index
+}
+
+/// One compaction pass over `zone` in `mode`; with `goal`, stops once a free block of that
+/// order exists. Never holds a zone's lock while it moves pages.
+pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassReport {
+    let zone_index = page_alloc::all_zones()
+        .iter()
+        .position(|z| core::ptr::eq(z, zone))
+        .unwrap_or(0);
+    let hints = skip_hints(zone_index);
+    if mode == Mode::Full {
+        hints.iter().for_each(|hint| hint.store(false, Relaxed));
+    }
+    count(&counter::compact_passes, 1);
+    let mut report = PassReport {
+        huge_blocks_before: huge_blocks(zone),
+        ..PassReport::default()
+    };
+    let blocks = hints.len();
+    let mut pages: Vec<u64> = Vec::with_capacity(CLUSTER);
+    let mut targets: Vec<Pages> = Vec::with_capacity(CLUSTER + (1 << PAGEBLOCK_ORDER));
+    let mut free_slot = blocks;
+    let mut migrate_slot = 0;
+    'pass: while migrate_slot < free_slot {
+        let movable = {
+            let area = zone.lock();
+            let (start, _) = area.pageblock_range(migrate_slot);
+            area.pageblock_type(start) == MigrateType::Movable
+        };
+        if !movable || (mode != Mode::Full && hints[migrate_slot].load(Relaxed)) {
+            migrate_slot += 1;
+            continue;
+        }
+        let mut from = 0;
+        let mut isolated_any = false;
+        loop {
+            pages.clear();
+            let (_, end) = zone.lock().pageblock_range(migrate_slot);
+            from = isolate_from(zone, migrate_slot, from, &mut pages);
+            if pages.is_empty() {
+                break;
+            }
+            isolated_any = true;
+            // Targets from the top, never from the block being emptied or below it.
+            while targets.len() < pages.len() && free_slot > migrate_slot + 1 {
+                claim_targets(zone, free_slot - 1, pages.len(), &mut targets);
+                if targets.len() < pages.len() {
+                    free_slot -= 1;
+                }
+            }
+            for &pfn in &pages {
+                let Some(target) = targets.pop() else {
+                    migrate::release_user_page(pfn);
+                    report.failed += 1;
+                    continue;
+                };
+                match migrate::migrate_user_page(pfn, target) {
+                    Ok(()) => report.migrated += 1,
+                    Err(_) => {
+                        report.failed += 1;
+                        targets.push(target);
+                    }
+                }
+                migrate::release_user_page(pfn);
+            }
+            if targets.is_empty() && free_slot <= migrate_slot + 1 {
+                break 'pass;
+            }
+            if from >= end {
+                break;
+            }
+        }
+        if !isolated_any {
+            hints[migrate_slot].store(true, Relaxed);
+        }
+        migrate_slot += 1;
+        if let Some(order) = goal
+            && (report.migrated > 0 || mode == Mode::Async)
+        {
+            page_alloc::drain_per_cpu_caches();
+            if has_free_block(zone, order) {
+                break;
+            }
+        }
+        // Let others run between pageblocks (the proactive thread must not hog the CPU).
+        if mode != Mode::Async {
+            task::yield_now();
+        }
+    }
+    for target in targets.drain(..) {
+        if let Err(error) = page_alloc::free(target) {
+            log::error!("compaction: returning a target page: {error:?}");
+        }
+    }
+    page_alloc::drain_per_cpu_caches();
+    count(&counter::pgmigrate_success, report.migrated);
+    count(&counter::pgmigrate_fail, report.failed);
+    report.huge_blocks_after = huge_blocks(zone);
+    if report.huge_blocks_after > report.huge_blocks_before {
+        count(&counter::compact_success, 1);
+        // Whole 2 MiB blocks are new: the reporting worker gives them to the host.
+        super::reporting::request();
+    } else {
+        count(&counter::compact_fail, 1);
+    }
+    report
+}
+
+/// Compacts every zone fully (console `compact`, like `/proc/sys/vm/compact_memory`).
+pub fn compact_all() -> PassReport {
+    let mut total = PassReport::default();
+    for zone in page_alloc::all_zones() {
+        let report = compact_zone(zone, Mode::Full, None);
+        total.migrated += report.migrated;
+        total.failed += report.failed;
+        total.huge_blocks_before += report.huge_blocks_before;
+        total.huge_blocks_after += report.huge_blocks_after;
+    }
+    total
+}

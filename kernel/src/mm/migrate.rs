@@ -1,0 +1,154 @@
+//! Page migration: moves a movable page's contents to another frame and points every mapping
+//! of it there, so that compaction (and later KSM) can change which frame holds a page without
+//! its tasks noticing.
+//!
+//! Owns the move of one page. Reaches address spaces through `space::find_space` and their
+//! `replace_page`, the reverse map through `rmap::mappings` and `rmap::move_mappings`, and the
+//! allocator through `page_alloc`. Touches no free list.
+//!
+//! The protocol (the same for every path that meets a page being moved):
+//! 1. The mover takes a reference with `Frame::try_get` and sets `FrameFlags::MIGRATING`
+//!    (compaction's isolation). From then on the page cannot be freed under it: a task that
+//!    unmaps or exits drops only its mapping's reference, and the mover's `put` frees the page
+//!    if it was the last.
+//! 2. It reads the page's mappings, then locks every address space that maps it, in id order
+//!    (the lock order's rule for address spaces), with interrupts off while they are held.
+//!    Faults, copy-on-write, `munmap`, clone and exit all take their space's lock, so none of
+//!    them runs during the move; on one CPU the move is atomic.
+//! 3. Under the locks it checks that nothing changed (same mappings, each page table still maps
+//!    the page) and that the page is not pinned (no reference beyond its mappings and the
+//!    mover's): any difference abandons the move, nothing lost.
+//! 4. It copies the contents, points every mapping at the new frame (flushing each TLB entry),
+//!    moves the reverse map, and gives the new frame the page's owner.
+//! 5. The mover clears `MIGRATING` and drops its reference; the old frame, now unmapped, is
+//!    freed by that `put`.
+
+use super::PAGE_SIZE;
+use super::frame::{FrameFlags, Owner};
+use super::page_alloc::{self, Pages};
+use super::rmap::{self, Mapping};
+use super::space;
+use alloc::vec::Vec;
+
+/// Why a page was not moved (it stays where it was, intact).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrateError {
+    /// No mapping is left (the task unmapped it meanwhile).
+    Unmapped,
+    /// Someone holds a reference besides its mappings (the page is in use outside the page
+    /// tables): it must not move.
+    Pinned,
+    /// Its mappings changed between the look and the move (a clone, an unmap, an exit).
+    Changed,
+    /// The target is not a fresh order-0 page.
+    BadTarget,
+}
+
+/// Moves the user page `pfn` into `target`. The caller holds a reference to `pfn` (step 1 of
+/// the protocol) and keeps it; `target` is a freshly allocated order-0 page with one reference.
+/// On success `target` holds the page; on failure the caller still owns `target`.
+pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), MigrateError> {
+    if target.order != 0 {
+        return Err(MigrateError::BadTarget);
+    }
+    let mut mappings = rmap::mappings(pfn);
+    if mappings.is_empty() {
+        return Err(MigrateError::Unmapped);
+    }
+    mappings.sort_unstable();
+    // Every space that maps the page, in id order (the mappings are sorted by space first).
+    let mut spaces = Vec::with_capacity(mappings.len());
+    for mapping in &mappings {
+        if spaces
+            .last()
+            .is_some_and(|(id, _): &(u32, space::SharedSpace)| *id == mapping.space)
+        {
+            continue;
+        }
+        let shared = space::find_space(mapping.space).ok_or(MigrateError::Changed)?;
+        spaces.push((mapping.space, shared));
+    }
+    let mut guards = Vec::with_capacity(spaces.len());
+    let outcome = (|| {
+        for (_, shared) in &spaces {
+            guards.push(shared.lock());
+        }
+        let mut now = rmap::mappings(pfn);
+        now.sort_unstable();
+        if now != mappings {
+            return Err(MigrateError::Changed);
+        }
+        let record = page_alloc::zone_of(pfn)
+            .ok_or(MigrateError::Changed)?
+            .frame(pfn);
+        if record.extra_references(1) != 0 {
+            return Err(MigrateError::Pinned);
+        }
+        for mapping in &mappings {
+            let guard = guards
+                .iter_mut()
+                .find(|guard| guard.id() == mapping.space)
+                .ok_or(MigrateError::Changed)?;
+            if guard.translate(mapping.address).map(|(at, _)| at) != Some(pfn) {
+                return Err(MigrateError::Changed);
+            }
+        }
+        // SAFETY: `pfn` is a user page every mapping of which is locked (nobody can write it
+        // while we copy), `target` is a page we own; both are direct-mapped RAM of 4 KiB.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                super::phys_to_virt(pfn * PAGE_SIZE) as *const u8,
+                target.virt() as *mut u8,
+                PAGE_SIZE as usize,
+            )
+        };
+        for &Mapping { space, address } in &mappings {
+            let guard = guards
+                .iter_mut()
+                .find(|guard| guard.id() == space)
+                .ok_or(MigrateError::Changed)?;
+            // Checked above under the same locks: it still maps `pfn`.
+            let replaced = guard.replace_page(address, pfn, target.pfn);
+            debug_assert!(replaced);
+        }
+        let owner = record.owner();
+        page_alloc::set_owner(target, owner);
+        rmap::move_mappings(pfn, target.pfn);
+        Ok(())
+    })();
+    drop(guards);
+    outcome
+}
+
+/// Step 1 for a page found by scanning: takes a reference and marks it as being moved. False
+/// if it is not an allocated user page (any more), or is being moved already.
+pub fn isolate_user_page(pfn: u64) -> bool {
+    let Some(zone) = page_alloc::zone_of(pfn) else {
+        return false;
+    };
+    let record = zone.frame(pfn);
+    if record.order() != 0
+        || record.owner() != Owner::UserAnon
+        || record.flags().contains(FrameFlags::MIGRATING)
+        || !record.try_get()
+    {
+        return false;
+    }
+    record.set_flags(record.flags() | FrameFlags::MIGRATING);
+    true
+}
+
+/// Step 5: clears the mark and drops the mover's reference (freeing the old frame if that was
+/// the last, as after a successful move).
+pub fn release_user_page(pfn: u64) {
+    let Some(zone) = page_alloc::zone_of(pfn) else {
+        return;
+    };
+    let record = zone.frame(pfn);
+    record.set_flags(record.flags() - FrameFlags::MIGRATING);
+    if record.put()
+        && let Err(error) = page_alloc::free(Pages { pfn, order: 0 })
+    {
+        log::error!("migration: freeing the old frame {pfn:#x}: {error:?}");
+    }
+}
