@@ -157,6 +157,7 @@ pub fn start(info: &'static BootInfo, main: fn(&'static BootInfo) -> ExitCode) -
     x86_64::instructions::interrupts::enable();
     // Without a device, or when the driver cannot start, it says why itself; the kernel runs on.
     let _ = drivers::balloon::init();
+    mm::compaction::start();
     let code = main(info);
     log::info!("main returned {code:?}: exiting");
     qemu::exit(code)

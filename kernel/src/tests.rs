@@ -547,16 +547,19 @@ fn racing_double_frees_free_each_page_exactly_once() {
     crate::mm::checker::check().expect("each page free exactly once");
 }
 
-#[test_case]
-fn compaction_rebuilds_huge_blocks_and_moved_pages_keep_their_contents() {
-    use crate::mm::compaction;
-    use crate::mm::page_alloc;
+/// Four spaces fault `pages` pages each in turn (consecutive frames go to different spaces),
+/// then three are dropped: every 2 MiB block they touched is left a quarter used, none free.
+/// Returns the survivor, a clone of it sharing every page, and the region's start.
+fn fragment_memory(
+    pages: u64,
+) -> (
+    crate::mm::space::SharedSpace,
+    crate::mm::space::SharedSpace,
+    u64,
+) {
     use crate::mm::space::{AddressSpace, RegionFlags};
     let flags = RegionFlags::READ | RegionFlags::WRITE;
-    let pages = 8 * 1024u64;
-    // Four spaces fault their pages in turn, so consecutive frames go to different spaces;
-    // dropping three of them leaves every 2 MiB block a quarter used and none free.
-    let spaces: Vec<_> = (0..4)
+    let mut spaces: Vec<_> = (0..4)
         .map(|_| AddressSpace::new().expect("a space"))
         .collect();
     let mut start = 0;
@@ -575,46 +578,113 @@ fn compaction_rebuilds_huge_blocks_and_moved_pages_keep_their_contents() {
                 .expect("write");
         }
     }
-    let mut spaces = spaces;
     let parent = spaces.remove(0);
     drop(spaces);
-    // A clone shares every page: moved pages must keep all their mappings.
     let child = parent.lock().fork().expect("clone");
-    page_alloc::drain_per_cpu_caches();
-    let before = compaction::stats();
-    let report = compaction::compact_all();
-    let after = compaction::stats();
-    assert!(report.migrated > 0, "{report:?}");
-    assert!(
-        report.huge_blocks_after >= report.huge_blocks_before + 8,
-        "{report:?}"
-    );
-    assert_eq!(
-        after.pgmigrate_success - before.pgmigrate_success,
-        report.migrated
-    );
-    crate::mm::checker::check().expect("frame states after compaction");
-    crate::mm::space::check_reverse_map().expect("reverse map after compaction");
-    for shared in [&parent, &child] {
+    (parent, child, start)
+}
+
+/// Every page of the survivor of [`fragment_memory`] (and its clone) still reads its signature.
+fn check_signatures(spaces: [&crate::mm::space::SharedSpace; 2], start: u64, pages: u64) {
+    for shared in spaces {
         let mut space = shared.lock();
-        let mut checked = 0;
         for page in 0..pages {
-            let address = start + page * 4096;
             let mut word = [0u8; 8];
-            space.read_user(address, &mut word).expect("read");
+            space
+                .read_user(start + page * 4096, &mut word)
+                .expect("read");
             let signature = page.wrapping_mul(0x9e37_79b9_7f4a_7c15);
             assert_eq!(
                 u64::from_le_bytes(word),
                 signature,
                 "page {page} moved wrong"
             );
-            checked += 1;
         }
-        assert!(checked > 0);
     }
-    drop(child);
-    drop(parent);
-    crate::mm::checker::check().expect("frame states after teardown");
+}
+
+/// Runs `f` with `compaction.proactiveness` at `value`, then restores it.
+fn with_proactiveness<R>(value: u64, f: impl FnOnce() -> R) -> R {
+    let before = tunables::COMPACTION_PROACTIVENESS.get();
+    tunables::COMPACTION_PROACTIVENESS
+        .set(value)
+        .expect("in range");
+    let result = f();
+    tunables::COMPACTION_PROACTIVENESS
+        .set(before)
+        .expect("in range");
+    result
+}
+
+#[test_case]
+fn compaction_rebuilds_huge_blocks_and_moved_pages_keep_their_contents() {
+    use crate::mm::compaction;
+    use crate::mm::page_alloc;
+    let pages = 8 * 1024u64;
+    with_proactiveness(0, || {
+        let (parent, child, start) = fragment_memory(pages);
+        page_alloc::drain_per_cpu_caches();
+        let before = compaction::stats();
+        let report = compaction::compact_all();
+        let after = compaction::stats();
+        assert!(report.migrated > 0, "{report:?}");
+        assert!(
+            report.huge_blocks_after >= report.huge_blocks_before + 8,
+            "{report:?}"
+        );
+        assert_eq!(
+            after.pgmigrate_success - before.pgmigrate_success,
+            report.migrated
+        );
+        crate::mm::checker::check().expect("frame states after compaction");
+        crate::mm::space::check_reverse_map().expect("reverse map after compaction");
+        check_signatures([&parent, &child], start, pages);
+        drop(child);
+        drop(parent);
+        crate::mm::checker::check().expect("frame states after teardown");
+    });
+}
+
+#[test_case]
+fn proactive_compaction_works_in_the_background_and_not_at_proactiveness_zero() {
+    use crate::mm::compaction;
+    let pages = 8 * 1024u64;
+    // Off: fragmenting memory wakes nothing and moves nothing.
+    with_proactiveness(0, || {
+        let before = compaction::stats();
+        let (parent, child, _) = fragment_memory(pages);
+        compaction::poke();
+        task::sleep(Duration::from_millis(200));
+        let after = compaction::stats();
+        assert_eq!(after.compact_daemon_wake, before.compact_daemon_wake);
+        assert_eq!(after.pgmigrate_success, before.pgmigrate_success);
+        assert!(
+            compaction::stranded_pages() > 4 * 1024,
+            "memory is fragmented"
+        );
+        drop((parent, child));
+    });
+    // On (the default): the frees themselves wake the task, which compacts until the free
+    // memory that reporting cannot take is below its low mark.
+    let before = compaction::stats();
+    let (parent, child, start) = fragment_memory(pages);
+    let low = tunables::COMPACTION_STRANDED_LOW_MIB.get() * 256;
+    let begun = Instant::now();
+    while compaction::stranded_pages() > low && begun.elapsed() < Duration::from_secs(20) {
+        task::sleep(Duration::from_millis(20));
+    }
+    let after = compaction::stats();
+    assert!(
+        compaction::stranded_pages() <= low,
+        "{} pages still stranded after {:?}; {after:?}",
+        compaction::stranded_pages(),
+        begun.elapsed()
+    );
+    assert!(after.compact_daemon_wake > before.compact_daemon_wake);
+    assert!(after.pgmigrate_success > before.pgmigrate_success);
+    check_signatures([&parent, &child], start, pages);
+    drop((parent, child));
+    crate::mm::checker::check().expect("frame states");
 }
 
 #[test_case]

@@ -155,6 +155,42 @@ pub static USER_MAX_TASKS: Tunable = Tunable::new(
     "most user tasks alive at once (spawn and clone fail beyond it; each costs at least 64 KiB)",
 );
 
+pub static COMPACTION_PROACTIVENESS: Tunable = Tunable::new(
+    "compaction.proactiveness",
+    50,
+    0,
+    100,
+    "how hard the background task keeps memory in whole 2 MiB blocks: it starts when the \
+     fragmentation score passes 110 - this and stops at 100 - this (0: off)",
+);
+
+pub static COMPACTION_STRANDED_HIGH_MIB: Tunable = Tunable::new(
+    "compaction.stranded_high_mib",
+    32,
+    1,
+    1 << 20,
+    "free memory in pieces below reporting.min_order (which the host cannot get back) that \
+     starts the background task whatever the score",
+);
+
+pub static COMPACTION_STRANDED_LOW_MIB: Tunable = Tunable::new(
+    "compaction.stranded_low_mib",
+    8,
+    0,
+    1 << 20,
+    "the background task stops once stranded free memory is below this (and the score at its \
+     low mark)",
+);
+
+pub static COMPACTION_EXTFRAG_THRESHOLD: Tunable = Tunable::new(
+    "compaction.extfrag_threshold",
+    500,
+    0,
+    1000,
+    "a failed allocation above order 3 compacts only if the fragmentation index exceeds this \
+     (below it the memory is short, not in pieces)",
+);
+
 /// All tunables, for the command line and the console.
 pub static ALL: &[&Tunable] = &[
     &SCHED_TIMESLICE_MS,
@@ -169,6 +205,10 @@ pub static ALL: &[&Tunable] = &[
     &SCENARIO_IDLE_MS,
     &USER_MAX_RESIDENT_PCT,
     &USER_MAX_TASKS,
+    &COMPACTION_PROACTIVENESS,
+    &COMPACTION_STRANDED_HIGH_MIB,
+    &COMPACTION_STRANDED_LOW_MIB,
+    &COMPACTION_EXTFRAG_THRESHOLD,
 ];
 
 pub fn find(name: &str) -> Option<&'static Tunable> {
@@ -180,6 +220,10 @@ pub fn set_from_str(name: &str, value: &str) -> Result<u64, TunableError> {
     let tunable = find(name).ok_or(TunableError::Unknown)?;
     let value: u64 = value.parse().map_err(|_| TunableError::NotANumber)?;
     tunable.set(value)?;
+    if name.starts_with("compaction.") {
+        // Takes effect at once: the background task re-checks with the new value.
+        crate::mm::compaction::poke();
+    }
     Ok(value)
 }
 

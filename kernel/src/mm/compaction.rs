@@ -16,18 +16,21 @@
 //! are claimed), and claimed targets are off the lists, so reporting never sees them.
 //!
 //! Modes: `Async` (a failed allocation's first try: stops as soon as a block of the wanted
-//! order exists, honours skip hints), `SyncLight` (the proactive thread: whole zone, honours
-//! skip hints), `Full` (console `compact`: whole zone, ignores and clears skip hints).
+//! order exists, honours skip hints), `SyncLight` (the proactive thread: whole zone, ignores
+//! skip hints as Linux's proactive compaction does), `Full` (console `compact`: whole zone,
+//! ignores and clears skip hints). Every pass sets the hints it learns.
 
 use super::buddy::{MAX_ORDER, MigrateType, PAGEBLOCK_ORDER};
 use super::frame::{FrameFlags, FrameState, Owner};
 use super::migrate;
 use super::page_alloc::{self, Pages};
 use super::zone::Zone;
-use crate::task;
+use crate::task::{self, WaitQueue};
+use crate::time::Instant;
 use crate::tunables;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use core::time::Duration;
 
 /// How hard a pass tries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,18 +139,17 @@ pub fn fragmentation_index(zone: &Zone, order: u8) -> i64 {
     1000 - ((1000 + free * 1000 / (1 << order)) / total) as i64
 }
 
-/// Free memory in blocks below `reporting.min_order`: what free page reporting cannot give to
-/// the host until compaction makes whole blocks of it (pages).
+/// Free memory in movable pageblocks in blocks below `reporting.min_order`: what free page
+/// reporting cannot give to the host until compaction makes whole blocks of it (pages). Pieces
+/// in unmovable pageblocks are left out: compaction cannot help them.
 pub fn stranded_pages() -> u64 {
-    let min_order = tunables::REPORTING_MIN_ORDER.get() as usize;
+    let min_order = tunables::REPORTING_MIN_ORDER.get() as u8;
     page_alloc::all_zones()
         .iter()
         .map(|zone| {
-            free_blocks(zone)
-                .iter()
-                .enumerate()
-                .take(min_order)
-                .map(|(k, n)| n << k)
+            let area = zone.lock();
+            (0..min_order)
+                .map(|order| u64::from(area.list_count(order, MigrateType::Movable)) << order)
                 .sum::<u64>()
         })
         .sum()
@@ -290,7 +292,7 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
             let (start, _) = area.pageblock_range(migrate_slot);
             area.pageblock_type(start) == MigrateType::Movable
         };
-        if !movable || (mode != Mode::Full && hints[migrate_slot].load(Relaxed)) {
+        if !movable || (mode == Mode::Async && hints[migrate_slot].load(Relaxed)) {
             migrate_slot += 1;
             continue;
         }
@@ -380,4 +382,219 @@ pub fn compact_all() -> PassReport {
         total.huge_blocks_after += report.huge_blocks_after;
     }
     total
+}
+
+// ---- Direct compaction: a failed allocation of order >= 1 ----------------------------------
+
+/// Linux's deferral, per zone: after a failed pass, skip the next 2^shift attempts (shift up
+/// to 6) for orders at or above the one that failed.
+struct Deferral {
+    considered: AtomicU64,
+    shift: AtomicU64,
+    order_failed: AtomicU64,
+}
+
+const MAX_DEFER_SHIFT: u64 = 6;
+static DEFERRAL: [Deferral; 3] = [const {
+    Deferral {
+        considered: AtomicU64::new(0),
+        shift: AtomicU64::new(0),
+        order_failed: AtomicU64::new(MAX_ORDER as u64 + 1),
+    }
+}; 3];
+/// A pass is running (direct compaction never nests in one).
+static IN_PASS: AtomicBool = AtomicBool::new(false);
+
+fn deferred(zone: &Zone, order: u8) -> bool {
+    let state = &DEFERRAL[zone.kind as usize];
+    if u64::from(order) < state.order_failed.load(Relaxed) {
+        return false;
+    }
+    let considered = state.considered.fetch_add(1, Relaxed) + 1;
+    let limit = 1 << state.shift.load(Relaxed);
+    if considered >= limit {
+        state.considered.store(0, Relaxed);
+        return false;
+    }
+    true
+}
+
+fn defer(zone: &Zone, order: u8) {
+    let state = &DEFERRAL[zone.kind as usize];
+    state.considered.store(0, Relaxed);
+    let shift = (state.shift.load(Relaxed) + 1).min(MAX_DEFER_SHIFT);
+    state.shift.store(shift, Relaxed);
+    state.order_failed.fetch_min(u64::from(order), Relaxed);
+}
+
+fn success(zone: &Zone, order: u8) {
+    let state = &DEFERRAL[zone.kind as usize];
+    state.considered.store(0, Relaxed);
+    state.shift.store(0, Relaxed);
+    state.order_failed.store(u64::from(order) + 1, Relaxed);
+}
+
+/// Called by the allocator when an allocation of `order` found no block in `zone`: compacts
+/// the zone (asynchronously, until a block of that order exists) if that can help, and says
+/// whether to retry. Only where moving pages is allowed: no lock held (pages are moved under
+/// address-space locks, which come first in the lock order), interrupts on, not inside a pass.
+pub fn compact_for_allocation(zone: &'static Zone, order: u8) -> bool {
+    if order == 0
+        || crate::sync::held_classes() != 0
+        || !x86_64::instructions::interrupts::are_enabled()
+        || IN_PASS.load(Relaxed)
+    {
+        return false;
+    }
+    // Suitability: enough free memory above the watermark, and (above order 3) the
+    // fragmentation index says pieces, not shortage.
+    if zone.free_pages() < zone.watermarks.min + (2 << order) {
+        return false;
+    }
+    if order > 3 {
+        let index = fragmentation_index(zone, order);
+        if index <= tunables::COMPACTION_EXTFRAG_THRESHOLD.get() as i64 {
+            return false;
+        }
+    }
+    if deferred(zone, order) {
+        count(&counter::compact_deferred, 1);
+        return false;
+    }
+    count(&counter::compact_stall, 1);
+    IN_PASS.store(true, Relaxed);
+    compact_zone(zone, Mode::Async, Some(order));
+    IN_PASS.store(false, Relaxed);
+    let found = has_free_block(zone, order);
+    if found {
+        success(zone, order);
+    } else {
+        defer(zone, order);
+    }
+    found
+}
+
+// ---- The proactive task --------------------------------------------------------------------
+
+static WAKE: WaitQueue = WaitQueue::new();
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+static STARTED: AtomicBool = AtomicBool::new(false);
+/// Pages freed since the task last looked.
+static FREED_SINCE_CHECK: AtomicU64 = AtomicU64::new(0);
+/// Pages freed between two looks at the score (16 MiB): frees are the event that can
+/// fragment memory, so an idle guest takes no timer for compaction.
+const CHECK_EVERY_PAGES: u64 = 4096;
+/// No-progress back-off (Linux: 500 ms << 6).
+const BACKOFF: Duration = Duration::from_secs(32);
+static BACKOFF_UNTIL_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Asks the background task to look at the fragmentation now, ending a back-off (a changed
+/// tunable, the console, tests: someone wants it to try again).
+pub fn poke() {
+    BACKOFF_UNTIL_NS.store(0, Relaxed);
+    wake();
+}
+
+fn wake() {
+    REQUESTED.store(true, Relaxed);
+    WAKE.wake_all();
+}
+
+/// The allocator tells of every free: every 16 MiB freed, the background task looks. Takes no
+/// lock but the scheduler's (allowed anywhere).
+pub fn note_freed(pages: u64) {
+    if FREED_SINCE_CHECK.fetch_add(pages, Relaxed) + pages >= CHECK_EVERY_PAGES {
+        FREED_SINCE_CHECK.store(0, Relaxed);
+        if STARTED.load(Relaxed) {
+            wake();
+        }
+    }
+}
+
+/// Starts the background task (once).
+pub fn start() {
+    if STARTED.swap(true, Relaxed) {
+        return;
+    }
+    if let Err(error) = task::spawn("kcompactd", daemon) {
+        log::error!("compaction: the background task did not start: {error:?}");
+        STARTED.store(false, Relaxed);
+    }
+}
+
+/// The marks the background task works between, from `compaction.proactiveness` (Linux's
+/// rule: low = 100 - p, at least 5; high = low + 10).
+pub fn score_marks() -> (u64, u64) {
+    let proactiveness = tunables::COMPACTION_PROACTIVENESS.get();
+    let low = 100u64.saturating_sub(proactiveness).max(5);
+    (low, (low + 10).min(100))
+}
+
+fn mib_to_pages(mib: u64) -> u64 {
+    mib * 256
+}
+
+/// Whether the background task should start: score above its high mark, or more stranded free
+/// memory than the host can be left without.
+pub fn should_compact() -> bool {
+    if tunables::COMPACTION_PROACTIVENESS.get() == 0 {
+        return false;
+    }
+    let (_, high) = score_marks();
+    node_score() > high
+        || stranded_pages() > mib_to_pages(tunables::COMPACTION_STRANDED_HIGH_MIB.get())
+}
+
+fn done_with(zone: &Zone) -> bool {
+    let (low, _) = score_marks();
+    zone_score(zone) <= low
+        && stranded_pages() <= mib_to_pages(tunables::COMPACTION_STRANDED_LOW_MIB.get())
+}
+
+/// Memory is short (the allocator is near its low watermarks): compaction yields.
+fn under_pressure() -> bool {
+    let low: u64 = page_alloc::all_zones()
+        .iter()
+        .map(|zone| zone.watermarks.low)
+        .sum();
+    page_alloc::free_pages() < low
+}
+
+fn daemon() {
+    loop {
+        WAKE.wait_until(|| REQUESTED.load(Relaxed));
+        REQUESTED.store(false, Relaxed);
+        if Instant::now().as_nanos() < BACKOFF_UNTIL_NS.load(Relaxed) || !should_compact() {
+            continue;
+        }
+        count(&counter::compact_daemon_wake, 1);
+        let stranded_before = stranded_pages();
+        let score_before = node_score();
+        let mut migrated = 0;
+        for zone in page_alloc::all_zones() {
+            while !done_with(zone) && !under_pressure() {
+                IN_PASS.store(true, Relaxed);
+                let report = compact_zone(zone, Mode::SyncLight, None);
+                IN_PASS.store(false, Relaxed);
+                migrated += report.migrated;
+                if report.migrated == 0 || report.huge_blocks_after <= report.huge_blocks_before {
+                    break;
+                }
+            }
+        }
+        let progress =
+            migrated > 0 && (stranded_pages() < stranded_before || node_score() < score_before);
+        if progress {
+            BACKOFF_UNTIL_NS.store(0, Relaxed);
+        } else {
+            // Unmovable pages fragment memory: no point in trying again soon. The first event
+            // after the back-off starts it again (no timer).
+            BACKOFF_UNTIL_NS.store((Instant::now() + BACKOFF).as_nanos(), Relaxed);
+        }
+    }
+}
+
+/// Whether the background task is backing off now (after a pass without progress).
+pub fn backing_off() -> bool {
+    Instant::now().as_nanos() < BACKOFF_UNTIL_NS.load(Relaxed)
 }

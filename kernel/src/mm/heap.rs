@@ -46,6 +46,8 @@ const SLOT_BYTES: u64 = 32 << 20;
 const SLOTS: usize = (GROWN_HEAP_MAX / SLOT_BYTES) as usize;
 /// The smallest chunk (a larger allocation gets a chunk of its own size).
 pub const CHUNK_BYTES: u64 = 1 << 20;
+/// A chunk's pages come in blocks of up to this order (1 MiB).
+const CHUNK_ORDER: u8 = 8;
 /// Room a chunk's allocator needs beyond the allocation it was made for.
 const CHUNK_SLACK: u64 = 256;
 
@@ -140,16 +142,27 @@ impl GrownHeap {
             .find(|&first| self.owner[first..first + slots].iter().all(|&o| o == 0))
             .ok_or(HeapError::RangeFull)?;
         let start = GROWN_HEAP_START + first as u64 * SLOT_BYTES;
+        // In blocks as large as fit (up to a chunk's 1 MiB, order 8), so that the heap's
+        // unmovable pages come in few places instead of single pages sprinkled over movable
+        // pageblocks (which compaction could never empty); single pages when memory is short.
         let mut mapped = 0;
         while mapped < bytes {
-            let Some(page) = page_alloc::alloc(AllocRequest::new(0).owner(Owner::Heap)) else {
+            let left = (bytes - mapped) / PAGE_SIZE;
+            let largest = (63 - left.leading_zeros()).min(CHUNK_ORDER as u32) as u8;
+            let Some(block) = (0..=largest).rev().find_map(|order| {
+                page_alloc::alloc(
+                    AllocRequest::new(order)
+                        .owner(Owner::Heap)
+                        .without_compaction(order > 0),
+                )
+            }) else {
                 break;
             };
-            if super::paging::map_kernel_pages(start + mapped, page).is_err() {
-                let _ = page_alloc::free(page);
+            if super::paging::map_kernel_pages(start + mapped, block).is_err() {
+                let _ = page_alloc::free(block);
                 break;
             }
-            mapped += PAGE_SIZE;
+            mapped += block.bytes();
         }
         if mapped < bytes {
             unmap_and_free(start, mapped);
@@ -273,11 +286,22 @@ impl GrownHeap {
     }
 }
 
-/// Unmaps `bytes` of the heap from `start` and frees their pages.
+/// Unmaps `bytes` of the heap from `start` and frees their blocks (each once, by its head).
 fn unmap_and_free(start: u64, bytes: u64) {
     super::paging::unmap_kernel_range(start, bytes / PAGE_SIZE, |pfn| {
-        if let Err(error) = page_alloc::free(page_alloc::Pages { pfn, order: 0 }) {
-            log::error!("kernel heap: giving back page {pfn:#x}: {error:?}");
+        let Some(zone) = page_alloc::zone_of(pfn) else {
+            return;
+        };
+        let head = zone.frame(pfn);
+        if head.state() != super::frame::FrameState::Allocated {
+            return; // a tail of a block freed by its head
+        }
+        let block = page_alloc::Pages {
+            pfn,
+            order: head.order(),
+        };
+        if let Err(error) = page_alloc::free(block) {
+            log::error!("kernel heap: giving back block {pfn:#x}: {error:?}");
         }
     });
 }

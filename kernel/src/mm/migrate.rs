@@ -116,7 +116,11 @@ pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), MigrateError> {
         rmap::move_mappings(pfn, target.pfn);
         Ok(())
     })();
-    drop(guards);
+    // Last locked, first released: each guard restores the interrupt state from before it,
+    // so the first one must go last (or interrupts come back while later locks are held).
+    while let Some(guard) = guards.pop() {
+        drop(guard);
+    }
     outcome
 }
 

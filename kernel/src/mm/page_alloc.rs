@@ -42,6 +42,9 @@ pub struct AllocRequest {
     /// the kernel's, so that its heap, page tables and stacks are not what fails when tasks
     /// fill memory (the OOM killer frees memory before the kernel runs short).
     pub leave_kernel_reserve: bool,
+    /// May compact memory when no block of this order is free (off where a smaller block will
+    /// do instead).
+    pub compact: bool,
 }
 
 impl AllocRequest {
@@ -55,6 +58,7 @@ impl AllocRequest {
             owner: Owner::Kernel,
             use_reserves: false,
             deflate_on_oom: true,
+            compact: true,
             leave_kernel_reserve: false,
         }
     }
@@ -62,6 +66,13 @@ impl AllocRequest {
     pub const fn without_balloon_deflate(self) -> Self {
         AllocRequest {
             deflate_on_oom: false,
+            ..self
+        }
+    }
+    /// With `skip`, fails instead of compacting (the caller falls back to smaller blocks).
+    pub const fn without_compaction(self, skip: bool) -> Self {
+        AllocRequest {
+            compact: !skip,
             ..self
         }
     }
@@ -509,6 +520,17 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
         }
     });
     let found = found.or_else(|| {
+        // Direct compaction: free memory in pieces may make a block of this order (the
+        // compaction module decides whether it can help, and whether it may run here).
+        candidate_zones(request.limit).find_map(|zone| {
+            if request.compact && super::compaction::compact_for_allocation(zone, request.order) {
+                Some((zone, alloc_from_zone(zone, &request)?))
+            } else {
+                None
+            }
+        })
+    });
+    let found = found.or_else(|| {
         // Deflate-on-OOM: pages the balloon holds come back before the allocation fails.
         if request.deflate_on_oom && crate::drivers::balloon::deflate_on_oom(1 << request.order) > 0
         {
@@ -571,6 +593,9 @@ pub fn free(pages: Pages) -> Result<(), FreeError> {
         }
         Ok(())
     });
+    if result.is_ok() {
+        super::compaction::note_freed(pages.page_count());
+    }
     if let Err(error) = result {
         log::error!(
             "page allocator: refused to free pfn {:#x} order {}: {error:?}",
