@@ -20,12 +20,51 @@ const HELP: &str = "commands:
   tasks            task counters and the tasks running now
   reporting        free page reporting counters and reported memory per order
   balloon          the balloon: target, size, statistics, interrupts
+  frag             fragmentation: score per zone and node, index per order, stranded
+                   memory, buddyinfo, compaction counters
+  compact          compact every zone now (like /proc/sys/vm/compact_memory)
   run PROGRAM [N] [&]  run a user program with argument N and show its report (Ctrl-C
                    kills it and its children); with &, in the background
   kill ID          kill task ID (tasks lists them)
   tunables         every tunable with its value and range
   set NAME=VALUE   change a tunable
   exit             leave the console (the kernel exits)";
+
+/// The `frag` report: Linux's extfrag score per zone and for the node, the fragmentation
+/// index per order, the memory reporting cannot take, buddyinfo and the compaction counters.
+fn write_fragmentation(out: &mut String) -> core::fmt::Result {
+    use crate::mm::compaction;
+    let (low, high) = compaction::score_marks();
+    writeln!(
+        out,
+        "node score {} (proactive compaction starts above {high}, stops at {low}; {})",
+        compaction::node_score(),
+        if compaction::backing_off() {
+            "backing off"
+        } else {
+            "ready"
+        }
+    )?;
+    writeln!(
+        out,
+        "stranded free memory (movable, below reporting.min_order): {} KiB",
+        compaction::stranded_pages() * 4
+    )?;
+    for zone in page_alloc::all_zones() {
+        write!(
+            out,
+            "{:<6} score {:>3}  index",
+            zone.kind.name(),
+            compaction::zone_score(zone)
+        )?;
+        for order in 1..=crate::mm::buddy::MAX_ORDER {
+            write!(out, " {}", compaction::fragmentation_index(zone, order))?;
+        }
+        writeln!(out)?;
+    }
+    page_alloc::write_buddyinfo(out)?;
+    writeln!(out, "{:?}", compaction::stats())
+}
 
 /// What a command asks of the console loop after printing its output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +168,16 @@ pub fn execute_with_input(line: &str, input: &mut dyn FnMut() -> Option<u8>) -> 
         "balloon" => {
             let stats = crate::drivers::balloon::stats();
             writeln!(out, "{stats:?}")
+        }
+        "frag" => write_fragmentation(&mut out),
+        "compact" => {
+            let report = crate::mm::compaction::compact_all();
+            let _ = writeln!(
+                out,
+                "compacted: {} pages moved, {} not; free 2 MiB blocks {} -> {}",
+                report.migrated, report.failed, report.huge_blocks_before, report.huge_blocks_after
+            );
+            write_fragmentation(&mut out)
         }
         "tunables" => {
             for tunable in tunables::ALL {
@@ -283,6 +332,13 @@ mod tests {
         tunables::SCHED_TIMESLICE_MS
             .set(tunables::SCHED_TIMESLICE_MS.default)
             .expect("in range");
+        let (frag, _) = execute("frag");
+        assert!(
+            frag.contains("node score") && frag.contains("compact_migrate_scanned"),
+            "{frag}"
+        );
+        let (compacted, _) = execute("compact");
+        assert!(compacted.starts_with("compacted: "), "{compacted}");
         assert!(execute("frobnicate").0.contains("unknown command"));
         assert_eq!(execute("exit").1, Next::Exit);
     }
