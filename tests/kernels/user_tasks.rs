@@ -903,3 +903,69 @@ fn user_pages_leave_the_kernel_its_reserve() {
     assert_eq!(got, want, "the kernel's reserve");
     check_memory();
 }
+
+#[test_case]
+fn tasks_keep_their_data_while_compaction_moves_their_pages() {
+    use core::sync::atomic::AtomicBool;
+    use kernel::mm::compaction;
+    // A kernel thread compacts every zone over and over while tasks fault, write, read back,
+    // clone (copy-on-write) and exit: every task still sees its own data.
+    static STOP: AtomicBool = AtomicBool::new(false);
+    STOP.store(false, Relaxed);
+    let compactor = task::spawn("compactor", || {
+        let mut moved = 0;
+        while !STOP.load(Relaxed) {
+            moved += compaction::compact_all().migrated;
+            task::yield_now();
+        }
+        moved
+    })
+    .expect("thread starts");
+    let before = compaction::stats();
+    // Short time slices: the compactor runs between the tasks' faults, not only after them.
+    let slice = kernel::tunables::SCHED_TIMESLICE_MS.get();
+    kernel::tunables::SCHED_TIMESLICE_MS
+        .set(1)
+        .expect("in range");
+    for _ in 0..3 {
+        let walkers: alloc::vec::Vec<_> = (0..4u64)
+            .map(|i| {
+                let program = programs::memory_walk();
+                user::spawn_with(
+                    program.name,
+                    &program,
+                    4096 + 1024 * i,
+                    Capabilities::empty(),
+                )
+                .expect("task starts")
+            })
+            .collect();
+        let cloner = {
+            let program = programs::fill_clone();
+            user::spawn_with(program.name, &program, 256, Capabilities::empty())
+                .expect("task starts")
+        };
+        for (i, walker) in walkers.into_iter().enumerate() {
+            let Ok(report) = walker.join_timeout(Duration::from_secs(60)) else {
+                panic!("a walker did not end within 60 s");
+            };
+            assert_eq!(report.exit, TaskExit::Exited(4096 + 1024 * i as i64));
+        }
+        let Ok(report) = cloner.join_timeout(Duration::from_secs(60)) else {
+            panic!("the cloner did not end within 60 s");
+        };
+        assert_eq!(report.exit, TaskExit::Exited(0));
+    }
+    STOP.store(true, Relaxed);
+    kernel::tunables::SCHED_TIMESLICE_MS
+        .set(slice)
+        .expect("in range");
+    let moved = compactor.join();
+    let after = compaction::stats();
+    kernel::println!(
+        "compaction moved {moved} pages under running tasks ({} not moved)",
+        after.pgmigrate_fail - before.pgmigrate_fail
+    );
+    assert!(moved > 0, "nothing was moved: the test proved nothing");
+    check_memory();
+}
