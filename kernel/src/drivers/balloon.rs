@@ -122,7 +122,17 @@ pub struct BalloonStats {
 static PRESENT: AtomicBool = AtomicBool::new(false);
 static FEATURES: AtomicU64 = AtomicU64::new(0);
 static TARGET: AtomicU64 = AtomicU64::new(0);
+/// Pages in the balloon: those in [`BALLOON`] plus those of a deflate request in flight. It
+/// changes only under [`BALLOON`]'s lock (the worker and deflate-on-OOM both take it), so code
+/// holding that lock reads it once and can trust it; everything else treats it as a snapshot
+/// and computes with it saturating.
 static ACTUAL: AtomicU64 = AtomicU64::new(0);
+/// A target set by a test in place of the host's (`u64::MAX`: none, follow the host).
+static TEST_TARGET: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Fault injection (tests only): the next deflate request runs a deflate-on-OOM between the
+/// worker's look at the balloon's size and its use, the race that made `ACTUAL - target`
+/// underflow.
+static INJECT_OOM_IN_DEFLATE: AtomicBool = AtomicBool::new(false);
 static INFLATED: AtomicU64 = AtomicU64::new(0);
 static DEFLATED: AtomicU64 = AtomicU64::new(0);
 static OOM_DEFLATED: AtomicU64 = AtomicU64::new(0);
@@ -194,6 +204,34 @@ pub fn on_queue_interrupt() {
     QUEUE_INTERRUPTS.fetch_add(1, Relaxed);
     QUEUE_EVENT.wake_all();
     kick_worker();
+}
+
+/// Makes the worker follow `pages` instead of the host's `num_pages` (`None`: the host's again).
+/// For in-guest tests, which have no QMP; the host still sees `actual`.
+pub fn set_test_target(pages: Option<u64>) {
+    TEST_TARGET.store(pages.unwrap_or(u64::MAX), Relaxed);
+    kick_worker();
+}
+
+/// Fault injection (tests only): the next deflate request runs a deflate-on-OOM in the middle
+/// of its bookkeeping, between the worker's check of the balloon's size and its use.
+pub fn inject_oom_deflate_during_next_deflate() {
+    INJECT_OOM_IN_DEFLATE.store(true, Relaxed);
+}
+
+/// Subtracts `pages` from [`ACTUAL`] (call with [`BALLOON`]'s lock held); never wraps: a
+/// count that would go below zero is a driver bug, logged, and the count stops at zero.
+fn actual_sub(pages: u64) {
+    let before = ACTUAL
+        .fetch_update(Relaxed, Relaxed, |actual| {
+            Some(actual.saturating_sub(pages))
+        })
+        .unwrap_or(0);
+    if before < pages {
+        log::error!(
+            "virtio-balloon: {pages} pages leave a balloon of {before}: the count stops at 0"
+        );
+    }
 }
 
 fn kick_worker() {
@@ -521,9 +559,13 @@ impl BalloonWorker {
             WORKER_KICK.store(false, Relaxed);
             self.answer_statistics();
             self.tell_oom_deflations();
-            let target = u64::from(
+            let host_target = u64::from(
                 with_transport(|transport| transport.read_config_space::<u32>(0)).unwrap_or(0),
             );
+            let target = match TEST_TARGET.load(Relaxed) {
+                u64::MAX => host_target,
+                test => test,
+            };
             TARGET.store(target, Relaxed);
             let actual = ACTUAL.load(Relaxed);
             if target > actual {
@@ -547,7 +589,7 @@ impl BalloonWorker {
     }
 
     fn write_actual(&self) {
-        let actual = ACTUAL.load(Relaxed) as u32;
+        let actual = u32::try_from(ACTUAL.load(Relaxed)).unwrap_or(u32::MAX);
         if let Err(error) =
             with_transport(|transport| transport.write_config_space::<u32>(4, actual))
         {
@@ -586,11 +628,17 @@ impl BalloonWorker {
     fn inflate_towards(&mut self, target: u64) {
         let reserve = reserve_pages();
         let mut refused = false;
-        while ACTUAL.load(Relaxed) < target {
+        loop {
+            // One snapshot per request: deflate-on-OOM may shrink the balloon meanwhile, which
+            // only makes more room below the target (inflating is this worker's alone).
+            let missing = target.saturating_sub(ACTUAL.load(Relaxed));
+            if missing == 0 {
+                break;
+            }
             let mut blocks = Vec::new();
             let mut count = 0usize;
             while count < PFNS_PER_REQUEST {
-                let wanted = target - ACTUAL.load(Relaxed) - count as u64;
+                let wanted = missing.saturating_sub(count as u64);
                 if wanted == 0 {
                     break;
                 }
@@ -631,8 +679,13 @@ impl BalloonWorker {
                 break;
             }
             Self::send_pfns(&mut self.inflate, self.pfn_page, count, "inflate");
-            BALLOON.lock().extend(blocks);
-            ACTUAL.fetch_add(count as u64, Relaxed);
+            {
+                // The blocks and their count together: deflate-on-OOM must never find blocks
+                // in the balloon that ACTUAL does not count yet.
+                let mut balloon = BALLOON.lock();
+                balloon.extend(blocks);
+                ACTUAL.fetch_add(count as u64, Relaxed);
+            }
             INFLATED.fetch_add(count as u64, Relaxed);
             self.write_actual();
             if refused {
@@ -654,21 +707,57 @@ impl BalloonWorker {
         }
     }
 
+    /// Deflates exactly down to `target`: a block larger than what is left to give back is
+    /// split ([`page_alloc::split_allocated`]) and only the pages asked for leave the balloon,
+    /// so the balloon never dips below the target (nor takes a whole 2 MiB block out to
+    /// inflate 511 pages back).
     fn deflate_towards(&mut self, target: u64) {
-        while ACTUAL.load(Relaxed) > target {
-            let excess = ACTUAL.load(Relaxed) - target;
+        loop {
+            if INJECT_OOM_IN_DEFLATE.swap(false, Relaxed) {
+                let taken = deflate_on_oom(1);
+                log::warn!(
+                    "virtio-balloon: fault injection: a deflate-on-OOM of {taken} pages inside a deflate"
+                );
+            }
             let mut blocks = Vec::new();
             let mut count = 0usize;
             {
                 let mut balloon = BALLOON.lock();
-                while let Some(block) = balloon.last().copied() {
-                    let pages = block.page_count() as usize;
-                    if count + pages > PFNS_PER_REQUEST || count as u64 >= excess {
+                // ACTUAL changes only under this lock: one load, and it stays true until the
+                // lock is dropped.
+                let excess = ACTUAL.load(Relaxed).saturating_sub(target);
+                'request: while count < PFNS_PER_REQUEST && (count as u64) < excess {
+                    let Some(mut block) = balloon.pop() else {
                         break;
+                    };
+                    let room = (excess - count as u64).min((PFNS_PER_REQUEST - count) as u64);
+                    // Halve a block larger than what is left to give back: the lower half
+                    // stays in the balloon, the upper half is looked at again.
+                    while block.page_count() > room {
+                        match page_alloc::split_allocated(block) {
+                            Ok([low, high]) => {
+                                balloon.push(low);
+                                block = high;
+                            }
+                            Err(error)
+                                if block.page_count() as usize <= PFNS_PER_REQUEST - count =>
+                            {
+                                log::error!(
+                                    "virtio-balloon: cannot split balloon block {block:?}: {error:?}; deflating it whole"
+                                );
+                                break;
+                            }
+                            Err(error) => {
+                                log::error!(
+                                    "virtio-balloon: cannot split balloon block {block:?}: {error:?}; it waits for the next request"
+                                );
+                                balloon.push(block);
+                                break 'request;
+                            }
+                        }
                     }
-                    balloon.pop();
+                    count += block.page_count() as usize;
                     blocks.push(block);
-                    count += pages;
                 }
             }
             if count == 0 {
@@ -688,7 +777,10 @@ impl BalloonWorker {
                     log::error!("virtio-balloon: freeing a deflated block: {error:?}");
                 }
             }
-            ACTUAL.fetch_sub(count as u64, Relaxed);
+            {
+                let _balloon = BALLOON.lock();
+                actual_sub(count as u64);
+            }
             DEFLATED.fetch_add(count as u64, Relaxed);
             self.write_actual();
         }
@@ -829,6 +921,8 @@ pub fn deflate_on_oom(pages: u64) -> u64 {
         count += 1;
         freed += block.page_count();
     }
+    // Counted before the lock is dropped: under it, ACTUAL always matches the balloon.
+    actual_sub(freed);
     drop(pending);
     drop(balloon);
     for block in taken.into_iter().flatten() {
@@ -837,7 +931,6 @@ pub fn deflate_on_oom(pages: u64) -> u64 {
         }
     }
     if freed > 0 {
-        ACTUAL.fetch_sub(freed, Relaxed);
         OOM_DEFLATED.fetch_add(freed, Relaxed);
         // Wakes without allocating or freeing (this may run inside the heap's growth).
         kick_worker();
