@@ -141,6 +141,14 @@ pub static REPORTING_BUDGET: Tunable = Tunable::new(
     "reports per pass before the worker yields (another pass follows after the delay)",
 );
 
+pub static BALLOON_TIMEOUT_MS: Tunable = Tunable::new(
+    "balloon.timeout_ms",
+    5000,
+    10,
+    600_000,
+    "how long the balloon device may take to acknowledge a request before it counts as dead (reset, not used again)",
+);
+
 pub static SCENARIO_RECLAIM_MIB: Tunable = Tunable::new(
     "scenario.reclaim_mib",
     1024,
@@ -183,6 +191,7 @@ pub static ALL: &[&Tunable] = &[
     &REPORTING_CAPACITY,
     &REPORTING_HIGH_WATER_MIB,
     &REPORTING_BUDGET,
+    &BALLOON_TIMEOUT_MS,
     &SCENARIO_RECLAIM_MIB,
     &SCENARIO_IDLE_MS,
     &USER_MAX_RESIDENT_PCT,
