@@ -545,14 +545,14 @@ fn give_up_on_device(what: &str) -> bool {
     if !reset {
         if !RESET_FAILED.swap(true, Relaxed) {
             log::error!(
-                "virtio-balloon: the device has not acknowledged a {what} in {timeout} ms (balloon.timeout_ms) and does not reset: its buffers stay with it (isolated, so the host may still discard them safely); waiting on"
+                "virtio-balloon: the device has not acknowledged a request ({what}) in {timeout} ms (balloon.timeout_ms) and does not reset: its buffers stay with it (isolated, so the host may still discard them safely); waiting on"
             );
         }
         return false;
     }
     if !LOST.swap(true, Relaxed) {
         log::error!(
-            "virtio-balloon: the device has not acknowledged a {what} in {timeout} ms (balloon.timeout_ms): reset, and not used again; free page reporting and ballooning stop"
+            "virtio-balloon: the device has not acknowledged a request ({what}) in {timeout} ms (balloon.timeout_ms): reset, and not used again; free page reporting and ballooning stop"
         );
     }
     QUEUE_EVENT.wake_all();
