@@ -364,6 +364,13 @@ fn reporting_turned_off_and_on_at_run_time_takes_effect_at_once() {
                 .expect("4 MiB block")
         })
         .collect();
+    // A pattern in the first block: once reported, the host has dropped it (reads as zeros).
+    let words = blocks[0].bytes() as usize / 8;
+    let base = blocks[0].virt() as *mut u64;
+    for word in 0..words {
+        // SAFETY: our block, direct-mapped, `words` long.
+        unsafe { base.add(word).write_volatile(0xabab_abab_abab_abab) };
+    }
     for block in &blocks {
         page_alloc::free(*block).expect("free");
     }
@@ -390,6 +397,15 @@ fn reporting_turned_off_and_on_at_run_time_takes_effect_at_once() {
         task::sleep(Duration::from_millis(5));
     }
     let after = reporting::stats();
+    // Nothing allocates in this test kernel meanwhile: the free block is as the host left it.
+    let nonzero = (0..words)
+        // SAFETY: direct-mapped RAM; reading a free block changes nothing.
+        .filter(|word| unsafe { base.add(*word).read_volatile() } != 0)
+        .count();
+    assert_eq!(
+        nonzero, 0,
+        "the host did not discard the block reported after re-enabling"
+    );
     kernel::println!(
         "  reported after turning it on: {} MiB in {} ms",
         (after.pages_reported - before.pages_reported) / 256,
