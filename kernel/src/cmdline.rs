@@ -168,15 +168,21 @@ pub fn init(text: &'static [u8], truncated: bool) -> &'static Cmdline {
         } else {
             text
         };
+        // Each message is formatted before it is logged: formatting some (the known keys, the
+        // valid values) allocates, which must not happen under the serial port's lock.
         let (pairs, problems) = split(text);
         for problem in problems {
-            log::error!("command line: {problem}");
+            let message = alloc::format!("{problem}");
+            log::error!("command line: {message}");
         }
         let mut words = Vec::new();
         for (key, value) in pairs {
             match apply(key, value) {
                 Ok(()) => words.push((key, value)),
-                Err(problem) => log::error!("command line: {problem}"),
+                Err(problem) => {
+                    let message = alloc::format!("{problem}");
+                    log::error!("command line: {message}");
+                }
             }
         }
         Cmdline { words }

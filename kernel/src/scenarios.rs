@@ -8,6 +8,9 @@
 //!   `idle`, `done`).
 //! - `balloon`: follow the host's balloon through three targets and check deflate-on-OOM
 //!   (events `ready`, `inflated`, `stats`, `deflated`, `inflated_max`, `oom`, `done`).
+//! - `balloon_race`: allocate past free memory again and again for 5 s (deflate-on-OOM fires)
+//!   while the host moves the balloon's target, then settle on the host's last target (events
+//!   `ready`, `stressed`, `done`; fails if the balloon's count and its pages disagree).
 //! - `no_device`: run without a balloon device and show everything else works.
 //!
 //! Owns nothing: it uses the public interfaces of the allocator, the balloon and the tasks.
@@ -23,13 +26,14 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::time::Duration;
 
-pub const NAMES: &[&str] = &["reclaim", "balloon", "no_device"];
+pub const NAMES: &[&str] = &["reclaim", "balloon", "balloon_race", "no_device"];
 
 /// Runs the scenario `name`; `None` if there is no such scenario.
 pub fn run(name: &str) -> Option<ExitCode> {
     let outcome = match name {
         "reclaim" => reclaim(),
         "balloon" => follow_balloon(),
+        "balloon_race" => balloon_race(),
         "no_device" => no_device(),
         _ => return None,
     };
@@ -213,6 +217,66 @@ fn follow_balloon() -> Result<(), alloc::string::String> {
         ));
     }
     checker::check()?;
+    event("done", &balloon_figures());
+    Ok(())
+}
+
+/// Deflate-on-OOM against the worker's own inflating and deflating while the host moves the
+/// target: every round takes 1024 pages more than are free, then frees them.
+fn balloon_race() -> Result<(), alloc::string::String> {
+    if !balloon::is_present() {
+        return Err("no balloon device".into());
+    }
+    event("ready", &balloon_figures());
+    let request = AllocRequest::new(0)
+        .kind(MigrateType::Movable)
+        .owner(Owner::Kernel);
+    let start = Instant::now();
+    let mut rounds = 0;
+    let mut taken: Vec<Pages> = Vec::new();
+    while start.elapsed() < Duration::from_secs(5) {
+        let want = page_alloc::free_pages() + 1024;
+        taken.clear();
+        taken.reserve(want as usize);
+        while (taken.len() as u64) < want {
+            match page_alloc::alloc(request) {
+                Some(page) => taken.push(page),
+                None => break,
+            }
+        }
+        for page in taken.drain(..) {
+            page_alloc::free(page).map_err(|error| alloc::format!("free: {error:?}"))?;
+        }
+        rounds += 1;
+    }
+    let stats = balloon::stats();
+    event(
+        "stressed",
+        &[
+            ("rounds", rounds),
+            ("oom_deflated_pages", stats.oom_deflated_pages),
+            ("inflated_pages", stats.inflated_pages),
+            ("deflated_pages", stats.deflated_pages),
+        ],
+    );
+    // The host's last target: met, and held for 2 s.
+    let mut held = Instant::now();
+    wait_for(Duration::from_secs(60), "the balloon to settle", || {
+        let stats = balloon::stats();
+        if stats.actual_pages != stats.target_pages {
+            held = Instant::now();
+        }
+        held.elapsed() > Duration::from_secs(2)
+    })?;
+    let census = checker::check()?;
+    let stats = balloon::stats();
+    let owned = census.allocated_by_owner[Owner::Balloon as usize];
+    if owned != stats.actual_pages {
+        return Err(alloc::format!(
+            "the balloon counts {} pages and owns {owned}",
+            stats.actual_pages
+        ));
+    }
     event("done", &balloon_figures());
     Ok(())
 }

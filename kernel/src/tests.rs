@@ -1144,3 +1144,56 @@ fn spawning_a_thread_without_memory_for_its_stack_fails_cleanly() {
     let handle = task::spawn("stack again", || 7).expect("thread starts");
     assert_eq!(handle.join(), 7);
 }
+
+#[test_case]
+fn an_allocated_block_splits_into_allocated_halves_the_checker_accepts() {
+    use crate::mm::checker;
+    use crate::mm::frame::{FrameState, Owner};
+    use crate::mm::page_alloc::{self, AllocRequest, SplitError};
+    let census = || checker::check().unwrap_or_else(|problem| panic!("frame state: {problem}"));
+    let before = census();
+    let block = page_alloc::alloc(AllocRequest::new(9).owner(Owner::Balloon)).expect("2 MiB");
+    // Down to single pages along one side: 256, 128, ..., 1, 1.
+    let mut pieces = Vec::new();
+    let mut rest = block;
+    while rest.order > 0 {
+        let [low, high] = page_alloc::split_allocated(rest).expect("split");
+        assert_eq!(
+            (low.pfn, high.pfn),
+            (rest.pfn, rest.pfn + (1 << (rest.order - 1)))
+        );
+        pieces.push(high);
+        rest = low;
+    }
+    pieces.push(rest);
+    assert_eq!(
+        pieces.iter().map(|piece| piece.page_count()).sum::<u64>(),
+        512
+    );
+    let split = census();
+    assert_eq!(split.allocated, before.allocated + 512);
+    assert_eq!(
+        split.allocated_by_owner[Owner::Balloon as usize],
+        before.allocated_by_owner[Owner::Balloon as usize] + 512
+    );
+    let zone = page_alloc::zone_of(block.pfn).expect("zone");
+    for piece in &pieces {
+        let head = zone.frame(piece.pfn);
+        assert_eq!(head.state(), FrameState::Allocated);
+        assert_eq!(head.owner(), Owner::Balloon);
+        assert_eq!(head.order(), piece.order);
+    }
+    assert_eq!(
+        page_alloc::split_allocated(rest),
+        Err(SplitError::OrderZero),
+        "a single page"
+    );
+    // The whole block is no longer one: freeing it as such is refused.
+    assert!(page_alloc::split_allocated(block).is_err());
+    assert!(page_alloc::free(block).is_err());
+    for piece in pieces {
+        page_alloc::free(piece).expect("free a half");
+    }
+    let after = census();
+    assert_eq!(after.allocated, before.allocated);
+}

@@ -11,6 +11,9 @@ pub struct Tunable {
     pub min: u64,
     pub max: u64,
     value: AtomicU64,
+    /// Called after every successful `set`, so that a change takes effect at once (whatever
+    /// sets it: the command line, the console's `set`, a test).
+    on_change: Option<fn()>,
 }
 
 impl Tunable {
@@ -22,6 +25,15 @@ impl Tunable {
             min,
             max,
             value: AtomicU64::new(default),
+            on_change: None,
+        }
+    }
+
+    /// The same tunable, with `hook` run after each change of its value.
+    const fn on_change(self, hook: fn()) -> Self {
+        Self {
+            on_change: Some(hook),
+            ..self
         }
     }
 
@@ -38,6 +50,9 @@ impl Tunable {
             });
         }
         self.value.store(value, Ordering::Relaxed);
+        if let Some(hook) = self.on_change {
+            hook();
+        }
         Ok(())
     }
 }
@@ -81,7 +96,8 @@ pub static REPORTING_ENABLED: Tunable = Tunable::new(
     0,
     1,
     "free page reporting: 1 gives free memory back to the host, 0 keeps it",
-);
+)
+.on_change(crate::mm::reporting::tunables_changed);
 
 pub static REPORTING_MIN_ORDER: Tunable = Tunable::new(
     "reporting.min_order",
@@ -89,7 +105,8 @@ pub static REPORTING_MIN_ORDER: Tunable = Tunable::new(
     5,
     10,
     "smallest free block reported to the host (9: 2 MiB, what a host with huge pages can drop)",
-);
+)
+.on_change(crate::mm::reporting::tunables_changed);
 
 pub static REPORTING_DELAY_MS: Tunable = Tunable::new(
     "reporting.delay_ms",
@@ -113,7 +130,8 @@ pub static REPORTING_HIGH_WATER_MIB: Tunable = Tunable::new(
     1,
     1 << 20,
     "unreported free memory (MiB, in blocks of the minimum order and up) that wakes the worker",
-);
+)
+.on_change(crate::mm::reporting::tunables_changed);
 
 pub static REPORTING_BUDGET: Tunable = Tunable::new(
     "reporting.budget",
@@ -121,6 +139,14 @@ pub static REPORTING_BUDGET: Tunable = Tunable::new(
     1,
     100_000,
     "reports per pass before the worker yields (another pass follows after the delay)",
+);
+
+pub static BALLOON_TIMEOUT_MS: Tunable = Tunable::new(
+    "balloon.timeout_ms",
+    5000,
+    10,
+    600_000,
+    "how long the balloon device may take to acknowledge a request before it counts as dead (reset, not used again)",
 );
 
 pub static SCENARIO_RECLAIM_MIB: Tunable = Tunable::new(
@@ -201,6 +227,7 @@ pub static ALL: &[&Tunable] = &[
     &REPORTING_CAPACITY,
     &REPORTING_HIGH_WATER_MIB,
     &REPORTING_BUDGET,
+    &BALLOON_TIMEOUT_MS,
     &SCENARIO_RECLAIM_MIB,
     &SCENARIO_IDLE_MS,
     &USER_MAX_RESIDENT_PCT,

@@ -150,6 +150,37 @@ def balloon_follows_qmp_and_statistics_match(kernel):
             guest.kill()
 
 
+def balloon_target_changes_race_deflate_on_oom(kernel):
+    # The guest allocates past its free memory for 5 s (deflate-on-OOM fires) while QMP moves
+    # the target every 30 ms, from more than the guest can spare to one page; the balloon's
+    # size must always be sane, and in the end meet the last target with its count right.
+    guest = Guest(kernel, ["scenario=balloon_race"])
+    try:
+        guest.wait_event("ready")
+        targets = [64 * MIB, 1 * GIB, 2 * GIB - 4096, 256 * MIB, 2 * GIB, 1536 * MIB + 4096]
+        start = time.monotonic()
+        changes = 0
+        while time.monotonic() - start < 3:
+            guest.qmp("balloon", value=targets[changes % len(targets)])
+            changes += 1
+            logical = guest.qmp("query-balloon")["actual"]
+            check(0 < logical <= 2 * GIB, f"query-balloon: {logical}")
+            time.sleep(0.03)
+        stressed = guest.wait_event("stressed", timeout=60)
+        guest.qmp("balloon", value=1 * GIB)
+        done = guest.wait_event("done", timeout=120)
+        status = guest.wait_exit(timeout=60)
+        print(f"  {changes} target changes in 3 s; the guest ran {stressed['rounds']} rounds past "
+              f"its free memory, {stressed['oom_deflated_pages']} pages deflated on OOM, "
+              f"{stressed['inflated_pages']} inflated, {stressed['deflated_pages']} deflated")
+        check(status == 0, f"guest exit status {status}")
+        check(stressed["oom_deflated_pages"] > 0, "deflate-on-OOM never fired")
+        check(done["actual_pages"] == done["target_pages"], f"done: {done}")
+    finally:
+        if guest.proc.poll() is None:
+            guest.kill()
+
+
 def boot_without_balloon_device_runs(kernel):
     guest = Guest(kernel, ["scenario=no_device"], env={"QEMU_BALLOON": "off"})
     try:
@@ -244,6 +275,7 @@ CHECKS = [
     reclaim_above_4gib_returns_freed_memory,
     reclaim_above_4gib_without_reporting_keeps_memory,
     balloon_follows_qmp_and_statistics_match,
+    balloon_target_changes_race_deflate_on_oom,
     boot_without_balloon_device_runs,
     cpu_without_apic_or_nx_stops_with_a_message,
     too_small_guest_is_told_how_much_memory_it_needs,

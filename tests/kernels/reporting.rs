@@ -340,3 +340,90 @@ fn failed_reports_put_blocks_back_unreported_and_a_lost_device_stops_reporting()
     assert!(free_something_and_wait(), "the real device reports again");
     assert!(reporting::stats().reports > failed.reports);
 }
+
+/// Whether the free block headed at `pfn` is reported.
+fn is_reported(pfn: u64) -> bool {
+    let frame = page_alloc::zone_of(pfn).expect("zone").frame(pfn);
+    frame.state() == FrameState::Free && frame.flags().contains(FrameFlags::REPORTED)
+}
+
+#[test_case]
+fn reporting_turned_off_and_on_at_run_time_takes_effect_at_once() {
+    // As the console's `set` does it: through the tunables' parser, nothing else.
+    let console_set = |value: &str| {
+        let (out, _) = kernel::console::execute(&alloc::format!("set reporting.enabled={value}"));
+        kernel::println!("  {}", out.trim());
+    };
+    wait_for_worker();
+    console_set("0");
+    wait_for_worker();
+    // 64 MiB freed while reporting is off (far above the 32 MiB trigger): it stays unreported.
+    let blocks: Vec<Pages> = (0..16)
+        .map(|_| {
+            page_alloc::alloc(AllocRequest::new(MAX_ORDER).kind(MigrateType::Movable))
+                .expect("4 MiB block")
+        })
+        .collect();
+    // A pattern in the first block: once reported, the host has dropped it (reads as zeros).
+    let words = blocks[0].bytes() as usize / 8;
+    let base = blocks[0].virt() as *mut u64;
+    for word in 0..words {
+        // SAFETY: our block, direct-mapped, `words` long.
+        unsafe { base.add(word).write_volatile(0xabab_abab_abab_abab) };
+    }
+    for block in &blocks {
+        page_alloc::free(*block).expect("free");
+    }
+    task::sleep(Duration::from_millis(
+        2 * tunables::REPORTING_DELAY_MS.get() + 100,
+    ));
+    wait_for_worker();
+    let off = blocks.iter().filter(|block| is_reported(block.pfn)).count();
+    assert_eq!(off, 0, "{off} blocks reported while reporting was off");
+    // On again: the memory freed meanwhile goes to the host without another free.
+    let before = reporting::stats();
+    console_set("1");
+    let start = Instant::now();
+    while blocks.iter().any(|block| !is_reported(block.pfn)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} of {} blocks freed while reporting was off were not reported within 10 s of turning it on",
+            blocks
+                .iter()
+                .filter(|block| !is_reported(block.pfn))
+                .count(),
+            blocks.len()
+        );
+        task::sleep(Duration::from_millis(5));
+    }
+    let after = reporting::stats();
+    // Nothing allocates in this test kernel meanwhile: the free block is as the host left it.
+    let nonzero = (0..words)
+        // SAFETY: direct-mapped RAM; reading a free block changes nothing.
+        .filter(|word| unsafe { base.add(*word).read_volatile() } != 0)
+        .count();
+    assert_eq!(
+        nonzero, 0,
+        "the host did not discard the block reported after re-enabling"
+    );
+    kernel::println!(
+        "  reported after turning it on: {} MiB in {} ms",
+        (after.pages_reported - before.pages_reported) / 256,
+        start.elapsed().as_millis()
+    );
+    wait_for_worker();
+    assert_eq!(check().isolated, 0);
+    // Off again: the triggers are off too, so a large free wakes nobody.
+    console_set("0");
+    wait_for_worker();
+    let block = page_alloc::alloc(AllocRequest::new(MAX_ORDER).kind(MigrateType::Movable))
+        .expect("4 MiB block");
+    page_alloc::free(block).expect("free");
+    assert!(
+        reporting::is_idle(),
+        "a free woke the worker while reporting was off"
+    );
+    console_set("1");
+    wait_for_worker();
+    check();
+}

@@ -99,6 +99,18 @@ impl Queue {
             with_transport(|transport| transport.notify(self.index));
         }
     }
+
+    /// Tells the device about a request (report, inflate, deflate) it must acknowledge; with
+    /// the lost-notification fault injection armed, it does not (QEMU then never sees it).
+    fn notify_request(&self, what: &str) {
+        if INJECT_LOST_NOTIFICATION.swap(false, Relaxed) {
+            log::warn!(
+                "virtio-balloon: fault injection: the device is not notified of this {what}"
+            );
+            return;
+        }
+        self.notify();
+    }
 }
 
 /// Driver counters since boot.
@@ -117,12 +129,32 @@ pub struct BalloonStats {
     pub queue_interrupts: u64,
     /// Times the host asked for more than the guest could spare.
     pub target_refused: u64,
+    /// The device did not acknowledge a request within `balloon.timeout_ms`: it was reset and
+    /// is not used again.
+    pub device_lost: bool,
 }
 
 static PRESENT: AtomicBool = AtomicBool::new(false);
 static FEATURES: AtomicU64 = AtomicU64::new(0);
 static TARGET: AtomicU64 = AtomicU64::new(0);
+/// Pages in the balloon: those in [`BALLOON`] plus those of a deflate request in flight. It
+/// changes only under [`BALLOON`]'s lock (the worker and deflate-on-OOM both take it), so code
+/// holding that lock reads it once and can trust it; everything else treats it as a snapshot
+/// and computes with it saturating.
 static ACTUAL: AtomicU64 = AtomicU64::new(0);
+/// A target set by a test in place of the host's (`u64::MAX`: none, follow the host).
+static TEST_TARGET: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Fault injection (tests only): the next deflate request runs a deflate-on-OOM between the
+/// worker's look at the balloon's size and its use, the race that made `ACTUAL - target`
+/// underflow.
+static INJECT_OOM_IN_DEFLATE: AtomicBool = AtomicBool::new(false);
+/// Fault injection (tests only): the next request (report, inflate or deflate) is queued but
+/// the device is not notified, so it never answers: a dead device, as far as the driver sees.
+static INJECT_LOST_NOTIFICATION: AtomicBool = AtomicBool::new(false);
+/// The device did not answer in time and was reset: nothing uses it again.
+static LOST: AtomicBool = AtomicBool::new(false);
+/// The device did not answer and did not reset either (its status never read 0).
+static RESET_FAILED: AtomicBool = AtomicBool::new(false);
 static INFLATED: AtomicU64 = AtomicU64::new(0);
 static DEFLATED: AtomicU64 = AtomicU64::new(0);
 static OOM_DEFLATED: AtomicU64 = AtomicU64::new(0);
@@ -159,6 +191,7 @@ pub fn stats() -> BalloonStats {
         config_interrupts: CONFIG_INTERRUPTS.load(Relaxed),
         queue_interrupts: QUEUE_INTERRUPTS.load(Relaxed),
         target_refused: TARGET_REFUSED.load(Relaxed),
+        device_lost: LOST.load(Relaxed),
     }
 }
 
@@ -194,6 +227,40 @@ pub fn on_queue_interrupt() {
     QUEUE_INTERRUPTS.fetch_add(1, Relaxed);
     QUEUE_EVENT.wake_all();
     kick_worker();
+}
+
+/// Makes the worker follow `pages` instead of the host's `num_pages` (`None`: the host's again).
+/// For in-guest tests, which have no QMP; the host still sees `actual`.
+pub fn set_test_target(pages: Option<u64>) {
+    TEST_TARGET.store(pages.unwrap_or(u64::MAX), Relaxed);
+    kick_worker();
+}
+
+/// Fault injection (tests only): the next deflate request runs a deflate-on-OOM in the middle
+/// of its bookkeeping, between the worker's check of the balloon's size and its use.
+pub fn inject_oom_deflate_during_next_deflate() {
+    INJECT_OOM_IN_DEFLATE.store(true, Relaxed);
+}
+
+/// Fault injection (tests only): the device is not notified of the next request, as if it had
+/// stopped answering; after `balloon.timeout_ms` the driver declares it lost.
+pub fn inject_lost_notification() {
+    INJECT_LOST_NOTIFICATION.store(true, Relaxed);
+}
+
+/// Subtracts `pages` from [`ACTUAL`] (call with [`BALLOON`]'s lock held); never wraps: a
+/// count that would go below zero is a driver bug, logged, and the count stops at zero.
+fn actual_sub(pages: u64) {
+    let before = ACTUAL
+        .fetch_update(Relaxed, Relaxed, |actual| {
+            Some(actual.saturating_sub(pages))
+        })
+        .unwrap_or(0);
+    if before < pages {
+        log::error!(
+            "virtio-balloon: {pages} pages leave a balloon of {before}: the count stops at 0"
+        );
+    }
 }
 
 fn kick_worker() {
@@ -437,18 +504,60 @@ fn with_transport<R>(f: impl FnOnce(&mut PciTransport) -> R) -> R {
         .expect("the transport exists while the driver runs"))
 }
 
-/// Waits until `queue` has a used buffer: on the queue interrupt, or polling every 5 ms without
-/// MSI-X (and as a safety net for a lost interrupt). Logs if the host takes long.
-fn wait_used(queue: &Queue, what: &str) {
-    let mut waited = Duration::ZERO;
+/// The device is lost: it did not answer in time and was reset ([`LOST`] is set only after a
+/// reset that read back as done).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DeviceLost;
+
+/// Waits until `queue` has a used buffer: on the queue interrupt, or polling every 5 ms (a
+/// safety net for a lost interrupt). After `balloon.timeout_ms` without an answer, or once
+/// another wait has declared the device lost, the device is reset and `Err` returned: the
+/// caller may then take its buffers back, because a reset device no longer touches them (a
+/// discard the host made late, of pages the guest uses again, would lose data). A device that
+/// does not even reset keeps its buffers: this waits on (they stay isolated, which is safe).
+fn wait_used(queue: &Queue, what: &str) -> Result<(), DeviceLost> {
+    let start = crate::time::Instant::now();
     let step = Duration::from_millis(5);
     while !queue.ring.can_pop() {
-        QUEUE_EVENT.wait_until_timeout(|| queue.ring.can_pop(), step);
-        waited += step;
-        if waited.as_millis() == 5000 {
-            log::warn!("virtio-balloon: the host has not acknowledged a {what} for 5 s; waiting");
+        if LOST.load(Relaxed) {
+            return Err(DeviceLost);
         }
+        let limit = Duration::from_millis(crate::tunables::BALLOON_TIMEOUT_MS.get());
+        if start.elapsed() >= limit && !RESET_FAILED.load(Relaxed) && give_up_on_device(what) {
+            return Err(DeviceLost);
+        }
+        QUEUE_EVENT.wait_until_timeout(|| queue.ring.can_pop() || LOST.load(Relaxed), step);
     }
+    Ok(())
+}
+
+/// The device did not acknowledge a `what` in time: resets it (virtio status 0, so it lets go
+/// of every buffer) and marks it lost; the balloon worker then stops using it (see
+/// [`BalloonWorker::shut_down`]). Returns whether the device is reset (by this call or an
+/// earlier one).
+fn give_up_on_device(what: &str) -> bool {
+    let reset = with_transport(|transport| {
+        transport.set_status(virtio_drivers::transport::DeviceStatus::empty());
+        // QEMU resets synchronously; a device may take a moment.
+        (0..1000).any(|_| transport.get_status().is_empty())
+    });
+    let timeout = crate::tunables::BALLOON_TIMEOUT_MS.get();
+    if !reset {
+        if !RESET_FAILED.swap(true, Relaxed) {
+            log::error!(
+                "virtio-balloon: the device has not acknowledged a request ({what}) in {timeout} ms (balloon.timeout_ms) and does not reset: its buffers stay with it (isolated, so the host may still discard them safely); waiting on"
+            );
+        }
+        return false;
+    }
+    if !LOST.swap(true, Relaxed) {
+        log::error!(
+            "virtio-balloon: the device has not acknowledged a request ({what}) in {timeout} ms (balloon.timeout_ms): reset, and not used again; free page reporting and ballooning stop"
+        );
+    }
+    QUEUE_EVENT.wake_all();
+    kick_worker();
+    true
 }
 
 /// The reporting queue as the reporting worker's sink.
@@ -458,7 +567,7 @@ struct BalloonReporter {
 
 impl ReportSink for BalloonReporter {
     fn report(&mut self, blocks: &[(u64, u64)]) -> Result<(), ReportError> {
-        if !is_present() {
+        if !is_present() || LOST.load(Relaxed) {
             return Err(ReportError::DeviceGone);
         }
         let mut buffers: Vec<&mut [u8]> = blocks
@@ -480,8 +589,10 @@ impl ReportSink for BalloonReporter {
             log::error!("virtio-balloon: cannot queue a report: {error:?}");
             ReportError::Failed
         })?;
-        self.queue.notify();
-        wait_used(&self.queue, "free page report");
+        self.queue.notify_request("free page report");
+        // A lost device was reset: the isolated blocks are the reporting worker's again, and it
+        // puts them back unreported.
+        wait_used(&self.queue, "free page report").map_err(|DeviceLost| ReportError::DeviceGone)?;
         // SAFETY: the same buffers as given to `add`, now used by the device.
         unsafe { self.queue.ring.pop_used(token, &[], &mut buffers) }.map_err(|error| {
             log::error!("virtio-balloon: report came back wrong: {error:?}");
@@ -517,19 +628,32 @@ fn reserve_pages() -> u64 {
 impl BalloonWorker {
     fn run(mut self) {
         loop {
+            if LOST.load(Relaxed) {
+                return self.shut_down();
+            }
             // Cleared before the work: a kick arriving during it makes the wait below return.
             WORKER_KICK.store(false, Relaxed);
             self.answer_statistics();
             self.tell_oom_deflations();
-            let target = u64::from(
+            if LOST.load(Relaxed) {
+                continue;
+            }
+            let host_target = u64::from(
                 with_transport(|transport| transport.read_config_space::<u32>(0)).unwrap_or(0),
             );
+            let target = match TEST_TARGET.load(Relaxed) {
+                u64::MAX => host_target,
+                test => test,
+            };
             TARGET.store(target, Relaxed);
             let actual = ACTUAL.load(Relaxed);
             if target > actual {
                 self.inflate_towards(target);
             } else if target < actual {
                 self.deflate_towards(target);
+            }
+            if LOST.load(Relaxed) {
+                continue;
             }
             // Interrupts wake the worker. It polls only without them, or while a target it
             // could not reach stands (memory may have come free since): an idle guest whose
@@ -546,8 +670,51 @@ impl BalloonWorker {
         }
     }
 
+    /// The device is lost (reset): stops reporting, returns every ballooned page to the
+    /// allocator and ends the worker. The pages are returned rather than kept: the host can
+    /// no longer ask for them or give them back through a reset device, so keeping them would
+    /// take them from the guest for good, while the host gave up their memory already and
+    /// backs them again only when the guest touches them (as for any deflation without
+    /// MUST_TELL_HOST). Deflate-on-OOM finds the balloon empty from now on.
+    fn shut_down(self) {
+        // The reporting queue is the sink's: a pass in flight sees the device lost, puts its
+        // blocks back unreported and ends; then the sink (and its queue) is dropped.
+        drop(reporting::unregister());
+        let blocks = {
+            let mut balloon = BALLOON.lock();
+            let blocks = core::mem::take(&mut *balloon);
+            actual_sub(blocks.iter().map(|block| block.page_count()).sum());
+            blocks
+        };
+        let pending = {
+            let mut pending = PENDING.lock();
+            let (slots, len) = &mut *pending;
+            let untold = slots[..*len].iter_mut().filter_map(Option::take).count();
+            *len = 0;
+            untold
+        };
+        let pages: u64 = blocks.iter().map(|block| block.page_count()).sum();
+        for block in blocks {
+            if let Err(error) = page_alloc::free(block) {
+                log::error!("virtio-balloon: returning a ballooned block: {error:?}");
+            }
+        }
+        // Its own pages: the device was reset and no longer reads or writes them.
+        for page in [self.pfn_page, self.stats_page] {
+            if let Err(error) = page_alloc::free(page) {
+                log::error!("virtio-balloon: freeing a buffer page: {error:?}");
+            }
+        }
+        log::error!(
+            "virtio-balloon: device lost: {pages} ballooned pages returned to the guest ({pending} deflated on OOM never told), reporting stopped, the balloon worker ends"
+        );
+    }
+
     fn write_actual(&self) {
-        let actual = ACTUAL.load(Relaxed) as u32;
+        if LOST.load(Relaxed) {
+            return;
+        }
+        let actual = u32::try_from(ACTUAL.load(Relaxed)).unwrap_or(u32::MAX);
         if let Err(error) =
             with_transport(|transport| transport.write_config_space::<u32>(4, actual))
         {
@@ -555,8 +722,14 @@ impl BalloonWorker {
         }
     }
 
-    /// Sends the PFNs in the first `count` slots of the PFN page on `queue` and waits.
-    fn send_pfns(queue: &mut Queue, page: Pages, count: usize, what: &str) {
+    /// Sends the PFNs in the first `count` slots of the PFN page on `queue` and waits; `Err`
+    /// when the device is lost (reset: the pages named are the caller's again).
+    fn send_pfns(
+        queue: &mut Queue,
+        page: Pages,
+        count: usize,
+        what: &str,
+    ) -> Result<(), DeviceLost> {
         // SAFETY: the PFN page is the worker's own direct-mapped page; `count` <= 1024 u32.
         let bytes = unsafe { core::slice::from_raw_parts(page.virt() as *const u8, count * 4) };
         let inputs = [bytes];
@@ -565,15 +738,16 @@ impl BalloonWorker {
             Ok(token) => token,
             Err(error) => {
                 log::error!("virtio-balloon: cannot queue a {what} request: {error:?}");
-                return;
+                return Ok(());
             }
         };
-        queue.notify();
-        wait_used(queue, what);
+        queue.notify_request(what);
+        wait_used(queue, what)?;
         // SAFETY: the same buffer as given to `add`.
         if let Err(error) = unsafe { queue.ring.pop_used(token, &inputs, &mut []) } {
             log::error!("virtio-balloon: {what} request came back wrong: {error:?}");
         }
+        Ok(())
     }
 
     fn pfn_slots(&mut self) -> &mut [u32] {
@@ -586,11 +760,17 @@ impl BalloonWorker {
     fn inflate_towards(&mut self, target: u64) {
         let reserve = reserve_pages();
         let mut refused = false;
-        while ACTUAL.load(Relaxed) < target {
+        loop {
+            // One snapshot per request: deflate-on-OOM may shrink the balloon meanwhile, which
+            // only makes more room below the target (inflating is this worker's alone).
+            let missing = target.saturating_sub(ACTUAL.load(Relaxed));
+            if missing == 0 {
+                break;
+            }
             let mut blocks = Vec::new();
             let mut count = 0usize;
             while count < PFNS_PER_REQUEST {
-                let wanted = target - ACTUAL.load(Relaxed) - count as u64;
+                let wanted = missing.saturating_sub(count as u64);
                 if wanted == 0 {
                     break;
                 }
@@ -630,9 +810,22 @@ impl BalloonWorker {
             if count == 0 {
                 break;
             }
-            Self::send_pfns(&mut self.inflate, self.pfn_page, count, "inflate");
-            BALLOON.lock().extend(blocks);
-            ACTUAL.fetch_add(count as u64, Relaxed);
+            if Self::send_pfns(&mut self.inflate, self.pfn_page, count, "inflate").is_err() {
+                // The reset device never took them: the guest's again.
+                for block in blocks {
+                    if let Err(error) = page_alloc::free(block) {
+                        log::error!("virtio-balloon: freeing an unsent inflate block: {error:?}");
+                    }
+                }
+                return;
+            }
+            {
+                // The blocks and their count together: deflate-on-OOM must never find blocks
+                // in the balloon that ACTUAL does not count yet.
+                let mut balloon = BALLOON.lock();
+                balloon.extend(blocks);
+                ACTUAL.fetch_add(count as u64, Relaxed);
+            }
             INFLATED.fetch_add(count as u64, Relaxed);
             self.write_actual();
             if refused {
@@ -654,21 +847,57 @@ impl BalloonWorker {
         }
     }
 
+    /// Deflates exactly down to `target`: a block larger than what is left to give back is
+    /// split ([`page_alloc::split_allocated`]) and only the pages asked for leave the balloon,
+    /// so the balloon never dips below the target (nor takes a whole 2 MiB block out to
+    /// inflate 511 pages back).
     fn deflate_towards(&mut self, target: u64) {
-        while ACTUAL.load(Relaxed) > target {
-            let excess = ACTUAL.load(Relaxed) - target;
+        loop {
+            if INJECT_OOM_IN_DEFLATE.swap(false, Relaxed) {
+                let taken = deflate_on_oom(1);
+                log::warn!(
+                    "virtio-balloon: fault injection: a deflate-on-OOM of {taken} pages inside a deflate"
+                );
+            }
             let mut blocks = Vec::new();
             let mut count = 0usize;
             {
                 let mut balloon = BALLOON.lock();
-                while let Some(block) = balloon.last().copied() {
-                    let pages = block.page_count() as usize;
-                    if count + pages > PFNS_PER_REQUEST || count as u64 >= excess {
+                // ACTUAL changes only under this lock: one load, and it stays true until the
+                // lock is dropped.
+                let excess = ACTUAL.load(Relaxed).saturating_sub(target);
+                'request: while count < PFNS_PER_REQUEST && (count as u64) < excess {
+                    let Some(mut block) = balloon.pop() else {
                         break;
+                    };
+                    let room = (excess - count as u64).min((PFNS_PER_REQUEST - count) as u64);
+                    // Halve a block larger than what is left to give back: the lower half
+                    // stays in the balloon, the upper half is looked at again.
+                    while block.page_count() > room {
+                        match page_alloc::split_allocated(block) {
+                            Ok([low, high]) => {
+                                balloon.push(low);
+                                block = high;
+                            }
+                            Err(error)
+                                if block.page_count() as usize <= PFNS_PER_REQUEST - count =>
+                            {
+                                log::error!(
+                                    "virtio-balloon: cannot split balloon block {block:?}: {error:?}; deflating it whole"
+                                );
+                                break;
+                            }
+                            Err(error) => {
+                                log::error!(
+                                    "virtio-balloon: cannot split balloon block {block:?}: {error:?}; it waits for the next request"
+                                );
+                                balloon.push(block);
+                                break 'request;
+                            }
+                        }
                     }
-                    balloon.pop();
+                    count += block.page_count() as usize;
                     blocks.push(block);
-                    count += pages;
                 }
             }
             if count == 0 {
@@ -682,15 +911,22 @@ impl BalloonWorker {
                     at += 1;
                 }
             }
-            Self::send_pfns(&mut self.deflate, self.pfn_page, count, "deflate");
+            // Lost or not, these pages leave the balloon (a reset device holds nothing).
+            let sent = Self::send_pfns(&mut self.deflate, self.pfn_page, count, "deflate");
             for block in blocks {
                 if let Err(error) = page_alloc::free(block) {
                     log::error!("virtio-balloon: freeing a deflated block: {error:?}");
                 }
             }
-            ACTUAL.fetch_sub(count as u64, Relaxed);
+            {
+                let _balloon = BALLOON.lock();
+                actual_sub(count as u64);
+            }
             DEFLATED.fetch_add(count as u64, Relaxed);
             self.write_actual();
+            if sent.is_err() {
+                return;
+            }
         }
     }
 
@@ -710,7 +946,10 @@ impl BalloonWorker {
             .collect();
         for chunk in pfns.chunks(PFNS_PER_REQUEST) {
             self.pfn_slots()[..chunk.len()].copy_from_slice(chunk);
-            Self::send_pfns(&mut self.deflate, self.pfn_page, chunk.len(), "deflate");
+            if Self::send_pfns(&mut self.deflate, self.pfn_page, chunk.len(), "deflate").is_err() {
+                // Already back in the allocator; a reset device needs no telling.
+                return;
+            }
         }
         if !pfns.is_empty() {
             self.write_actual();
@@ -763,6 +1002,9 @@ impl BalloonWorker {
 
     /// Queues the statistics buffer for the host to take when it wants figures.
     fn offer_statistics(&mut self) {
+        if LOST.load(Relaxed) {
+            return;
+        }
         let len = self.fill_statistics();
         let buffer = [Self::stats_buffer(self.stats_page, len)];
         let Some(queue) = self.stats.as_mut() else {
@@ -780,6 +1022,9 @@ impl BalloonWorker {
 
     /// The host returned the statistics buffer: it wants fresh figures.
     fn answer_statistics(&mut self) {
+        if LOST.load(Relaxed) {
+            return;
+        }
         let Some(queue) = self.stats.as_mut() else {
             return;
         };
@@ -829,6 +1074,8 @@ pub fn deflate_on_oom(pages: u64) -> u64 {
         count += 1;
         freed += block.page_count();
     }
+    // Counted before the lock is dropped: under it, ACTUAL always matches the balloon.
+    actual_sub(freed);
     drop(pending);
     drop(balloon);
     for block in taken.into_iter().flatten() {
@@ -837,7 +1084,6 @@ pub fn deflate_on_oom(pages: u64) -> u64 {
         }
     }
     if freed > 0 {
-        ACTUAL.fetch_sub(freed, Relaxed);
         OOM_DEFLATED.fetch_add(freed, Relaxed);
         // Wakes without allocating or freeing (this may run inside the heap's growth).
         kick_worker();

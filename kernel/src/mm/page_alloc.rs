@@ -606,6 +606,53 @@ pub fn free(pages: Pages) -> Result<(), FreeError> {
     result
 }
 
+/// Why [`split_allocated`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitError {
+    /// Not the head of an allocated block of that order (as [`free`] would refuse it).
+    NotAllocated(FreeError),
+    /// A single page has no halves.
+    OrderZero,
+    /// The block is mapped (its halves would share mappings and reverse-map entries).
+    Mapped,
+}
+
+/// Splits an allocated, unmapped block of order 1 or more into its two halves, each an
+/// allocated block of one order less with the block's owner and a reference count of 1; the
+/// caller frees each half on its own. Nothing else changes: allocated pages per owner stay
+/// the same and the frame-state checker sees two allocated blocks (the balloon deflates part
+/// of a 2 MiB block this way). Refused with nothing changed otherwise.
+pub fn split_allocated(pages: Pages) -> Result<[Pages; 2], SplitError> {
+    check_free(pages).map_err(SplitError::NotAllocated)?;
+    if pages.order == 0 {
+        return Err(SplitError::OrderZero);
+    }
+    let zone = zone_of(pages.pfn).ok_or(SplitError::NotAllocated(FreeError::NoSuchFrame))?;
+    let head = zone.frame(pages.pfn);
+    if head.mapcount.load(Relaxed) != 0 {
+        return Err(SplitError::Mapped);
+    }
+    let half = pages.order - 1;
+    let low = Pages {
+        pfn: pages.pfn,
+        order: half,
+    };
+    let high = Pages {
+        pfn: pages.pfn + (1 << half),
+        order: half,
+    };
+    // Under the zone's lock, which the checker holds while it walks the frames: it sees the
+    // block whole or split, never half split. The upper half's head was a tail until now.
+    let _area = zone.lock();
+    let upper = zone.frame(high.pfn);
+    upper.make_head(FrameState::Allocated, half, head.list());
+    upper.refcount.store(1, Relaxed);
+    upper.mapcount.store(0, Relaxed);
+    upper.rmap.store(0, Relaxed);
+    head.set_order(half);
+    Ok([low, high])
+}
+
 fn free_to_zone(zone: &Zone, pfn: u64, order: u8) {
     let mut area = zone.lock();
     let index = area.index_of(pfn).expect("pfn is in its zone");

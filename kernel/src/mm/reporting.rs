@@ -147,6 +147,21 @@ pub fn refresh_triggers() {
     set_triggers(trigger);
 }
 
+/// A reporting tunable changed (the command line, the console's `set`, a test): the triggers
+/// follow at once, and when reporting is on a pass is requested, so memory freed while it was
+/// off (when no free could raise the trigger) is reported now, not at the next large free.
+/// Turning it off stops a pass in flight after its current report.
+pub fn tunables_changed() {
+    if !page_alloc::is_initialised() {
+        // Boot's command line: `register` sets the triggers from the values.
+        return;
+    }
+    refresh_triggers();
+    if tunables::REPORTING_ENABLED.get() == 1 && is_registered() {
+        request();
+    }
+}
+
 fn worker() {
     loop {
         WAKE.wait_until(|| REQUESTED.load(Relaxed));
@@ -206,6 +221,10 @@ fn run_pass(sink: &mut dyn ReportSink) -> Result<PassEnd, ReportError> {
     let mut reports = 0;
     for zone in page_alloc::all_zones() {
         loop {
+            if tunables::REPORTING_ENABLED.get() == 0 {
+                // Turned off during the pass: nothing more goes to the host.
+                return Ok(PassEnd::Done);
+            }
             batch.clear();
             {
                 let mut area = zone.lock();
