@@ -188,7 +188,9 @@ pub static COMPACTION_PROACTIVENESS: Tunable = Tunable::new(
     100,
     "how hard the background task keeps memory in whole 2 MiB blocks: it starts when the \
      fragmentation score passes 110 - this and stops at 100 - this (0: off)",
-);
+)
+// Takes effect at once: the background task looks again with the new value.
+.on_change(crate::mm::compaction::poke);
 
 pub static COMPACTION_STRANDED_HIGH_MIB: Tunable = Tunable::new(
     "compaction.stranded_high_mib",
@@ -197,7 +199,9 @@ pub static COMPACTION_STRANDED_HIGH_MIB: Tunable = Tunable::new(
     1 << 20,
     "free memory in pieces below reporting.min_order (which the host cannot get back) that \
      starts the background task whatever the score",
-);
+)
+// Takes effect at once: the background task looks again with the new value.
+.on_change(crate::mm::compaction::poke);
 
 pub static COMPACTION_STRANDED_LOW_MIB: Tunable = Tunable::new(
     "compaction.stranded_low_mib",
@@ -206,7 +210,9 @@ pub static COMPACTION_STRANDED_LOW_MIB: Tunable = Tunable::new(
     1 << 20,
     "the background task stops once stranded free memory is below this (and the score at its \
      low mark)",
-);
+)
+// Takes effect at once: the background task looks again with the new value.
+.on_change(crate::mm::compaction::poke);
 
 pub static COMPACTION_EXTFRAG_THRESHOLD: Tunable = Tunable::new(
     "compaction.extfrag_threshold",
@@ -247,10 +253,6 @@ pub fn set_from_str(name: &str, value: &str) -> Result<u64, TunableError> {
     let tunable = find(name).ok_or(TunableError::Unknown)?;
     let value: u64 = value.parse().map_err(|_| TunableError::NotANumber)?;
     tunable.set(value)?;
-    if name.starts_with("compaction.") {
-        // Takes effect at once: the background task re-checks with the new value.
-        crate::mm::compaction::poke();
-    }
     Ok(value)
 }
 

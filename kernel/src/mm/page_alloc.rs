@@ -623,7 +623,7 @@ pub enum SplitError {
 /// the same and the frame-state checker sees two allocated blocks (the balloon deflates part
 /// of a 2 MiB block this way). Refused with nothing changed otherwise.
 pub fn split_allocated(pages: Pages) -> Result<[Pages; 2], SplitError> {
-    check_free(pages).map_err(SplitError::NotAllocated)?;
+    check_allocated(pages).map_err(SplitError::NotAllocated)?;
     if pages.order == 0 {
         return Err(SplitError::OrderZero);
     }
@@ -651,6 +651,19 @@ pub fn split_allocated(pages: Pages) -> Result<[Pages; 2], SplitError> {
     upper.rmap.store(0, Relaxed);
     head.set_order(half);
     Ok([low, high])
+}
+
+/// Whether `pages` names the head of an allocated block of that order (what [`free`] accepts).
+fn check_allocated(pages: Pages) -> Result<(), FreeError> {
+    let zone = zone_of(pages.pfn).ok_or(FreeError::NoSuchFrame)?;
+    let head = zone.frame(pages.pfn);
+    match head.state() {
+        FrameState::Allocated if head.order() == pages.order => Ok(()),
+        FrameState::Allocated => Err(FreeError::WrongOrder {
+            allocated: head.order(),
+        }),
+        other => Err(FreeError::NotAllocated(other)),
+    }
 }
 
 fn free_to_zone(zone: &Zone, pfn: u64, order: u8) {
