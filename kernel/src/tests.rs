@@ -646,6 +646,127 @@ fn compaction_rebuilds_huge_blocks_and_moved_pages_keep_their_contents() {
 }
 
 #[test_case]
+fn compaction_never_moves_pinned_or_unmovable_pages_and_survives_having_no_targets() {
+    use crate::mm::buddy::MigrateType;
+    use crate::mm::compaction;
+    use crate::mm::page_alloc::{self, AllocRequest};
+    let pages = 4 * 1024u64;
+    with_proactiveness(0, || {
+        let (parent, child, start) = fragment_memory(pages);
+        // Pin one page (a reference beyond its mappings, as a device or a system call in
+        // flight would hold), and put kernel pages (not movable) into the same pageblocks.
+        let pins: Vec<(u64, u64)> = (0..pages)
+            .step_by(64)
+            .map(|page| {
+                let address = start + page * 4096;
+                let (pfn, _) = parent.lock().translate(address).expect("mapped");
+                page_alloc::zone_of(pfn).expect("zone").frame(pfn).get();
+                (address, pfn)
+            })
+            .collect();
+        let kernel_pages: Vec<_> = (0..256)
+            .filter_map(|_| page_alloc::alloc(AllocRequest::new(0).kind(MigrateType::Movable)))
+            .collect();
+        for (i, page) in kernel_pages.iter().enumerate() {
+            // SAFETY: our own freshly allocated page, direct-mapped.
+            unsafe { (page.virt() as *mut u64).write(i as u64) };
+        }
+        page_alloc::drain_per_cpu_caches();
+        let report = compaction::compact_all();
+        assert!(report.migrated > 0, "{report:?}");
+        for &(address, pfn) in &pins {
+            assert_eq!(
+                parent.lock().translate(address).map(|(at, _)| at),
+                Some(pfn),
+                "a pinned page moved"
+            );
+        }
+        for (i, page) in kernel_pages.iter().enumerate() {
+            let frame = page_alloc::zone_of(page.pfn).expect("zone").frame(page.pfn);
+            assert_eq!(frame.owner(), crate::mm::frame::Owner::Kernel);
+            // SAFETY: still our page (kernel pages are never moved).
+            assert_eq!(unsafe { (page.virt() as *const u64).read() }, i as u64);
+        }
+        // No target anywhere: every free page taken. The pass fails cleanly, nothing lost.
+        let mut held = Vec::with_capacity(65536);
+        for order in [9u8, 0] {
+            let request = AllocRequest::new(order)
+                .kind(MigrateType::Movable)
+                .without_balloon_deflate()
+                .without_compaction(true);
+            while held.len() < held.capacity() {
+                match page_alloc::alloc(request) {
+                    Some(block) => held.push(block),
+                    None => break,
+                }
+            }
+        }
+        let starved = compaction::compact_all();
+        for block in held.into_iter().chain(kernel_pages) {
+            page_alloc::free(block).expect("freed");
+        }
+        assert_eq!(starved.migrated, 0, "moved with no free page: {starved:?}");
+        for &(_, pfn) in &pins {
+            let frame = page_alloc::zone_of(pfn).expect("zone").frame(pfn);
+            assert!(!frame.put(), "a pin was the page's last reference");
+        }
+        crate::mm::checker::check().expect("frame states");
+        check_signatures([&parent, &child], start, pages);
+        drop((parent, child));
+        crate::mm::checker::check().expect("frame states after teardown");
+    });
+}
+
+#[test_case]
+fn proactive_compaction_backs_off_when_only_unmovable_pages_fragment_memory() {
+    use crate::mm::buddy::MigrateType;
+    use crate::mm::compaction;
+    use crate::mm::page_alloc::{self, AllocRequest};
+    // 64 MiB of kernel pages in movable pageblocks, 3 of every 4 freed: stranded memory that
+    // no pass can gather (kernel pages never move).
+    let request = AllocRequest::new(0).kind(MigrateType::Movable);
+    let (kept, freed): (Vec<_>, Vec<_>) = with_proactiveness(0, || {
+        let pages: Vec<_> = (0..16 * 1024)
+            .filter_map(|_| page_alloc::alloc(request))
+            .collect();
+        pages.into_iter().partition(|page| page.pfn % 4 == 0)
+    });
+    // The frees themselves wake the task (no poke needed).
+    let before = compaction::stats();
+    for page in freed {
+        page_alloc::free(page).expect("freed");
+    }
+    page_alloc::drain_per_cpu_caches();
+    let begun = Instant::now();
+    while !compaction::backing_off() && begun.elapsed() < Duration::from_secs(10) {
+        task::sleep(Duration::from_millis(10));
+    }
+    let after = compaction::stats();
+    assert!(compaction::backing_off(), "no back-off: {after:?}");
+    assert!(after.compact_daemon_wake > before.compact_daemon_wake);
+    assert_eq!(after.pgmigrate_success, before.pgmigrate_success);
+    // Frees during the back-off do not start it again.
+    let churn: Vec<_> = (0..8 * 1024)
+        .filter_map(|_| page_alloc::alloc(request))
+        .collect();
+    for page in churn {
+        page_alloc::free(page).expect("freed");
+    }
+    task::sleep(Duration::from_millis(50));
+    assert_eq!(
+        compaction::stats().compact_daemon_wake,
+        after.compact_daemon_wake,
+        "the task ran during its back-off"
+    );
+    for page in kept {
+        page_alloc::free(page).expect("freed");
+    }
+    // A changed tunable ends the back-off.
+    with_proactiveness(tunables::COMPACTION_PROACTIVENESS.get(), || {});
+    assert!(!compaction::backing_off());
+}
+
+#[test_case]
 fn proactive_compaction_works_in_the_background_and_not_at_proactiveness_zero() {
     use crate::mm::compaction;
     let pages = 8 * 1024u64;
