@@ -809,6 +809,42 @@ fn proactive_compaction_works_in_the_background_and_not_at_proactiveness_zero() 
 }
 
 #[test_case]
+fn a_reported_block_put_back_on_an_isolated_pageblock_keeps_the_counts_right() {
+    use crate::mm::buddy::{End, MigrateType};
+    use crate::mm::frame::FrameFlags;
+    use crate::mm::page_alloc;
+    let zone = page_alloc::all_zones()
+        .iter()
+        .max_by_key(|zone| zone.managed_pages)
+        .expect("a zone");
+    let mut area = zone.lock();
+    let index = area
+        .list_end(9, MigrateType::Movable, End::Head)
+        .expect("a free 2 MiB block");
+    let reported_before = area.reported_pages(9);
+    area.isolate(index).expect("free");
+    area.set_pageblock_type(index, MigrateType::Isolate);
+    area.put_back_isolated(index, End::Tail, FrameFlags::REPORTED);
+    // Before the fix the block joined a reported run on the Isolate list, which the
+    // unreported count does not list: it underflowed.
+    let unreported = area.unreported_pages_from(9);
+    let reported = area.reported_pages(9);
+    area.isolate(index).expect("still free");
+    area.set_pageblock_type(index, MigrateType::Movable);
+    area.put_back_isolated(index, End::Head, FrameFlags::empty());
+    drop(area);
+    assert!(
+        unreported < 1 << 40,
+        "unreported count wrapped: {unreported}"
+    );
+    assert!(
+        reported <= reported_before,
+        "{reported} > {reported_before}"
+    );
+    crate::mm::checker::check().expect("frame states");
+}
+
+#[test_case]
 fn heap_exhaustion_returns_null_instead_of_hanging() {
     // More than the whole guest: the heap must refuse without taking memory for nothing.
     let grown_before = crate::mm::heap::stats().grown;

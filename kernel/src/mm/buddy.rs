@@ -610,12 +610,14 @@ impl FreeArea {
             // Not merged: it can keep its flags, and go where the caller wants it.
             let kind = MigrateType::from_u8(self.frame(index).list());
             self.unlink(index);
-            if flags.contains(FrameFlags::REPORTED) {
+            // An isolated pageblock's list keeps no reported run (its blocks are counted
+            // nowhere reporting looks): the block goes back unreported.
+            if flags.contains(FrameFlags::REPORTED) && kind != MigrateType::Isolate {
                 self.push_reported(index, order, kind);
                 self.frame(index).set_flags(flags | FrameFlags::REPORTED);
             } else {
                 self.push(index, order, kind, end);
-                self.frame(index).set_flags(flags);
+                self.frame(index).set_flags(flags - FrameFlags::REPORTED);
             }
         }
         block
