@@ -325,17 +325,20 @@ impl AddressSpace {
         }
     }
 
+    /// The leaf entry at `address` if it maps `expected_pfn`.
+    fn entry_mapping(&mut self, address: u64, expected_pfn: u64) -> Option<&mut PageTableEntry> {
+        self.leaf_entry(address).filter(|entry| {
+            entry.flags().contains(Flags::PRESENT)
+                && entry.addr().as_u64() / PAGE_SIZE == expected_pfn
+        })
+    }
+
     /// Points the mapping at `address` to `new_pfn`, keeping its permissions, if it still maps
     /// `expected_pfn`; false (nothing changed) otherwise. The caller moves the reverse map.
     pub fn replace_page(&mut self, address: u64, expected_pfn: u64, new_pfn: u64) -> bool {
-        let Some(entry) = self.leaf_entry(address) else {
+        let Some(entry) = self.entry_mapping(address, expected_pfn) else {
             return false;
         };
-        if !entry.flags().contains(Flags::PRESENT)
-            || entry.addr().as_u64() / PAGE_SIZE != expected_pfn
-        {
-            return false;
-        }
         let flags = entry.flags();
         entry.set_addr(PhysAddr::new(new_pfn * PAGE_SIZE), flags);
         self.flush_page(address);
@@ -344,14 +347,9 @@ impl AddressSpace {
 
     /// Removes write permission from the mapping at `address` if it maps `expected_pfn`.
     pub fn write_protect(&mut self, address: u64, expected_pfn: u64) -> bool {
-        let Some(entry) = self.leaf_entry(address) else {
+        let Some(entry) = self.entry_mapping(address, expected_pfn) else {
             return false;
         };
-        if !entry.flags().contains(Flags::PRESENT)
-            || entry.addr().as_u64() / PAGE_SIZE != expected_pfn
-        {
-            return false;
-        }
         entry.set_flags(entry.flags() - Flags::WRITABLE);
         self.flush_page(address);
         true
