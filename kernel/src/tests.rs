@@ -77,35 +77,47 @@ fn clock_is_monotonic() {
 
 #[test_case]
 fn clock_advances_at_the_calibrated_rate_against_the_hpet() {
+    // Under TCG both clocks follow the host, and a busy host can stall QEMU between the two
+    // reads of one measurement: the best of three must agree within 3% (a miscalibrated clock
+    // is off in every one).
     let hpet = Hpet::probe().expect("q35 has an HPET");
-    let (clock_start, hpet_start) = (Instant::now(), hpet.now_ns());
-    task::sleep(Duration::from_millis(300));
-    let (clock_ns, hpet_ns) = (
-        clock_start.elapsed().as_nanos() as u64,
-        hpet.now_ns() - hpet_start,
-    );
-    let ratio_permille = clock_ns * 1000 / hpet_ns;
-    assert!(
-        (970..=1030).contains(&ratio_permille),
-        "clock {clock_ns} ns against HPET {hpet_ns} ns"
-    );
+    let mut measured = Vec::new();
+    for _ in 0..3 {
+        let (clock_start, hpet_start) = (Instant::now(), hpet.now_ns());
+        task::sleep(Duration::from_millis(300));
+        let (clock_ns, hpet_ns) = (
+            clock_start.elapsed().as_nanos() as u64,
+            hpet.now_ns() - hpet_start,
+        );
+        let ratio_permille = clock_ns * 1000 / hpet_ns;
+        if (970..=1030).contains(&ratio_permille) {
+            return;
+        }
+        measured.push((clock_ns, hpet_ns));
+    }
+    panic!("clock against HPET (ns), three times off by more than 3%: {measured:?}");
 }
 
 #[test_case]
 fn an_idle_kernel_takes_one_timer_interrupt_per_wake_up_and_wakes_on_time() {
     // A good tenant does not wake the host's CPU for nothing: sleeping 300 ms with nothing else
     // to do costs the timer interrupt that ends the sleep (a periodic 1 kHz tick took 300).
-    let before = task::scheduler::stats().timer_interrupts;
-    let start = Instant::now();
-    task::sleep(Duration::from_millis(300));
-    let slept = start.elapsed();
-    let interrupts = task::scheduler::stats().timer_interrupts - before;
-    assert!(
-        interrupts <= 2,
-        "{interrupts} timer interrupts during an idle 300 ms sleep"
-    );
-    assert!(slept >= Duration::from_millis(300), "woke early: {slept:?}");
-    assert!(slept < Duration::from_millis(310), "woke late: {slept:?}");
+    // A busy host can delay QEMU past the 10 ms allowed, and background work (a reporting pass)
+    // may take a tick: the best of three must meet every bound; never waking early is a must.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let before = task::scheduler::stats().timer_interrupts;
+        let start = Instant::now();
+        task::sleep(Duration::from_millis(300));
+        let slept = start.elapsed();
+        let interrupts = task::scheduler::stats().timer_interrupts - before;
+        assert!(slept >= Duration::from_millis(300), "woke early: {slept:?}");
+        if interrupts <= 2 && slept < Duration::from_millis(310) {
+            return;
+        }
+        seen.push((interrupts, slept));
+    }
+    panic!("three idle 300 ms sleeps, (timer interrupts, time slept): {seen:?}");
 }
 
 #[test_case]
