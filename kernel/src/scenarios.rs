@@ -60,6 +60,9 @@ fn event(name: &str, figures: &[(&str, u64)]) {
 fn reclaim() -> Result<(), alloc::string::String> {
     let want = tunables::SCENARIO_RECLAIM_MIB.get() * 256;
     event("start", &[("free_pages", page_alloc::free_pages())]);
+    // A moment for a host tool to read the process's size before anything is touched (a busy
+    // host may read it late).
+    crate::task::sleep(core::time::Duration::from_millis(300));
     let mut blocks: Vec<Pages> = Vec::new();
     let (mut got, mut above_4gib) = (0, 0);
     while got < want {
