@@ -7,6 +7,8 @@
 #![test_runner(kernel::testing::run_tests)]
 #![reexport_test_harness_main = "test_main"]
 
+extern crate alloc;
+
 use core::time::Duration;
 use kernel::drivers::balloon::{self, BalloonStats};
 use kernel::mm::checker;
@@ -130,6 +132,70 @@ fn deflate_on_oom_inside_a_deflate_neither_wraps_nor_stops_the_worker() {
     kernel::println!(
         "  a deflate-on-OOM of {oom} pages inside a deflate to {}: inflated {inflated} back",
         PAGES - 1
+    );
+    balloon_to(0);
+    check_balloon();
+    balloon::set_test_target(None);
+}
+
+/// Single pages the balloon holds now (order-0 blocks owned by the balloon).
+fn ballooned_single_pages() -> alloc::vec::Vec<u64> {
+    use kernel::mm::frame::FrameState;
+    let mut found = alloc::vec::Vec::new();
+    for zone in kernel::mm::page_alloc::all_zones() {
+        for (index, frame) in zone.frames().iter().enumerate() {
+            if frame.state() == FrameState::Allocated
+                && frame.owner() == Owner::Balloon
+                && frame.order() == 0
+            {
+                found.push(zone.start_pfn + index as u64);
+            }
+        }
+    }
+    found
+}
+
+#[test_case]
+fn a_ballooned_page_moves_with_the_host_told_and_the_balloon_never_shrinks() {
+    use kernel::mm::page_alloc::{self, AllocRequest};
+    // Below 512 pages the balloon takes single pages: those compaction can move.
+    balloon_to(300);
+    check_balloon();
+    let before = balloon::stats();
+    let pages = ballooned_single_pages();
+    assert_eq!(pages.len(), 300);
+    let old = pages[pages.len() / 2];
+    let new = page_alloc::alloc(AllocRequest::new(0)).expect("a page");
+    balloon::migrate_page(old, new).expect("moved");
+    let after = balloon::stats();
+    assert_eq!(after.actual_pages, before.actual_pages, "actual changed");
+    let now = ballooned_single_pages();
+    assert!(now.contains(&new.pfn) && !now.contains(&old), "not swapped");
+    let old_frame = page_alloc::zone_of(old).expect("zone").frame(old);
+    assert_ne!(
+        old_frame.owner(),
+        Owner::Balloon,
+        "the old page stayed ballooned"
+    );
+    check_balloon();
+    // A page the balloon does not hold is refused, and the caller keeps its page.
+    let stranger = page_alloc::alloc(AllocRequest::new(0)).expect("a page");
+    let spare = page_alloc::alloc(AllocRequest::new(0)).expect("a page");
+    assert_eq!(
+        balloon::migrate_page(stranger.pfn, spare),
+        Err(balloon::MoveError::NotMoved)
+    );
+    page_alloc::free(stranger).expect("freed");
+    page_alloc::free(spare).expect("still the caller's");
+    // Compaction moves ballooned pages through the same path; the count stays exact.
+    let moved_before = balloon::pages_moved();
+    let _ = kernel::mm::compaction::compact_all();
+    assert_eq!(balloon::stats().actual_pages, before.actual_pages);
+    check_balloon();
+    kernel::println!(
+        "  moved a ballooned page with actual at {}; compaction moved {} more",
+        after.actual_pages,
+        balloon::pages_moved() - moved_before
     );
     balloon_to(0);
     check_balloon();

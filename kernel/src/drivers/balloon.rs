@@ -171,6 +171,20 @@ static BALLOON: IrqMutex<Vec<Pages>> = IrqMutex::with_class(Vec::new(), LockClas
 static PENDING: IrqMutex<([Option<Pages>; PENDING_CAPACITY], usize)> =
     IrqMutex::with_class(([None; PENDING_CAPACITY], 0), LockClass::Balloon);
 
+/// A move of one ballooned page asked for by compaction (see [`migrate_page`]). The worker
+/// does it: it owns the queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MoveSlot {
+    Empty,
+    Asked { old: u64, new: Pages },
+    Working,
+    Done(bool),
+}
+static MOVE: IrqMutex<MoveSlot> = IrqMutex::new(MoveSlot::Empty);
+static MOVE_BUSY: AtomicBool = AtomicBool::new(false);
+static MOVE_DONE: WaitQueue = WaitQueue::new();
+static PAGES_MOVED: AtomicU64 = AtomicU64::new(0);
+
 static QUEUE_EVENT: WaitQueue = WaitQueue::new();
 static WORKER_EVENT: WaitQueue = WaitQueue::new();
 static WORKER_KICK: AtomicBool = AtomicBool::new(false);
@@ -261,6 +275,68 @@ fn actual_sub(pages: u64) {
             "virtio-balloon: {pages} pages leave a balloon of {before}: the count stops at 0"
         );
     }
+}
+
+/// Why a ballooned page was not moved (it stays in the balloon; the caller keeps `new`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveError {
+    /// No device, or it was lost.
+    NoDevice,
+    /// Another move is in flight.
+    Busy,
+    /// Not a single ballooned page (any more), or the host did not take the new page.
+    NotMoved,
+    /// The worker did not start on it in time.
+    TimedOut,
+}
+
+/// Moves the ballooned page `old` (an order-0 block of the balloon) to `new` (an allocated
+/// order-0 page), as Linux's balloon compaction does: the host is told that `new` is inflated
+/// before `old` is deflated, so the balloon's size never drops. On success `new` belongs to the
+/// balloon and `old` is freed; on failure nothing changed and `new` is still the caller's.
+/// Blocks until the balloon worker has done it (it owns the queues): not for the worker itself,
+/// nor under a lock.
+pub fn migrate_page(old: u64, new: Pages) -> Result<(), MoveError> {
+    if !PRESENT.load(Relaxed) || LOST.load(Relaxed) {
+        return Err(MoveError::NoDevice);
+    }
+    if new.order != 0 {
+        return Err(MoveError::NotMoved);
+    }
+    if MOVE_BUSY.swap(true, Relaxed) {
+        return Err(MoveError::Busy);
+    }
+    *MOVE.lock() = MoveSlot::Asked { old, new };
+    kick_worker();
+    let finished = || matches!(*MOVE.lock(), MoveSlot::Done(_));
+    let outcome = loop {
+        let _ = MOVE_DONE.wait_until_timeout(finished, Duration::from_secs(1));
+        let mut slot = MOVE.lock();
+        match *slot {
+            MoveSlot::Done(moved) => {
+                *slot = MoveSlot::Empty;
+                break if moved {
+                    Ok(())
+                } else {
+                    Err(MoveError::NotMoved)
+                };
+            }
+            MoveSlot::Asked { .. } => {
+                // Not started: take the request back (the worker will not see it).
+                *slot = MoveSlot::Empty;
+                break Err(MoveError::TimedOut);
+            }
+            // Started: its waits on the device are bounded by balloon.timeout_ms.
+            MoveSlot::Working | MoveSlot::Empty => {}
+        }
+    };
+    MOVE_BUSY.store(false, Relaxed);
+    outcome
+}
+
+/// Ballooned pages moved by compaction since boot.
+pub fn pages_moved() -> u64 {
+    PAGES_MOVED.load(Relaxed)
 }
 
 fn kick_worker() {
@@ -635,6 +711,7 @@ impl BalloonWorker {
             WORKER_KICK.store(false, Relaxed);
             self.answer_statistics();
             self.tell_oom_deflations();
+            self.move_page();
             if LOST.load(Relaxed) {
                 continue;
             }
@@ -708,6 +785,69 @@ impl BalloonWorker {
         log::error!(
             "virtio-balloon: device lost: {pages} ballooned pages returned to the guest ({pending} deflated on OOM never told), reporting stopped, the balloon worker ends"
         );
+    }
+
+    /// Does a move compaction asked for ([`migrate_page`]): inflate the new page, swap it in
+    /// for the old one in the balloon's list, deflate the old one and free it. `actual` does
+    /// not change: the host sees one page more for a moment, never one fewer.
+    fn move_page(&mut self) {
+        let (old, new) = {
+            let mut slot = MOVE.lock();
+            let MoveSlot::Asked { old, new } = *slot else {
+                return;
+            };
+            *slot = MoveSlot::Working;
+            (old, new)
+        };
+        let moved = self.move_page_now(old, new);
+        if moved {
+            PAGES_MOVED.fetch_add(1, Relaxed);
+        }
+        *MOVE.lock() = MoveSlot::Done(moved);
+        MOVE_DONE.wake_all();
+    }
+
+    fn move_page_now(&mut self, old: u64, new: Pages) -> bool {
+        let in_balloon = |balloon: &Vec<Pages>| {
+            balloon
+                .iter()
+                .position(|block| block.pfn == old && block.order == 0)
+        };
+        if in_balloon(&BALLOON.lock()).is_none() {
+            return false;
+        }
+        self.pfn_slots()[0] = new.pfn as u32;
+        if Self::send_pfns(&mut self.inflate, self.pfn_page, 1, "inflate").is_err() {
+            return false;
+        }
+        page_alloc::set_owner(new, Owner::Balloon);
+        let still_there = {
+            let mut balloon = BALLOON.lock();
+            match in_balloon(&balloon) {
+                Some(at) => {
+                    balloon[at] = new;
+                    true
+                }
+                None => {
+                    // Deflate-on-OOM took the old page meanwhile: the new one simply joins
+                    // the balloon (the host has it already), and the move is done.
+                    balloon.push(new);
+                    ACTUAL.fetch_add(1, Relaxed);
+                    false
+                }
+            }
+        };
+        if still_there {
+            self.pfn_slots()[0] = old as u32;
+            // A lost device resets: the old page is the guest's again either way.
+            let _ = Self::send_pfns(&mut self.deflate, self.pfn_page, 1, "deflate");
+            if let Err(error) = page_alloc::free(Pages { pfn: old, order: 0 }) {
+                log::error!("virtio-balloon: freeing a moved page: {error:?}");
+            }
+        } else {
+            self.write_actual();
+        }
+        true
     }
 
     fn write_actual(&self) {

@@ -241,8 +241,16 @@ fn claim_targets(zone: &Zone, slot: usize, wanted: usize, targets: &mut Vec<Page
 }
 
 /// The migrate scanner: isolates up to [`CLUSTER`] user pages of pageblock `slot`, from frame
-/// index `from`; returns where it stopped.
-fn isolate_from(zone: &Zone, slot: usize, from: u32, pages: &mut Vec<u64>) -> u32 {
+/// index `from` (and, with `balloon`, lists single ballooned pages, which the balloon worker
+/// moves); returns where it stopped.
+fn isolate_from(
+    zone: &Zone,
+    slot: usize,
+    from: u32,
+    pages: &mut Vec<u64>,
+    balloon: Option<&mut Vec<u64>>,
+) -> u32 {
+    let mut balloon = balloon;
     let (start, end) = zone.lock().pageblock_range(slot);
     let mut index = from.max(start);
     while index < end && pages.len() < CLUSTER {
@@ -256,6 +264,16 @@ fn isolate_from(zone: &Zone, slot: usize, from: u32, pages: &mut Vec<u64>) -> u3
             {
                 pages.push(pfn);
                 count(&counter::compact_isolated, 1);
+                index += 1;
+            }
+            FrameState::Allocated
+                if frame.owner() == Owner::Balloon
+                    && frame.order() == 0
+                    && balloon.as_ref().is_some_and(|list| list.len() < CLUSTER) =>
+            {
+                if let Some(list) = balloon.as_deref_mut() {
+                    list.push(pfn);
+                }
                 index += 1;
             }
             FrameState::Allocated => index += 1 << frame.order(),
@@ -283,6 +301,10 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
     };
     let blocks = hints.len();
     let mut pages: Vec<u64> = Vec::with_capacity(CLUSTER);
+    // Ballooned pages move through the balloon worker, which a pass may wait for: not in a
+    // failed allocation's pass (that may be the worker's own).
+    let mut ballooned: Vec<u64> = Vec::with_capacity(CLUSTER);
+    let move_balloon = mode != Mode::Async && crate::drivers::balloon::is_present();
     let mut targets: Vec<Pages> = Vec::with_capacity(CLUSTER + (1 << PAGEBLOCK_ORDER));
     let mut free_slot = blocks;
     let mut migrate_slot = 0;
@@ -300,17 +322,38 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
         let mut isolated_any = false;
         loop {
             pages.clear();
+            ballooned.clear();
             let (_, end) = zone.lock().pageblock_range(migrate_slot);
-            from = isolate_from(zone, migrate_slot, from, &mut pages);
-            if pages.is_empty() {
+            from = isolate_from(
+                zone,
+                migrate_slot,
+                from,
+                &mut pages,
+                move_balloon.then_some(&mut ballooned),
+            );
+            if pages.is_empty() && ballooned.is_empty() {
                 break;
             }
             isolated_any = true;
+            let wanted = pages.len() + ballooned.len();
             // Targets from the top, never from the block being emptied or below it.
-            while targets.len() < pages.len() && free_slot > migrate_slot + 1 {
-                claim_targets(zone, free_slot - 1, pages.len(), &mut targets);
-                if targets.len() < pages.len() {
+            while targets.len() < wanted && free_slot > migrate_slot + 1 {
+                claim_targets(zone, free_slot - 1, wanted, &mut targets);
+                if targets.len() < wanted {
                     free_slot -= 1;
+                }
+            }
+            for &pfn in &ballooned {
+                let Some(target) = targets.pop() else {
+                    report.failed += 1;
+                    continue;
+                };
+                match crate::drivers::balloon::migrate_page(pfn, target) {
+                    Ok(()) => report.migrated += 1,
+                    Err(_) => {
+                        report.failed += 1;
+                        targets.push(target);
+                    }
                 }
             }
             for &pfn in &pages {
