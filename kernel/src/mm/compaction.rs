@@ -346,12 +346,17 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
             for &pfn in &ballooned {
                 let Some(target) = targets.pop() else {
                     report.failed += 1;
+                    count(&counter::pgmigrate_fail, 1);
                     continue;
                 };
                 match crate::drivers::balloon::migrate_page(pfn, target) {
-                    Ok(()) => report.migrated += 1,
+                    Ok(()) => {
+                        report.migrated += 1;
+                        count(&counter::pgmigrate_success, 1);
+                    }
                     Err(_) => {
                         report.failed += 1;
+                        count(&counter::pgmigrate_fail, 1);
                         targets.push(target);
                     }
                 }
@@ -360,12 +365,17 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
                 let Some(target) = targets.pop() else {
                     migrate::release_user_page(pfn);
                     report.failed += 1;
+                    count(&counter::pgmigrate_fail, 1);
                     continue;
                 };
                 match migrate::migrate_user_page(pfn, target) {
-                    Ok(()) => report.migrated += 1,
+                    Ok(()) => {
+                        report.migrated += 1;
+                        count(&counter::pgmigrate_success, 1);
+                    }
                     Err(_) => {
                         report.failed += 1;
+                        count(&counter::pgmigrate_fail, 1);
                         targets.push(target);
                     }
                 }
@@ -401,8 +411,6 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
         }
     }
     page_alloc::drain_per_cpu_caches();
-    count(&counter::pgmigrate_success, report.migrated);
-    count(&counter::pgmigrate_fail, report.failed);
     report.huge_blocks_after = huge_blocks(zone);
     if report.huge_blocks_after > report.huge_blocks_before {
         count(&counter::compact_success, 1);
