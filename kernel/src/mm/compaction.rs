@@ -426,7 +426,7 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
 pub fn compact_all() -> PassReport {
     let mut total = PassReport::default();
     for zone in page_alloc::all_zones() {
-        let report = compact_zone(zone, Mode::Full, None);
+        let report = counted_pass(zone, Mode::Full, None);
         total.migrated += report.migrated;
         total.failed += report.failed;
         total.huge_blocks_before += report.huge_blocks_before;
@@ -453,8 +453,31 @@ static DEFERRAL: [Deferral; 3] = [const {
         order_failed: AtomicU64::new(MAX_ORDER as u64 + 1),
     }
 }; 3];
-/// A pass is running (direct compaction never nests in one).
-static IN_PASS: AtomicBool = AtomicBool::new(false);
+/// Passes running now, of any kind: direct compaction never nests in one (the pass's own
+/// allocations) and does not pile onto one running in the background. A count, so one pass
+/// ending does not clear another's mark.
+static PASSES_RUNNING: AtomicU64 = AtomicU64::new(0);
+
+/// Runs one pass with [`PASSES_RUNNING`] counting it.
+fn counted_pass(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassReport {
+    PASSES_RUNNING.fetch_add(1, Relaxed);
+    let report = compact_zone(zone, mode, goal);
+    PASSES_RUNNING.fetch_sub(1, Relaxed);
+    report
+}
+
+/// Forgets a zone's skip hints (they go stale as memory is used again: Linux resets them when
+/// a pass fails or the proactive task starts).
+fn clear_skip_hints(zone: &Zone) {
+    if let Some(index) = page_alloc::all_zones()
+        .iter()
+        .position(|z| core::ptr::eq(z, zone))
+    {
+        skip_hints(index)
+            .iter()
+            .for_each(|hint| hint.store(false, Relaxed));
+    }
+}
 
 fn deferred(zone: &Zone, order: u8) -> bool {
     let state = &DEFERRAL[zone.kind as usize];
@@ -493,7 +516,7 @@ pub fn compact_for_allocation(zone: &'static Zone, order: u8) -> bool {
     if order == 0
         || crate::sync::held_classes() != 0
         || !x86_64::instructions::interrupts::are_enabled()
-        || IN_PASS.load(Relaxed)
+        || PASSES_RUNNING.load(Relaxed) != 0
     {
         return false;
     }
@@ -513,13 +536,14 @@ pub fn compact_for_allocation(zone: &'static Zone, order: u8) -> bool {
         return false;
     }
     count(&counter::compact_stall, 1);
-    IN_PASS.store(true, Relaxed);
-    compact_zone(zone, Mode::Async, Some(order));
-    IN_PASS.store(false, Relaxed);
+    counted_pass(zone, Mode::Async, Some(order));
     let found = has_free_block(zone, order);
     if found {
         success(zone, order);
     } else {
+        // The hints this pass followed may be stale: the next try (after the deferral)
+        // scans everything again.
+        clear_skip_hints(zone);
         defer(zone, order);
     }
     found
@@ -623,10 +647,9 @@ fn daemon() {
         let score_before = node_score();
         let mut migrated = 0;
         for zone in page_alloc::all_zones() {
+            clear_skip_hints(zone);
             while !done_with(zone) && !under_pressure() {
-                IN_PASS.store(true, Relaxed);
-                let report = compact_zone(zone, Mode::SyncLight, None);
-                IN_PASS.store(false, Relaxed);
+                let report = counted_pass(zone, Mode::SyncLight, None);
                 migrated += report.migrated;
                 if report.migrated == 0 || report.huge_blocks_after <= report.huge_blocks_before {
                     break;
