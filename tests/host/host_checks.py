@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-from qemu_host import Guest, reclaim_run
+from qemu_host import Guest, event_lines, fragment_run, reclaim_run
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -86,6 +86,55 @@ def reclaim_above_4gib_without_reporting_keeps_memory(kernel):
     run = high_reclaim_run(kernel, reporting=False)
     check(run["returned_fraction"] < 0.2,
           f"{run['returned_fraction']:.1%} returned without reporting")
+
+
+# scenario=fragment in a 512 MiB guest: the tasks fill most of it (about 460 MiB), so the
+# score passes 90 as at full size, and the two boots take about 10 s each.
+FRAGMENT_MEMORY = "512M"
+
+
+def fragment_figures(run):
+    events = run["events"]
+    fragmented = events["fragmented"]
+    compacted = events.get("compacted")
+    reported = events.get("reported")
+    print(f"  filled {events['filled']['mib']} MiB (the QEMU process grew "
+          f"{run['filled_bytes'] / MIB:.0f} MiB), freed {fragmented['freed_mib']} MiB in 4 KiB "
+          f"pieces at score {fragmented['score']}; "
+          f"compacted {'after ' + str(compacted['ms']) + ' ms' if compacted else 'never'}, "
+          f"reported {'after ' + str(reported['ms']) + ' ms' if reported else 'never'}; "
+          f"{run['returned_fraction']:.1%} of the freed memory left the QEMU process within 5 s "
+          f"(50% after {seconds(run['t50_s'])}, 90% after {seconds(run['t90_s'])})")
+    check(run["status"] == 0, f"guest exit status {run['status']}")
+    verified = events.get("verified")
+    check(verified is not None and verified["bad"] == 0 and verified["pages"] == verified["kept"],
+          f"the tasks' signatures: {verified}")
+    check(fragmented["score"] >= 90, f"score {fragmented['score']} after the free, not 90")
+    check(run["filled_bytes"] >= 0.8 * events["filled"]["mib"] * MIB,
+          "the fill did not grow the QEMU process")
+
+
+def fragment_with_reporting_returns_freed_memory(kernel):
+    # The defaults (proactiveness 50): compaction makes whole 2 MiB blocks of the pieces, the
+    # reporting worker gives them to the host. The issue's target is 90% within 5 s; the
+    # bound asserted is looser so that a slow, shared machine cannot fail it.
+    run = fragment_run(kernel, mem=FRAGMENT_MEMORY)
+    fragment_figures(run)
+    check("compacted" in run["events"] and "reported" in run["events"],
+          "no compacted or reported event")
+    check(run["returned_fraction"] >= 0.6,
+          f"only {run['returned_fraction']:.1%} of the freed memory left the QEMU process "
+          f"within 5 s")
+
+
+def fragment_without_proactive_compaction_keeps_memory(kernel):
+    # The control: the same workload with compaction.proactiveness=0 returns (almost) nothing:
+    # the freed pieces are too small for reporting. So the drop above is compaction's doing.
+    run = fragment_run(kernel, proactiveness=0, mem=FRAGMENT_MEMORY)
+    fragment_figures(run)
+    check("compacted" not in run["events"], "compacted with proactiveness 0")
+    check(run["returned_fraction"] < 0.2,
+          f"{run['returned_fraction']:.1%} returned without proactive compaction")
 
 
 def balloon_follows_qmp_and_statistics_match(kernel):
@@ -243,6 +292,8 @@ CHECKS = [
     reclaim_without_reporting_keeps_memory,
     reclaim_above_4gib_returns_freed_memory,
     reclaim_above_4gib_without_reporting_keeps_memory,
+    fragment_with_reporting_returns_freed_memory,
+    fragment_without_proactive_compaction_keeps_memory,
     balloon_follows_qmp_and_statistics_match,
     boot_without_balloon_device_runs,
     cpu_without_apic_or_nx_stops_with_a_message,
