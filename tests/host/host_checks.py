@@ -14,7 +14,8 @@ import sys
 import time
 import traceback
 
-from qemu_host import Guest, event_lines, fragment_run, reclaim_run
+import fragmentation_bench
+from qemu_host import Guest, fragment_run, reclaim_run
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -135,6 +136,43 @@ def fragment_without_proactive_compaction_keeps_memory(kernel):
     check("compacted" not in run["events"], "compacted with proactiveness 0")
     check(run["returned_fraction"] < 0.2,
           f"{run['returned_fraction']:.1%} returned without proactive compaction")
+
+
+def fragmentation_bench_runs_small_and_its_lines_parse(kernel):
+    # bench=fragmentation in a 256 MiB guest, 0.3 s of score samples per setting: it must run
+    # to its end (the tasks' signatures checked after every setting) and print every line the
+    # host tool needs, with figures that make sense.
+    status, lines = boot_until_exit(
+        kernel, ["bench=fragmentation", "bench.fragmentation_watch_ms=300"],
+        env={"QEMU_MEM": "256M", "QEMU_BALLOON": "on"}, timeout=240)
+    check(status == 0, f"exit status {status}:\n" + "\n".join(lines[-15:]))
+    result = fragmentation_bench.parse(lines)
+    settings = ["unfragmented", "none", "direct_only", "proactive_20", "proactive_50",
+                "proactive_100"]
+    check(result["order"] == settings, f"allocation lines for {result['order']}")
+    for setting in settings[1:]:
+        samples = result["scores"].get(setting, [])
+        check(len(samples) == 4 and [t for t, _, _ in samples] == [0, 100, 200, 300],
+              f"{setting}: score samples at {[t for t, _, _ in samples]} ms")
+    for setting, record in result["allocs"].items():
+        latencies = [record[f"{key}_us"] for key, _ in fragmentation_bench.PERCENTILES]
+        check(record["blocks"] > 0 and 0 < record["share_of_free_pct"] <= 100.5,
+              f"{setting}: {record['blocks']} blocks, {record['share_of_free_pct']}% of free")
+        check(latencies == sorted(latencies), f"{setting}: percentiles {latencies}")
+    allocs = result["allocs"]
+    # Without compaction only the blocks nothing fragmented are left; direct compaction makes
+    # the rest.
+    check(allocs["none"]["share_of_free_pct"] < 50 < allocs["direct_only"]["share_of_free_pct"],
+          f"shares: none {allocs['none']['share_of_free_pct']}%, direct only "
+          f"{allocs['direct_only']['share_of_free_pct']}%")
+    check(allocs["none"]["pages_migrated"] == 0 and allocs["direct_only"]["compact_stall"] > 0,
+          "compaction ran in the none setting, or none in direct_only")
+    migration = result["migration"]
+    check(migration is not None and migration["pages_timed"] > 0
+          and migration["copy_4k_ns"] > 0, f"migration line {migration}")
+    table = fragmentation_bench.tables(result)
+    for line in table.splitlines()[:8]:
+        print(f"  {line}")
 
 
 def balloon_follows_qmp_and_statistics_match(kernel):
@@ -294,6 +332,7 @@ CHECKS = [
     reclaim_above_4gib_without_reporting_keeps_memory,
     fragment_with_reporting_returns_freed_memory,
     fragment_without_proactive_compaction_keeps_memory,
+    fragmentation_bench_runs_small_and_its_lines_parse,
     balloon_follows_qmp_and_statistics_match,
     boot_without_balloon_device_runs,
     cpu_without_apic_or_nx_stops_with_a_message,
