@@ -244,12 +244,13 @@ def event_lines(lines):
 
 
 def fragment_run(kernel, proactiveness=None, mem="512M", mib=None, watch_s=5.0, period=0.05,
-                 echo=False):
+                 echo=False, words=()):
     """Boots `scenario=fragment` (reporting on) and measures how much of the memory the tasks
     freed in 4 KiB pieces leaves the QEMU process within `watch_s` of the free.
 
     `proactiveness`: `compaction.proactiveness` for the guest (None: its default). The
-    workload fills most of a `mem` guest unless `mib` says less (`scenario.fragment_mib`).
+    workload fills most of a `mem` guest unless `mib` says less (`scenario.fragment_mib`);
+    `words` go on the command line too.
 
     Returns a dict: the guest's events by name, the bytes the fill added to the QEMU process,
     the bytes freed (the guest's figure), the fraction of those that left it within `watch_s`
@@ -260,6 +261,7 @@ def fragment_run(kernel, proactiveness=None, mem="512M", mib=None, watch_s=5.0, 
         cmdline.append(f"compaction.proactiveness={proactiveness}")
     if mib is not None:
         cmdline.append(f"scenario.fragment_mib={mib}")
+    cmdline.extend(words)
     guest = Guest(kernel, cmdline, env={"QEMU_MEM": mem, "QEMU_REPORTING": "on"}, echo=echo)
     sampler = RssSampler(guest, period)
     try:
