@@ -223,7 +223,7 @@ impl Workload {
     /// wrong signature (or a kept page gone) or failed otherwise.
     pub fn verify(mut self) -> Result<Totals, String> {
         self.run_phase(VERIFY)?;
-        let mut totals = Totals {
+        let totals = Totals {
             filled: self.plan.total_pages(),
             kept: self.sum(KEPT)?,
             freed: self.sum(FREED)?,
@@ -250,7 +250,6 @@ impl Workload {
                 totals.bad, totals.verified, totals.kept
             ));
         }
-        totals.filled = self.plan.total_pages();
         if problems.is_empty() {
             Ok(totals)
         } else {
