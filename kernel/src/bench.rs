@@ -6,37 +6,63 @@
 //! lock); ours takes its interrupt-safe per-CPU and zone locks, which also save and restore the
 //! interrupt flag: under TCG those instructions are slow, so the ratios there understate ours.
 //! Times come from the TSC.
+//!
+//! `fragmentation`: the fragmenting workload of `scenario=fragment` ([`crate::fragment`]: tasks
+//! fill `scenario.fragment_mib` and free 3 of every 4 pages of each 2 MiB block) run once per
+//! compaction setting in one boot: none at all, direct compaction only (proactiveness 0), and
+//! proactiveness 20, the configured value (default 50) and 100. After each free it samples the
+//! fragmentation score every 100 ms for `bench.fragmentation_watch_ms`, then allocates 2 MiB
+//! blocks until one fails (latency percentiles, and how much of free memory they made), and
+//! finally times page migration beside a plain 4 KiB copy. A 2 MiB allocation from unfragmented
+//! memory, at the start of the same boot, is the baseline. `tests/host/fragmentation_bench.py`
+//! makes the table and plots.
 
 use crate::arch::rdtsc;
+use crate::mm::PAGE_SIZE;
 use crate::mm::buddy::MigrateType;
 use crate::mm::page_alloc::{self, AllocRequest, Pages};
-use crate::time;
+use crate::time::{self, Instant};
 use alloc::vec::Vec;
 use buddy_system_allocator::LockedFrameAllocator;
 
 pub const RUNS: usize = 5;
 
 /// Names of the benchmarks `run` knows.
-pub const NAMES: &[&str] = &["alloc", "reporting"];
+pub const NAMES: &[&str] = &["alloc", "reporting", "fragmentation"];
 
-/// Runs benchmark `name`; false if there is no such benchmark.
-pub fn run(name: &str) -> bool {
+/// Runs benchmark `name`: `None` if there is no such benchmark, otherwise whether it ran to
+/// its end (a benchmark whose workload fails says why and fails the run).
+pub fn run(name: &str) -> Option<crate::ExitCode> {
     match name {
-        "alloc" => {
-            alloc_benchmark();
-            true
+        "alloc" => alloc_benchmark(),
+        "reporting" => reporting_benchmark(),
+        "fragmentation" => {
+            if let Err(problem) = fragmentation_benchmark() {
+                log::error!("bench=fragmentation failed: {problem}");
+                return Some(crate::ExitCode::Failure);
+            }
         }
-        "reporting" => {
-            reporting_benchmark();
-            true
-        }
-        _ => false,
+        _ => return None,
     }
+    Some(crate::ExitCode::Success)
 }
 
 /// Prints one machine-readable line: `BENCH {"name":...,...}` with the given numeric fields.
 pub fn report(name: &str, fields: &[(&str, f64)]) {
     let mut line = alloc::format!("BENCH {{\"name\":\"{name}\"");
+    for (key, value) in fields {
+        line.push_str(&alloc::format!(",\"{key}\":{value:.3}"));
+    }
+    line.push('}');
+    crate::println!("{line}");
+}
+
+/// [`report`] with text fields (a setting's name) before the figures.
+pub fn report_labelled(name: &str, labels: &[(&str, &str)], fields: &[(&str, f64)]) {
+    let mut line = alloc::format!("BENCH {{\"name\":\"{name}\"");
+    for (key, value) in labels {
+        line.push_str(&alloc::format!(",\"{key}\":\"{value}\""));
+    }
     for (key, value) in fields {
         line.push_str(&alloc::format!(",\"{key}\":{value:.3}"));
     }
@@ -239,4 +265,322 @@ fn reporting_benchmark() {
             ("runs", RUNS as f64),
         ],
     );
+}
+
+// ---- bench=fragmentation ------------------------------------------------------------------
+
+/// One compaction setting of the fragmentation benchmark.
+struct Setting {
+    name: alloc::string::String,
+    proactiveness: u64,
+    /// Direct compaction for the 2 MiB allocations (a failed one compacts first).
+    direct: bool,
+}
+
+/// What 2 MiB allocations until failure gave.
+struct AllocRun {
+    blocks: u64,
+    free_pages_before: u64,
+    /// Latency of each successful allocation (ns), sorted.
+    latencies_ns: Vec<u64>,
+    /// Latency of the allocation that failed (ns).
+    fail_ns: u64,
+}
+
+impl AllocRun {
+    /// The `p`th percentile (nearest rank) in microseconds.
+    fn percentile_us(&self, p: u64) -> f64 {
+        if self.latencies_ns.is_empty() {
+            return 0.0;
+        }
+        let rank = ((self.latencies_ns.len() as u64 - 1) * p).div_ceil(100) as usize;
+        self.latencies_ns[rank] as f64 / 1000.0
+    }
+
+    fn share_of_free_pct(&self) -> f64 {
+        (self.blocks * 512) as f64 * 100.0 / self.free_pages_before.max(1) as f64
+    }
+}
+
+/// 2 MiB movable blocks until an allocation fails (with direct compaction if `direct`), each
+/// timed; then every block is freed.
+fn allocate_2mib_until_failure(direct: bool) -> AllocRun {
+    page_alloc::drain_per_cpu_caches();
+    let free_pages_before = page_alloc::free_pages();
+    // Room for every block before the first allocation: nothing here allocates once memory is
+    // gone.
+    let capacity = (free_pages_before / 512 + 8) as usize;
+    let mut blocks: Vec<Pages> = Vec::with_capacity(capacity);
+    let mut latencies_ns = Vec::with_capacity(capacity);
+    let request = AllocRequest::new(9)
+        .kind(MigrateType::Movable)
+        .without_compaction(!direct);
+    let mut fail_ns = 0;
+    while blocks.len() < capacity {
+        let start = rdtsc();
+        let block = page_alloc::alloc(request);
+        let ns = time::tsc_delta_to_ns(rdtsc() - start);
+        match block {
+            Some(block) => {
+                blocks.push(block);
+                latencies_ns.push(ns);
+            }
+            None => {
+                fail_ns = ns;
+                break;
+            }
+        }
+    }
+    let count = blocks.len() as u64;
+    for block in blocks {
+        if let Err(error) = page_alloc::free(block) {
+            log::error!("bench=fragmentation: freeing a 2 MiB block: {error:?}");
+        }
+    }
+    latencies_ns.sort_unstable();
+    AllocRun {
+        blocks: count,
+        free_pages_before,
+        latencies_ns,
+        fail_ns,
+    }
+}
+
+fn report_alloc_run(setting: &str, run: &AllocRun, extra: &[(&str, f64)]) {
+    let mut fields = alloc::vec![
+        ("blocks", run.blocks as f64),
+        ("free_mib", run.free_pages_before as f64 / 256.0),
+        ("allocated_mib", (run.blocks * 2) as f64),
+        ("share_of_free_pct", run.share_of_free_pct()),
+        ("p5_us", run.percentile_us(5)),
+        ("p50_us", run.percentile_us(50)),
+        ("p90_us", run.percentile_us(90)),
+        ("p95_us", run.percentile_us(95)),
+        ("p99_us", run.percentile_us(99)),
+        ("max_us", run.percentile_us(100)),
+        ("fail_us", run.fail_ns as f64 / 1000.0),
+    ];
+    fields.extend_from_slice(extra);
+    report_labelled("fragmentation_alloc", &[("setting", setting)], &fields);
+}
+
+/// The median cost of copying 4 KiB between two pages, over `pairs` distinct page pairs
+/// (touched before, so no first-touch fault of the host is timed), in ns.
+fn plain_copy_ns(pairs: usize) -> Result<u64, alloc::string::String> {
+    let request = AllocRequest::new(0).kind(MigrateType::Movable).zeroed();
+    let mut pages = Vec::with_capacity(2 * pairs);
+    for _ in 0..2 * pairs {
+        pages.push(page_alloc::alloc(request).ok_or("no page for the copy baseline")?);
+    }
+    let mut ticks = Vec::with_capacity(pairs);
+    for pair in pages.chunks_exact(2) {
+        let start = rdtsc();
+        // SAFETY: two distinct pages we just allocated, direct-mapped RAM of 4 KiB each.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                pair[0].virt() as *const u8,
+                pair[1].virt() as *mut u8,
+                PAGE_SIZE as usize,
+            )
+        };
+        ticks.push(rdtsc() - start);
+    }
+    for page in pages {
+        let _ = page_alloc::free(page);
+    }
+    Ok(time::tsc_delta_to_ns(median(&mut ticks)))
+}
+
+/// Moves up to `limit` user pages one by one with the migration primitive (isolate, migrate,
+/// release), each to a target allocated and touched beforehand. Returns (pages moved, ns per
+/// move: the median, ns of all moves).
+fn time_migrations(limit: usize) -> (u64, u64, u64) {
+    use crate::mm::frame::{FrameState, Owner};
+    use crate::mm::migrate;
+    let mut candidates = Vec::with_capacity(limit);
+    'zones: for zone in page_alloc::all_zones() {
+        for pfn in zone.start_pfn..zone.end_pfn {
+            let frame = zone.frame(pfn);
+            if frame.state() == FrameState::Allocated && frame.owner() == Owner::UserAnon {
+                candidates.push(pfn);
+                if candidates.len() == limit {
+                    break 'zones;
+                }
+            }
+        }
+    }
+    let request = AllocRequest::new(0).kind(MigrateType::Movable).zeroed();
+    let mut targets: Vec<Pages> = Vec::with_capacity(candidates.len());
+    while targets.len() < candidates.len() {
+        match page_alloc::alloc(request) {
+            Some(page) => targets.push(page),
+            None => break,
+        }
+    }
+    let mut ticks = Vec::with_capacity(candidates.len());
+    let mut total = 0;
+    for &pfn in &candidates {
+        let Some(target) = targets.pop() else { break };
+        let start = rdtsc();
+        if !migrate::isolate_user_page(pfn) {
+            targets.push(target);
+            continue;
+        }
+        let moved = migrate::migrate_user_page(pfn, target);
+        migrate::release_user_page(pfn);
+        let spent = rdtsc() - start;
+        match moved {
+            Ok(()) => {
+                ticks.push(spent);
+                total += spent;
+            }
+            Err(_) => targets.push(target),
+        }
+    }
+    for target in targets {
+        let _ = page_alloc::free(target);
+    }
+    let moved = ticks.len() as u64;
+    if moved == 0 {
+        return (0, 0, 0);
+    }
+    (
+        moved,
+        time::tsc_delta_to_ns(median(&mut ticks)),
+        time::tsc_delta_to_ns(total),
+    )
+}
+
+/// Fills and fragments with the proactive task paused; returns the running workload.
+fn fragmented_workload(
+    seed: u64,
+) -> Result<(crate::fragment::Workload, crate::fragment::Totals), alloc::string::String> {
+    use crate::fragment::{self, Workload};
+    let plan = fragment::plan(crate::tunables::SCENARIO_FRAGMENT_MIB.get());
+    let workload = Workload::start(plan, seed)?;
+    workload.fill()?;
+    let totals = workload.fragment()?;
+    Ok((workload, totals))
+}
+
+fn set_proactiveness(value: u64) {
+    let _ = crate::tunables::COMPACTION_PROACTIVENESS.set(value);
+    crate::mm::compaction::poke();
+}
+
+fn fragmentation_benchmark() -> Result<(), alloc::string::String> {
+    use crate::mm::compaction;
+    use crate::task;
+    use crate::tunables::{BENCH_FRAGMENTATION_WATCH_MS, COMPACTION_PROACTIVENESS};
+    use core::time::Duration;
+    let configured = COMPACTION_PROACTIVENESS.get();
+    let outcome = (|| {
+        set_proactiveness(0);
+        let copy_ns = plain_copy_ns(2048)?;
+        // The baseline: 2 MiB blocks from memory nothing has fragmented yet.
+        let unfragmented = allocate_2mib_until_failure(true);
+        report_alloc_run("unfragmented", &unfragmented, &[]);
+        let base_p50 = unfragmented.percentile_us(50).max(0.001);
+        let base_p95 = unfragmented.percentile_us(95).max(0.001);
+        let settings = [
+            ("none", 0, false),
+            ("direct_only", 0, true),
+            ("proactive_20", 20, true),
+            ("proactive_configured", configured, true),
+            ("proactive_100", 100, true),
+        ]
+        .map(|(name, proactiveness, direct)| Setting {
+            name: if name == "proactive_configured" {
+                alloc::format!("proactive_{configured}")
+            } else {
+                name.into()
+            },
+            proactiveness,
+            direct,
+        });
+        let watch = Duration::from_millis(BENCH_FRAGMENTATION_WATCH_MS.get());
+        for (index, setting) in settings.iter().enumerate() {
+            set_proactiveness(0);
+            let (workload, totals) = fragmented_workload(0xbe9c_0000 + index as u64)?;
+            let before = compaction::stats();
+            let score_at_free = compaction::node_score();
+            set_proactiveness(setting.proactiveness);
+            let start = Instant::now();
+            let mut next = Duration::ZERO;
+            while next <= watch {
+                while start.elapsed() < next {
+                    task::sleep(next - start.elapsed());
+                }
+                report_labelled(
+                    "fragmentation_score",
+                    &[("setting", &setting.name)],
+                    &[
+                        ("t_ms", next.as_millis() as f64),
+                        ("score_pct", compaction::node_score() as f64),
+                        ("stranded_mib", compaction::stranded_pages() as f64 / 256.0),
+                    ],
+                );
+                next += Duration::from_millis(100);
+            }
+            let run = allocate_2mib_until_failure(setting.direct);
+            set_proactiveness(0);
+            let after = compaction::stats();
+            let verified = workload.verify()?;
+            report_alloc_run(
+                &setting.name,
+                &run,
+                &[
+                    ("proactiveness", setting.proactiveness as f64),
+                    ("direct_compaction", u64::from(setting.direct) as f64),
+                    ("score_at_free_pct", score_at_free as f64),
+                    ("filled_mib", totals.filled as f64 / 256.0),
+                    ("freed_mib", totals.freed as f64 / 256.0),
+                    (
+                        "pages_migrated",
+                        (after.pgmigrate_success - before.pgmigrate_success) as f64,
+                    ),
+                    (
+                        "compact_stall",
+                        (after.compact_stall - before.compact_stall) as f64,
+                    ),
+                    ("p50_vs_unfragmented", run.percentile_us(50) / base_p50),
+                    ("p95_vs_unfragmented", run.percentile_us(95) / base_p95),
+                    ("pages_verified", verified.verified as f64),
+                ],
+            );
+        }
+        // Migration against a plain copy: the primitive alone on a sample of pages, then a
+        // full pass (scanners included) over the rest.
+        set_proactiveness(0);
+        let (workload, _) = fragmented_workload(0xbe9c_00ff)?;
+        let (moved, migrate_ns, migrate_total_ns) = time_migrations(4096);
+        let start = Instant::now();
+        let pass = compaction::compact_all();
+        let pass_ns = start.elapsed().as_nanos() as u64;
+        workload.verify()?;
+        let mib = |pages: u64| (pages * PAGE_SIZE) as f64 / (1 << 20) as f64;
+        let per_second = |pages: u64, ns: u64| mib(pages) * 1e9 / ns.max(1) as f64;
+        report(
+            "fragmentation_migration",
+            &[
+                ("pages_timed", moved as f64),
+                ("migrate_ns_per_page", migrate_ns as f64),
+                ("migrate_mib_per_s", per_second(moved, migrate_total_ns)),
+                ("copy_4k_ns", copy_ns as f64),
+                (
+                    "migrate_vs_copy_ratio",
+                    migrate_ns as f64 / copy_ns.max(1) as f64,
+                ),
+                ("compact_pass_pages", pass.migrated as f64),
+                (
+                    "compact_pass_ns_per_page",
+                    pass_ns as f64 / pass.migrated.max(1) as f64,
+                ),
+                ("compact_pass_mib_per_s", per_second(pass.migrated, pass_ns)),
+            ],
+        );
+        Ok(())
+    })();
+    set_proactiveness(configured);
+    outcome
 }

@@ -25,8 +25,8 @@ fn main(info: &'static BootInfo) -> ExitCode {
         return ExitCode::Failure;
     }
     if let Some(name) = kernel::cmdline::value("bench") {
-        if kernel::bench::run(name) {
-            return ExitCode::Success;
+        if let Some(code) = kernel::bench::run(name) {
+            return code;
         }
         log::error!(
             "unknown benchmark '{name}' (known: {})",

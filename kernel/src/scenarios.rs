@@ -12,6 +12,11 @@
 //!   while the host moves the balloon's target, then settle on the host's last target (events
 //!   `ready`, `stressed`, `done`; fails if the balloon's count and its pages disagree).
 //! - `no_device`: run without a balloon device and show everything else works.
+//! - `fragment`: ring-3 tasks fill `scenario.fragment_mib` of memory and free 3 of every 4
+//!   pages of each 2 MiB block (with the proactive compaction task paused), then the guest
+//!   idles for `scenario.fragment_idle_ms` while compaction and reporting work, and the tasks
+//!   check their pages (events `start`, `filled`, `fragmented` with the score reached,
+//!   `compacted` and `reported` when they happen, `verified`, `done`).
 //!
 //! Owns nothing: it uses the public interfaces of the allocator, the balloon and the tasks.
 
@@ -26,7 +31,13 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::time::Duration;
 
-pub const NAMES: &[&str] = &["reclaim", "balloon", "balloon_race", "no_device"];
+pub const NAMES: &[&str] = &[
+    "reclaim",
+    "balloon",
+    "balloon_race",
+    "no_device",
+    "fragment",
+];
 
 /// Runs the scenario `name`; `None` if there is no such scenario.
 pub fn run(name: &str) -> Option<ExitCode> {
@@ -35,6 +46,7 @@ pub fn run(name: &str) -> Option<ExitCode> {
         "balloon" => follow_balloon(),
         "balloon_race" => balloon_race(),
         "no_device" => no_device(),
+        "fragment" => fragment(),
         _ => return None,
     };
     Some(match outcome {
@@ -300,5 +312,145 @@ fn no_device() -> Result<(), alloc::string::String> {
     }
     checker::check()?;
     event("no_device_ok", &[("free_pages", page_alloc::free_pages())]);
+    Ok(())
+}
+
+/// Free pages in blocks of `reporting.min_order` and up that the host has not been told about.
+fn unreported_huge_pages() -> u64 {
+    let min_order = tunables::REPORTING_MIN_ORDER.get() as u8;
+    let free: u64 = page_alloc::all_zones()
+        .iter()
+        .map(|zone| {
+            let area = zone.lock();
+            (min_order..=crate::mm::buddy::MAX_ORDER)
+                .map(|order| {
+                    MigrateType::ALL
+                        .iter()
+                        .map(|&kind| u64::from(area.list_count(order, kind)) << order)
+                        .sum::<u64>()
+                })
+                .sum::<u64>()
+        })
+        .sum();
+    let reported: u64 = reporting::stats().reported_pages_now[min_order as usize..]
+        .iter()
+        .sum();
+    free.saturating_sub(reported)
+}
+
+fn fragment() -> Result<(), alloc::string::String> {
+    use crate::fragment::{self, Workload};
+    use crate::mm::compaction;
+    let plan = fragment::plan(tunables::SCENARIO_FRAGMENT_MIB.get());
+    event(
+        "start",
+        &[
+            ("free_pages", plan.free_pages),
+            ("tasks", plan.tasks),
+            ("pages", plan.total_pages()),
+        ],
+    );
+    // The proactive task is paused while the tasks fill and fragment (otherwise it would
+    // compact while they free, and the score reached would say nothing); it gets the
+    // configured proactiveness back right after.
+    let (workload, totals) = fragment::with_compaction_paused(|| {
+        let workload = Workload::start(plan, 0x5167_0000_f7a9_0000)?;
+        let filled = workload.fill()?;
+        event("filled", &[("mib", filled / 256), ("tasks", plan.tasks)]);
+        let totals = workload.fragment()?;
+        let score = compaction::node_score();
+        let stranded = compaction::stranded_pages();
+        event(
+            "fragmented",
+            &[
+                ("score", score),
+                ("stranded_mib", stranded / 256),
+                ("freed_mib", totals.freed / 256),
+                ("kept_mib", totals.kept / 256),
+                ("free_mib", page_alloc::free_pages() / 256),
+            ],
+        );
+        if score < 90 {
+            log::warn!(
+                "fragment: score {score} after the free (below 90: the tasks filled too little of free memory)"
+            );
+        }
+        Ok::<_, alloc::string::String>((workload, totals))
+    })?;
+    let freed_at = Instant::now();
+    let idle = Duration::from_millis(tunables::SCENARIO_FRAGMENT_IDLE_MS.get());
+    let reports_before = reporting::stats().pages_reported;
+    let (low, _) = compaction::score_marks();
+    let stranded_low = tunables::COMPACTION_STRANDED_LOW_MIB.get() * 256;
+    let mut compacted = false;
+    let mut reported = !reporting::is_registered();
+    if reported {
+        log::info!("fragment: free page reporting is off: no reported event");
+    }
+    while freed_at.elapsed() < idle {
+        if !compacted
+            && compaction::node_score() <= low
+            && compaction::stranded_pages() <= stranded_low
+        {
+            compacted = true;
+            let stats = compaction::stats();
+            event(
+                "compacted",
+                &[
+                    ("score", compaction::node_score()),
+                    ("stranded_mib", compaction::stranded_pages() / 256),
+                    ("ms", freed_at.elapsed().as_millis() as u64),
+                    ("pgmigrate_success", stats.pgmigrate_success),
+                ],
+            );
+        }
+        let reported_since = reporting::stats().pages_reported - reports_before;
+        if compacted
+            && !reported
+            && reporting::is_idle()
+            && reported_since > 0
+            && unreported_huge_pages() < tunables::REPORTING_HIGH_WATER_MIB.get() * 256 + 2 * 512
+        {
+            reported = true;
+            event(
+                "reported",
+                &[
+                    ("mib", reported_since / 256),
+                    ("ms", freed_at.elapsed().as_millis() as u64),
+                ],
+            );
+        }
+        task::sleep(Duration::from_millis(10));
+    }
+    if !compacted {
+        log::info!(
+            "fragment: not compacted after {} ms (score {}, {} MiB stranded; proactiveness {})",
+            idle.as_millis(),
+            compaction::node_score(),
+            compaction::stranded_pages() / 256,
+            tunables::COMPACTION_PROACTIVENESS.get()
+        );
+    }
+    let verified = workload.verify()?;
+    event(
+        "verified",
+        &[
+            ("pages", verified.verified),
+            ("bad", verified.bad),
+            ("kept", totals.kept),
+        ],
+    );
+    let stats = compaction::stats();
+    event(
+        "done",
+        &[
+            ("pgmigrate_success", stats.pgmigrate_success),
+            ("pgmigrate_fail", stats.pgmigrate_fail),
+            ("compact_daemon_wake", stats.compact_daemon_wake),
+            ("compact_stall", stats.compact_stall),
+            ("bytes_reported", reporting::stats().bytes_reported),
+        ],
+    );
+    checker::check()?;
     Ok(())
 }

@@ -223,6 +223,33 @@ pub static COMPACTION_EXTFRAG_THRESHOLD: Tunable = Tunable::new(
      (below it the memory is short, not in pieces)",
 );
 
+pub static SCENARIO_FRAGMENT_MIB: Tunable = Tunable::new(
+    "scenario.fragment_mib",
+    1920,
+    1,
+    1 << 22,
+    "scenario=fragment and bench=fragmentation: memory the tasks fill before freeing 3 of every \
+     4 pages of each 2 MiB block (sized for a 2 GiB guest; capped at free memory less a reserve)",
+);
+
+pub static SCENARIO_FRAGMENT_IDLE_MS: Tunable = Tunable::new(
+    "scenario.fragment_idle_ms",
+    8000,
+    0,
+    3_600_000,
+    "scenario=fragment: how long to stay idle after the free (compaction and reporting work \
+     meanwhile, the host watches) before the tasks verify their pages",
+);
+
+pub static BENCH_FRAGMENTATION_WATCH_MS: Tunable = Tunable::new(
+    "bench.fragmentation_watch_ms",
+    3000,
+    100,
+    600_000,
+    "bench=fragmentation: how long the score is sampled (every 100 ms) after each fragmenting \
+     workload before the 2 MiB allocations start",
+);
+
 /// All tunables, for the command line and the console.
 pub static ALL: &[&Tunable] = &[
     &SCHED_TIMESLICE_MS,
@@ -242,6 +269,9 @@ pub static ALL: &[&Tunable] = &[
     &COMPACTION_STRANDED_HIGH_MIB,
     &COMPACTION_STRANDED_LOW_MIB,
     &COMPACTION_EXTFRAG_THRESHOLD,
+    &SCENARIO_FRAGMENT_MIB,
+    &SCENARIO_FRAGMENT_IDLE_MS,
+    &BENCH_FRAGMENTATION_WATCH_MS,
 ];
 
 pub fn find(name: &str) -> Option<&'static Tunable> {

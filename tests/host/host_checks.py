@@ -14,7 +14,8 @@ import sys
 import time
 import traceback
 
-from qemu_host import Guest, reclaim_run
+import fragmentation_bench
+from qemu_host import Guest, fragment_run, reclaim_run
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -86,6 +87,92 @@ def reclaim_above_4gib_without_reporting_keeps_memory(kernel):
     run = high_reclaim_run(kernel, reporting=False)
     check(run["returned_fraction"] < 0.2,
           f"{run['returned_fraction']:.1%} returned without reporting")
+
+
+# scenario=fragment in a 512 MiB guest: the tasks fill most of it (about 460 MiB), so the
+# score passes 90 as at full size, and the two boots take about 10 s each.
+FRAGMENT_MEMORY = "512M"
+
+
+def fragment_figures(run):
+    events = run["events"]
+    fragmented = events["fragmented"]
+    compacted = events.get("compacted")
+    reported = events.get("reported")
+    print(f"  filled {events['filled']['mib']} MiB (the QEMU process grew "
+          f"{run['filled_bytes'] / MIB:.0f} MiB), freed {fragmented['freed_mib']} MiB in 4 KiB "
+          f"pieces at score {fragmented['score']}; "
+          f"compacted {'after ' + str(compacted['ms']) + ' ms' if compacted else 'never'}, "
+          f"reported {'after ' + str(reported['ms']) + ' ms' if reported else 'never'}; "
+          f"{run['returned_fraction']:.1%} of the freed memory left the QEMU process within 5 s "
+          f"(50% after {seconds(run['t50_s'])}, 90% after {seconds(run['t90_s'])})")
+    check(run["status"] == 0, f"guest exit status {run['status']}")
+    verified = events.get("verified")
+    check(verified is not None and verified["bad"] == 0 and verified["pages"] == verified["kept"],
+          f"the tasks' signatures: {verified}")
+    check(fragmented["score"] >= 90, f"score {fragmented['score']} after the free, not 90")
+    check(run["filled_bytes"] >= 0.8 * events["filled"]["mib"] * MIB,
+          "the fill did not grow the QEMU process")
+
+
+def fragment_with_reporting_returns_freed_memory(kernel):
+    # The defaults (proactiveness 50): compaction makes whole 2 MiB blocks of the pieces, the
+    # reporting worker gives them to the host. The issue's target is 90% within 5 s; the
+    # bound asserted is looser so that a slow, shared machine cannot fail it.
+    run = fragment_run(kernel, mem=FRAGMENT_MEMORY)
+    fragment_figures(run)
+    check("compacted" in run["events"] and "reported" in run["events"],
+          "no compacted or reported event")
+    check(run["returned_fraction"] >= 0.6,
+          f"only {run['returned_fraction']:.1%} of the freed memory left the QEMU process "
+          f"within 5 s")
+
+
+def fragment_without_proactive_compaction_keeps_memory(kernel):
+    # The control: the same workload with compaction.proactiveness=0 returns (almost) nothing:
+    # the freed pieces are too small for reporting. So the drop above is compaction's doing.
+    run = fragment_run(kernel, proactiveness=0, mem=FRAGMENT_MEMORY)
+    fragment_figures(run)
+    check("compacted" not in run["events"], "compacted with proactiveness 0")
+    check(run["returned_fraction"] < 0.2,
+          f"{run['returned_fraction']:.1%} returned without proactive compaction")
+
+
+def fragmentation_bench_runs_small_and_its_lines_parse(kernel):
+    # bench=fragmentation in a 256 MiB guest, 0.3 s of score samples per setting: it must run
+    # to its end (the tasks' signatures checked after every setting) and print every line the
+    # host tool needs, with figures that make sense.
+    status, lines = boot_until_exit(
+        kernel, ["bench=fragmentation", "bench.fragmentation_watch_ms=300"],
+        env={"QEMU_MEM": "256M", "QEMU_BALLOON": "on"}, timeout=240)
+    check(status == 0, f"exit status {status}:\n" + "\n".join(lines[-15:]))
+    result = fragmentation_bench.parse(lines)
+    settings = ["unfragmented", "none", "direct_only", "proactive_20", "proactive_50",
+                "proactive_100"]
+    check(result["order"] == settings, f"allocation lines for {result['order']}")
+    for setting in settings[1:]:
+        samples = result["scores"].get(setting, [])
+        check(len(samples) == 4 and [t for t, _, _ in samples] == [0, 100, 200, 300],
+              f"{setting}: score samples at {[t for t, _, _ in samples]} ms")
+    for setting, record in result["allocs"].items():
+        latencies = [record[f"{key}_us"] for key, _ in fragmentation_bench.PERCENTILES]
+        check(record["blocks"] > 0 and 0 < record["share_of_free_pct"] <= 100.5,
+              f"{setting}: {record['blocks']} blocks, {record['share_of_free_pct']}% of free")
+        check(latencies == sorted(latencies), f"{setting}: percentiles {latencies}")
+    allocs = result["allocs"]
+    # Without compaction only the blocks nothing fragmented are left; direct compaction makes
+    # the rest.
+    check(allocs["none"]["share_of_free_pct"] < 50 < allocs["direct_only"]["share_of_free_pct"],
+          f"shares: none {allocs['none']['share_of_free_pct']}%, direct only "
+          f"{allocs['direct_only']['share_of_free_pct']}%")
+    check(allocs["none"]["pages_migrated"] == 0 and allocs["direct_only"]["compact_stall"] > 0,
+          "compaction ran in the none setting, or none in direct_only")
+    migration = result["migration"]
+    check(migration is not None and migration["pages_timed"] > 0
+          and migration["copy_4k_ns"] > 0, f"migration line {migration}")
+    table = fragmentation_bench.tables(result)
+    for line in table.splitlines()[:8]:
+        print(f"  {line}")
 
 
 def balloon_follows_qmp_and_statistics_match(kernel):
@@ -274,6 +361,9 @@ CHECKS = [
     reclaim_without_reporting_keeps_memory,
     reclaim_above_4gib_returns_freed_memory,
     reclaim_above_4gib_without_reporting_keeps_memory,
+    fragment_with_reporting_returns_freed_memory,
+    fragment_without_proactive_compaction_keeps_memory,
+    fragmentation_bench_runs_small_and_its_lines_parse,
     balloon_follows_qmp_and_statistics_match,
     balloon_target_changes_race_deflate_on_oom,
     boot_without_balloon_device_runs,

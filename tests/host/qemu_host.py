@@ -1,8 +1,8 @@
 """The host's view of a guest: boot a kernel through run-qemu.sh, follow its serial console
 (echoed, with EVENT lines parsed), talk QMP, and read the QEMU process's resident memory.
 
-Used by the host-observed test driver (host_checks.py) and the reclaim benchmark
-(reclaim_bench.py). Python 3 standard library only.
+Used by the host-observed test driver (host_checks.py), the reclaim benchmark
+(reclaim_bench.py) and the fragmentation benchmark (fragmentation_bench.py). Python 3 standard library only.
 """
 
 import json
@@ -17,6 +17,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN_QEMU = os.path.join(ROOT, "run-qemu.sh")
+MIB = 1 << 20
 
 
 class Guest:
@@ -227,4 +228,80 @@ def reclaim_run(kernel, reporting, mib=1024, watch_s=5.0, echo=False, period=0.1
         "lines": guest.lines,
         "events": {"touched": touched_event["host_t"] - start["host_t"],
                    "freed": t0 - start["host_t"]},
+    }
+
+
+def event_lines(lines):
+    """Every `EVENT {...}` of a console, parsed, in order."""
+    events = []
+    for line in lines:
+        if line.startswith("EVENT "):
+            try:
+                events.append(json.loads(line[len("EVENT "):]))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+def fragment_run(kernel, proactiveness=None, mem="512M", mib=None, watch_s=5.0, period=0.05,
+                 echo=False, words=()):
+    """Boots `scenario=fragment` (reporting on) and measures how much of the memory the tasks
+    freed in 4 KiB pieces leaves the QEMU process within `watch_s` of the free.
+
+    `proactiveness`: `compaction.proactiveness` for the guest (None: its default). The
+    workload fills most of a `mem` guest unless `mib` says less (`scenario.fragment_mib`);
+    `words` go on the command line too.
+
+    Returns a dict: the guest's events by name, the bytes the fill added to the QEMU process,
+    the bytes freed (the guest's figure), the fraction of those that left it within `watch_s`
+    of the `fragmented` event, the seconds to 50% and 90% (None if never), the samples.
+    """
+    cmdline = ["scenario=fragment", f"scenario.fragment_idle_ms={int(watch_s * 1000) + 500}"]
+    if proactiveness is not None:
+        cmdline.append(f"compaction.proactiveness={proactiveness}")
+    if mib is not None:
+        cmdline.append(f"scenario.fragment_mib={mib}")
+    cmdline.extend(words)
+    guest = Guest(kernel, cmdline, env={"QEMU_MEM": mem, "QEMU_REPORTING": "on"}, echo=echo)
+    sampler = RssSampler(guest, period)
+    try:
+        start = guest.wait_event("start", timeout=300)
+        rss_start = guest.rss_bytes()
+        fragmented = guest.wait_event("fragmented", timeout=300)
+        t0 = fragmented["host_t"]
+        time.sleep(watch_s)
+        guest.wait_event("done", timeout=120)
+        status = guest.wait_exit(timeout=60)
+    finally:
+        samples = sampler.stop()
+        if guest.proc.poll() is None:
+            guest.kill()
+    # Resident memory at the free: the last sample before the event (freeing in the guest
+    # changes nothing the host sees; compaction starts right after the event).
+    before = [rss for (t, rss) in samples if t <= t0]
+    rss_freed = before[-1] if before else rss_start
+    freed = fragmented["freed_mib"] * MIB
+    after = [(t - t0, rss) for (t, rss) in samples if t > t0 and t - t0 <= watch_s]
+
+    def time_to(fraction):
+        for (t, rss) in after:
+            if rss_freed - rss >= fraction * freed:
+                return t
+        return None
+    final = after[-1][1] if after else rss_freed
+    events = {}
+    for event in event_lines(guest.lines):
+        events.setdefault(event["name"], event)
+    return {
+        "status": status,
+        "events": events,
+        "filled_bytes": rss_freed - rss_start,
+        "freed_bytes": freed,
+        "returned_bytes": rss_freed - final,
+        "returned_fraction": (rss_freed - final) / max(freed, 1),
+        "t50_s": time_to(0.5),
+        "t90_s": time_to(0.9),
+        "samples": [(t - start["host_t"], rss) for (t, rss) in samples if t >= start["host_t"]],
+        "freed_at_s": t0 - start["host_t"],
+        "lines": guest.lines,
     }

@@ -529,6 +529,161 @@ fn check_memory_needs_the_diagnostics_capability() {
     );
 }
 
+#[test_case]
+fn frame_of_needs_the_diagnostics_capability_and_names_the_frame() {
+    const EPERM: i64 = -1;
+    const EFAULT: i64 = -14;
+    // Without the capability: refused, whatever the address.
+    let report = run(programs::frame_probe(), CODE_BASE);
+    assert_eq!(report.exit, TaskExit::Exited(EPERM));
+    // With it: the code page has a frame (a user page of RAM), an untouched stack page none
+    // yet, and an address outside every region is refused.
+    let caps = Capabilities::DIAGNOSTICS;
+    let TaskExit::Exited(pfn) = run_with(programs::frame_probe(), CODE_BASE, caps).exit else {
+        panic!("frame_probe was killed");
+    };
+    assert!(
+        pfn > 0 && page_alloc::zone_of(pfn as u64).is_some(),
+        "frame_of(code) = {pfn}"
+    );
+    let report = run_with(programs::frame_probe(), STACK_TOP - 16 * PAGE_SIZE, caps);
+    assert_eq!(report.exit, TaskExit::Exited(0));
+    let report = run_with(programs::frame_probe(), 0x2000_0000_0000, caps);
+    assert_eq!(report.exit, TaskExit::Exited(EFAULT));
+}
+
+#[test_case]
+fn discard_drops_pages_and_keeps_the_region() {
+    let free_before = settled_free_pages();
+    let shared = AddressSpace::new().expect("a space");
+    {
+        let mut space = shared.lock();
+        let flags = RegionFlags::READ | RegionFlags::WRITE;
+        let start = space
+            .map_anonymous(None, 64 * PAGE_SIZE, flags)
+            .expect("region");
+        for page in 0..64 {
+            space
+                .write_user(start + page * PAGE_SIZE, &(page + 1).to_le_bytes())
+                .expect("write");
+        }
+        let regions = space.regions().count();
+        // Every other page of the middle: a hole pattern that would split the region 16 times
+        // over with munmap.
+        let mut dropped = 0;
+        for page in (16..48).step_by(2) {
+            dropped += space
+                .discard(start + page * PAGE_SIZE, PAGE_SIZE)
+                .expect("discard");
+        }
+        assert_eq!(dropped, 16);
+        assert_eq!(space.regions().count(), regions, "no region was split");
+        assert_eq!(space.counters.resident, 64 - 16, "{:?}", space.counters);
+        for page in 0..64 {
+            let present = space.translate(start + page * PAGE_SIZE).is_some();
+            let gone = (16..48).contains(&page) && page % 2 == 0;
+            assert_eq!(present, !gone, "page {page}");
+        }
+        // A dropped page reads zero on its next touch; a kept one kept its data.
+        let mut word = [0u8; 8];
+        space
+            .read_user(start + 16 * PAGE_SIZE, &mut word)
+            .expect("read");
+        assert_eq!(u64::from_le_bytes(word), 0);
+        space
+            .read_user(start + 17 * PAGE_SIZE, &mut word)
+            .expect("read");
+        assert_eq!(u64::from_le_bytes(word), 18);
+        // Over a hole: refused, nothing dropped.
+        assert!(space.discard(start + 64 * PAGE_SIZE, PAGE_SIZE).is_err());
+        assert_eq!(space.counters.resident, 64 - 15);
+    }
+    check_memory();
+    drop(shared);
+    assert_eq!(settled_free_pages(), free_before, "every page came back");
+}
+
+/// A small fragmenting workload (2 tasks of 8 MiB), filled and fragmented with the proactive
+/// task paused.
+fn small_fragment_workload() -> (kernel::fragment::Workload, kernel::fragment::Totals) {
+    use kernel::fragment::{self, Plan, Workload};
+    fragment::with_compaction_paused(|| {
+        let plan = Plan {
+            tasks: 2,
+            pages_per_task: 2048,
+            free_pages: page_alloc::free_pages(),
+        };
+        let workload = Workload::start(plan, 0x7e57).expect("tasks start");
+        assert_eq!(workload.fill().expect("fill"), 4096);
+        let totals = workload.fragment().expect("fragment");
+        (workload, totals)
+    })
+}
+
+#[test_case]
+fn fragmenter_tasks_free_three_of_every_four_pages_of_each_block() {
+    let (workload, totals) = small_fragment_workload();
+    assert_eq!(totals.kept + totals.freed, 4096, "{totals:?}");
+    // The kernel's view: every page still mapped sits at a frame number that is a multiple of
+    // 4 (what frame_of told the task), and about a quarter stayed.
+    let mut present = 0;
+    for (space, start) in workload.data_regions().expect("regions") {
+        let space = space.lock();
+        for page in 0..2048 {
+            if let Some((pfn, _)) = space.translate(start + page * PAGE_SIZE) {
+                assert_eq!(pfn % 4, 0, "kept page at pfn {pfn:#x}");
+                present += 1;
+            }
+        }
+    }
+    assert_eq!(present, totals.kept);
+    assert!(
+        (800..=1300).contains(&totals.kept),
+        "{} of 4096 kept: not a quarter",
+        totals.kept
+    );
+    check_memory();
+    // Moved pages keep their contents: compaction moves them, the tasks find every signature.
+    let moved = kernel::mm::compaction::compact_all().migrated;
+    let verified = workload.verify().expect("every signature");
+    assert_eq!(verified.verified, totals.kept);
+    kernel::println!(
+        "kept {} of 4096 pages, compaction moved {moved}, all verified",
+        totals.kept
+    );
+    assert!(
+        moved > 0,
+        "compaction moved nothing: the check proved nothing"
+    );
+    check_memory();
+}
+
+#[test_case]
+fn fragmenter_verification_finds_a_page_that_changed() {
+    let (workload, totals) = small_fragment_workload();
+    // Change one word of one kept page behind the task's back: its check must see it.
+    let (space, start) = workload.data_regions().expect("regions").remove(0);
+    {
+        let mut space = space.lock();
+        let kept = (0..2048)
+            .map(|page| start + page * PAGE_SIZE)
+            .find(|&address| space.translate(address).is_some())
+            .expect("a kept page");
+        space.write_user(kept + 8 * 511, &[0xff; 8]).expect("write");
+    }
+    drop(space);
+    let problem = workload
+        .verify()
+        .expect_err("a changed page goes unnoticed");
+    assert!(
+        problem.contains("1 pages with a wrong signature"),
+        "{problem}"
+    );
+    assert!(problem.contains("Exited(103)"), "{problem}");
+    assert!(totals.kept > 0);
+    check_memory();
+}
+
 /// Pages held by user tasks and kernel stacks now, once finished tasks are gone.
 fn task_pages() -> (u64, u64) {
     settled_free_pages();

@@ -67,10 +67,17 @@ impl core::fmt::Display for BootMemoryError {
     }
 }
 
+/// RAM a guest of `-m N` does not get at the top of its low memory: QEMU's q35 keeps the last
+/// 128 KiB below the size asked for (reserved in the map, for its firmware tables).
+const FIRMWARE_TOP_RESERVE: u64 = 128 * 1024;
+
 /// The least RAM (in MiB) a guest needs when the image ends at `image_end`: everything below
-/// the image's end, a frame database for that much memory, and the running reserve.
+/// the image's end, a frame database for that much memory, the running reserve, and what the
+/// firmware keeps at the top (without it, a guest of the size suggested could come up to
+/// 128 KiB short and not boot).
 pub fn minimum_mib(image_end: u64) -> u64 {
-    let base = image_end.next_multiple_of(super::PAGE_SIZE) + RUNNING_RESERVE;
+    let base =
+        image_end.next_multiple_of(super::PAGE_SIZE) + RUNNING_RESERVE + FIRMWARE_TOP_RESERVE;
     // One 32-byte record per 4 KiB frame: 1/128 of memory.
     (base + base.div_ceil(128)).div_ceil(MIB)
 }

@@ -695,6 +695,175 @@ user_program_trap_syscall_start:
     exit_with 0
     .global user_program_trap_syscall_end
 user_program_trap_syscall_end:
+    // frame_probe(address): exits with what frame_of(address) returned (a frame number, 0 for
+    // nothing mapped there yet, or a negative error number).
+    .global user_program_frame_probe_start
+user_program_frame_probe_start:
+    sys 12
+    mov rdi, rax
+    sys 0
+    .global user_program_frame_probe_end
+user_program_frame_probe_end:
+
+    // fragmenter(control): the task of the fragmenting workload (scenario=fragment,
+    // bench=fragmentation; kernel::fragment drives it). `control` is a block of words in the
+    // task's own memory that the kernel reads and writes: [0] command (1 fill, 2 fragment,
+    // 3 verify, 4 exit), [1] pages, [2] seed, [3] the last phase done (1, 2, 3), [4] pages kept,
+    // [5] pages freed, [6] pages verified, [7] pages whose signature was wrong, [8] the data
+    // region's address. It waits (10 ms sleeps) for each command. Fill: maps `pages` pages and
+    // signs each (first word: address ^ seed; last word: its complement). Fragment: asks the
+    // frame of every page (frame_of, a diagnostic: the task needs the capability) and drops
+    // with madvise(DONTNEED) the pages whose frame number is not a multiple of 4, in runs: 3 of
+    // every 4 pages of each 2 MiB block the task filled. Verify: every page still mapped must
+    // carry its signature, and as many as it kept. Exit (after the kernel read the figures):
+    // 0 if all was well; 100 mmap failed, 101 frame_of
+    // failed (or a filled page had no frame), 102 madvise failed, 103 a signature was wrong or
+    // a kept page went missing.
+    .global user_program_fragmenter_start
+user_program_fragmenter_start:
+    mov r15, rdi
+.Lfg_wait_fill:
+    cmp qword ptr [r15], 1
+    jae .Lfg_fill
+    mov edi, 10000000
+    sys 6
+    jmp .Lfg_wait_fill
+.Lfg_fill:
+    mov r12, [r15 + 8]
+    mov r13, [r15 + 16]
+    mov rdi, r12
+    shl rdi, 12
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lfg_fail_mmap
+    mov r14, rax
+    mov [r15 + 64], r14
+    mov rbp, r12
+    shl rbp, 12
+    add rbp, r14
+    mov rbx, r14
+.Lfg_fill_loop:
+    mov rax, rbx
+    xor rax, r13
+    mov [rbx], rax
+    not rax
+    mov [rbx + 4088], rax
+    add rbx, 4096
+    cmp rbx, rbp
+    jb .Lfg_fill_loop
+    mov qword ptr [r15 + 24], 1
+.Lfg_wait_fragment:
+    cmp qword ptr [r15], 2
+    jae .Lfg_fragment
+    mov edi, 10000000
+    sys 6
+    jmp .Lfg_wait_fragment
+.Lfg_fragment:
+    // r8: start of the run of pages to drop (0: none), r9: kept, r10: bytes dropped.
+    xor r8d, r8d
+    xor r9d, r9d
+    xor r10d, r10d
+    mov rbx, r14
+.Lfg_fragment_loop:
+    mov rdi, rbx
+    sys 12
+    test rax, rax
+    jle .Lfg_fail_frame
+    test al, 3
+    jz .Lfg_keep
+    test r8, r8
+    jnz .Lfg_next
+    mov r8, rbx
+    jmp .Lfg_next
+.Lfg_keep:
+    inc r9
+    test r8, r8
+    jz .Lfg_next
+    mov rdi, r8
+    mov rsi, rbx
+    sub rsi, r8
+    add r10, rsi
+    mov edx, 4
+    sys 4
+    test rax, rax
+    jnz .Lfg_fail_madvise
+    xor r8d, r8d
+.Lfg_next:
+    add rbx, 4096
+    cmp rbx, rbp
+    jb .Lfg_fragment_loop
+    test r8, r8
+    jz .Lfg_fragmented
+    mov rdi, r8
+    mov rsi, rbp
+    sub rsi, r8
+    add r10, rsi
+    mov edx, 4
+    sys 4
+    test rax, rax
+    jnz .Lfg_fail_madvise
+.Lfg_fragmented:
+    shr r10, 12
+    mov [r15 + 32], r9
+    mov [r15 + 40], r10
+    mov qword ptr [r15 + 24], 2
+.Lfg_wait_verify:
+    cmp qword ptr [r15], 3
+    jae .Lfg_verify
+    mov edi, 10000000
+    sys 6
+    jmp .Lfg_wait_verify
+.Lfg_verify:
+    // r9: pages verified, r10: pages with a wrong signature.
+    xor r9d, r9d
+    xor r10d, r10d
+    mov rbx, r14
+.Lfg_verify_loop:
+    mov rdi, rbx
+    sys 12
+    test rax, rax
+    js .Lfg_fail_frame
+    jz .Lfg_verify_next
+    inc r9
+    mov rax, rbx
+    xor rax, r13
+    cmp [rbx], rax
+    jne .Lfg_bad
+    not rax
+    cmp [rbx + 4088], rax
+    je .Lfg_verify_next
+.Lfg_bad:
+    inc r10
+.Lfg_verify_next:
+    add rbx, 4096
+    cmp rbx, rbp
+    jb .Lfg_verify_loop
+    mov [r15 + 48], r9
+    mov [r15 + 56], r10
+    mov qword ptr [r15 + 24], 3
+.Lfg_wait_exit:
+    cmp qword ptr [r15], 4
+    jae .Lfg_exit
+    mov edi, 10000000
+    sys 6
+    jmp .Lfg_wait_exit
+.Lfg_exit:
+    test r10, r10
+    jnz .Lfg_fail_signature
+    cmp r9, [r15 + 32]
+    jne .Lfg_fail_signature
+    exit_with 0
+.Lfg_fail_mmap:
+    exit_with 100
+.Lfg_fail_frame:
+    exit_with 101
+.Lfg_fail_madvise:
+    exit_with 102
+.Lfg_fail_signature:
+    exit_with 103
+    .global user_program_fragmenter_end
+user_program_fragmenter_end:
     .popsection
     "#
 );
@@ -765,4 +934,9 @@ programs! {
     odd_stack: user_program_odd_stack_start .. user_program_odd_stack_end;
     /// SYSCALL with the single-step trap due.
     trap_syscall: user_program_trap_syscall_start .. user_program_trap_syscall_end;
+    /// Exits with frame_of(`rdi`) (a diagnostic: needs the capability).
+    frame_probe: user_program_frame_probe_start .. user_program_frame_probe_end;
+    /// The fragmenting workload's task: fills, frees 3 of every 4 pages of each 2 MiB block,
+    /// verifies, each on the kernel's command through the control block at `rdi`.
+    fragmenter: user_program_fragmenter_start .. user_program_fragmenter_end;
 }
