@@ -51,6 +51,9 @@ pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), MigrateError> {
     if target.order != 0 {
         return Err(MigrateError::BadTarget);
     }
+    if let Some(mapping) = rmap::single_mapping(pfn) {
+        return migrate_single(pfn, target, mapping);
+    }
     let mut mappings = rmap::mappings(pfn);
     if mappings.is_empty() {
         return Err(MigrateError::Unmapped);
@@ -93,15 +96,7 @@ pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), MigrateError> {
                 return Err(MigrateError::Changed);
             }
         }
-        // SAFETY: `pfn` is a user page every mapping of which is locked (nobody can write it
-        // while we copy), `target` is a page we own; both are direct-mapped RAM of 4 KiB.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                super::phys_to_virt(pfn * PAGE_SIZE) as *const u8,
-                target.virt() as *mut u8,
-                PAGE_SIZE as usize,
-            )
-        };
+        copy_page(pfn, target);
         for &Mapping { space, address } in &mappings {
             let guard = guards
                 .iter_mut()
@@ -122,6 +117,45 @@ pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), MigrateError> {
         drop(guard);
     }
     outcome
+}
+
+/// The common case, a page mapped once: the same steps with one space and nothing allocated.
+fn migrate_single(pfn: u64, target: Pages, mapping: Mapping) -> Result<(), MigrateError> {
+    let shared = space::find_space(mapping.space).ok_or(MigrateError::Changed)?;
+    let mut guard = shared.lock();
+    if rmap::single_mapping(pfn) != Some(mapping) {
+        return Err(MigrateError::Changed);
+    }
+    let record = page_alloc::zone_of(pfn)
+        .ok_or(MigrateError::Changed)?
+        .frame(pfn);
+    if record.extra_references(1) != 0 {
+        return Err(MigrateError::Pinned);
+    }
+    if guard.translate(mapping.address).map(|(at, _)| at) != Some(pfn) {
+        return Err(MigrateError::Changed);
+    }
+    copy_page(pfn, target);
+    if !guard.replace_page(mapping.address, pfn, target.pfn) {
+        return Err(MigrateError::Changed);
+    }
+    page_alloc::set_owner(target, record.owner());
+    rmap::move_mappings(pfn, target.pfn);
+    drop(guard);
+    Ok(())
+}
+
+/// Copies the page `pfn` into `target`.
+fn copy_page(pfn: u64, target: Pages) {
+    // SAFETY: the caller holds the lock of every space mapping `pfn` (nobody can write it
+    // while we copy) and owns `target`; both are direct-mapped RAM of 4 KiB.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            super::phys_to_virt(pfn * PAGE_SIZE) as *const u8,
+            target.virt() as *mut u8,
+            PAGE_SIZE as usize,
+        )
+    };
 }
 
 /// Step 1 for a page found by scanning: takes a reference and marks it as being moved. False

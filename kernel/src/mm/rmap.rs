@@ -172,6 +172,13 @@ pub fn mappings(pfn: u64) -> Vec<Mapping> {
     }
 }
 
+/// The one mapping of `pfn` if it has exactly one (no allocation: migration's common case).
+pub fn single_mapping(pfn: u64) -> Option<Mapping> {
+    let record = frame(pfn);
+    let _shared = SHARED.lock();
+    (record.mapcount.load(Relaxed) == 1).then(|| unpack(record.rmap.load(Relaxed)))
+}
+
 /// How many mappings `pfn` has.
 pub fn map_count(pfn: u64) -> u32 {
     frame(pfn).mapcount.load(Relaxed)
