@@ -36,6 +36,7 @@ pub fn run(name: &str) -> Option<crate::ExitCode> {
     match name {
         "alloc" => alloc_benchmark(),
         "reporting" => reporting_benchmark(),
+        "compaction_overhead" => compaction_overhead_benchmark(),
         "fragmentation" => {
             if let Err(problem) = fragmentation_benchmark() {
                 log::error!("bench=fragmentation failed: {problem}");
@@ -261,6 +262,49 @@ fn reporting_benchmark() {
             (
                 "reports_total",
                 (reporting::stats().reports - reports_before) as f64,
+            ),
+            ("runs", RUNS as f64),
+        ],
+    );
+}
+
+/// The allocator's mixed sequence with the proactive compaction task at its default and off,
+/// alternating in one boot: the task must not tax an allocator that is not fragmenting.
+fn compaction_overhead_benchmark() {
+    use crate::mm::compaction;
+    use crate::tunables::COMPACTION_PROACTIVENESS;
+    let set = |value: u64| {
+        let _ = COMPACTION_PROACTIVENESS.set(value);
+    };
+    let mut ours = Ours;
+    let mut held = Vec::with_capacity(4096);
+    const MIXED: u64 = 200_000;
+    let mut on_ticks = [0u64; RUNS];
+    let mut off_ticks = [0u64; RUNS];
+    let mut on_cpu_ns = 0;
+    let wakes_before = compaction::stats().compact_daemon_wake;
+    mixed(&mut ours, &mut held, MIXED, 0x7171);
+    for run in 0..RUNS {
+        set(COMPACTION_PROACTIVENESS.default);
+        let cpu = compaction::daemon_cpu_ns();
+        on_ticks[run] = mixed(&mut ours, &mut held, MIXED, 0x7171 + run as u64);
+        on_cpu_ns += compaction::daemon_cpu_ns() - cpu;
+        set(0);
+        off_ticks[run] = mixed(&mut ours, &mut held, MIXED, 0x7171 + run as u64);
+    }
+    set(COMPACTION_PROACTIVENESS.default);
+    let on_ns = time::tsc_delta_to_ns(median(&mut on_ticks)) as f64 / MIXED as f64;
+    let off_ns = time::tsc_delta_to_ns(median(&mut off_ticks)) as f64 / MIXED as f64;
+    report(
+        "alloc_mixed_with_proactive_compaction",
+        &[
+            ("ns_per_op", on_ns),
+            ("compaction_off_ns_per_op", off_ns),
+            ("ratio", off_ns / on_ns),
+            ("kcompactd_cpu_ns", on_cpu_ns as f64),
+            (
+                "daemon_wakes",
+                (compaction::stats().compact_daemon_wake - wakes_before) as f64,
             ),
             ("runs", RUNS as f64),
         ],

@@ -378,6 +378,7 @@ fn fragment() -> Result<(), alloc::string::String> {
         Ok::<_, alloc::string::String>((workload, totals))
     })?;
     let freed_at = Instant::now();
+    let daemon_cpu_before = compaction::daemon_cpu_ns();
     let idle = Duration::from_millis(tunables::SCENARIO_FRAGMENT_IDLE_MS.get());
     let reports_before = reporting::stats().pages_reported;
     let (low, _) = compaction::score_marks();
@@ -401,6 +402,16 @@ fn fragment() -> Result<(), alloc::string::String> {
                     ("stranded_mib", compaction::stranded_pages() / 256),
                     ("ms", freed_at.elapsed().as_millis() as u64),
                     ("pgmigrate_success", stats.pgmigrate_success),
+                    // The background task's CPU time over the time it took, in per mille.
+                    (
+                        "kcompactd_cpu_ms",
+                        (compaction::daemon_cpu_ns() - daemon_cpu_before) / 1_000_000,
+                    ),
+                    (
+                        "kcompactd_cpu_permille",
+                        (compaction::daemon_cpu_ns() - daemon_cpu_before) * 1000
+                            / (freed_at.elapsed().as_nanos() as u64).max(1),
+                    ),
                 ],
             );
         }

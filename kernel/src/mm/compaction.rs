@@ -591,9 +591,23 @@ pub fn start() {
     if STARTED.swap(true, Relaxed) {
         return;
     }
-    if let Err(error) = task::spawn("kcompactd", daemon) {
-        log::error!("compaction: the background task did not start: {error:?}");
-        STARTED.store(false, Relaxed);
+    match task::spawn("kcompactd", daemon) {
+        Ok(handle) => DAEMON_THREAD.store(handle.id().as_u64() + 1, Relaxed),
+        Err(error) => {
+            log::error!("compaction: the background task did not start: {error:?}");
+            STARTED.store(false, Relaxed);
+        }
+    }
+}
+
+/// The background task's thread id + 1 (0: not started).
+static DAEMON_THREAD: AtomicU64 = AtomicU64::new(0);
+
+/// CPU time the background task has used since boot (ns).
+pub fn daemon_cpu_ns() -> u64 {
+    match DAEMON_THREAD.load(Relaxed) {
+        0 => 0,
+        id => task::scheduler::cpu_time_ns(task::ThreadId::from_u64(id - 1)).unwrap_or(0),
     }
 }
 

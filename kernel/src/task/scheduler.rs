@@ -40,6 +40,10 @@ impl ThreadId {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+    /// The id whose [`ThreadId::as_u64`] is `id` (for code that stores ids in atomics).
+    pub fn from_u64(id: u64) -> ThreadId {
+        ThreadId(id)
+    }
 }
 
 /// A thread's name, stored inline so that reading it never allocates (the panic path and the
@@ -134,6 +138,8 @@ struct Thread {
     address_space: Option<u64>,
     /// Its ring-3 entry stack (TSS.RSP0), part of its context while it runs a task.
     kernel_entry_stack: u64,
+    /// CPU time used, up to its last switch out (ns).
+    run_ns: u64,
 }
 
 /// Counters of the scheduler since boot.
@@ -308,6 +314,7 @@ fn new_thread(name: &str, stack: Option<KernelStack>, saved_rsp: u64, state: Sta
         wait_ticket: 0,
         address_space: None,
         kernel_entry_stack: 0,
+        run_ns: 0,
     })
 }
 
@@ -419,7 +426,10 @@ fn switch_away(mut guard: Guard, new_state: State) {
     scheduler.thread(next).state = State::Running;
     scheduler.handoff = Some(current);
     scheduler.current = next;
-    scheduler.slice_start_ns = crate::time::uptime_ns().unwrap_or(0);
+    let now = crate::time::uptime_ns().unwrap_or(0);
+    let ran = now.saturating_sub(scheduler.slice_start_ns);
+    scheduler.thread(current).run_ns += ran;
+    scheduler.slice_start_ns = now;
     scheduler.stats.context_switches += 1;
     scheduler.arm_timer();
     scheduler.thread(current).kernel_entry_stack = arch::gdt::kernel_entry_stack();
@@ -759,6 +769,22 @@ pub fn current_name() -> Option<ThreadName> {
     let scheduler = guard.as_mut()?;
     let current = scheduler.current;
     scheduler.get(current).map(|thread| thread.name)
+}
+
+/// CPU time thread `id` has used (ns), the running slice included; `None` once it is gone.
+pub fn cpu_time_ns(id: ThreadId) -> Option<u64> {
+    with_scheduler(|scheduler| {
+        let running = scheduler.current == id;
+        let since = scheduler.slice_start_ns;
+        let thread = scheduler.get(id)?;
+        let mut total = thread.run_ns;
+        if running {
+            total += crate::time::uptime_ns()
+                .unwrap_or(since)
+                .saturating_sub(since);
+        }
+        Some(total)
+    })
 }
 
 pub fn stats() -> SchedulerStats {
