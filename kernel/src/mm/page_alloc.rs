@@ -407,7 +407,16 @@ fn alloc_order0_cached(zone: &'static Zone, request: &AllocRequest) -> Option<u6
         return None;
     }
     list.len -= 1;
-    Some(list.pfns[list.len])
+    let pfn = list.pfns[list.len];
+    // Labelled before the lock goes: no checker ever sees it cached yet in no cache.
+    label_allocated(zone.frame(pfn), request);
+    Some(pfn)
+}
+
+/// Makes a block just taken off a list (under its list's lock) the head of an allocated block.
+fn label_allocated(head: &frame::Frame, request: &AllocRequest) {
+    head.make_head(FrameState::Allocated, request.order, request.owner as u8);
+    head.refcount.store(1, Relaxed);
 }
 
 /// Returns an order-0 page to the per-CPU cache; drains a batch to the zone when it is full.
@@ -494,6 +503,7 @@ fn alloc_from_zone(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
         return None;
     }
     let index = area.allocate(request.order, request.kind)?;
+    label_allocated(area.frame(index), request);
     Some(area.pfn(index))
 }
 
@@ -540,13 +550,10 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
             None
         }
     });
-    let Some((zone, pfn)) = found else {
+    let Some((_, pfn)) = found else {
         ALLOC_FAILURES.fetch_add(1, Relaxed);
         return None;
     };
-    let head = zone.frame(pfn);
-    head.make_head(FrameState::Allocated, request.order, request.owner as u8);
-    head.refcount.store(1, Relaxed);
     let pages = Pages {
         pfn,
         order: request.order,
