@@ -9,6 +9,8 @@
 //! - `balloon`: follow the host's balloon through three targets and check deflate-on-OOM
 //!   (events `ready`, `inflated`, `stats`, `deflated`, `inflated_max`, `oom`, `done`).
 //! - `no_device`: run without a balloon device and show everything else works.
+//! - `soak`: ring-3 tasks churn memory while the host moves the balloon; checkers after every
+//!   phase and a final accounting of every page (see [`soak`]).
 //!
 //! Owns nothing: it uses the public interfaces of the allocator, the balloon and the tasks.
 
@@ -23,7 +25,9 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::time::Duration;
 
-pub const NAMES: &[&str] = &["reclaim", "balloon", "no_device"];
+mod soak;
+
+pub const NAMES: &[&str] = &["reclaim", "balloon", "no_device", "soak"];
 
 /// Runs the scenario `name`; `None` if there is no such scenario.
 pub fn run(name: &str) -> Option<ExitCode> {
@@ -31,6 +35,7 @@ pub fn run(name: &str) -> Option<ExitCode> {
         "reclaim" => reclaim(),
         "balloon" => follow_balloon(),
         "no_device" => no_device(),
+        "soak" => soak::run(),
         _ => return None,
     };
     Some(match outcome {

@@ -1,5 +1,5 @@
 //! The guest side of the host-observed checks: runs the scenario named on the command line
-//! (`scenario=reclaim|balloon|no_device`, see `kernel::scenarios`). `cargo test` does not boot it
+//! (`scenario=reclaim|balloon|no_device|soak`, see `kernel::scenarios`). `cargo test` does not boot it
 //! directly: run-qemu.sh hands it to `tests/host/host_checks.py`, which boots it for each check
 //! and asserts on what the host sees.
 #![no_std]
