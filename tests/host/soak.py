@@ -34,7 +34,15 @@ class BalloonMover(threading.Thread):
         self.ram = ram
         self.reserve = reserve_bytes
         self.rng = random.Random(seed)
+        # Asked to stop; the moves in progress are cut short only once every kind has been
+        # done (`cut`), so that a short soak still tries them all.
         self.stopping = threading.Event()
+        self.cut = threading.Event()
+        self.kinds = ["meet", "zero", "over", "burst"]
+        # Every kind once first (in a seeded order), then at random.
+        self.first = self.kinds[:]
+        self.rng.shuffle(self.first)
+        self.first_left = len(self.first)
         self.moves = []  # dicts: kind, value, reach_s or kept
         self.problems = []
         self.changes = 0
@@ -61,7 +69,7 @@ class BalloonMover(threading.Thread):
                 self.moves.append({"kind": kind, "value": value,
                                    "reach_s": time.monotonic() - asked})
                 return
-            if self.stopping.is_set():
+            if self.cut.is_set():
                 return
             if time.monotonic() - asked > REACH_LIMIT_S:
                 self.problems.append(
@@ -72,7 +80,7 @@ class BalloonMover(threading.Thread):
             time.sleep(0.05)
 
     def hold(self, low, high):
-        self.stopping.wait(self.rng.uniform(low, high))
+        self.cut.wait(self.rng.uniform(low, high))
 
     def over(self):
         # More than the guest can spare: it stops at its reserve (and says so).
@@ -97,31 +105,37 @@ class BalloonMover(threading.Thread):
         self.wait_reached("burst", value)
 
     def run(self):
-        kinds = ["meet", "zero", "over", "burst"]
-        # Every kind once early on (in a seeded order), then at random.
-        first = kinds[:]
-        self.rng.shuffle(first)
         try:
-            while not self.stopping.is_set():
-                kind = first.pop(0) if first else self.rng.choices(
-                    kinds, weights=[40, 15, 20, 25])[0]
+            while self.first or not self.stopping.is_set():
+                if self.first:
+                    kind = self.first.pop(0)
+                else:
+                    kind = self.rng.choices(self.kinds, weights=[40, 15, 20, 25])[0]
                 if kind == "over":
                     self.over()
-                    continue
-                if kind == "burst":
+                elif kind == "burst":
                     self.burst()
                 else:
                     value = self.ram if kind == "zero" else self.meetable_value()
                     self.set_target(value)
                     self.wait_reached(kind, value)
-                self.hold(0.2, 1.5)
+                if self.first_left > 0:
+                    self.first_left -= 1
+                if kind != "over":
+                    self.hold(0.2, 1.5)
         except Exception as error:  # QMP gone: the guest died; the main thread says why
-            if not self.stopping.is_set():
+            if not self.cut.is_set():
                 self.problems.append(f"balloon mover stopped: {error!r}")
 
-    def stop(self):
+    def stop(self, abort=False):
         self.stopping.set()
-        self.join(timeout=REACH_LIMIT_S + 10)
+        if abort:
+            self.cut.set()
+        deadline = time.monotonic() + 4 * (REACH_LIMIT_S + 5)
+        while self.is_alive() and time.monotonic() < deadline:
+            if self.first_left == 0:
+                self.cut.set()
+            self.join(timeout=0.05)
 
 
 def failed(guest, message):
@@ -168,7 +182,7 @@ def soak_run(kernel, seconds, seed, env=None):
         status = guest.wait_exit(timeout=120)
     finally:
         if mover is not None and mover.is_alive():
-            mover.stop()
+            mover.stop(abort=True)
         if guest.proc.poll() is None:
             guest.kill()
     elapsed = time.monotonic() - started
