@@ -28,7 +28,7 @@
 use super::event;
 use crate::drivers::balloon;
 use crate::mm::checker::{self, FrameCensus};
-use crate::mm::frame::Owner;
+use crate::mm::frame::{FrameState, Owner};
 use crate::mm::space::{self, LIVE_SPACES};
 use crate::mm::{heap, page_alloc, reporting};
 use crate::time::Instant;
@@ -568,9 +568,10 @@ fn compare(start: &Accounting, end: &Accounting, tasks: u64) -> Result<(), Strin
     for owner in [Owner::Stack, Owner::Kernel, Owner::Device] {
         if end.owner(owner) != start.owner(owner) {
             problems.push(format!(
-                "{owner:?} pages {} at the end, {} at the start",
+                "{owner:?} pages {} at the end, {} at the start ({})",
                 end.owner(owner),
-                start.owner(owner)
+                start.owner(owner),
+                allocated_heads(owner)
             ));
         }
     }
@@ -627,6 +628,38 @@ fn compare(start: &Accounting, end: &Accounting, tasks: u64) -> Result<(), Strin
         Ok(())
     } else {
         Err(format!("final accounting: {}", problems.join("; ")))
+    }
+}
+
+/// The first allocated blocks labelled `owner`, with their records, for a report (no lock:
+/// nothing changes them once the soak has settled).
+fn allocated_heads(owner: Owner) -> String {
+    const SHOWN: usize = 8;
+    let mut found: Vec<String> = Vec::new();
+    for zone in page_alloc::all_zones() {
+        for (index, frame) in zone.frames().iter().enumerate() {
+            if frame.state() != FrameState::Allocated || frame.owner() != owner {
+                continue;
+            }
+            if found.len() < SHOWN {
+                let pfn = zone.start_pfn + index as u64;
+                found.push(format!(
+                    "pfn {pfn:#x} order {} refcount {} mapcount {} rmap {:#x} flags {:?} \
+                     pageblock {:?}",
+                    frame.order(),
+                    frame.refcount.load(Relaxed),
+                    frame.mapcount.load(Relaxed),
+                    frame.rmap.load(Relaxed),
+                    frame.flags(),
+                    zone.pageblock_type(pfn)
+                ));
+            }
+        }
+    }
+    if found.is_empty() {
+        "none found".into()
+    } else {
+        found.join(", ")
     }
 }
 
