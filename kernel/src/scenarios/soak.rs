@@ -94,6 +94,8 @@ struct Totals {
     checker_runs: u64,
     /// Findings of the checker while tasks ran that were gone when it looked again.
     checker_transient: u64,
+    /// Kernel and device pages at the start: no phase may change them.
+    fixed_pages: [u64; 2],
     rmap_runs: u64,
     rmap_skipped: u64,
 }
@@ -129,6 +131,7 @@ pub fn run() -> Result<(), String> {
     let max_region = (managed / (tasks * 8 * 32)).clamp(4, MAX_REGION_PAGES);
     let mut totals = Totals::default();
     let start = settle(&mut totals)?;
+    totals.fixed_pages = [start.owner(Owner::Kernel), start.owner(Owner::Device)];
     let balloon_before = balloon::stats();
     let reporting_before = reporting::stats();
     let tasks_before = user::stats();
@@ -446,7 +449,8 @@ fn check(what: &str, totals: &mut Totals) -> Result<FrameCensus, String> {
 }
 
 /// After a phase: the frame-state checker and the reverse-map checker (not skipped: no space
-/// is being torn down once every task is gone), and no user page or space left.
+/// is being torn down once every task is gone), no user page or space left, and the kernel's
+/// and devices' pages as they were at the start.
 fn check_after_phase(number: u64, totals: &mut Totals) -> Result<FrameCensus, String> {
     let started = Instant::now();
     loop {
@@ -464,6 +468,19 @@ fn check_after_phase(number: u64, totals: &mut Totals) -> Result<FrameCensus, St
             continue;
         };
         totals.rmap_runs += 1;
+        for (owner, at_start) in [Owner::Kernel, Owner::Device]
+            .into_iter()
+            .zip(totals.fixed_pages)
+        {
+            let now = census.allocated_by_owner[owner as usize];
+            if now != at_start {
+                return Err(format!(
+                    "phase {number}: {now} {owner:?} pages after the phase, {at_start} at the \
+                     start ({})",
+                    allocated_heads(owner)
+                ));
+            }
+        }
         let user_pages = census.allocated_by_owner[Owner::UserAnon as usize];
         let spaces = LIVE_SPACES.load(Relaxed);
         if user_pages != 0 || mapped != 0 || spaces != 0 {
