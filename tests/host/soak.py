@@ -253,7 +253,9 @@ def describe(run):
         f"{summary['balloon_oom_deflated_pages'] * 4 // 1024} MiB deflated on OOM; targets "
         f"reached in {max(reached) if reached else 0:.2f} s at most",
         f"reporting: {summary['reports']} reports, {summary['pages_reported'] * 4 // 1024} MiB",
-        f"heartbeats: {run['heartbeats']}, longest gap {run['max_heartbeat_gap_s'] or 0:.2f} s",
+        f"heartbeats: {run['heartbeats']}, longest gap {run['max_heartbeat_gap_s'] or 0:.2f} s; "
+        f"at most {summary['peak_threads']} kernel threads and "
+        f"{summary['peak_heap_grown_bytes'] // 1024} KiB of grown heap at once (sampled)",
         f"accounting: free {accounting['start_free']} -> {accounting['end_free']} pages, "
         f"balloon {accounting['start_balloon']} -> {accounting['end_balloon']}, page tables "
         f"{accounting['start_page_tables']} -> {accounting['end_page_tables']}, heap "

@@ -3,7 +3,7 @@
 //!
 //! Phases follow one another until the time is up. A phase starts 1..=`soak.tasks` tasks of the
 //! `churn` program (seeded from `soak.seed`: region sizes, rounds, clone depth; one phase in 8
-//! has a big task whose regions reach 1/32 of memory), each of which
+//! has a big task whose regions reach 1/64 of memory), each of which
 //! maps, writes, verifies, unmaps, clones (copy-on-write) and waits in ring 3; meanwhile the
 //! soak runs the frame-state checker (which proves the reverse map too) at random moments and
 //! may kill one of the tasks. A phase ends when its tasks and all their children are gone;
@@ -48,8 +48,6 @@ const PHASE_LIMIT: Duration = Duration::from_secs(120);
 const DEFLATE_LIMIT: Duration = Duration::from_secs(120);
 /// Largest region a task maps, in pages.
 const MAX_REGION_PAGES: u64 = 256;
-/// Most tasks one root task's family can hold at once (depth 2, 6 children each).
-const FAMILY_TASKS: u64 = 1 + 6 + 36;
 /// Heap bytes in use that may stay after the soak: containers keep their capacity (the
 /// balloon's list of blocks up to 16 bytes a page, twice over while it grows), plus this.
 const HEAP_SLACK_BYTES: u64 = 64 * 1024;
@@ -60,6 +58,18 @@ static STOP_HEARTBEAT: AtomicBool = AtomicBool::new(false);
 static PHASE: AtomicU64 = AtomicU64::new(0);
 /// The most pages the balloon held at once during the soak (sampled).
 static PEAK_BALLOON: AtomicU64 = AtomicU64::new(0);
+/// The most kernel threads alive at once during the soak (sampled): each has a stack slot.
+static PEAK_THREADS: AtomicU64 = AtomicU64::new(0);
+
+/// The most bytes of grown heap mapped at once during the soak (sampled): the kernel page
+/// tables that mapped them stay.
+static PEAK_HEAP_GROWN: AtomicU64 = AtomicU64::new(0);
+
+/// Samples what kernel page tables follow: threads (stack slots) and the grown heap.
+fn sample_threads() {
+    PEAK_THREADS.fetch_max(task::scheduler::stats().live_threads as u64, Relaxed);
+    PEAK_HEAP_GROWN.fetch_max(heap::stats().grown as u64, Relaxed);
+}
 
 /// xorshift64*: the soak's choices, reproducible from `soak.seed`.
 struct Rng(u64);
@@ -195,7 +205,7 @@ pub fn run() -> Result<(), String> {
     totals.tasks = tasks_after.started - tasks_before.started;
     totals.clones = totals.tasks - totals.roots;
     totals.pages_churned = space::minor_faults_total() - faults_before;
-    let verdict = compare(&start, &end, totals.tasks).and_then(|()| {
+    let verdict = compare(&start, &end).and_then(|()| {
         if quiet_ok {
             Ok(())
         } else {
@@ -226,6 +236,8 @@ pub fn run() -> Result<(), String> {
             ("checker_transient", totals.checker_transient),
             ("rmap_runs", totals.rmap_runs),
             ("rmap_skipped", totals.rmap_skipped),
+            ("peak_threads", PEAK_THREADS.load(Relaxed)),
+            ("peak_heap_grown_bytes", PEAK_HEAP_GROWN.load(Relaxed)),
             (
                 "balloon_target_changes",
                 balloon_after.config_interrupts - balloon_before.config_interrupts,
@@ -276,6 +288,7 @@ fn heartbeat() {
     while !STOP_HEARTBEAT.load(Relaxed) {
         let balloon = balloon::stats();
         PEAK_BALLOON.fetch_max(balloon.actual_pages, Relaxed);
+        sample_threads();
         let tasks = user::stats();
         event(
             "heartbeat",
@@ -302,12 +315,12 @@ fn phase(rng: &mut Rng, tasks: u64, max_region: u64, totals: &mut Totals) -> Res
     let faults_before = space::minor_faults_total();
     let roots = 1 + rng.below(tasks);
     let mut running: Vec<TaskHandle> = Vec::new();
-    // One phase in 8 has a big task: regions of up to 1/32 of memory, so that with its clones
+    // One phase in 8 has a big task: regions of up to 1/64 of memory, so that with its clones
     // and a large balloon memory runs short (deflate-on-OOM, the OOM killer).
     let big = rng.below(8) == 0;
     for root in 0..roots {
         let most = if big && root == 0 {
-            (page_alloc::managed_pages() / 32).clamp(max_region, 0xffff)
+            (page_alloc::managed_pages() / 64).clamp(max_region, 0xffff)
         } else {
             max_region
         };
@@ -328,6 +341,7 @@ fn phase(rng: &mut Rng, tasks: u64, max_region: u64, totals: &mut Totals) -> Res
         }
     }
     totals.roots += running.len() as u64;
+    sample_threads();
     let started = Instant::now();
     let mut killed = false;
     while !running.is_empty() {
@@ -338,6 +352,7 @@ fn phase(rng: &mut Rng, tasks: u64, max_region: u64, totals: &mut Totals) -> Res
                 PHASE_LIMIT.as_secs()
             ));
         }
+        sample_threads();
         task::sleep(Duration::from_millis(10 + rng.below(100)));
         match rng.below(8) {
             0 | 1 => {
@@ -592,7 +607,7 @@ fn compare_quiet(before: &Accounting, after: &Accounting) -> Result<(), String> 
 }
 
 /// The final accounting: everything the tasks and the balloon held is back.
-fn compare(start: &Accounting, end: &Accounting, tasks: u64) -> Result<(), String> {
+fn compare(start: &Accounting, end: &Accounting) -> Result<(), String> {
     let mut problems: Vec<String> = Vec::new();
     for owner in [Owner::UserAnon, Owner::KsmShared, Owner::Balloon] {
         if end.owner(owner) != 0 {
@@ -609,17 +624,21 @@ fn compare(start: &Accounting, end: &Accounting, tasks: u64) -> Result<(), Strin
             ));
         }
     }
-    // Kernel page tables for new stack slots (one per 32, kept for reuse) and for the heap's
-    // growth may stay; the heap keeps chunks it may use again.
-    let most_stack_slots = tasks.min(FAMILY_TASKS * tunables::SOAK_TASKS.get()) + 16;
-    let table_slack = most_stack_slots / 32 + 8;
+    // Kernel page tables stay once made: for stack slots (one per 32 slots, kept for reuse)
+    // and for the grown heap's range (one per 2 MiB), up to the most threads and the largest
+    // heap at once (sampled, so twice that). A leak per task shows in the last phase, which
+    // must leave the page tables exactly as they were.
+    let heap = end.owner(Owner::Heap) as i64 - start.owner(Owner::Heap) as i64;
+    let (threads, heap_bytes) = (PEAK_THREADS.load(Relaxed), PEAK_HEAP_GROWN.load(Relaxed));
+    let table_slack = 2 * (threads / 32 + heap_bytes / (2 << 20)) + 8;
     let tables = end.owner(Owner::PageTable) as i64 - start.owner(Owner::PageTable) as i64;
     if tables < 0 || tables as u64 > table_slack {
         problems.push(format!(
-            "page-table pages changed by {tables} (at most {table_slack} new ones expected)"
+            "page-table pages changed by {tables} (at most {table_slack} new ones expected: \
+             {threads} threads alive at once, at most {} KiB of grown heap)",
+            heap_bytes / 1024
         ));
     }
-    let heap = end.owner(Owner::Heap) as i64 - start.owner(Owner::Heap) as i64;
     // Every page no longer free is one of those.
     let lost = start.free() as i64 - end.free() as i64;
     if lost != tables + heap {
