@@ -204,6 +204,7 @@ def soak_run(kernel, seconds, seed, env=None):
         "done": done,
         "lines": guest.lines,
         "console": save_console(guest),
+        "phases": [event for event in guest.event_log if event["name"] == "phase"],
     }
     return result
 
@@ -266,6 +267,16 @@ def describe(run):
         f"{accounting['live_tasks']}: {'ok' if accounting['ok'] else 'WRONG'}",
         f"{run['elapsed_s']:.0f} s in all; the console is in {run['console']}",
     ]
+    grew = []
+    for before, after in zip(run["phases"], run["phases"][1:]):
+        tables = after["page_tables"] - before["page_tables"]
+        if tables > 0:
+            heap = after["heap_pages"] - before["heap_pages"]
+            grew.append(f"phase {after['phase']} +{tables} (heap {heap:+} pages, "
+                        f"{'a big task, ' if after['big'] else ''}{after['oom_kills']} OOM "
+                        f"kills, {after['ms'] / 1000:.1f} s)")
+    if grew:
+        lines.append("page tables grew in " + "; ".join(grew))
     return lines
 
 

@@ -3,11 +3,12 @@
 //!
 //! Phases follow one another until the time is up. A phase starts 1..=`soak.tasks` tasks of the
 //! `churn` program (seeded from `soak.seed`: region sizes, rounds, clone depth; one phase in 8
-//! has a big task whose regions reach 1/64 of memory), each of which
-//! maps, writes, verifies, unmaps, clones (copy-on-write) and waits in ring 3; meanwhile the
-//! soak runs the frame-state checker (which proves the reverse map too) at random moments and
-//! may kill one of the tasks. A phase ends when its tasks and all their children are gone;
-//! then the checker and the reverse-map checker must pass, with no user page and no address
+//! has a big task whose regions reach 1/64 of memory), each of which maps, writes, verifies,
+//! unmaps, clones (copy-on-write) and waits in ring 3; meanwhile the soak runs the frame-state
+//! checker (which proves the reverse map too) at random moments and may kill one of the tasks.
+//! A phase ends when its tasks and all their children are gone (a phase still running 5 s after
+//! `soak.seconds` has its tasks killed, so the soak's length stays bounded); then the checker
+//! and the reverse-map checker must pass, with no user page and no address
 //! space left. A task may end with 0, or be killed by the soak or the OOM killer; anything else
 //! (a data mismatch in ring 3, a fault) fails the soak.
 //!
@@ -44,6 +45,8 @@ use core::time::Duration;
 const TASK_NAME: &str = "soak";
 /// Longest a phase may take before the soak counts it as a hang.
 const PHASE_LIMIT: Duration = Duration::from_secs(120);
+/// Seconds past `soak.seconds` after which a phase still running has its tasks killed.
+const CUT_GRACE_S: u64 = 5;
 /// Longest the soak waits for the host to empty the balloon at the end.
 const DEFLATE_LIMIT: Duration = Duration::from_secs(120);
 /// Largest region a task maps, in pages.
@@ -168,8 +171,9 @@ pub fn run() -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let began = Instant::now();
     let mut outcome = Ok(());
+    let cut_at = Instant::from_nanos(began.as_nanos() + (seconds + CUT_GRACE_S) * 1_000_000_000);
     while began.elapsed() < Duration::from_secs(seconds) {
-        if let Err(problem) = phase(&mut rng, tasks, max_region, &mut totals) {
+        if let Err(problem) = phase(&mut rng, tasks, max_region, &mut totals, Some(cut_at)) {
             outcome = Err(problem);
             break;
         }
@@ -189,7 +193,7 @@ pub fn run() -> Result<(), String> {
     // A last phase with the balloon empty: everything it took, heap bytes included, must be
     // back exactly (the whole soak's heap use is bounded only loosely: containers keep their
     // capacity).
-    let quiet = phase(&mut rng, tasks, max_region, &mut totals).and_then(|()| {
+    let quiet = phase(&mut rng, tasks, max_region, &mut totals, None).and_then(|()| {
         let after = settle(&mut totals)?;
         compare_quiet(&end, &after)?;
         Ok(after)
@@ -308,7 +312,13 @@ fn heartbeat() {
 }
 
 /// One phase: start tasks, check and kill while they run, wait for all of them, check.
-fn phase(rng: &mut Rng, tasks: u64, max_region: u64, totals: &mut Totals) -> Result<(), String> {
+fn phase(
+    rng: &mut Rng,
+    tasks: u64,
+    max_region: u64,
+    totals: &mut Totals,
+    cut_at: Option<Instant>,
+) -> Result<(), String> {
     let number = PHASE.fetch_add(1, Relaxed) + 1;
     let program = programs::churn();
     let before = user::stats();
@@ -344,7 +354,21 @@ fn phase(rng: &mut Rng, tasks: u64, max_region: u64, totals: &mut Totals) -> Res
     sample_threads();
     let started = Instant::now();
     let mut killed = false;
+    let mut cut = false;
     while !running.is_empty() {
+        // Time is up: the phase's tasks are killed (a big task can take a minute under TCG).
+        if !cut && cut_at.is_some_and(|at| Instant::now().as_nanos() > at.as_nanos()) {
+            cut = true;
+            for (pid, _) in user::running_tasks()
+                .into_iter()
+                .filter(|(_, name)| name.starts_with(TASK_NAME))
+            {
+                if user::kill(pid, "soak: time is up").is_ok() {
+                    totals.kills += 1;
+                }
+            }
+            log::info!("soak: phase {number}: time is up, its tasks are killed");
+        }
         if started.elapsed() > PHASE_LIMIT {
             let left: Vec<_> = user::running_tasks();
             return Err(format!(
@@ -429,6 +453,14 @@ fn phase(rng: &mut Rng, tasks: u64, max_region: u64, totals: &mut Totals) -> Res
             (
                 "balloon_pages",
                 census.allocated_by_owner[Owner::Balloon as usize],
+            ),
+            (
+                "page_tables",
+                census.allocated_by_owner[Owner::PageTable as usize],
+            ),
+            (
+                "heap_pages",
+                census.allocated_by_owner[Owner::Heap as usize],
             ),
             ("target_pages", balloon.target_pages),
             ("actual_pages", balloon.actual_pages),
