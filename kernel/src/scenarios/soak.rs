@@ -31,7 +31,7 @@ use crate::drivers::balloon;
 use crate::mm::checker::{self, FrameCensus};
 use crate::mm::frame::{FrameState, Owner};
 use crate::mm::space::{self, LIVE_SPACES};
-use crate::mm::{heap, page_alloc, reporting};
+use crate::mm::{PAGE_SIZE, heap, page_alloc, paging, reporting};
 use crate::time::Instant;
 use crate::user::{self, TaskExit, TaskHandle, programs};
 use crate::{task, tunables};
@@ -704,6 +704,17 @@ fn compare(start: &Accounting, end: &Accounting) -> Result<(), String> {
     let spaces = LIVE_SPACES.load(Relaxed);
     if spaces != 0 {
         problems.push(format!("{spaces} address spaces left"));
+    } else {
+        // With no address space alive, every page-table page is one of the kernel's tables.
+        let reachable = kernel_table_pages();
+        let owned = end.owner(Owner::PageTable);
+        if owned != reachable {
+            problems.push(format!(
+                "{owned} page-table pages allocated but {reachable} reachable from the kernel's \
+                 page tables, and no address space is alive: {} page-table pages leaked",
+                owned as i64 - reachable as i64
+            ));
+        }
     }
     let left = user::running_tasks();
     if user::stats().live != 0 || !left.is_empty() {
@@ -714,6 +725,44 @@ fn compare(start: &Accounting, end: &Accounting) -> Result<(), String> {
     } else {
         Err(format!("final accounting: {}", problems.join("; ")))
     }
+}
+
+/// Page-table pages (owned as such) reachable from the kernel's PML4: the PML4 itself and every
+/// table below it that is not a large page. Reads only, through the direct map.
+fn kernel_table_pages() -> u64 {
+    const PRESENT: u64 = 1;
+    const HUGE: u64 = 1 << 7;
+    const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+    let is_table_page = |phys: u64| {
+        page_alloc::zone_of(phys / PAGE_SIZE).is_some_and(|zone| {
+            let frame = zone.frame(phys / PAGE_SIZE);
+            frame.state() == FrameState::Allocated && frame.owner() == Owner::PageTable
+        })
+    };
+    let entries = |phys: u64| -> &'static [u64] {
+        // SAFETY: a page-table page of the kernel's tables, direct-mapped; read only, and
+        // nothing changes the kernel's tables while the soak has settled.
+        unsafe { core::slice::from_raw_parts(crate::mm::phys_to_virt(phys) as *const u64, 512) }
+    };
+    let mut count = 0;
+    // An explicit stack instead of recursion: (table, level), level 4 = PML4.
+    let root = paging::kernel_pml4_phys();
+    let mut stack: Vec<(u64, u32)> = alloc::vec![(root, 4)];
+    while let Some((table, level)) = stack.pop() {
+        if is_table_page(table) {
+            count += 1;
+        }
+        if level == 1 {
+            continue;
+        }
+        for &entry in entries(table) {
+            if entry & PRESENT == 0 || (level < 4 && entry & HUGE != 0) {
+                continue;
+            }
+            stack.push((entry & ADDRESS, level - 1));
+        }
+    }
+    count
 }
 
 /// The first allocated blocks labelled `owner`, with their records, for a report (no lock:
