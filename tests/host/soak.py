@@ -269,9 +269,9 @@ def describe(run):
     ]
     grew = []
     for before, after in zip(run["phases"], run["phases"][1:]):
-        tables = after["page_tables"] - before["page_tables"]
+        tables = after.get("page_tables", 0) - before.get("page_tables", 0)
         if tables > 0:
-            heap = after["heap_pages"] - before["heap_pages"]
+            heap = after.get("heap_pages", 0) - before.get("heap_pages", 0)
             grew.append(f"phase {after['phase']} +{tables} (heap {heap:+} pages, "
                         f"{'a big task, ' if after['big'] else ''}{after['oom_kills']} OOM "
                         f"kills, {after['ms'] / 1000:.1f} s)")
