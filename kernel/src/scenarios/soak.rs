@@ -658,18 +658,22 @@ fn compare(start: &Accounting, end: &Accounting) -> Result<(), String> {
     }
     // Kernel page tables stay once made: for stack slots (one per 32 slots, kept for reuse)
     // and for the grown heap's range (one per 2 MiB), up to the most threads and the largest
-    // heap at once (sampled, so twice that). A leak per task shows in the last phase, which
-    // must leave the page tables exactly as they were.
+    // heap at once. Those are sampled (a heap that grew for a moment is missed), so more is
+    // said, not failed: the exact check is below, every page-table page must be reachable from
+    // the kernel's tables. A leak per task shows in the last phase too, which must leave the
+    // page tables exactly as they were.
     let heap = end.owner(Owner::Heap) as i64 - start.owner(Owner::Heap) as i64;
     let (threads, heap_bytes) = (PEAK_THREADS.load(Relaxed), PEAK_HEAP_GROWN.load(Relaxed));
     let table_slack = 2 * (threads / 32 + heap_bytes / (2 << 20)) + 8;
     let tables = end.owner(Owner::PageTable) as i64 - start.owner(Owner::PageTable) as i64;
-    if tables < 0 || tables as u64 > table_slack {
-        problems.push(format!(
-            "page-table pages changed by {tables} (at most {table_slack} new ones expected: \
-             {threads} threads alive at once, at most {} KiB of grown heap)",
+    if tables < 0 {
+        problems.push(format!("page-table pages fell by {}", -tables));
+    } else if tables as u64 > table_slack {
+        log::warn!(
+            "soak: the kernel's page tables grew by {tables} pages, more than the {table_slack} \
+             that {threads} threads alive at once and {} KiB of grown heap (sampled) explain",
             heap_bytes / 1024
-        ));
+        );
     }
     // Every page no longer free is one of those.
     let lost = start.free() as i64 - end.free() as i64;
