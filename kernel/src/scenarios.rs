@@ -17,6 +17,8 @@
 //!   idles for `scenario.fragment_idle_ms` while compaction and reporting work, and the tasks
 //!   check their pages (events `start`, `filled`, `fragmented` with the score reached,
 //!   `compacted` and `reported` when they happen, `verified`, `done`).
+//! - `soak`: ring-3 tasks churn memory while the host moves the balloon; checkers after every
+//!   phase and a final accounting of every page (see [`soak`]).
 //!
 //! Owns nothing: it uses the public interfaces of the allocator, the balloon and the tasks.
 
@@ -31,12 +33,15 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::time::Duration;
 
+mod soak;
+
 pub const NAMES: &[&str] = &[
     "reclaim",
     "balloon",
     "balloon_race",
     "no_device",
     "fragment",
+    "soak",
 ];
 
 /// Runs the scenario `name`; `None` if there is no such scenario.
@@ -47,6 +52,7 @@ pub fn run(name: &str) -> Option<ExitCode> {
         "balloon_race" => balloon_race(),
         "no_device" => no_device(),
         "fragment" => fragment(),
+        "soak" => soak::run(),
         _ => return None,
     };
     Some(match outcome {

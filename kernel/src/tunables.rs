@@ -250,6 +250,30 @@ pub static BENCH_FRAGMENTATION_WATCH_MS: Tunable = Tunable::new(
      workload before the 2 MiB allocations start",
 );
 
+pub static SOAK_SECONDS: Tunable = Tunable::new(
+    "soak.seconds",
+    45,
+    1,
+    86_400,
+    "scenario=soak: how long tasks churn memory (phases start until then)",
+);
+
+pub static SOAK_SEED: Tunable = Tunable::new(
+    "soak.seed",
+    1,
+    0,
+    u64::MAX,
+    "scenario=soak: seed of the tasks' sizes, rounds, clones and the soak's kills",
+);
+
+pub static SOAK_TASKS: Tunable = Tunable::new(
+    "soak.tasks",
+    4,
+    1,
+    64,
+    "scenario=soak: most tasks started together in one phase (each may clone)",
+);
+
 /// All tunables, for the command line and the console.
 pub static ALL: &[&Tunable] = &[
     &SCHED_TIMESLICE_MS,
@@ -272,6 +296,9 @@ pub static ALL: &[&Tunable] = &[
     &SCENARIO_FRAGMENT_MIB,
     &SCENARIO_FRAGMENT_IDLE_MS,
     &BENCH_FRAGMENTATION_WATCH_MS,
+    &SOAK_SECONDS,
+    &SOAK_SEED,
+    &SOAK_TASKS,
 ];
 
 pub fn find(name: &str) -> Option<&'static Tunable> {

@@ -7,14 +7,19 @@ messages (the boot-time problem checks boot with a bad machine or command line o
 Prints `test host::NAME ... ok (T ms)` or `FAILED` with the reason, then `N passed, N failed`,
 like the in-guest test kernels, and exits non-zero on any failure.
 
-    python3 tests/host/host_checks.py KERNEL.elf [test=TEXT]
+    python3 tests/host/host_checks.py KERNEL.elf [test=TEXT] [--soak-seconds N] [--soak-seed S]
+
+The soak (`test=soak`) churns memory for 45 s with seed 1 unless `--soak-seconds`/`--soak-seed`
+(or the environment's SOAK_SECONDS/SOAK_SEED) say otherwise.
 """
 
+import os
 import sys
 import time
 import traceback
 
 import fragmentation_bench
+import soak
 from qemu_host import Guest, fragment_run, reclaim_run
 
 GIB = 1 << 30
@@ -356,6 +361,22 @@ def bad_command_line_words_are_reported_and_the_others_kept(kernel):
     check(status == 0, f"exit status {status}: the scenario after the bad words did not run")
 
 
+SOAK = {"seconds": int(os.environ.get("SOAK_SECONDS", "45")),
+        "seed": int(os.environ.get("SOAK_SEED", "1"))}
+
+
+def soak_keeps_every_page_under_churn_and_a_moving_balloon(kernel):
+    # Ring-3 tasks map, touch, clone, unmap and exit (several at once, seeded) while the host
+    # moves the balloon at random (targets the guest can meet, zero, beyond its reserve, fast
+    # bursts) and free page reporting runs; checkers after every phase; at the end every page
+    # is where it was. See tests/host/soak.py and kernel/src/scenarios/soak.rs.
+    print(f"  soak: {SOAK['seconds']} s, seed {SOAK['seed']} (--soak-seconds N --soak-seed S)")
+    run = soak.soak_run(kernel, SOAK["seconds"], SOAK["seed"])
+    for line in soak.describe(run):
+        print(f"  {line}")
+    soak.check_soak(run)
+
+
 CHECKS = [
     reclaim_with_reporting_returns_freed_memory,
     reclaim_without_reporting_keeps_memory,
@@ -372,12 +393,21 @@ CHECKS = [
     long_command_line_is_refused_and_a_corrupt_memory_map_named,
     legacy_only_balloon_is_named_and_the_kernel_runs_on,
     bad_command_line_words_are_reported_and_the_others_kept,
+    soak_keeps_every_page_under_churn_and_a_moving_balloon,
 ]
 
 
 def main():
     kernel = sys.argv[1]
-    wanted = [arg.split("=", 1)[1] for arg in sys.argv[2:] if arg.startswith("test=")]
+    args = sys.argv[2:]
+    for flag, key in (("--soak-seconds", "seconds"), ("--soak-seed", "seed")):
+        while flag in args:
+            at = args.index(flag)
+            if at + 1 >= len(args):
+                sys.exit(f"{flag} needs a number")
+            SOAK[key] = int(args[at + 1])
+            del args[at:at + 2]
+    wanted = [arg.split("=", 1)[1] for arg in args if arg.startswith("test=")]
     passed = failed = 0
     for check_fn in CHECKS:
         name = check_fn.__name__

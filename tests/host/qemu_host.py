@@ -37,6 +37,8 @@ class Guest:
         full_env.update(env or {})
         self.echo = echo
         self.events = queue.Queue()
+        # Every EVENT with the host's time it arrived, in order (wait_event consumes `events`).
+        self.event_log = []
         self.lines = []
         self.start = time.monotonic()
         self.proc = subprocess.Popen(
@@ -60,6 +62,7 @@ class Guest:
                 except json.JSONDecodeError:
                     continue
                 payload["host_t"] = time.monotonic()
+                self.event_log.append(payload)
                 self.events.put(payload)
         self.events.put({"name": "<exit>", "host_t": time.monotonic()})
 

@@ -1,5 +1,5 @@
 //! The guest side of the host-observed checks: runs the scenario named on the command line
-//! (`scenario=reclaim|balloon|no_device|fragment`, see `kernel::scenarios`) or the benchmark
+//! (`scenario=reclaim|balloon|no_device|fragment|soak`, see `kernel::scenarios`) or the benchmark
 //! (`bench=fragmentation`, a small one, see `kernel::bench`). `cargo test` does not boot it
 //! directly: run-qemu.sh hands it to `tests/host/host_checks.py`, which boots it for each check
 //! and asserts on what the host sees.

@@ -864,6 +864,300 @@ user_program_fragmenter_start:
     exit_with 103
     .global user_program_fragmenter_end
 user_program_fragmenter_end:
+    // churn(packed): the soak's worker (kernel::scenarios::soak). `packed`: bits 0..31 a seed,
+    // 32..47 the most pages of one region, 48..55 rounds, 56..59 clone depth. Each round, chosen
+    // by a xorshift generator: map a region of 1..max pages into one of 8 slots (the slot's old
+    // region verified and unmapped first) and write every page (its first word tag + index, its
+    // last word the complement); verify a slot; unmap a slot; clone (the child goes on with
+    // half the rounds left, one level less, a seed of its own and no children); wait for the
+    // youngest child; rewrite a slot with a new tag (copy-on-write copies after a clone); yield
+    // or sleep up to 2 ms. The slots and children live in a control page (itself copied on
+    // write by a clone). At the end it verifies every slot, waits for every child and unmaps
+    // every other slot (teardown frees the rest). Exits 0; a child killed (OOM killer, the
+    // soak) is fine; a child's failure is passed on as its status. 100 control page mmap
+    // failed, 101 a page's first word wrong, 102 its last word wrong, 103 munmap failed, 104
+    // clone failed other than -EAGAIN/-ENOMEM, 105 wait failed, 106 mmap failed other than
+    // -ENOMEM.
+    .global user_program_churn_start
+user_program_churn_start:
+    mov r12d, edi
+    movabs rax, 0x9e3779b97f4a7c15
+    xor r12, rax
+    or r12, 1
+    mov r15, rdi
+    shr r15, 32
+    and r15d, 0xffff
+    jnz .Lch_max_set
+    mov r15d, 1
+.Lch_max_set:
+    mov r14, rdi
+    shr r14, 48
+    and r14d, 0xff
+    mov rbx, rdi
+    shr rbx, 56
+    and ebx, 0xf
+    mov edi, 4096
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lch_fail_100
+    mov r13, rax
+.Lch_loop:
+    test r14, r14
+    jz .Lch_finish
+    dec r14
+    call .Lch_rand
+    xor edx, edx
+    mov ecx, 10
+    div rcx
+    cmp edx, 3
+    jb .Lch_op_map
+    cmp edx, 4
+    jb .Lch_op_verify
+    cmp edx, 5
+    jb .Lch_op_unmap
+    cmp edx, 6
+    jb .Lch_op_clone
+    cmp edx, 7
+    jb .Lch_op_wait
+    cmp edx, 9
+    jb .Lch_op_rewrite
+    // yield or sleep up to 2 ms
+    call .Lch_rand
+    test eax, 1
+    jz 2f
+    xor edx, edx
+    mov ecx, 2000000
+    div rcx
+    mov rdi, rdx
+    sys 6
+    jmp .Lch_loop
+2:
+    sys 5
+    jmp .Lch_loop
+
+.Lch_op_map:
+    call .Lch_pick
+    call .Lch_unmap_slot
+    call .Lch_rand
+    xor edx, edx
+    div r15
+    lea rbp, [rdx + 1]
+    mov rdi, rbp
+    shl rdi, 12
+    mov esi, 3
+    sys 2
+    cmp rax, -12
+    je .Lch_loop_pop
+    test rax, rax
+    js .Lch_fail_106
+    mov r8, [rsp]
+    mov [r8], rax
+    mov [r8 + 8], rbp
+    call .Lch_fill_slot
+    jmp .Lch_loop_pop
+
+.Lch_op_verify:
+    call .Lch_pick
+    call .Lch_verify_slot
+    jmp .Lch_loop_pop
+
+.Lch_op_unmap:
+    call .Lch_pick
+    call .Lch_unmap_slot
+    jmp .Lch_loop_pop
+
+.Lch_op_rewrite:
+    call .Lch_pick
+    call .Lch_verify_slot
+    mov r8, [rsp]
+    cmp qword ptr [r8], 0
+    je .Lch_loop_pop
+    call .Lch_fill_slot
+    jmp .Lch_loop_pop
+
+.Lch_op_clone:
+    test rbx, rbx
+    jz .Lch_loop
+    cmp qword ptr [r13 + 256], 6
+    jae .Lch_loop
+    sys 8
+    test rax, rax
+    jz .Lch_child
+    jns 3f
+    cmp rax, -11
+    je .Lch_loop
+    cmp rax, -12
+    je .Lch_loop
+    jmp .Lch_fail_104
+3:
+    mov rcx, [r13 + 256]
+    mov [r13 + 264 + rcx*8], rax
+    inc rcx
+    mov [r13 + 256], rcx
+    jmp .Lch_loop
+.Lch_child:
+    dec rbx
+    mov qword ptr [r13 + 256], 0
+    shr r14, 1
+    movabs rax, 0xd1b54a32d192ed03
+    xor r12, rax
+    rol r12, 23
+    or r12, 1
+    jmp .Lch_loop
+
+.Lch_op_wait:
+    cmp qword ptr [r13 + 256], 0
+    je .Lch_loop
+    call .Lch_wait_youngest
+    jmp .Lch_loop
+
+.Lch_finish:
+    xor ebp, ebp
+4:
+    lea r8, [rbp + rbp*2]
+    lea r8, [r13 + r8*8]
+    push r8
+    call .Lch_verify_slot
+    test ebp, 1
+    jz 5f
+    call .Lch_unmap_slot
+5:
+    add rsp, 8
+    inc ebp
+    cmp ebp, 8
+    jb 4b
+6:
+    cmp qword ptr [r13 + 256], 0
+    je 7f
+    call .Lch_wait_youngest
+    jmp 6b
+7:
+    exit_with 0
+
+.Lch_loop_pop:
+    add rsp, 8
+    jmp .Lch_loop
+
+    // Waits for the youngest child and forgets it; a failed child's status is ours.
+.Lch_wait_youngest:
+    mov rcx, [r13 + 256]
+    dec rcx
+    mov [r13 + 256], rcx
+    mov rdi, [r13 + 264 + rcx*8]
+    lea rsi, [r13 + 512]
+    sys 9
+    test rax, rax
+    js .Lch_fail_105
+    jnz 8f
+    mov rdi, [r13 + 512]
+    test rdi, rdi
+    jz 8f
+    sys 0
+8:
+    ret
+
+    // rax = the next random number (xorshift64 in r12).
+.Lch_rand:
+    mov rax, r12
+    shl rax, 13
+    xor r12, rax
+    mov rax, r12
+    shr rax, 7
+    xor r12, rax
+    mov rax, r12
+    shl rax, 17
+    xor r12, rax
+    mov rax, r12
+    ret
+
+    // Pushes the address of a random slot (under the return address, so the caller pops it).
+.Lch_pick:
+    call .Lch_rand
+    and eax, 7
+    lea rax, [rax + rax*2]
+    lea rax, [r13 + rax*8]
+    pop rcx
+    push rax
+    jmp rcx
+
+    // The slot at [rsp + 8]: its pages hold tag + index (first word), the complement (last).
+.Lch_verify_slot:
+    mov r8, [rsp + 8]
+    mov r9, [r8]
+    test r9, r9
+    jz .Lch_verify_done
+    mov r10, [r8 + 16]
+    mov rcx, [r8 + 8]
+.Lch_verify_page:
+    dec rcx
+    mov rax, rcx
+    shl rax, 12
+    lea rdx, [r10 + rcx]
+    cmp [r9 + rax], rdx
+    jne .Lch_fail_101
+    not rdx
+    cmp [r9 + rax + 4088], rdx
+    jne .Lch_fail_102
+    test rcx, rcx
+    jnz .Lch_verify_page
+.Lch_verify_done:
+    ret
+
+    // Writes a new tag into every page of the slot at [rsp + 8].
+.Lch_fill_slot:
+    call .Lch_rand
+    mov r8, [rsp + 8]
+    mov [r8 + 16], rax
+    mov r10, rax
+    mov r9, [r8]
+    mov rcx, [r8 + 8]
+.Lch_fill_page:
+    dec rcx
+    mov rax, rcx
+    shl rax, 12
+    lea rdx, [r10 + rcx]
+    mov [r9 + rax], rdx
+    not rdx
+    mov [r9 + rax + 4088], rdx
+    test rcx, rcx
+    jnz .Lch_fill_page
+    ret
+
+    // Verifies and unmaps the slot at [rsp + 8], if used.
+.Lch_unmap_slot:
+    mov r8, [rsp + 8]
+    cmp qword ptr [r8], 0
+    je .Lch_unmap_done
+    push r8
+    call .Lch_verify_slot
+    pop r8
+    mov rdi, [r8]
+    mov rsi, [r8 + 8]
+    shl rsi, 12
+    mov qword ptr [r8], 0
+    sys 3
+    test rax, rax
+    jnz .Lch_fail_103
+.Lch_unmap_done:
+    ret
+
+.Lch_fail_100:
+    exit_with 100
+.Lch_fail_101:
+    exit_with 101
+.Lch_fail_102:
+    exit_with 102
+.Lch_fail_103:
+    exit_with 103
+.Lch_fail_104:
+    exit_with 104
+.Lch_fail_105:
+    exit_with 105
+.Lch_fail_106:
+    exit_with 106
+    .global user_program_churn_end
+user_program_churn_end:
     .popsection
     "#
 );
@@ -939,4 +1233,7 @@ programs! {
     /// The fragmenting workload's task: fills, frees 3 of every 4 pages of each 2 MiB block,
     /// verifies, each on the kernel's command through the control block at `rdi`.
     fragmenter: user_program_fragmenter_start .. user_program_fragmenter_end;
+    /// The soak's worker: seeded random map, touch, verify, unmap, clone, wait (`rdi` packed:
+    /// seed, most pages of a region, rounds, clone depth; see `kernel::scenarios::soak`).
+    churn: user_program_churn_start .. user_program_churn_end;
 }
