@@ -682,6 +682,12 @@ fn daemon() {
     }
 }
 
+/// Whether no compaction pass is running or asked for (for accounting that must not see the
+/// target pages a pass holds).
+pub fn is_idle() -> bool {
+    PASSES_RUNNING.load(Relaxed) == 0 && !REQUESTED.load(Relaxed)
+}
+
 /// Whether the background task is backing off now (after a pass without progress).
 pub fn backing_off() -> bool {
     Instant::now().as_nanos() < BACKOFF_UNTIL_NS.load(Relaxed)

@@ -518,6 +518,11 @@ fn check(what: &str, totals: &mut Totals) -> Result<FrameCensus, String> {
 fn check_after_phase(number: u64, totals: &mut Totals) -> Result<FrameCensus, String> {
     let started = Instant::now();
     loop {
+        // A compaction pass in flight holds its target pages as the kernel's: wait it out.
+        if !crate::mm::compaction::is_idle() && started.elapsed() < Duration::from_secs(10) {
+            task::sleep(Duration::from_millis(5));
+            continue;
+        }
         let census = check(&format!("phase {number}, after"), totals)?;
         let mapped = space::check_reverse_map()
             .map_err(|problem| format!("phase {number}: reverse map: {problem}"))?;
@@ -589,7 +594,9 @@ fn wait_for_empty_balloon() -> Result<(), String> {
 fn settle(totals: &mut Totals) -> Result<Accounting, String> {
     let started = Instant::now();
     loop {
-        let quiet = user::stats().live == 0 && reporting::is_idle();
+        // A compaction pass in flight holds target pages (owned by the kernel until it ends).
+        let quiet =
+            user::stats().live == 0 && reporting::is_idle() && crate::mm::compaction::is_idle();
         if quiet {
             // Dead threads' stacks are freed once they have run out.
             task::sleep(Duration::from_millis(20));
