@@ -84,6 +84,12 @@ pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), MigrateError> {
         if record.extra_references(1) != 0 {
             return Err(MigrateError::Pinned);
         }
+        // KSM pages stay where they are (the stable tree names them by frame): a page KSM
+        // merged after compaction isolated it is checked here, under the same space locks
+        // KSM's merge holds while it changes the owner.
+        if record.owner() != Owner::UserAnon {
+            return Err(MigrateError::Changed);
+        }
         for mapping in &mappings {
             let guard = guards
                 .iter_mut()
