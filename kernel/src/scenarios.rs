@@ -12,6 +12,11 @@
 //!   while the host moves the balloon's target, then settle on the host's last target (events
 //!   `ready`, `stressed`, `done`; fails if the balloon's count and its pages disagree).
 //! - `no_device`: run without a balloon device and show everything else works.
+//! - `ksm`: four address spaces each fill `scenario.ksm_mib` with the same content (page *i*
+//!   identical across spaces, all pages distinct within one) in mergeable regions and idle while
+//!   ksmd merges them (`ksm.run=1` unless the command line sets it); then each writes one word
+//!   in every page and checks all its data (events `filled`, `merged` with the time, passes and
+//!   the scanner's CPU share, `written`, `done`).
 //!
 //! Owns nothing: it uses the public interfaces of the allocator, the balloon and the tasks.
 
@@ -26,7 +31,7 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::time::Duration;
 
-pub const NAMES: &[&str] = &["reclaim", "balloon", "balloon_race", "no_device"];
+pub const NAMES: &[&str] = &["reclaim", "balloon", "balloon_race", "no_device", "ksm"];
 
 /// Runs the scenario `name`; `None` if there is no such scenario.
 pub fn run(name: &str) -> Option<ExitCode> {
@@ -35,6 +40,7 @@ pub fn run(name: &str) -> Option<ExitCode> {
         "balloon" => follow_balloon(),
         "balloon_race" => balloon_race(),
         "no_device" => no_device(),
+        "ksm" => ksm(),
         _ => return None,
     };
     Some(match outcome {
@@ -297,5 +303,134 @@ fn no_device() -> Result<(), alloc::string::String> {
     }
     checker::check()?;
     event("no_device_ok", &[("free_pages", page_alloc::free_pages())]);
+    Ok(())
+}
+
+/// The content of page `page` in every space of `scenario=ksm` (distinct per page).
+fn ksm_signature(page: u64) -> u64 {
+    page.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+}
+
+fn ksm() -> Result<(), alloc::string::String> {
+    use crate::mm::ksm;
+    use crate::mm::space::{AddressSpace, RegionFlags};
+    const START: u64 = 0x3000_0000_0000;
+    const SPACES: u64 = 4;
+    let pages = tunables::SCENARIO_KSM_MIB.get() * 256;
+    let flags = RegionFlags::READ | RegionFlags::WRITE | RegionFlags::MERGEABLE;
+    let mut spaces = Vec::new();
+    for _ in 0..SPACES {
+        let shared = AddressSpace::new().map_err(|error| alloc::format!("space: {error:?}"))?;
+        shared
+            .lock()
+            .map_anonymous(Some(START), pages * PAGE_SIZE, flags)
+            .map_err(|error| alloc::format!("region: {error:?}"))?;
+        spaces.push(shared);
+    }
+    for shared in &spaces {
+        let mut space = shared.lock();
+        for page in 0..pages {
+            let at = START + page * PAGE_SIZE;
+            space
+                .write_user(at, &ksm_signature(page).to_le_bytes())
+                .and_then(|()| space.write_user(at + 4088, &page.to_le_bytes()))
+                .map_err(|error| alloc::format!("fill: {error:?}"))?;
+        }
+    }
+    let before = ksm::stats();
+    let (checksum_ns, compare_ns) = ksm::measure_page_costs(200);
+    event(
+        "filled",
+        &[
+            ("pages_per_space", pages),
+            ("spaces", SPACES),
+            ("ns_per_checksum", checksum_ns),
+            ("ns_per_page_compare", compare_ns),
+        ],
+    );
+    let filled = Instant::now();
+    ksm::run_unless_set_on_command_line();
+    let merged = |stats: &ksm::KsmStats| {
+        stats.pages_shared >= pages && stats.pages_sharing >= (SPACES - 1) * pages
+    };
+    while !merged(&ksm::stats()) && filled.elapsed() < Duration::from_secs(300) {
+        task::sleep(Duration::from_millis(10));
+    }
+    let elapsed_ns = filled.elapsed().as_nanos() as u64;
+    let after = ksm::stats();
+    if !merged(&after) {
+        return Err(alloc::format!(
+            "not merged after {} ms: {after:?}",
+            elapsed_ns / 1_000_000
+        ));
+    }
+    let scan_ns = after.scan_ns - before.scan_ns;
+    event(
+        "merged",
+        &[
+            ("ms_since_filled", elapsed_ns / 1_000_000),
+            ("full_scans", after.full_scans - before.full_scans),
+            ("pages_shared", after.pages_shared),
+            ("pages_sharing", after.pages_sharing),
+            ("scan_ms", scan_ns / 1_000_000),
+            ("scanner_cpu_pct", scan_ns * 100 / elapsed_ns.max(1)),
+            (
+                "ns_per_page_scanned",
+                scan_ns / (after.pages_scanned - before.pages_scanned).max(1),
+            ),
+        ],
+    );
+    // Each space writes one word in every page: every write copies (cow_ksm), and nothing one
+    // space writes shows in another.
+    let written = Instant::now();
+    for (which, shared) in spaces.iter().enumerate() {
+        let mut space = shared.lock();
+        for page in 0..pages {
+            let value = (which as u64) << 56 | page;
+            space
+                .write_user(START + page * PAGE_SIZE + 8, &value.to_le_bytes())
+                .map_err(|error| alloc::format!("write: {error:?}"))?;
+        }
+    }
+    let write_ns = written.elapsed().as_nanos() as u64;
+    for (which, shared) in spaces.iter().enumerate() {
+        let mut space = shared.lock();
+        for page in 0..pages {
+            let mut words = [0u8; 16];
+            space
+                .read_user(START + page * PAGE_SIZE, &mut words)
+                .map_err(|error| alloc::format!("read: {error:?}"))?;
+            let first = u64::from_le_bytes(words[..8].try_into().unwrap_or_default());
+            let second = u64::from_le_bytes(words[8..].try_into().unwrap_or_default());
+            if first != ksm_signature(page) || second != (which as u64) << 56 | page {
+                return Err(alloc::format!(
+                    "space {which} page {page}: read {first:#x} {second:#x}"
+                ));
+            }
+        }
+    }
+    let end = ksm::stats();
+    event(
+        "written",
+        &[
+            ("cow_ksm", end.cow_ksm - after.cow_ksm),
+            ("ns_per_cow_fault", write_ns / (SPACES * pages)),
+            ("pages_shared", end.pages_shared),
+        ],
+    );
+    if end.cow_ksm - after.cow_ksm != SPACES * pages {
+        return Err(alloc::format!(
+            "expected {} KSM copies: {end:?}",
+            SPACES * pages
+        ));
+    }
+    tunables::KSM_RUN
+        .set(0)
+        .map_err(|error| alloc::format!("ksm.run: {error}"))?;
+    ksm::wait_idle();
+    checker::check()?;
+    drop(spaces);
+    checker::check()?;
+    event("done", &[]);
     Ok(())
 }

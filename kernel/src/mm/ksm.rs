@@ -68,7 +68,7 @@ use crate::sync::{IrqMutex, LockClass};
 use crate::task::{self, WaitQueue};
 use crate::time::Instant;
 use crate::tunables;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -141,29 +141,25 @@ pub struct KsmStats {
     pub scan_ns: u64,
 }
 
-/// An unstable-tree entry: a page seen this pass, where it was seen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Unstable {
-    pfn: u64,
-    mapping: Mapping,
-}
-
+/// Both trees are keyed by (checksum, pfn): a bucket is the range of one checksum. No
+/// allocation per entry beyond the B-tree's nodes (the heap is a linked list: many small
+/// allocations make every allocation and free slower).
 struct Trees {
-    stable: BTreeMap<u32, Vec<u64>>,
-    stable_pages: u64,
-    unstable: BTreeMap<u32, Vec<Unstable>>,
-    unstable_pages: u64,
+    stable: BTreeSet<(u32, u64)>,
+    unstable: BTreeMap<(u32, u64), Mapping>,
 }
 
 static TREES: IrqMutex<Trees> = IrqMutex::with_class(
     Trees {
-        stable: BTreeMap::new(),
-        stable_pages: 0,
+        stable: BTreeSet::new(),
         unstable: BTreeMap::new(),
-        unstable_pages: 0,
     },
     LockClass::Ksm,
 );
+
+fn bucket(key: u32) -> core::ops::RangeInclusive<(u32, u64)> {
+    (key, 0)..=(key, u64::MAX)
+}
 
 /// The shared zero page (0: not allocated yet). KSM holds one reference to it for good.
 static ZERO_PFN: AtomicU64 = AtomicU64::new(0);
@@ -280,11 +276,7 @@ pub fn is_stable(pfn: u64) -> bool {
         return false;
     };
     let key = record.private.load(Relaxed);
-    TREES
-        .lock()
-        .stable
-        .get(&key)
-        .is_some_and(|bucket| bucket.contains(&pfn))
+    TREES.lock().stable.contains(&(key, pfn))
 }
 
 /// A KSM page's last reference is gone and it is about to be freed: it leaves the stable tree.
@@ -298,20 +290,7 @@ pub fn page_freeing(pfn: u64) {
         return;
     }
     let key = record.private.load(Relaxed);
-    let mut trees = TREES.lock();
-    let mut removed = false;
-    if let Some(bucket) = trees.stable.get_mut(&key)
-        && let Some(position) = bucket.iter().position(|&entry| entry == pfn)
-    {
-        bucket.swap_remove(position);
-        removed = true;
-        if bucket.is_empty() {
-            trees.stable.remove(&key);
-        }
-    }
-    if removed {
-        trees.stable_pages -= 1;
-    }
+    TREES.lock().stable.remove(&(key, pfn));
 }
 
 /// Drops the scanner's reference to `pfn`, freeing it if that was the last.
@@ -353,16 +332,22 @@ pub fn stats() -> KsmStats {
     let mut sharing = 0;
     let mut chains = 0;
     let mut dups = 0;
-    for bucket in trees.stable.values() {
-        for &pfn in bucket {
-            sharing += u64::from(rmap::map_count(pfn).saturating_sub(1));
-        }
-        if bucket.len() > 1 {
-            chains += 1;
-            dups += bucket.len() as u64 - 1;
+    let mut last_key = None;
+    let mut in_bucket = 0u64;
+    for &(key, pfn) in &trees.stable {
+        sharing += u64::from(rmap::map_count(pfn).saturating_sub(1));
+        if last_key == Some(key) {
+            in_bucket += 1;
+            dups += 1;
+            if in_bucket == 2 {
+                chains += 1;
+            }
+        } else {
+            last_key = Some(key);
+            in_bucket = 1;
         }
     }
-    let (shared, unshared) = (trees.stable_pages, trees.unstable_pages);
+    let (shared, unshared) = (trees.stable.len() as u64, trees.unstable.len() as u64);
     drop(trees);
     let zero = ZERO_PFN.load(Relaxed);
     let zero_pages = if zero == 0 {
@@ -378,7 +363,7 @@ pub fn stats() -> KsmStats {
         full_scans: counter::full_scans.load(Relaxed),
         ksm_zero_pages: zero_pages,
         general_profit: ((sharing + zero_pages) * PAGE_SIZE) as i64
-            - (unshared * size_of::<Unstable>() as u64) as i64,
+            - (unshared * size_of::<((u32, u64), Mapping)>() as u64) as i64,
         stable_node_chains: chains,
         stable_node_dups: dups,
         cow_ksm: counter::cow_ksm.load(Relaxed),
@@ -392,14 +377,91 @@ pub fn stats() -> KsmStats {
     }
 }
 
+/// The console's `ksm` report: the run state, then one counter per line (Linux's names).
+pub fn write_report(out: &mut impl core::fmt::Write) -> core::fmt::Result {
+    let stats = stats();
+    writeln!(
+        out,
+        "run {} pages_to_scan {} sleep_millisecs {} use_zero_pages {} max_page_sharing {}",
+        tunables::KSM_RUN.get(),
+        tunables::KSM_PAGES_TO_SCAN.get(),
+        tunables::KSM_SLEEP_MILLISECS.get(),
+        tunables::KSM_USE_ZERO_PAGES.get(),
+        tunables::KSM_MAX_PAGE_SHARING.get()
+    )?;
+    for (name, value) in [
+        ("pages_shared", stats.pages_shared as i64),
+        ("pages_sharing", stats.pages_sharing as i64),
+        ("pages_unshared", stats.pages_unshared as i64),
+        ("pages_volatile", stats.pages_volatile as i64),
+        ("full_scans", stats.full_scans as i64),
+        ("ksm_zero_pages", stats.ksm_zero_pages as i64),
+        ("general_profit", stats.general_profit),
+        ("stable_node_chains", stats.stable_node_chains as i64),
+        ("stable_node_dups", stats.stable_node_dups as i64),
+        ("cow_ksm", stats.cow_ksm as i64),
+        ("pages_scanned", stats.pages_scanned as i64),
+        ("merges", stats.merges as i64),
+        ("merge_pinned", stats.merge_pinned as i64),
+        ("merge_changed", stats.merge_changed as i64),
+        ("merge_differs", stats.merge_differs as i64),
+        ("sharing_cap_hits", stats.sharing_cap_hits as i64),
+        ("scan_ms", (stats.scan_ns / 1_000_000) as i64),
+    ] {
+        writeln!(out, "{name:<20} {value}")?;
+    }
+    Ok(())
+}
+
+/// The cost of the two page operations a scan is made of, on a page of `pfn`'s memory:
+/// (checksum ns, whole-page compare ns), each the mean of `rounds` (benchmarks, scenario=ksm).
+pub fn measure_page_costs(rounds: u64) -> (u64, u64) {
+    let Some(a) = page_alloc::alloc(AllocRequest::new(0)) else {
+        return (0, 0);
+    };
+    let Some(b) = page_alloc::alloc(AllocRequest::new(0)) else {
+        let _ = page_alloc::free(a);
+        return (0, 0);
+    };
+    // SAFETY: two pages just allocated for this measurement, direct-mapped RAM.
+    unsafe {
+        core::ptr::write_bytes(a.virt() as *mut u8, 0x5a, PAGE_SIZE as usize);
+        core::ptr::write_bytes(b.virt() as *mut u8, 0x5a, PAGE_SIZE as usize);
+    }
+    let started = Instant::now();
+    let mut sink = 0u32;
+    for _ in 0..rounds {
+        sink ^= checksum(a.pfn);
+    }
+    let checksum_ns = started.elapsed().as_nanos() as u64 / rounds.max(1);
+    let started = Instant::now();
+    let mut equal = 0;
+    for _ in 0..rounds {
+        equal += u64::from(same_content(a.pfn, b.pfn));
+    }
+    let compare_ns = started.elapsed().as_nanos() as u64 / rounds.max(1);
+    log::debug!("ksm: measured ({sink:#x}, {equal})");
+    let _ = page_alloc::free(a);
+    let _ = page_alloc::free(b);
+    (checksum_ns, compare_ns)
+}
+
+/// Sets `ksm.run=1` unless the command line set `ksm.run` (scenario=ksm and the demo).
+pub fn run_unless_set_on_command_line() {
+    if crate::cmdline::value("ksm.run").is_none()
+        && let Err(error) = tunables::KSM_RUN.set(1)
+    {
+        log::error!("ksm: setting ksm.run=1: {error}");
+    }
+}
+
 /// Proves the stable tree: every entry is an allocated, mapped, read-only-owned KSM page of
 /// order 0 filed under its own checksum, each once, and the count matches.
 pub fn check() -> Result<(), String> {
     let trees = TREES.lock();
-    let mut seen = 0u64;
     let mut all: Vec<u64> = Vec::new();
-    for (&key, bucket) in &trees.stable {
-        for &pfn in bucket {
+    for &(key, pfn) in &trees.stable {
+        {
             let record = frame(pfn).ok_or_else(|| alloc::format!("ksm: {pfn:#x} not in a zone"))?;
             if record.state() != super::frame::FrameState::Allocated
                 || record.owner() != Owner::KsmShared
@@ -415,14 +477,7 @@ pub fn check() -> Result<(), String> {
                 ));
             }
             all.push(pfn);
-            seen += 1;
         }
-    }
-    if seen != trees.stable_pages {
-        return Err(alloc::format!(
-            "ksm: {seen} stable pages filed, {} counted",
-            trees.stable_pages
-        ));
     }
     drop(trees);
     all.sort_unstable();
@@ -610,9 +665,10 @@ fn scan_page(pfn: u64, mapping: Mapping) {
     let candidates: Vec<u64> = TREES
         .lock()
         .stable
-        .get(&key)
-        .map(|bucket| bucket.iter().copied().take(BUCKET_LOOKS).collect())
-        .unwrap_or_default();
+        .range(bucket(key))
+        .map(|&(_, kpfn)| kpfn)
+        .take(BUCKET_LOOKS)
+        .collect();
     for kpfn in candidates {
         if !try_get(kpfn, Owner::KsmShared) {
             continue;
@@ -631,40 +687,30 @@ fn scan_page(pfn: u64, mapping: Mapping) {
         }
     }
     // The unstable tree.
-    let candidates: Vec<Unstable> = TREES
+    let candidates: Vec<u64> = TREES
         .lock()
         .unstable
-        .get(&key)
-        .map(|bucket| bucket.iter().copied().take(BUCKET_LOOKS).collect())
-        .unwrap_or_default();
-    for entry in candidates {
-        if entry.pfn == pfn || !try_get(entry.pfn, Owner::UserAnon) {
+        .range(bucket(key))
+        .map(|(&(_, upfn), _)| upfn)
+        .take(BUCKET_LOOKS)
+        .collect();
+    for upfn in candidates {
+        if upfn == pfn || !try_get(upfn, Owner::UserAnon) {
             continue;
         }
-        let result = same_content(pfn, entry.pfn).then(|| merge(pfn, entry.pfn, true, key));
+        let result = same_content(pfn, upfn).then(|| merge(pfn, upfn, true, key));
         let merged = matches!(result, Some(Ok(())));
         if merged {
             let mut trees = TREES.lock();
-            if let Some(bucket) = trees.unstable.get_mut(&key)
-                && let Some(position) = bucket.iter().position(|other| other.pfn == entry.pfn)
-            {
-                bucket.swap_remove(position);
-                trees.unstable_pages -= 1;
-            }
-            trees.stable.entry(key).or_default().push(entry.pfn);
-            trees.stable_pages += 1;
+            trees.unstable.remove(&(key, upfn));
+            trees.stable.insert((key, upfn));
         }
-        put_page(entry.pfn);
+        put_page(upfn);
         if result.is_some() {
             return;
         }
     }
-    let mut trees = TREES.lock();
-    let bucket = trees.unstable.entry(key).or_default();
-    if !bucket.iter().any(|other| other.pfn == pfn) {
-        bucket.push(Unstable { pfn, mapping });
-        trees.unstable_pages += 1;
-    }
+    TREES.lock().unstable.insert((key, pfn), mapping);
 }
 
 /// What a scan did.
@@ -687,7 +733,6 @@ fn end_pass(report: &mut ScanReport) -> bool {
     }
     let mut trees = TREES.lock();
     let unstable = core::mem::take(&mut trees.unstable);
-    trees.unstable_pages = 0;
     drop(trees);
     // Freed outside the lock (the heap comes after it anyway; shorter hold).
     drop(unstable);
@@ -788,7 +833,6 @@ pub fn unmerge_all() -> Result<u64, space::SpaceError> {
     }
     let mut trees = TREES.lock();
     let unstable = core::mem::take(&mut trees.unstable);
-    trees.unstable_pages = 0;
     drop(trees);
     drop(unstable);
     Ok(total)
