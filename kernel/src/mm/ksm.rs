@@ -489,6 +489,31 @@ pub fn check() -> Result<(), String> {
     Ok(())
 }
 
+/// Test hook: runs in `merge` after the scanner compared the pages and before it locks the
+/// spaces, once with each page's pfn (a task's write landing in that window).
+#[cfg(test)]
+type RaceHook = alloc::boxed::Box<dyn FnMut(u64) + Send>;
+#[cfg(test)]
+static RACE_HOOK: IrqMutex<Option<RaceHook>> = IrqMutex::new(None);
+
+#[cfg(test)]
+fn set_race_hook(hook: Option<RaceHook>) {
+    *RACE_HOOK.lock() = hook;
+}
+
+#[cfg(test)]
+fn run_race_hook(pfn: u64) {
+    // Taken out while it runs (it locks spaces; no lock of ours is held meanwhile).
+    let hook = RACE_HOOK.lock().take();
+    if let Some(mut hook) = hook {
+        hook(pfn);
+        let mut slot = RACE_HOOK.lock();
+        if slot.is_none() {
+            *slot = Some(hook);
+        }
+    }
+}
+
 // ---- Merging -------------------------------------------------------------------------------
 
 /// Why a merge did not happen (both pages stay as they were, intact).
@@ -547,6 +572,10 @@ fn merge(page: u64, target: u64, target_new: bool, key: u32) -> Result<(), Merge
         frame(page).ok_or(MergeError::Changed)?,
         frame(target).ok_or(MergeError::Changed)?,
     );
+    #[cfg(test)]
+    run_race_hook(page);
+    #[cfg(test)]
+    run_race_hook(target);
     let mut guards = Vec::with_capacity(spaces.len());
     let outcome = (|| {
         // In id order (the lock order's rule for address spaces).

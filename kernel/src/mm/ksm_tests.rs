@@ -5,6 +5,7 @@
 use super::*;
 use crate::mm::checker;
 use crate::mm::space::{AddressSpace, RegionFlags, SharedSpace};
+use crate::sync::IrqMutex;
 use alloc::sync::Arc;
 
 const START: u64 = 0x2000_0000_0000;
@@ -456,4 +457,54 @@ fn ksm_ksmd_merges_in_the_background_and_run_2_unmerges_everything() {
     check_all("run=2");
     drop(spaces);
     check_all("teardown");
+}
+
+#[test_case]
+fn ksm_a_write_between_the_scan_and_the_merge_is_never_lost() {
+    with_tunables(0, 0, 256, || {
+        finish_pass();
+        let pages = 16u64;
+        let spaces = spaces_with(2, pages, true, |_, page| 0x3300 + page);
+        let victim = spaces[0].lock().id();
+        let written = Arc::new(IrqMutex::new(Vec::new()));
+        let log = written.clone();
+        // The "task" of space 0 writes each page once, right after the scanner found it equal
+        // to its twin and before the merge locks the spaces.
+        set_race_hook(Some(alloc::boxed::Box::new(move |pfn| {
+            for mapping in rmap::mappings(pfn) {
+                if mapping.space != victim || log.lock().contains(&mapping.address) {
+                    continue;
+                }
+                if let Some(shared) = space::find_space(mapping.space) {
+                    shared
+                        .lock()
+                        .write_user(mapping.address + 16, &0x77u64.to_le_bytes())
+                        .expect("write");
+                    log.lock().push(mapping.address);
+                }
+            }
+        })));
+        let differs = stats().merge_differs;
+        scan_full_passes(3);
+        set_race_hook(None);
+        let written = written.lock().clone();
+        assert!(!written.is_empty(), "the hook never ran: {:?}", stats());
+        for address in written {
+            assert_eq!(
+                read_word(&spaces[0], address + 16),
+                0x77,
+                "a racing write was lost"
+            );
+            assert_eq!(
+                read_word(&spaces[1], address + 16),
+                0,
+                "it leaked to the other space"
+            );
+            assert_ne!(pfn_at(&spaces[0], address), pfn_at(&spaces[1], address));
+        }
+        assert!(stats().merge_differs > differs, "{:?}", stats());
+        check_all("racing writes");
+        drop(spaces);
+        check_all("teardown");
+    });
 }
