@@ -16,7 +16,9 @@
 //!   identical across spaces, all pages distinct within one) in mergeable regions and idle while
 //!   ksmd merges them (`ksm.run=1` unless the command line sets it); then each writes one word
 //!   in every page and checks all its data (events `filled`, `merged` with the time, passes and
-//!   the scanner's CPU share, `written`, `done`).
+//!   the scanner's CPU share, `reported` once free page reporting is idle, then
+//!   `scenario.idle_ms` of idling, `written`, `done`). With `ksm.run=0` on the command line it
+//!   is the control: nothing may merge.
 //!
 //! Owns nothing: it uses the public interfaces of the allocator, the balloon and the tasks.
 
@@ -350,19 +352,24 @@ fn ksm() -> Result<(), alloc::string::String> {
     );
     let filled = Instant::now();
     ksm::run_unless_set_on_command_line();
+    // `ksm.run=0` on the command line: the control (nothing may merge).
+    let running = tunables::KSM_RUN.get() == 1;
     let merged = |stats: &ksm::KsmStats| {
         stats.pages_shared >= pages && stats.pages_sharing >= (SPACES - 1) * pages
     };
-    while !merged(&ksm::stats()) && filled.elapsed() < Duration::from_secs(300) {
+    while running && !merged(&ksm::stats()) && filled.elapsed() < Duration::from_secs(300) {
         task::sleep(Duration::from_millis(10));
     }
     let elapsed_ns = filled.elapsed().as_nanos() as u64;
     let after = ksm::stats();
-    if !merged(&after) {
+    if running && !merged(&after) {
         return Err(alloc::format!(
             "not merged after {} ms: {after:?}",
             elapsed_ns / 1_000_000
         ));
+    }
+    if !running && after.pages_sharing != before.pages_sharing {
+        return Err(alloc::format!("merged with ksm.run=0: {after:?}"));
     }
     let scan_ns = after.scan_ns - before.scan_ns;
     event(
@@ -380,8 +387,26 @@ fn ksm() -> Result<(), alloc::string::String> {
             ),
         ],
     );
-    // Each space writes one word in every page: every write copies (cow_ksm), and nothing one
-    // space writes shows in another.
+    // The freed duplicates go to the host through free page reporting (whole 2 MiB blocks:
+    // the spaces filled one after the other, so each one's duplicates lie together); the host
+    // watches the QEMU process meanwhile.
+    reporting::request();
+    let idle = Instant::now();
+    task::sleep(Duration::from_millis(100));
+    while !reporting::is_idle() && idle.elapsed() < Duration::from_secs(10) {
+        task::sleep(Duration::from_millis(10));
+    }
+    event(
+        "reported",
+        &[
+            ("ms_since_merged", idle.elapsed().as_millis() as u64),
+            ("free_pages", page_alloc::free_pages()),
+            ("idle_ms", tunables::SCENARIO_IDLE_MS.get()),
+        ],
+    );
+    task::sleep(Duration::from_millis(tunables::SCENARIO_IDLE_MS.get()));
+    // Each space writes one word in every page: every write to a merged page copies it
+    // (cow_ksm), and nothing one space writes shows in another.
     let written = Instant::now();
     for (which, shared) in spaces.iter().enumerate() {
         let mut space = shared.lock();
@@ -418,11 +443,9 @@ fn ksm() -> Result<(), alloc::string::String> {
             ("pages_shared", end.pages_shared),
         ],
     );
-    if end.cow_ksm - after.cow_ksm != SPACES * pages {
-        return Err(alloc::format!(
-            "expected {} KSM copies: {end:?}",
-            SPACES * pages
-        ));
+    let expected = if running { SPACES * pages } else { 0 };
+    if end.cow_ksm - after.cow_ksm != expected {
+        return Err(alloc::format!("expected {expected} KSM copies: {end:?}"));
     }
     tunables::KSM_RUN
         .set(0)

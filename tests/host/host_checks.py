@@ -269,6 +269,60 @@ def bad_command_line_words_are_reported_and_the_others_kept(kernel):
     check(status == 0, f"exit status {status}: the scenario after the bad words did not run")
 
 
+# ---- KSM (scenario=ksm): the host sees the merged duplicates leave the QEMU process ----------
+
+KSM_MIB = 32
+
+
+def ksm_run(kernel, run):
+    """Boots scenario=ksm (four spaces x KSM_MIB of the same pages) with ksm.run=`run` and
+    returns the QEMU process's resident memory at `filled` and its lowest value while the
+    guest idles after `reported`, with the events."""
+    words = ["scenario=ksm", f"scenario.ksm_mib={KSM_MIB}", f"ksm.run={run}",
+             "scenario.idle_ms=3000"]
+    guest = Guest(kernel, words, echo=False)
+    try:
+        filled = guest.wait_event("filled", timeout=120)
+        rss_filled = guest.rss_bytes()
+        merged = guest.wait_event("merged", timeout=240)
+        reported = guest.wait_event("reported", timeout=60)
+        lowest = guest.rss_bytes()
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end:
+            lowest = min(lowest, guest.rss_bytes())
+            time.sleep(0.1)
+        status = guest.wait_exit(timeout=240)
+    finally:
+        guest.kill()
+    return {"status": status, "rss_filled": rss_filled, "rss_lowest": lowest,
+            "filled": filled, "merged": merged, "reported": reported, "lines": guest.lines}
+
+
+def ksm_merge_gives_the_duplicates_back_to_the_host(kernel):
+    run = ksm_run(kernel, 1)
+    duplicates = 3 * KSM_MIB * MIB
+    dropped = run["rss_filled"] - run["rss_lowest"]
+    merged = run["merged"]
+    print(f"  ksm.run=1: merged in {merged['ms_since_filled']} ms, {merged['full_scans']} full "
+          f"scans, scanner {merged['scanner_cpu_pct']}% CPU; QEMU resident memory fell by "
+          f"{dropped / MIB:.0f} MiB of {duplicates / MIB:.0f} MiB duplicated "
+          f"({dropped / duplicates:.0%})")
+    check(run["status"] == 0, f"guest exit status {run['status']}")
+    check(merged["full_scans"] <= 2, f"took {merged['full_scans']} full scans")
+    check(dropped >= 0.85 * duplicates,
+          f"only {dropped / MIB:.0f} MiB of {duplicates / MIB:.0f} MiB left the QEMU process")
+
+
+def ksm_off_keeps_the_duplicates(kernel):
+    run = ksm_run(kernel, 0)
+    duplicates = 3 * KSM_MIB * MIB
+    dropped = run["rss_filled"] - run["rss_lowest"]
+    print(f"  ksm.run=0: QEMU resident memory fell by {dropped / MIB:.0f} MiB")
+    check(run["status"] == 0, f"guest exit status {run['status']}")
+    check(run["merged"]["pages_sharing"] == 0, "pages merged with ksm.run=0")
+    check(dropped < 0.2 * duplicates, f"{dropped / MIB:.0f} MiB left without KSM")
+
+
 CHECKS = [
     reclaim_with_reporting_returns_freed_memory,
     reclaim_without_reporting_keeps_memory,
@@ -282,6 +336,8 @@ CHECKS = [
     long_command_line_is_refused_and_a_corrupt_memory_map_named,
     legacy_only_balloon_is_named_and_the_kernel_runs_on,
     bad_command_line_words_are_reported_and_the_others_kept,
+    ksm_merge_gives_the_duplicates_back_to_the_host,
+    ksm_off_keeps_the_duplicates,
 ]
 
 
