@@ -244,7 +244,7 @@ pub static KSM_PAGES_TO_SCAN: Tunable = Tunable::new(
 .on_change(crate::mm::ksm::poke);
 
 /// See `mm::ksm`'s module documentation for the measurement behind it.
-pub const KSM_DEFAULT_PAGES_TO_SCAN: u64 = 200;
+pub const KSM_DEFAULT_PAGES_TO_SCAN: u64 = 2000;
 
 pub static KSM_SLEEP_MILLISECS: Tunable = Tunable::new(
     "ksm.sleep_millisecs",

@@ -769,8 +769,9 @@ fn end_pass(report: &mut ScanReport) -> bool {
 }
 
 /// Scans up to `budget` pages from the cursor on (stopping at the end of a pass if
-/// `stop_at_pass_end`). Only one scanner at a time: this waits for another to finish.
-pub fn scan_pages(budget: u64, stop_at_pass_end: bool) -> ScanReport {
+/// `stop_at_pass_end`, and once it has worked `time_limit`). Only one scanner at a time: this
+/// waits for another to finish.
+pub fn scan_pages(budget: u64, stop_at_pass_end: bool, time_limit: Option<Duration>) -> ScanReport {
     while SCANNING.swap(true, Relaxed) {
         task::yield_now();
     }
@@ -795,12 +796,14 @@ pub fn scan_pages(budget: u64, stop_at_pass_end: bool) -> ScanReport {
         };
         batch.clear();
         let want = (budget - report.pages).min(BATCH as u64) as usize;
+        let seen;
         let (resume, any_region) = {
             let guard = shared.lock();
             let result = guard.mergeable_pages(from, want, &mut batch);
             // A reference to each while the space's lock keeps its mapping (and so the page).
             // Pages of other owners (merged already) are counted as scanned and skipped.
             let before = batch.len();
+            seen = before;
             batch.retain(|&(_, pfn)| try_get(pfn, Owner::UserAnon));
             count(&counter::pages_scanned, (before - batch.len()) as u64);
             count(&counter::pass_pages, before as u64);
@@ -821,10 +824,25 @@ pub fn scan_pages(budget: u64, stop_at_pass_end: bool) -> ScanReport {
             }
         }
         // At least one per visit, so that a budget ends even over empty regions.
-        report.pages += want.min(batch.len().max(1)) as u64;
+        report.pages += seen.max(1) as u64;
+        let mut stopped_at = None;
         for &(address, pfn) in &batch {
-            scan_page(pfn, Mapping { space: id, address });
+            if stopped_at.is_none() && time_limit.is_some_and(|limit| started.elapsed() >= limit) {
+                stopped_at = Some(address);
+            }
+            if stopped_at.is_none() {
+                scan_page(pfn, Mapping { space: id, address });
+            }
             put_page(pfn);
+        }
+        if let Some(address) = stopped_at {
+            // Out of time: the next wake starts at the first page not looked at.
+            CURSOR_SPACE.store(u64::from(id), Relaxed);
+            CURSOR_ADDRESS.store(address, Relaxed);
+            break;
+        }
+        if time_limit.is_some_and(|limit| started.elapsed() >= limit) {
+            break;
         }
     }
     count(&counter::scan_ns, started.elapsed().as_nanos() as u64);
@@ -839,7 +857,7 @@ pub fn scan_full_passes(passes: u64) -> u64 {
     let mut pages = 0;
     let mut done = 0;
     while done < passes {
-        let report = scan_pages(u64::MAX, true);
+        let report = scan_pages(u64::MAX, true, None);
         pages += report.pages;
         done += report.passes;
     }
@@ -912,7 +930,11 @@ fn daemon() {
             }
             _ => {}
         }
-        let report = scan_pages(tunables::KSM_PAGES_TO_SCAN.get(), false);
+        // At most a fifth of the time: a wake works sleep/4 at most (merges cost ~25 times
+        // what a look at a unique page does, so a page count alone cannot bound the share).
+        let sleep = tunables::KSM_SLEEP_MILLISECS.get();
+        let limit = (sleep > 0).then(|| Duration::from_micros(sleep * 250));
+        let report = scan_pages(tunables::KSM_PAGES_TO_SCAN.get(), false, limit);
         if report.nothing_mergeable {
             // No mergeable region anywhere: no timer until madvise or a tunable wakes us.
             WAKE.wait_until(requested);

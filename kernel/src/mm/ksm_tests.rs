@@ -34,7 +34,7 @@ fn with_tunables<R>(run: u64, zero_pages: u64, cap: u64, f: impl FnOnce() -> R) 
 /// The pass in progress (left by an earlier test) is finished, so counts start clean.
 fn finish_pass() {
     if CURSOR_SPACE.load(Relaxed) != 0 || CURSOR_ADDRESS.load(Relaxed) != 0 {
-        scan_pages(u64::MAX, true);
+        scan_pages(u64::MAX, true, None);
     }
 }
 
@@ -393,7 +393,7 @@ fn ksm_racing_writes_while_merging_are_never_lost() {
         let merges_before = stats().merges;
         let mut scanned = 0;
         for _ in 0..40 {
-            scanned += scan_pages(48, false).pages;
+            scanned += scan_pages(48, false, None).pages;
             task::yield_now();
         }
         stop.store(true, Relaxed);
@@ -562,4 +562,36 @@ fn ksm_unmerge_without_memory_fails_cleanly_and_the_range_stays_mergeable() {
         drop(spaces);
         check_all("teardown");
     });
+}
+
+#[test_case]
+fn ksm_ksmd_takes_no_timer_when_nothing_is_mergeable_or_run_is_0() {
+    let sleep = tunables::KSM_SLEEP_MILLISECS.get();
+    tunables::KSM_SLEEP_MILLISECS.set(5).expect("in range");
+    let interrupts_while_idle = |ms: u64| {
+        let before = task::scheduler::stats().timer_interrupts;
+        task::sleep(Duration::from_millis(ms));
+        task::scheduler::stats().timer_interrupts - before
+    };
+    // Running, but no mergeable region anywhere: after one pass ksmd waits without a timer.
+    with_tunables(1, 0, 256, || {
+        task::sleep(Duration::from_millis(50));
+        let idle = interrupts_while_idle(200);
+        assert!(idle <= 2, "{idle} timer interrupts with nothing mergeable");
+        // The control: a mergeable region makes it wake every 5 ms.
+        let spaces = spaces_with(1, 4, true, |_, page| page + 1);
+        let busy = interrupts_while_idle(200);
+        assert!(
+            busy >= 10,
+            "only {busy} timer interrupts with ksmd scanning"
+        );
+        tunables::KSM_RUN.set(0).expect("0");
+        wait_idle();
+        task::sleep(Duration::from_millis(20));
+        let stopped = interrupts_while_idle(200);
+        assert!(stopped <= 2, "{stopped} timer interrupts with ksm.run=0");
+        drop(spaces);
+    });
+    tunables::KSM_SLEEP_MILLISECS.set(sleep).expect("in range");
+    check_all("idle");
 }

@@ -455,6 +455,9 @@ impl AddressSpace {
             return Err(SpaceError::OutOfMemory);
         }
         self.regions.insert(start, Region { start, len, flags });
+        if flags.contains(RegionFlags::MERGEABLE) {
+            super::ksm::region_became_mergeable();
+        }
         Ok(start)
     }
 
