@@ -562,6 +562,12 @@ fn ksm_unmerge_without_memory_fails_cleanly_and_the_range_stays_mergeable() {
         drop(spaces);
         check_all("teardown");
     });
+    // All of memory was freed at once: let free page reporting finish with it, so that the
+    // tests after this one (some count timer interrupts) do not share the CPU with it.
+    let begun = Instant::now();
+    while !crate::mm::reporting::is_idle() && begun.elapsed() < Duration::from_secs(10) {
+        task::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test_case]
