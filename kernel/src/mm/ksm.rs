@@ -46,9 +46,11 @@
 //! and waits for the space's lock, then copies the KSM page: no write is lost.
 //!
 //! # Compaction
-//! Compaction skips KSM pages (it isolates only `UserAnon` pages, and `migrate_user_page`
-//! refuses a page that became a KSM page after isolation). They stay where they are: the
-//! stable tree names them by frame number.
+//! KSM pages are movable: compaction isolates them like anonymous pages (not the zero page),
+//! `migrate_user_page` moves one only while it is in the stable tree and calls [`page_moved`]
+//! under the mapping spaces' locks, so the tree names the new frame. A scanner holding a
+//! reference to a KSM page pins it (the move is refused), and a merge into a KSM page checks,
+//! under its locks, that the page is still in the stable tree.
 //!
 //! # Scan rate (the defaults)
 //! Measured under TCG on this QEMU (`scenario=ksm`, see README): hashing or comparing a page
@@ -291,6 +293,20 @@ pub fn page_freeing(pfn: u64) {
     }
     let key = record.private.load(Relaxed);
     TREES.lock().stable.remove(&(key, pfn));
+}
+
+/// Compaction moved the KSM page `from` to `to` (under every mapping space's lock, see
+/// `mm::migrate`): the stable tree and the checksum follow. Allocates at most a tree node.
+pub fn page_moved(from: u64, to: u64) {
+    let (Some(old), Some(new)) = (frame(from), frame(to)) else {
+        return;
+    };
+    let key = old.private.load(Relaxed);
+    new.private.store(key, Relaxed);
+    let mut trees = TREES.lock();
+    if trees.stable.remove(&(key, from)) {
+        trees.stable.insert((key, to));
+    }
 }
 
 /// Drops the scanner's reference to `pfn`, freeing it if that was the last.
@@ -606,7 +622,10 @@ fn merge(page: u64, target: u64, target_new: bool, key: u32) -> Result<(), Merge
         unpinned(page_record, Owner::UserAnon)?;
         if target_new {
             unpinned(target_record, Owner::UserAnon)?;
-        } else if target_record.owner() != Owner::KsmShared {
+        } else if target_record.owner() != Owner::KsmShared
+            || !(is_zero_page(target) || is_stable(target))
+        {
+            // Compaction moved it meanwhile (the old frame is no longer in the tree).
             return Err(MergeError::Changed);
         }
         // Every mapping in a mergeable region; then write-protect all of them (each flushed).

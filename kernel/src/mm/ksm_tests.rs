@@ -601,3 +601,80 @@ fn ksm_ksmd_takes_no_timer_when_nothing_is_mergeable_or_run_is_0() {
     tunables::KSM_SLEEP_MILLISECS.set(sleep).expect("in range");
     check_all("idle");
 }
+
+#[test_case]
+fn ksm_compaction_moves_shared_pages_and_the_stable_tree_follows() {
+    use crate::mm::compaction;
+    let pages = 4096u64;
+    let proactiveness = tunables::COMPACTION_PROACTIVENESS.get();
+    tunables::COMPACTION_PROACTIVENESS.set(0).expect("in range");
+    with_tunables(0, 0, 256, || {
+        finish_pass();
+        // Four spaces fault their pages in turn (consecutive frames in different spaces), all
+        // with the same content: merging frees three of every four frames, so every 2 MiB block
+        // keeps a quarter of its pages, all KSM pages.
+        let flags = RegionFlags::READ | RegionFlags::WRITE | RegionFlags::MERGEABLE;
+        let spaces: Vec<SharedSpace> = (0..4)
+            .map(|_| AddressSpace::new().expect("space"))
+            .collect();
+        for space in &spaces {
+            space
+                .lock()
+                .map_anonymous(Some(START), pages * 4096, flags)
+                .expect("region");
+        }
+        for page in 0..pages {
+            for space in &spaces {
+                space
+                    .lock()
+                    .write_user(START + page * 4096, &(page | 1 << 40).to_le_bytes())
+                    .expect("write");
+            }
+        }
+        scan_full_passes(2);
+        assert_counts("merged", pages, 3 * pages);
+        let before: Vec<u64> = (0..pages)
+            .map(|page| pfn_at(&spaces[0], START + page * 4096))
+            .collect();
+        page_alloc::drain_per_cpu_caches();
+        let moved_before = compaction::stats().pgmigrate_success;
+        let report = compaction::compact_all();
+        let moved = compaction::stats().pgmigrate_success - moved_before;
+        let after: Vec<u64> = (0..pages)
+            .map(|page| pfn_at(&spaces[0], START + page * 4096))
+            .collect();
+        let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count() as u64;
+        assert!(
+            changed > pages / 4,
+            "only {changed} KSM pages moved ({moved} moves; {report:?})"
+        );
+        assert!(
+            report.huge_blocks_after > report.huge_blocks_before,
+            "{report:?}"
+        );
+        // Counts and the tree followed; every space still shares one frame per page.
+        assert_counts("compacted", pages, 3 * pages);
+        for page in 0..pages {
+            let at = START + page * 4096;
+            let pfn = pfn_at(&spaces[0], at);
+            assert!(
+                is_stable(pfn),
+                "page {page}: the stable tree did not follow"
+            );
+            assert!(spaces.iter().all(|space| pfn_at(space, at) == pfn));
+            assert_eq!(read_word(&spaces[3], at), page | 1 << 40);
+        }
+        check_all("compaction");
+        // A moved KSM page still copies on write, and merging into it still works.
+        spaces[1]
+            .lock()
+            .write_user(START + 8, &5u64.to_le_bytes())
+            .expect("write");
+        assert_eq!(read_word(&spaces[2], START + 8), 0);
+        drop(spaces);
+        check_all("teardown");
+    });
+    tunables::COMPACTION_PROACTIVENESS
+        .set(proactiveness)
+        .expect("in range");
+}
