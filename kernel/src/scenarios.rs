@@ -329,14 +329,26 @@ fn ksm() -> Result<(), alloc::string::String> {
             .map_err(|error| alloc::format!("region: {error:?}"))?;
         spaces.push(shared);
     }
-    for shared in &spaces {
+    let fill = |shared: &crate::mm::space::SharedSpace, page: u64| {
         let mut space = shared.lock();
+        let at = START + page * PAGE_SIZE;
+        space
+            .write_user(at, &ksm_signature(page).to_le_bytes())
+            .and_then(|()| space.write_user(at + 4088, &page.to_le_bytes()))
+            .map_err(|error| alloc::format!("fill: {error:?}"))
+    };
+    if tunables::SCENARIO_KSM_INTERLEAVE.get() == 1 {
+        // Page by page in turn: consecutive frames belong to different spaces.
         for page in 0..pages {
-            let at = START + page * PAGE_SIZE;
-            space
-                .write_user(at, &ksm_signature(page).to_le_bytes())
-                .and_then(|()| space.write_user(at + 4088, &page.to_le_bytes()))
-                .map_err(|error| alloc::format!("fill: {error:?}"))?;
+            for shared in &spaces {
+                fill(shared, page)?;
+            }
+        }
+    } else {
+        for shared in &spaces {
+            for page in 0..pages {
+                fill(shared, page)?;
+            }
         }
     }
     let before = ksm::stats();

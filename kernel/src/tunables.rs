@@ -281,6 +281,15 @@ pub static SCENARIO_KSM_MIB: Tunable = Tunable::new(
     "scenario=ksm: how much memory each of the four spaces fills with the same content",
 );
 
+pub static SCENARIO_KSM_INTERLEAVE: Tunable = Tunable::new(
+    "scenario.ksm_interleave",
+    0,
+    0,
+    1,
+    "scenario=ksm: 1 fills the spaces page by page in turn, so the duplicates KSM frees lie \
+     between the pages that stay (compaction must move KSM pages for the host to see it)",
+);
+
 /// All tunables, for the command line and the console.
 pub static ALL: &[&Tunable] = &[
     &SCHED_TIMESLICE_MS,
@@ -306,6 +315,7 @@ pub static ALL: &[&Tunable] = &[
     &KSM_USE_ZERO_PAGES,
     &KSM_MAX_PAGE_SHARING,
     &SCENARIO_KSM_MIB,
+    &SCENARIO_KSM_INTERLEAVE,
 ];
 
 pub fn find(name: &str) -> Option<&'static Tunable> {
