@@ -708,3 +708,70 @@ fn ksm_console_command_prints_the_state_and_counters() {
         .set(tunables::KSM_DEFAULT_PAGES_TO_SCAN)
         .expect("in range");
 }
+
+#[test_case]
+fn ksm_whole_space_opt_in_covers_every_region_and_a_clone_inherits_it() {
+    with_tunables(0, 0, 256, || {
+        finish_pass();
+        let pages = 16u64;
+        let flags = RegionFlags::READ | RegionFlags::WRITE;
+        let spaces: Vec<SharedSpace> = (0..2)
+            .map(|_| AddressSpace::new().expect("space"))
+            .collect();
+        for (which, shared) in spaces.iter().enumerate() {
+            let mut space = shared.lock();
+            // Space 0: a region mapped before the opt-in; space 1: after it.
+            if which == 1 {
+                space.set_merge_any(true).expect("opt in");
+            }
+            space
+                .map_anonymous(Some(START), pages * 4096, flags)
+                .expect("region");
+            if which == 0 {
+                space.set_merge_any(true).expect("opt in");
+            }
+            assert!(space.merge_any());
+            assert!(
+                space
+                    .region_at(START)
+                    .expect("region")
+                    .flags
+                    .contains(RegionFlags::MERGEABLE)
+            );
+            for page in 0..pages {
+                space
+                    .write_user(START + page * 4096, &(page + 0x900).to_le_bytes())
+                    .expect("write");
+            }
+        }
+        scan_full_passes(2);
+        assert_counts("merged", pages, pages);
+        let child = spaces[0].lock().fork().expect("clone");
+        assert!(child.lock().merge_any(), "a clone inherits the opt-in");
+        child
+            .lock()
+            .map_anonymous(Some(START + 0x100_0000), 4096, flags)
+            .expect("region");
+        assert!(
+            child
+                .lock()
+                .region_at(START + 0x100_0000)
+                .expect("region")
+                .flags
+                .contains(RegionFlags::MERGEABLE)
+        );
+        drop(child);
+        // Off unmerges everything of the space.
+        spaces[0].lock().set_merge_any(false).expect("opt out");
+        assert!(!spaces[0].lock().merge_any());
+        assert_counts("opted out", pages, 0);
+        for page in 0..pages {
+            let at = START + page * 4096;
+            assert_eq!(rmap::map_count(pfn_at(&spaces[0], at)), 1);
+            assert_eq!(read_word(&spaces[0], at), page + 0x900);
+        }
+        check_all("opt-out");
+        drop(spaces);
+        check_all("teardown");
+    });
+}

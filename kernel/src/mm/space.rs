@@ -149,6 +149,9 @@ pub struct AddressSpace {
     pml4: Pages,
     regions: BTreeMap<u64, Region>,
     pub counters: SpaceCounters,
+    /// Every anonymous region, present and future, is mergeable (Linux's
+    /// `PR_SET_MEMORY_MERGE`); a clone inherits it.
+    merge_any: bool,
 }
 
 /// An address space shared between its task and the kernel's walkers.
@@ -221,6 +224,7 @@ impl AddressSpace {
             pml4,
             regions: BTreeMap::new(),
             counters: SpaceCounters::default(),
+            merge_any: false,
         };
         let placeholder = Weak::new();
         let mut registry = REGISTRY.lock();
@@ -454,6 +458,10 @@ impl AddressSpace {
         if self.regions.len() >= MAX_REGIONS {
             return Err(SpaceError::OutOfMemory);
         }
+        let mut flags = flags;
+        if self.merge_any {
+            flags |= RegionFlags::MERGEABLE;
+        }
         self.regions.insert(start, Region { start, len, flags });
         if flags.contains(RegionFlags::MERGEABLE) {
             super::ksm::region_became_mergeable();
@@ -592,6 +600,32 @@ impl AddressSpace {
             super::ksm::region_became_mergeable();
         }
         Ok(())
+    }
+
+    /// Whole-space opt-in to KSM (Linux's `PR_SET_MEMORY_MERGE`): on, every region now and
+    /// every later one is mergeable; off, every region is unmerged (out of memory: the error,
+    /// with the opt-in and the regions left as they were for what was not unmerged) and no
+    /// longer mergeable.
+    pub fn set_merge_any(&mut self, on: bool) -> Result<(), SpaceError> {
+        if on {
+            self.merge_any = true;
+            for region in self.regions.values_mut() {
+                region.flags |= RegionFlags::MERGEABLE;
+            }
+            super::ksm::region_became_mergeable();
+            return Ok(());
+        }
+        self.unmerge(USER_START, USER_END)?;
+        self.merge_any = false;
+        for region in self.regions.values_mut() {
+            region.flags -= RegionFlags::MERGEABLE;
+        }
+        Ok(())
+    }
+
+    /// Whether the whole space is opted in to KSM.
+    pub fn merge_any(&self) -> bool {
+        self.merge_any
     }
 
     /// Drops this space's mapping of `pfn` at `address`; frees the page if it was the last.
@@ -756,6 +790,7 @@ impl AddressSpace {
     pub fn fork(&mut self) -> Result<SharedSpace, SpaceError> {
         let child = AddressSpace::new()?;
         let mut guard = child.lock();
+        guard.merge_any = self.merge_any;
         for region in self.regions.values() {
             guard.regions.insert(region.start, *region);
         }

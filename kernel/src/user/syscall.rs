@@ -18,8 +18,9 @@
 //! | 9 | wait | child pid, status address (0: none) | [`WAIT_EXITED`] (its exit status written there as an i64) or [`WAIT_KILLED`] (0 written) |
 //! | 10 | page_map_count | address | how many mappings share the page there (0: none yet) |
 //! | 11 | check_memory | | 0 if the frame-state and reverse-map checkers pass, `-EIO` if not; `-EPERM` without [`Capabilities::DIAGNOSTICS`] |
+//! | 12 | memory_merge | 1 on, 0 off (Linux's `PR_SET_MEMORY_MERGE`: every region, now and later, mergeable; off unmerges), 2 asks | 0, or the state for 2; `-ENOMEM` if unmerging ran out of memory |
 //!
-//! The last two are diagnostics (like Linux's `/proc/self/pagemap`) for the tests' programs.
+//! Calls 10 and 11 are diagnostics (like Linux's `/proc/self/pagemap`) for the tests' programs.
 //! `check_memory` walks all memory with interrupts off, so only tasks spawned with the
 //! diagnostics capability (the tests') may call it: it is not made preemptible because it proves
 //! a consistent picture of every zone, list and mapping at one instant, which it could not do
@@ -44,6 +45,7 @@ pub const SYS_CLONE: u64 = 8;
 pub const SYS_WAIT: u64 = 9;
 pub const SYS_PAGE_MAP_COUNT: u64 = 10;
 pub const SYS_CHECK_MEMORY: u64 = 11;
+pub const SYS_MEMORY_MERGE: u64 = 12;
 
 pub const EPERM: i64 = 1;
 pub const EIO: i64 = 5;
@@ -101,6 +103,11 @@ pub fn dispatch(registers: &mut UserRegisters) {
                 .map_or(0, |(pfn, _)| u64::from(rmap::map_count(pfn))))
         }),
         SYS_CHECK_MEMORY => check_memory(),
+        SYS_MEMORY_MERGE => with_space(|space| match a {
+            0 | 1 => space.set_merge_any(a == 1).map(|()| 0).map_err(space_errno),
+            2 => Ok(u64::from(space.merge_any())),
+            _ => Err(EINVAL),
+        }),
         _ => Err(ENOSYS),
     };
     registers.rax = match result {
