@@ -543,7 +543,13 @@ pub enum MergeError {
     Differs,
     /// The KSM page already has `ksm.max_page_sharing` mappings.
     Full,
+    /// No heap for the reverse map's entries (checked before anything changes).
+    NoMemory,
 }
+
+/// Heap the reverse map may need per mapping moved to a KSM page (a side-table entry, its
+/// share of a tree node, the vector growing), reserved before a merge changes anything.
+const RMAP_HEAP_PER_MAPPING: u64 = 256;
 
 /// Points every mapping of `page` at `target` (see the module documentation). The caller holds
 /// a reference to both. `target_new`: `target` is an unstable-tree page that becomes a KSM
@@ -580,6 +586,14 @@ fn merge(page: u64, target: u64, target_new: bool, key: u32) -> Result<(), Merge
         .collect();
     ids.sort_unstable();
     ids.dedup();
+    // The reverse map allocates under the spaces' locks: make sure it can, or refuse now.
+    if super::heap::reserve(
+        RMAP_HEAP_PER_MAPPING * (page_maps.len() + target_maps.len() + 1) as u64,
+    )
+    .is_err()
+    {
+        return Err(MergeError::NoMemory);
+    }
     let mut spaces = Vec::with_capacity(ids.len());
     for &id in &ids {
         spaces.push(space::find_space(id).ok_or(MergeError::Changed)?);
@@ -680,7 +694,7 @@ fn merge(page: u64, target: u64, target_new: bool, key: u32) -> Result<(), Merge
         Err(MergeError::Pinned) => count(&counter::merge_pinned, 1),
         Err(MergeError::Changed) => count(&counter::merge_changed, 1),
         Err(MergeError::Differs) => count(&counter::merge_differs, 1),
-        Err(MergeError::Full) => {}
+        Err(MergeError::Full | MergeError::NoMemory) => {}
     }
     outcome
 }
