@@ -146,21 +146,33 @@ pub struct KsmStats {
 /// Both trees are keyed by (checksum, pfn): a bucket is the range of one checksum. No
 /// allocation per entry beyond the B-tree's nodes (the heap is a linked list: many small
 /// allocations make every allocation and free slower).
+/// Keys are (merge domain, checksum, pfn): pages of different domains never meet in a bucket.
+/// `domains` names each stable page's domain (for the paths that start from a frame).
 struct Trees {
-    stable: BTreeSet<(u32, u64)>,
-    unstable: BTreeMap<(u32, u64), Mapping>,
+    stable: BTreeSet<(u32, u32, u64)>,
+    domains: BTreeMap<u64, u32>,
+    unstable: BTreeMap<(u32, u32, u64), Mapping>,
 }
 
 static TREES: IrqMutex<Trees> = IrqMutex::with_class(
     Trees {
         stable: BTreeSet::new(),
+        domains: BTreeMap::new(),
         unstable: BTreeMap::new(),
     },
     LockClass::Ksm,
 );
 
-fn bucket(key: u32) -> core::ops::RangeInclusive<(u32, u64)> {
-    (key, 0)..=(key, u64::MAX)
+fn bucket(domain: u32, key: u32) -> core::ops::RangeInclusive<(u32, u32, u64)> {
+    (domain, key, 0)..=(domain, key, u64::MAX)
+}
+
+/// The merge domain of the KSM page `pfn`, if it is in the stable tree.
+fn stable_domain(pfn: u64) -> Option<u32> {
+    let key = frame(pfn)?.private.load(Relaxed);
+    let trees = TREES.lock();
+    let domain = *trees.domains.get(&pfn)?;
+    trees.stable.contains(&(domain, key, pfn)).then_some(domain)
 }
 
 /// The shared zero page (0: not allocated yet). KSM holds one reference to it for good.
@@ -274,11 +286,7 @@ fn zero_checksum() -> u32 {
 
 /// Whether `pfn` is a KSM page in the stable tree.
 pub fn is_stable(pfn: u64) -> bool {
-    let Some(record) = frame(pfn) else {
-        return false;
-    };
-    let key = record.private.load(Relaxed);
-    TREES.lock().stable.contains(&(key, pfn))
+    stable_domain(pfn).is_some()
 }
 
 /// A KSM page's last reference is gone and it is about to be freed: it leaves the stable tree.
@@ -292,7 +300,10 @@ pub fn page_freeing(pfn: u64) {
         return;
     }
     let key = record.private.load(Relaxed);
-    TREES.lock().stable.remove(&(key, pfn));
+    let mut trees = TREES.lock();
+    if let Some(domain) = trees.domains.remove(&pfn) {
+        trees.stable.remove(&(domain, key, pfn));
+    }
 }
 
 /// Compaction moved the KSM page `from` to `to` (under every mapping space's lock, see
@@ -304,8 +315,11 @@ pub fn page_moved(from: u64, to: u64) {
     let key = old.private.load(Relaxed);
     new.private.store(key, Relaxed);
     let mut trees = TREES.lock();
-    if trees.stable.remove(&(key, from)) {
-        trees.stable.insert((key, to));
+    if let Some(domain) = trees.domains.remove(&from)
+        && trees.stable.remove(&(domain, key, from))
+    {
+        trees.stable.insert((domain, key, to));
+        trees.domains.insert(to, domain);
     }
 }
 
@@ -350,7 +364,8 @@ pub fn stats() -> KsmStats {
     let mut dups = 0;
     let mut last_key = None;
     let mut in_bucket = 0u64;
-    for &(key, pfn) in &trees.stable {
+    for &(domain, key, pfn) in &trees.stable {
+        let key = (domain, key);
         sharing += u64::from(rmap::map_count(pfn).saturating_sub(1));
         if last_key == Some(key) {
             in_bucket += 1;
@@ -476,7 +491,19 @@ pub fn run_unless_set_on_command_line() {
 pub fn check() -> Result<(), String> {
     let trees = TREES.lock();
     let mut all: Vec<u64> = Vec::new();
-    for &(key, pfn) in &trees.stable {
+    if trees.domains.len() != trees.stable.len() {
+        return Err(alloc::format!(
+            "ksm: {} stable pages, {} with a domain",
+            trees.stable.len(),
+            trees.domains.len()
+        ));
+    }
+    for &(domain, key, pfn) in &trees.stable {
+        if trees.domains.get(&pfn) != Some(&domain) {
+            return Err(alloc::format!(
+                "ksm: stable {pfn:#x} filed in domain {domain}"
+            ));
+        }
         {
             let record = frame(pfn).ok_or_else(|| alloc::format!("ksm: {pfn:#x} not in a zone"))?;
             if record.state() != super::frame::FrameState::Allocated
@@ -555,7 +582,13 @@ const RMAP_HEAP_PER_MAPPING: u64 = 256;
 /// a reference to both. `target_new`: `target` is an unstable-tree page that becomes a KSM
 /// page with checksum `key` (its mappings are write-protected and checked too); otherwise it
 /// is a KSM page already (stable, or the zero page).
-fn merge(page: u64, target: u64, target_new: bool, key: u32) -> Result<(), MergeError> {
+fn merge(
+    page: u64,
+    target: u64,
+    target_new: bool,
+    key: u32,
+    domain: u32,
+) -> Result<(), MergeError> {
     if page == target {
         return Err(MergeError::Changed);
     }
@@ -637,7 +670,7 @@ fn merge(page: u64, target: u64, target_new: bool, key: u32) -> Result<(), Merge
         if target_new {
             unpinned(target_record, Owner::UserAnon)?;
         } else if target_record.owner() != Owner::KsmShared
-            || !(is_zero_page(target) || is_stable(target))
+            || !(is_zero_page(target) || stable_domain(target) == Some(domain))
         {
             // Compaction moved it meanwhile (the old frame is no longer in the tree).
             return Err(MergeError::Changed);
@@ -649,6 +682,9 @@ fn merge(page: u64, target: u64, target_new: bool, key: u32) -> Result<(), Merge
                     .iter_mut()
                     .find(|guard| guard.id() == mapping.space)
                     .ok_or(MergeError::Changed)?;
+                if guard.merge_domain() != domain {
+                    return Err(MergeError::Changed);
+                }
                 let mergeable = guard
                     .region_at(mapping.address)
                     .is_some_and(|region| region.flags.contains(space::RegionFlags::MERGEABLE));
@@ -702,7 +738,7 @@ fn merge(page: u64, target: u64, target_new: bool, key: u32) -> Result<(), Merge
 // ---- Scanning ------------------------------------------------------------------------------
 
 /// One page, seen at `mapping`; the caller holds a reference to it.
-fn scan_page(pfn: u64, mapping: Mapping) {
+fn scan_page(pfn: u64, mapping: Mapping, domain: u32) {
     count(&counter::pages_scanned, 1);
     let Some(record) = frame(pfn) else {
         return;
@@ -720,15 +756,15 @@ fn scan_page(pfn: u64, mapping: Mapping) {
         && is_zero_filled(pfn)
         && let Some(zero) = zero_page()
     {
-        let _ = merge(pfn, zero, false, key);
+        let _ = merge(pfn, zero, false, key, domain);
         return;
     }
     // The stable tree.
     let candidates: Vec<u64> = TREES
         .lock()
         .stable
-        .range(bucket(key))
-        .map(|&(_, kpfn)| kpfn)
+        .range(bucket(domain, key))
+        .map(|&(_, _, kpfn)| kpfn)
         .take(BUCKET_LOOKS)
         .collect();
     for kpfn in candidates {
@@ -736,7 +772,7 @@ fn scan_page(pfn: u64, mapping: Mapping) {
             continue;
         }
         let result = if same_content(pfn, kpfn) {
-            Some(merge(pfn, kpfn, false, key))
+            Some(merge(pfn, kpfn, false, key, domain))
         } else {
             None
         };
@@ -752,27 +788,28 @@ fn scan_page(pfn: u64, mapping: Mapping) {
     let candidates: Vec<u64> = TREES
         .lock()
         .unstable
-        .range(bucket(key))
-        .map(|(&(_, upfn), _)| upfn)
+        .range(bucket(domain, key))
+        .map(|(&(_, _, upfn), _)| upfn)
         .take(BUCKET_LOOKS)
         .collect();
     for upfn in candidates {
         if upfn == pfn || !try_get(upfn, Owner::UserAnon) {
             continue;
         }
-        let result = same_content(pfn, upfn).then(|| merge(pfn, upfn, true, key));
+        let result = same_content(pfn, upfn).then(|| merge(pfn, upfn, true, key, domain));
         let merged = matches!(result, Some(Ok(())));
         if merged {
             let mut trees = TREES.lock();
-            trees.unstable.remove(&(key, upfn));
-            trees.stable.insert((key, upfn));
+            trees.unstable.remove(&(domain, key, upfn));
+            trees.stable.insert((domain, key, upfn));
+            trees.domains.insert(upfn, domain);
         }
         put_page(upfn);
         if result.is_some() {
             return;
         }
     }
-    TREES.lock().unstable.insert((key, pfn), mapping);
+    TREES.lock().unstable.insert((domain, key, pfn), mapping);
 }
 
 /// What a scan did.
@@ -830,8 +867,10 @@ pub fn scan_pages(budget: u64, stop_at_pass_end: bool, time_limit: Option<Durati
         batch.clear();
         let want = (budget - report.pages).min(BATCH as u64) as usize;
         let seen;
+        let domain;
         let (resume, any_region) = {
             let guard = shared.lock();
+            domain = guard.merge_domain();
             let result = guard.mergeable_pages(from, want, &mut batch);
             // A reference to each while the space's lock keeps its mapping (and so the page).
             // Pages of other owners (merged already) are counted as scanned and skipped.
@@ -864,7 +903,7 @@ pub fn scan_pages(budget: u64, stop_at_pass_end: bool, time_limit: Option<Durati
                 stopped_at = Some(address);
             }
             if stopped_at.is_none() {
-                scan_page(pfn, Mapping { space: id, address });
+                scan_page(pfn, Mapping { space: id, address }, domain);
             }
             put_page(pfn);
         }

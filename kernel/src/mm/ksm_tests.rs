@@ -775,3 +775,40 @@ fn ksm_whole_space_opt_in_covers_every_region_and_a_clone_inherits_it() {
         check_all("teardown");
     });
 }
+
+#[test_case]
+fn ksm_pages_of_other_merge_domains_never_merge() {
+    with_tunables(0, 0, 256, || {
+        finish_pass();
+        let pages = 16u64;
+        let spaces = spaces_with(4, pages, true, |_, page| 0xd0_0000 + page);
+        // Spaces 0 and 1 in the default domain, 2 and 3 in domain 7.
+        for space in &spaces[2..] {
+            space.lock().set_merge_domain(7).expect("domain");
+        }
+        scan_full_passes(2);
+        // One KSM page per content and domain: two per page, each mapped twice.
+        assert_counts("two domains", 2 * pages, 2 * pages);
+        for page in 0..pages {
+            let at = START + page * 4096;
+            let (a, b) = (pfn_at(&spaces[0], at), pfn_at(&spaces[2], at));
+            assert_ne!(a, b, "page {page} merged across domains");
+            assert_eq!(pfn_at(&spaces[1], at), a);
+            assert_eq!(pfn_at(&spaces[3], at), b);
+        }
+        check_all("domains");
+        // A clone stays in its parent's domain.
+        let child = spaces[2].lock().fork().expect("clone");
+        assert_eq!(child.lock().merge_domain(), 7);
+        drop(child);
+        // Moving a space to another domain unmerges it first.
+        spaces[3].lock().set_merge_domain(0).expect("domain");
+        assert_counts("moved", 2 * pages, pages);
+        scan_full_passes(2);
+        assert_counts("rescanned", 2 * pages, 2 * pages);
+        assert_eq!(pfn_at(&spaces[3], START), pfn_at(&spaces[0], START));
+        check_all("moved");
+        drop(spaces);
+        check_all("teardown");
+    });
+}

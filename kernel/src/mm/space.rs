@@ -152,6 +152,9 @@ pub struct AddressSpace {
     /// Every anonymous region, present and future, is mergeable (Linux's
     /// `PR_SET_MEMORY_MERGE`); a clone inherits it.
     merge_any: bool,
+    /// KSM merges pages only between spaces of the same domain (0 by default: one domain for
+    /// all); a clone inherits it.
+    merge_domain: u32,
 }
 
 /// An address space shared between its task and the kernel's walkers.
@@ -225,6 +228,7 @@ impl AddressSpace {
             regions: BTreeMap::new(),
             counters: SpaceCounters::default(),
             merge_any: false,
+            merge_domain: 0,
         };
         let placeholder = Weak::new();
         let mut registry = REGISTRY.lock();
@@ -623,6 +627,22 @@ impl AddressSpace {
         Ok(())
     }
 
+    /// The space's KSM merge domain.
+    pub fn merge_domain(&self) -> u32 {
+        self.merge_domain
+    }
+
+    /// Moves the space to merge domain `domain` (set at spawn; a clone inherits it). Pages
+    /// merged so far are unmerged first, so that nothing stays shared across domains (out of
+    /// memory: the error, and the space stays in its domain).
+    pub fn set_merge_domain(&mut self, domain: u32) -> Result<(), SpaceError> {
+        if domain != self.merge_domain {
+            self.unmerge(USER_START, USER_END)?;
+            self.merge_domain = domain;
+        }
+        Ok(())
+    }
+
     /// Whether the whole space is opted in to KSM.
     pub fn merge_any(&self) -> bool {
         self.merge_any
@@ -791,6 +811,7 @@ impl AddressSpace {
         let child = AddressSpace::new()?;
         let mut guard = child.lock();
         guard.merge_any = self.merge_any;
+        guard.merge_domain = self.merge_domain;
         for region in self.regions.values() {
             guard.regions.insert(region.start, *region);
         }
