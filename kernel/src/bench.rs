@@ -17,7 +17,7 @@ use buddy_system_allocator::LockedFrameAllocator;
 pub const RUNS: usize = 5;
 
 /// Names of the benchmarks `run` knows.
-pub const NAMES: &[&str] = &["alloc", "reporting"];
+pub const NAMES: &[&str] = &["alloc", "reporting", "ksm"];
 
 /// Runs benchmark `name`; false if there is no such benchmark.
 pub fn run(name: &str) -> bool {
@@ -28,6 +28,11 @@ pub fn run(name: &str) -> bool {
         }
         "reporting" => {
             reporting_benchmark();
+            true
+        }
+        "ksm" => {
+            // scenario.ksm_mib per space (default 64 MiB).
+            crate::mm::ksm::bench::run(crate::tunables::SCENARIO_KSM_MIB.get() * 256);
             true
         }
         _ => false,

@@ -278,7 +278,8 @@ pub static SCENARIO_KSM_MIB: Tunable = Tunable::new(
     64,
     1,
     1 << 16,
-    "scenario=ksm: how much memory each of the four spaces fills with the same content",
+    "scenario=ksm: how much memory each of the four spaces fills with the same content \
+     (bench=ksm: each of its spaces)",
 );
 
 pub static SCENARIO_KSM_INTERLEAVE: Tunable = Tunable::new(

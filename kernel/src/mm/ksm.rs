@@ -1024,3 +1024,6 @@ fn daemon() {
 #[cfg(test)]
 #[path = "ksm_tests.rs"]
 mod tests;
+
+#[path = "ksm_bench.rs"]
+pub mod bench;

@@ -812,3 +812,17 @@ fn ksm_pages_of_other_merge_domains_never_merge() {
         check_all("teardown");
     });
 }
+
+#[test_case]
+fn ksm_benchmark_runs_small_and_leaves_memory_consistent() {
+    // bench=ksm at 1 MiB per space, so that it cannot silently break.
+    let run = tunables::KSM_RUN.get();
+    bench::run(256);
+    assert_eq!(
+        tunables::KSM_RUN.get(),
+        run,
+        "the benchmark restores ksm.run"
+    );
+    check_all("bench=ksm");
+    assert_counts("after the benchmark", 0, 0);
+}
