@@ -6,6 +6,8 @@
 //! lock); ours takes its interrupt-safe per-CPU and zone locks, which also save and restore the
 //! interrupt flag: under TCG those instructions are slow, so the ratios there understate ours.
 //! Times come from the TSC.
+//!
+//! `ksm`: KSM's scan, merge, write-fault, unmerge and idle figures (`mm::ksm::bench`).
 
 use crate::arch::rdtsc;
 use crate::mm::buddy::MigrateType;
