@@ -16,6 +16,7 @@
 //! finally times page migration beside a plain 4 KiB copy. A 2 MiB allocation from unfragmented
 //! memory, at the start of the same boot, is the baseline. `tests/host/fragmentation_bench.py`
 //! makes the table and plots.
+//! `ksm`: KSM's scan, merge, write-fault, unmerge and idle figures (`mm::ksm::bench`).
 
 use crate::arch::rdtsc;
 use crate::mm::PAGE_SIZE;
@@ -28,7 +29,7 @@ use buddy_system_allocator::LockedFrameAllocator;
 pub const RUNS: usize = 5;
 
 /// Names of the benchmarks `run` knows.
-pub const NAMES: &[&str] = &["alloc", "reporting", "fragmentation"];
+pub const NAMES: &[&str] = &["alloc", "reporting", "compaction_overhead", "fragmentation", "ksm"];
 
 /// Runs benchmark `name`: `None` if there is no such benchmark, otherwise whether it ran to
 /// its end (a benchmark whose workload fails says why and fails the run).
@@ -42,6 +43,10 @@ pub fn run(name: &str) -> Option<crate::ExitCode> {
                 log::error!("bench=fragmentation failed: {problem}");
                 return Some(crate::ExitCode::Failure);
             }
+        }
+        "ksm" => {
+            // scenario.ksm_mib per space (default 64 MiB).
+            crate::mm::ksm::bench::run(crate::tunables::SCENARIO_KSM_MIB.get() * 256);
         }
         _ => return None,
     }

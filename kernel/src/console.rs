@@ -23,6 +23,7 @@ const HELP: &str = "commands:
   frag             fragmentation: score per zone and node, index per order, stranded
                    memory, buddyinfo, compaction counters
   compact          compact every zone now (like /proc/sys/vm/compact_memory)
+  ksm              KSM: run state and tunables, counters (pages_shared, pages_sharing, ...)
   run PROGRAM [N] [&]  run a user program with argument N and show its report (Ctrl-C
                    kills it and its children); with &, in the background
   kill ID          kill task ID (tasks lists them)
@@ -170,6 +171,7 @@ pub fn execute_with_input(line: &str, input: &mut dyn FnMut() -> Option<u8>) -> 
             writeln!(out, "{stats:?}")
         }
         "frag" => write_fragmentation(&mut out),
+        "ksm" => crate::mm::ksm::write_report(&mut out),
         "compact" => {
             let report = crate::mm::compaction::compact_all();
             let _ = writeln!(

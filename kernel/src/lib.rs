@@ -159,6 +159,7 @@ pub fn start(info: &'static BootInfo, main: fn(&'static BootInfo) -> ExitCode) -
     // Without a device, or when the driver cannot start, it says why itself; the kernel runs on.
     let _ = drivers::balloon::init();
     mm::compaction::start();
+    mm::ksm::start();
     let code = main(info);
     log::info!("main returned {code:?}: exiting");
     qemu::exit(code)

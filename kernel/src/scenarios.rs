@@ -19,6 +19,13 @@
 //!   `compacted` and `reported` when they happen, `verified`, `done`).
 //! - `soak`: ring-3 tasks churn memory while the host moves the balloon; checkers after every
 //!   phase and a final accounting of every page (see [`soak`]).
+//! - `ksm`: four address spaces each fill `scenario.ksm_mib` with the same content (page *i*
+//!   identical across spaces, all pages distinct within one) in mergeable regions and idle while
+//!   ksmd merges them (`ksm.run=1` unless the command line sets it); then each writes one word
+//!   in every page and checks all its data (events `filled`, `merged` with the time, passes and
+//!   the scanner's CPU share, `reported` once free page reporting is idle, then
+//!   `scenario.idle_ms` of idling, `written`, `done`). With `ksm.run=0` on the command line it
+//!   is the control: nothing may merge.
 //!
 //! Owns nothing: it uses the public interfaces of the allocator, the balloon and the tasks.
 
@@ -42,6 +49,7 @@ pub const NAMES: &[&str] = &[
     "no_device",
     "fragment",
     "soak",
+    "ksm",
 ];
 
 /// Runs the scenario `name`; `None` if there is no such scenario.
@@ -53,6 +61,7 @@ pub fn run(name: &str) -> Option<ExitCode> {
         "no_device" => no_device(),
         "fragment" => fragment(),
         "soak" => soak::run(),
+        "ksm" => ksm(),
         _ => return None,
     };
     Some(match outcome {
@@ -469,5 +478,167 @@ fn fragment() -> Result<(), alloc::string::String> {
         ],
     );
     checker::check()?;
+    Ok(())
+}
+
+/// The content of page `page` in every space of `scenario=ksm` (distinct per page).
+fn ksm_signature(page: u64) -> u64 {
+    page.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+}
+
+fn ksm() -> Result<(), alloc::string::String> {
+    use crate::mm::ksm;
+    use crate::mm::space::{AddressSpace, RegionFlags};
+    const START: u64 = 0x3000_0000_0000;
+    const SPACES: u64 = 4;
+    let pages = tunables::SCENARIO_KSM_MIB.get() * 256;
+    let flags = RegionFlags::READ | RegionFlags::WRITE | RegionFlags::MERGEABLE;
+    let mut spaces = Vec::new();
+    for _ in 0..SPACES {
+        let shared = AddressSpace::new().map_err(|error| alloc::format!("space: {error:?}"))?;
+        shared
+            .lock()
+            .map_anonymous(Some(START), pages * PAGE_SIZE, flags)
+            .map_err(|error| alloc::format!("region: {error:?}"))?;
+        spaces.push(shared);
+    }
+    let fill = |shared: &crate::mm::space::SharedSpace, page: u64| {
+        let mut space = shared.lock();
+        let at = START + page * PAGE_SIZE;
+        space
+            .write_user(at, &ksm_signature(page).to_le_bytes())
+            .and_then(|()| space.write_user(at + 4088, &page.to_le_bytes()))
+            .map_err(|error| alloc::format!("fill: {error:?}"))
+    };
+    if tunables::SCENARIO_KSM_INTERLEAVE.get() == 1 {
+        // Page by page in turn: consecutive frames belong to different spaces.
+        for page in 0..pages {
+            for shared in &spaces {
+                fill(shared, page)?;
+            }
+        }
+    } else {
+        for shared in &spaces {
+            for page in 0..pages {
+                fill(shared, page)?;
+            }
+        }
+    }
+    let before = ksm::stats();
+    let (checksum_ns, compare_ns) = ksm::measure_page_costs(200);
+    event(
+        "filled",
+        &[
+            ("pages_per_space", pages),
+            ("spaces", SPACES),
+            ("ns_per_checksum", checksum_ns),
+            ("ns_per_page_compare", compare_ns),
+        ],
+    );
+    let filled = Instant::now();
+    ksm::run_unless_set_on_command_line();
+    // `ksm.run=0` on the command line: the control (nothing may merge).
+    let running = tunables::KSM_RUN.get() == 1;
+    let merged = |stats: &ksm::KsmStats| {
+        stats.pages_shared >= pages && stats.pages_sharing >= (SPACES - 1) * pages
+    };
+    while running && !merged(&ksm::stats()) && filled.elapsed() < Duration::from_secs(300) {
+        task::sleep(Duration::from_millis(10));
+    }
+    let elapsed_ns = filled.elapsed().as_nanos() as u64;
+    let after = ksm::stats();
+    if running && !merged(&after) {
+        return Err(alloc::format!(
+            "not merged after {} ms: {after:?}",
+            elapsed_ns / 1_000_000
+        ));
+    }
+    if !running && after.pages_sharing != before.pages_sharing {
+        return Err(alloc::format!("merged with ksm.run=0: {after:?}"));
+    }
+    let scan_ns = after.scan_ns - before.scan_ns;
+    event(
+        "merged",
+        &[
+            ("ms_since_filled", elapsed_ns / 1_000_000),
+            ("full_scans", after.full_scans - before.full_scans),
+            ("pages_shared", after.pages_shared),
+            ("pages_sharing", after.pages_sharing),
+            ("scan_ms", scan_ns / 1_000_000),
+            ("scanner_cpu_pct", scan_ns * 100 / elapsed_ns.max(1)),
+            (
+                "ns_per_page_scanned",
+                scan_ns / (after.pages_scanned - before.pages_scanned).max(1),
+            ),
+        ],
+    );
+    // The freed duplicates go to the host through free page reporting (whole 2 MiB blocks:
+    // the spaces filled one after the other, so each one's duplicates lie together); the host
+    // watches the QEMU process meanwhile.
+    reporting::request();
+    let idle = Instant::now();
+    task::sleep(Duration::from_millis(100));
+    while !reporting::is_idle() && idle.elapsed() < Duration::from_secs(10) {
+        task::sleep(Duration::from_millis(10));
+    }
+    event(
+        "reported",
+        &[
+            ("ms_since_merged", idle.elapsed().as_millis() as u64),
+            ("free_pages", page_alloc::free_pages()),
+            ("idle_ms", tunables::SCENARIO_IDLE_MS.get()),
+        ],
+    );
+    task::sleep(Duration::from_millis(tunables::SCENARIO_IDLE_MS.get()));
+    // Each space writes one word in every page: every write to a merged page copies it
+    // (cow_ksm), and nothing one space writes shows in another.
+    let written = Instant::now();
+    for (which, shared) in spaces.iter().enumerate() {
+        let mut space = shared.lock();
+        for page in 0..pages {
+            let value = (which as u64) << 56 | page;
+            space
+                .write_user(START + page * PAGE_SIZE + 8, &value.to_le_bytes())
+                .map_err(|error| alloc::format!("write: {error:?}"))?;
+        }
+    }
+    let write_ns = written.elapsed().as_nanos() as u64;
+    for (which, shared) in spaces.iter().enumerate() {
+        let mut space = shared.lock();
+        for page in 0..pages {
+            let mut words = [0u8; 16];
+            space
+                .read_user(START + page * PAGE_SIZE, &mut words)
+                .map_err(|error| alloc::format!("read: {error:?}"))?;
+            let first = u64::from_le_bytes(words[..8].try_into().unwrap_or_default());
+            let second = u64::from_le_bytes(words[8..].try_into().unwrap_or_default());
+            if first != ksm_signature(page) || second != (which as u64) << 56 | page {
+                return Err(alloc::format!(
+                    "space {which} page {page}: read {first:#x} {second:#x}"
+                ));
+            }
+        }
+    }
+    let end = ksm::stats();
+    event(
+        "written",
+        &[
+            ("cow_ksm", end.cow_ksm - after.cow_ksm),
+            ("ns_per_cow_fault", write_ns / (SPACES * pages)),
+            ("pages_shared", end.pages_shared),
+        ],
+    );
+    let expected = if running { SPACES * pages } else { 0 };
+    if end.cow_ksm - after.cow_ksm != expected {
+        return Err(alloc::format!("expected {expected} KSM copies: {end:?}"));
+    }
+    tunables::KSM_RUN
+        .set(0)
+        .map_err(|error| alloc::format!("ksm.run: {error}"))?;
+    ksm::wait_idle();
+    checker::check()?;
+    drop(spaces);
+    checker::check()?;
+    event("done", &[]);
     Ok(())
 }

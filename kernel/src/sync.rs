@@ -16,6 +16,7 @@
 //! | `Space` | one address space (regions, page tables) | yes |
 //! | `SpaceRegistry` | the id → space table | yes |
 //! | `Rmap` | the reverse map's side table | yes |
+//! | `Ksm` | KSM's stable and unstable trees (`mm::ksm`) | yes |
 //! | `Balloon` | the balloon's page list | yes |
 //! | `Heap` | the kernel heap (it maps and frees pages) | (it is the heap) |
 //! | `KernelTables` | the kernel half of the page tables | no |
@@ -57,13 +58,14 @@ pub enum LockClass {
     Space = 1,
     SpaceRegistry = 2,
     Rmap = 3,
-    Balloon = 4,
-    Heap = 5,
-    KernelTables = 6,
-    PerCpuCache = 7,
-    Zone = 8,
-    Scheduler = 9,
-    Serial = 10,
+    Ksm = 4,
+    Balloon = 5,
+    Heap = 6,
+    KernelTables = 7,
+    PerCpuCache = 8,
+    Zone = 9,
+    Scheduler = 10,
+    Serial = 11,
 }
 
 impl LockClass {
@@ -97,11 +99,12 @@ pub fn may_allocate() -> bool {
 }
 
 fn class_name(bit: u32) -> &'static str {
-    const NAMES: [&str; 11] = [
+    const NAMES: [&str; 12] = [
         "?",
         "Space",
         "SpaceRegistry",
         "Rmap",
+        "Ksm",
         "Balloon",
         "Heap",
         "KernelTables",

@@ -274,6 +274,74 @@ pub static SOAK_TASKS: Tunable = Tunable::new(
     "scenario=soak: most tasks started together in one phase (each may clone)",
 );
 
+pub static KSM_RUN: Tunable = Tunable::new(
+    "ksm.run",
+    0,
+    0,
+    2,
+    "KSM scanner: 0 stops it (merged pages stay merged), 1 runs it, 2 stops it and unmerges \
+     every merged page",
+)
+.on_change(crate::mm::ksm::poke);
+
+pub static KSM_PAGES_TO_SCAN: Tunable = Tunable::new(
+    "ksm.pages_to_scan",
+    KSM_DEFAULT_PAGES_TO_SCAN,
+    1,
+    1 << 24,
+    "pages the KSM scanner looks at per wake (default from the measured cost per page: about \
+     4 ms of work per 20 ms sleep, so the scanner takes at most ~20% of the CPU)",
+)
+.on_change(crate::mm::ksm::poke);
+
+/// See `mm::ksm`'s module documentation for the measurement behind it.
+pub const KSM_DEFAULT_PAGES_TO_SCAN: u64 = 2000;
+
+pub static KSM_SLEEP_MILLISECS: Tunable = Tunable::new(
+    "ksm.sleep_millisecs",
+    20,
+    0,
+    600_000,
+    "how long the KSM scanner sleeps between wakes (0: it only yields)",
+)
+.on_change(crate::mm::ksm::poke);
+
+pub static KSM_USE_ZERO_PAGES: Tunable = Tunable::new(
+    "ksm.use_zero_pages",
+    0,
+    0,
+    1,
+    "1: zero-filled mergeable pages map the shared zero page instead of a KSM page",
+)
+.on_change(crate::mm::ksm::poke);
+
+pub static KSM_MAX_PAGE_SHARING: Tunable = Tunable::new(
+    "ksm.max_page_sharing",
+    256,
+    2,
+    1 << 20,
+    "most mappings of one KSM page; beyond it identical pages form another KSM copy",
+)
+.on_change(crate::mm::ksm::poke);
+
+pub static SCENARIO_KSM_MIB: Tunable = Tunable::new(
+    "scenario.ksm_mib",
+    64,
+    1,
+    1 << 16,
+    "scenario=ksm: how much memory each of the four spaces fills with the same content \
+     (bench=ksm: each of its spaces)",
+);
+
+pub static SCENARIO_KSM_INTERLEAVE: Tunable = Tunable::new(
+    "scenario.ksm_interleave",
+    0,
+    0,
+    1,
+    "scenario=ksm: 1 fills the spaces page by page in turn, so the duplicates KSM frees lie \
+     between the pages that stay (compaction must move KSM pages for the host to see it)",
+);
+
 /// All tunables, for the command line and the console.
 pub static ALL: &[&Tunable] = &[
     &SCHED_TIMESLICE_MS,
@@ -299,6 +367,13 @@ pub static ALL: &[&Tunable] = &[
     &SOAK_SECONDS,
     &SOAK_SEED,
     &SOAK_TASKS,
+    &KSM_RUN,
+    &KSM_PAGES_TO_SCAN,
+    &KSM_SLEEP_MILLISECS,
+    &KSM_USE_ZERO_PAGES,
+    &KSM_MAX_PAGE_SHARING,
+    &SCENARIO_KSM_MIB,
+    &SCENARIO_KSM_INTERLEAVE,
 ];
 
 pub fn find(name: &str) -> Option<&'static Tunable> {

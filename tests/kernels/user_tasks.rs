@@ -1124,3 +1124,29 @@ fn tasks_keep_their_data_while_compaction_moves_their_pages() {
     assert!(moved > 0, "nothing was moved: the test proved nothing");
     check_memory();
 }
+
+#[test_case]
+fn ksm_merges_two_tasks_pages_and_their_writes_copy() {
+    use kernel::mm::ksm;
+    use kernel::tunables;
+    let pages = 64;
+    let sleep = tunables::KSM_SLEEP_MILLISECS.get();
+    tunables::KSM_SLEEP_MILLISECS.set(2).expect("in range");
+    let before = ksm::stats();
+    tunables::KSM_RUN.set(1).expect("ksm.run=1");
+    let report = run(programs::ksm_twins(), pages);
+    tunables::KSM_RUN.set(0).expect("ksm.run=0");
+    tunables::KSM_SLEEP_MILLISECS.set(sleep).expect("in range");
+    ksm::wait_idle();
+    let after = ksm::stats();
+    assert_eq!(
+        report.exit,
+        TaskExit::Exited(0),
+        "see ksm_twins' statuses; {after:?}"
+    );
+    assert!(after.merges - before.merges >= pages, "{after:?}");
+    // The child's writes and the parent's unmerge: one copy of a KSM page each.
+    assert_eq!(after.cow_ksm - before.cow_ksm, 2 * pages, "{after:?}");
+    assert_eq!(after.pages_shared, before.pages_shared, "{after:?}");
+    check_memory();
+}

@@ -67,19 +67,25 @@ impl core::fmt::Display for BootMemoryError {
     }
 }
 
-/// RAM a guest of `-m N` does not get at the top of its low memory: QEMU's q35 keeps the last
-/// 128 KiB below the size asked for (reserved in the map, for its firmware tables).
-const FIRMWARE_TOP_RESERVE: u64 = 128 * 1024;
+/// RAM the firmware keeps out of the map besides the hole below 1 MiB (QEMU's PVH boot: about
+/// 132 KiB for its tables), which `minimum_mib` must not promise to the kernel.
+const FIRMWARE_SLACK: u64 = 256 << 10;
 
 /// The least RAM (in MiB) a guest needs when the image ends at `image_end`: everything below
-/// the image's end, a frame database for that much memory, the running reserve, and what the
-/// firmware keeps at the top (without it, a guest of the size suggested could come up to
-/// 128 KiB short and not boot).
+/// the image's end, a frame database for that much memory (the whole guest's, each zone's
+/// rounded up to a page), the running reserve and [`FIRMWARE_SLACK`]. The hole below the image
+/// (the PC's 640 KiB to 1 MiB) cancels out: `check_size` counts only RAM above the image.
 pub fn minimum_mib(image_end: u64) -> u64 {
-    let base =
-        image_end.next_multiple_of(super::PAGE_SIZE) + RUNNING_RESERVE + FIRMWARE_TOP_RESERVE;
-    // One 32-byte record per 4 KiB frame: 1/128 of memory.
-    (base + base.div_ceil(128)).div_ceil(MIB)
+    let base = image_end.next_multiple_of(super::PAGE_SIZE) + RUNNING_RESERVE;
+    let mut mib = base.div_ceil(MIB);
+    loop {
+        // One 32-byte record per 4 KiB frame (1/128 of memory), plus a page per zone.
+        let database = (mib * MIB).div_ceil(128) + 3 * super::PAGE_SIZE;
+        if mib * MIB >= base + database + FIRMWARE_SLACK {
+            return mib;
+        }
+        mib += 1;
+    }
 }
 
 /// Bytes of RAM in the map.

@@ -81,8 +81,12 @@ pub fn check() -> Result<FrameCensus, String> {
         let Some(mapped) = super::space::check_reverse_map()? else {
             return Ok(census);
         };
-        let user_pages =
-            census.allocated_by_owner[Owner::UserAnon as usize] - census.migrated_unmapped;
+        // KSM pages count as user pages (the zero page only while mapped: KSM holds it).
+        super::ksm::check()?;
+        let user_pages = census.allocated_by_owner[Owner::UserAnon as usize]
+            + census.allocated_by_owner[Owner::KsmShared as usize]
+            - census.migrated_unmapped
+            - super::ksm::unmapped_zero_page();
         if user_pages != mapped as u64 {
             return Err(format!(
                 "{user_pages} user pages allocated but {mapped} mapped by address spaces"

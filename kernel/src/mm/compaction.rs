@@ -260,7 +260,8 @@ fn isolate_from(
         match frame.state() {
             FrameState::Free | FrameState::Isolated => index += 1 << frame.order(),
             FrameState::Allocated
-                if frame.owner() == Owner::UserAnon && migrate::isolate_user_page(pfn) =>
+                if matches!(frame.owner(), Owner::UserAnon | Owner::KsmShared)
+                    && migrate::isolate_user_page(pfn) =>
             {
                 pages.push(pfn);
                 count(&counter::compact_isolated, 1);

@@ -1,6 +1,6 @@
 //! Page migration: moves a movable page's contents to another frame and points every mapping
-//! of it there, so that compaction (and later KSM) can change which frame holds a page without
-//! its tasks noticing.
+//! of it there, so that compaction can change which frame holds a page (anonymous or KSM)
+//! without its tasks noticing; KSM's stable tree follows a moved KSM page.
 //!
 //! Owns the move of one page. Reaches address spaces through `space::find_space` and their
 //! `replace_page`, the reverse map through `rmap::mappings` and `rmap::move_mappings`, and the
@@ -87,6 +87,15 @@ pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), MigrateError> {
         if record.extra_references(1) != 0 {
             return Err(MigrateError::Pinned);
         }
+        // A KSM page moves only while it is in the stable tree (the tree follows it below,
+        // under these locks; a page that became a KSM page after isolation is in it too).
+        let owner = record.owner();
+        let ksm_page = owner == Owner::KsmShared;
+        if !matches!(owner, Owner::UserAnon | Owner::KsmShared)
+            || (ksm_page && !super::ksm::is_stable(pfn))
+        {
+            return Err(MigrateError::Changed);
+        }
         for mapping in &mappings {
             let guard = guards
                 .iter_mut()
@@ -106,9 +115,11 @@ pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), MigrateError> {
             let replaced = guard.replace_page(address, pfn, target.pfn);
             debug_assert!(replaced);
         }
-        let owner = record.owner();
         page_alloc::set_owner(target, owner);
         rmap::move_mappings(pfn, target.pfn);
+        if ksm_page {
+            super::ksm::page_moved(pfn, target.pfn);
+        }
         Ok(())
     })();
     // Last locked, first released: each guard restores the interrupt state from before it,
@@ -166,7 +177,8 @@ pub fn isolate_user_page(pfn: u64) -> bool {
     };
     let record = zone.frame(pfn);
     if record.order() != 0
-        || record.owner() != Owner::UserAnon
+        || !matches!(record.owner(), Owner::UserAnon | Owner::KsmShared)
+        || super::ksm::is_zero_page(pfn)
         || record.flags().contains(FrameFlags::MIGRATING)
         || !record.try_get()
     {
@@ -184,9 +196,12 @@ pub fn release_user_page(pfn: u64) {
     };
     let record = zone.frame(pfn);
     record.set_flags(record.flags() - FrameFlags::MIGRATING);
-    if record.put()
-        && let Err(error) = page_alloc::free(Pages { pfn, order: 0 })
-    {
-        log::error!("migration: freeing the old frame {pfn:#x}: {error:?}");
+    if record.put() {
+        // A KSM page whose mappings all went meanwhile leaves the stable tree first (after a
+        // move the tree already names the new frame: nothing to do).
+        super::ksm::page_freeing(pfn);
+        if let Err(error) = page_alloc::free(Pages { pfn, order: 0 }) {
+            log::error!("migration: freeing the old frame {pfn:#x}: {error:?}");
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod compaction;
 pub mod fault;
 pub mod frame;
 pub mod heap;
+pub mod ksm;
 pub mod migrate;
 pub mod page_alloc;
 pub mod paging;

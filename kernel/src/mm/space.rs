@@ -149,6 +149,12 @@ pub struct AddressSpace {
     pml4: Pages,
     regions: BTreeMap<u64, Region>,
     pub counters: SpaceCounters,
+    /// Every anonymous region, present and future, is mergeable (Linux's
+    /// `PR_SET_MEMORY_MERGE`); a clone inherits it.
+    merge_any: bool,
+    /// KSM merges pages only between spaces of the same domain (0 by default: one domain for
+    /// all); a clone inherits it.
+    merge_domain: u32,
 }
 
 /// An address space shared between its task and the kernel's walkers.
@@ -167,6 +173,15 @@ static MINOR_FAULTS: AtomicU64 = AtomicU64::new(0);
 /// The live space named `id` (for walkers that start from the reverse map: compaction, KSM).
 pub fn find_space(id: SpaceId) -> Option<SharedSpace> {
     REGISTRY.lock().get(&id).and_then(Weak::upgrade)
+}
+
+/// The live space with the lowest id at or above `from` (KSM's scan cursor walks them in id
+/// order).
+pub fn next_space(from: SpaceId) -> Option<(SpaceId, SharedSpace)> {
+    REGISTRY
+        .lock()
+        .range(from..)
+        .find_map(|(id, weak)| weak.upgrade().map(|space| (*id, space)))
 }
 
 /// Test hook: the id the next space tries first (to reach the end of the id range quickly).
@@ -212,6 +227,8 @@ impl AddressSpace {
             pml4,
             regions: BTreeMap::new(),
             counters: SpaceCounters::default(),
+            merge_any: false,
+            merge_domain: 0,
         };
         let placeholder = Weak::new();
         let mut registry = REGISTRY.lock();
@@ -355,6 +372,65 @@ impl AddressSpace {
         true
     }
 
+    /// KSM's scan: appends (address, pfn) of present pages in mergeable regions from `from` on,
+    /// in address order, until `out` holds `max`. Returns where to resume if it stopped because
+    /// `out` was full, and whether any mergeable region lies at or after `from`.
+    pub fn mergeable_pages(
+        &self,
+        from: u64,
+        max: usize,
+        out: &mut Vec<(u64, u64)>,
+    ) -> (Option<u64>, bool) {
+        let mut any_region = false;
+        for region in self.regions.values() {
+            if !region.flags.contains(RegionFlags::MERGEABLE) || region.end() <= from {
+                continue;
+            }
+            any_region = true;
+            let result = walk_user_tables(
+                self.pml4.phys(),
+                region.start.max(from),
+                region.end(),
+                None,
+                |address, entry| {
+                    if out.len() >= max {
+                        return core::ops::ControlFlow::Break(address);
+                    }
+                    out.push((address, entry.addr().as_u64() / PAGE_SIZE));
+                    core::ops::ControlFlow::Continue(())
+                },
+            );
+            if let Err(resume) = result {
+                return (Some(resume), true);
+            }
+        }
+        (None, any_region)
+    }
+
+    /// Gives every KSM page (shared page or zero page) mapped in `[start, end)` a private copy
+    /// (madvise UNMERGEABLE, `ksm.run=2`). Out of memory: stops with the pages copied so far
+    /// private and the rest still merged (nothing lost). Returns how many were unmerged.
+    pub fn unmerge(&mut self, start: u64, end: u64) -> Result<u64, SpaceError> {
+        let mut merged = Vec::new();
+        let _ = walk_user_tables(self.pml4.phys(), start, end, None, |address, entry| {
+            let pfn = entry.addr().as_u64() / PAGE_SIZE;
+            if page_alloc::zone_of(pfn)
+                .is_some_and(|zone| zone.frame(pfn).owner() == Owner::KsmShared)
+            {
+                merged.push((address, pfn));
+            }
+            core::ops::ControlFlow::<()>::Continue(())
+        });
+        let mut done = 0;
+        for (address, pfn) in merged {
+            let region = self.region_at(address).ok_or(SpaceError::NotMapped)?;
+            self.break_cow(address, pfn, region.flags)
+                .map_err(|_| SpaceError::OutOfMemory)?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
     /// Adds an anonymous region of `len` bytes at `start` (or wherever there is room); pages
     /// are mapped on first touch. Returns its start.
     pub fn map_anonymous(
@@ -384,7 +460,14 @@ impl AddressSpace {
         if self.regions.len() >= MAX_REGIONS {
             return Err(SpaceError::OutOfMemory);
         }
+        let mut flags = flags;
+        if self.merge_any {
+            flags |= RegionFlags::MERGEABLE;
+        }
         self.regions.insert(start, Region { start, len, flags });
+        if flags.contains(RegionFlags::MERGEABLE) {
+            super::ksm::region_became_mergeable();
+        }
         Ok(start)
     }
 
@@ -505,10 +588,18 @@ impl AddressSpace {
         if self.regions.len() + 2 > MAX_REGIONS {
             return Err(SpaceError::OutOfMemory);
         }
+        if !mergeable {
+            // Every merged page gets its private copy first; out of memory, the range stays
+            // mergeable (what was copied stays copied, nothing is lost).
+            self.unmerge(start, end)?;
+        }
         self.split_at(start);
         self.split_at(end);
         for region in self.regions.range_mut(start..end).map(|(_, region)| region) {
             region.flags.set(RegionFlags::MERGEABLE, mergeable);
+        }
+        if mergeable {
+            super::ksm::region_became_mergeable();
         }
         Ok(())
     }
@@ -555,6 +646,48 @@ impl AddressSpace {
             crate::arch::flush_tlb_all();
         }
         Ok(unmapped)
+    }
+
+    /// Whole-space opt-in to KSM (Linux's `PR_SET_MEMORY_MERGE`): on, every region now and
+    /// every later one is mergeable; off, every region is unmerged (out of memory: the error,
+    /// with the opt-in and the regions left as they were for what was not unmerged) and no
+    /// longer mergeable.
+    pub fn set_merge_any(&mut self, on: bool) -> Result<(), SpaceError> {
+        if on {
+            self.merge_any = true;
+            for region in self.regions.values_mut() {
+                region.flags |= RegionFlags::MERGEABLE;
+            }
+            super::ksm::region_became_mergeable();
+            return Ok(());
+        }
+        self.unmerge(USER_START, USER_END)?;
+        self.merge_any = false;
+        for region in self.regions.values_mut() {
+            region.flags -= RegionFlags::MERGEABLE;
+        }
+        Ok(())
+    }
+
+    /// The space's KSM merge domain.
+    pub fn merge_domain(&self) -> u32 {
+        self.merge_domain
+    }
+
+    /// Moves the space to merge domain `domain` (set at spawn; a clone inherits it). Pages
+    /// merged so far are unmerged first, so that nothing stays shared across domains (out of
+    /// memory: the error, and the space stays in its domain).
+    pub fn set_merge_domain(&mut self, domain: u32) -> Result<(), SpaceError> {
+        if domain != self.merge_domain {
+            self.unmerge(USER_START, USER_END)?;
+            self.merge_domain = domain;
+        }
+        Ok(())
+    }
+
+    /// Whether the whole space is opted in to KSM.
+    pub fn merge_any(&self) -> bool {
+        self.merge_any
     }
 
     /// Drops this space's mapping of `pfn` at `address`; frees the page if it was the last.
@@ -653,7 +786,9 @@ impl AddressSpace {
     }
 
     /// A write to a write-protected page of a writable region: the last mapper takes the page
-    /// back, anyone else gets a private copy.
+    /// back, anyone else gets a private copy. A KSM page (shared or zero) is never taken back,
+    /// even by its last mapper (`cow_ksm`): it is in the stable tree, and ksmd may be comparing
+    /// it. Unmerging calls this too (the copy is writable only if the region is).
     fn break_cow(
         &mut self,
         address: u64,
@@ -661,7 +796,10 @@ impl AddressSpace {
         flags: RegionFlags,
     ) -> Result<FaultOutcome, FaultError> {
         let page = Page::<Size4KiB>::containing_address(VirtAddr::new(address));
-        if rmap::map_count(pfn) == 1 {
+        let ksm_page = page_alloc::zone_of(pfn)
+            .is_some_and(|zone| zone.frame(pfn).owner() == Owner::KsmShared);
+        let writable = flags.contains(RegionFlags::WRITE);
+        if !ksm_page && rmap::map_count(pfn) == 1 {
             // SAFETY: only the permission of an existing user mapping changes.
             let flush = unsafe { self.tables().update_flags(page, user_flags(flags, true)) };
             self.finish(flush.map_err(|_| FaultError::Unmapped)?);
@@ -689,7 +827,7 @@ impl AddressSpace {
             .unmap(page)
             .map_err(|_| FaultError::Unmapped)?;
         flush.ignore();
-        self.map_page(address, copy.pfn, user_flags(flags, true))
+        self.map_page(address, copy.pfn, user_flags(flags, writable))
             .map_err(|_| FaultError::OutOfMemory)?;
         rmap::add_new(
             copy.pfn,
@@ -700,6 +838,9 @@ impl AddressSpace {
         );
         self.release(pfn, address);
         self.counters.cow_copies += 1;
+        if ksm_page {
+            super::ksm::count_cow();
+        }
         Ok(FaultOutcome::CopiedOnWrite)
     }
 
@@ -711,6 +852,8 @@ impl AddressSpace {
     pub fn fork(&mut self) -> Result<SharedSpace, SpaceError> {
         let child = AddressSpace::new()?;
         let mut guard = child.lock();
+        guard.merge_any = self.merge_any;
+        guard.merge_domain = self.merge_domain;
         for region in self.regions.values() {
             guard.regions.insert(region.start, *region);
         }
@@ -831,7 +974,9 @@ impl AddressSpace {
                 return Err(FaultError::Unmapped);
             }
             let (pfn, _) = self.translate(at).ok_or(FaultError::Unmapped)?;
-            if access == Access::Load && rmap::map_count(pfn) != 1 {
+            let ksm_page = page_alloc::zone_of(pfn)
+                .is_some_and(|zone| zone.frame(pfn).owner() == Owner::KsmShared);
+            if access == Access::Load && (rmap::map_count(pfn) != 1 || ksm_page) {
                 return Err(FaultError::Protection);
             }
             let offset_in_page = (at % PAGE_SIZE) as usize;
@@ -892,13 +1037,14 @@ const RMAP_HEAP_PER_PAGE: u64 = 128;
 const FORK_RESERVE_STEP: u64 = 256;
 
 /// Drops mapping (`space`, `address`) of `pfn` from the reverse map; frees the page if it was
-/// the last. Allocates nothing.
+/// the last (a KSM page leaves the stable tree first). Allocates nothing.
 fn release_mapping(space: SpaceId, pfn: u64, address: u64) {
     match rmap::remove(pfn, Mapping { space, address }) {
         Some(rmap::Unmapped {
             last_reference: true,
             ..
         }) => {
+            super::ksm::page_freeing(pfn);
             if let Err(error) = page_alloc::free(Pages { pfn, order: 0 }) {
                 log::error!("space {space}: freeing user page {pfn:#x}: {error:?}");
             }
@@ -1019,9 +1165,13 @@ pub fn check_reverse_map() -> Result<Option<usize>, alloc::string::String> {
     }
     let spaces: Vec<SharedSpace> = REGISTRY.lock().values().filter_map(Weak::upgrade).collect();
     let mut found: Vec<(u64, Mapping)> = Vec::new();
+    let mut writable: Vec<u64> = Vec::new();
     for space in &spaces {
         let space = space.lock();
-        for (address, pfn, _) in space.present_pages() {
+        for (address, pfn, write) in space.present_pages() {
+            if write {
+                writable.push(pfn);
+            }
             found.push((
                 pfn,
                 Mapping {
@@ -1032,6 +1182,7 @@ pub fn check_reverse_map() -> Result<Option<usize>, alloc::string::String> {
         }
     }
     found.sort_unstable();
+    writable.sort_unstable();
     let mut index = 0;
     let mut pages = 0;
     while index < found.len() {
@@ -1053,10 +1204,23 @@ pub fn check_reverse_map() -> Result<Option<usize>, alloc::string::String> {
             ));
         }
         let record = page_alloc::zone_of(pfn).expect("in a zone").frame(pfn);
-        // One reference per mapping, and one more while compaction moves the page.
+        // One reference per mapping, one more while compaction moves the page, and KSM's own
+        // on the shared zero page.
         let holders = expected.len() as u32
-            + u32::from(record.flags().contains(super::frame::FrameFlags::MIGRATING));
-        if record.owner() != Owner::UserAnon || record.refcount.load(Relaxed) != holders {
+            + u32::from(record.flags().contains(super::frame::FrameFlags::MIGRATING))
+            + u32::from(super::ksm::is_zero_page(pfn));
+        let owner_ok = match record.owner() {
+            Owner::UserAnon => true,
+            // A shared page is in the stable tree (or is the zero page) and mapped read-only.
+            Owner::KsmShared => super::ksm::is_zero_page(pfn) || super::ksm::is_stable(pfn),
+            _ => false,
+        };
+        if record.owner() == Owner::KsmShared && writable.binary_search(&pfn).is_ok() {
+            return Err(alloc::format!(
+                "pfn {pfn:#x}: a KSM page is mapped writable"
+            ));
+        }
+        if !owner_ok || record.refcount.load(Relaxed) != holders {
             return Err(alloc::format!(
                 "pfn {pfn:#x}: owner {:?} refcount {} for {} mappings",
                 record.owner(),

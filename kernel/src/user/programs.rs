@@ -582,6 +582,166 @@ user_program_fill_clone_start:
     exit_with 102
     .global user_program_fill_clone_end
 user_program_fill_clone_end:
+    // ksm_twins(pages): maps `pages` pages, writes page i's index into its first word, marks
+    // the range mergeable and clones. Both sides write 0x77 into the second word of every page
+    // (each gets its own pages, identical to the other's). The child polls (sleeping 2 ms,
+    // at most 5000 rounds) until page_map_count says every page is mapped twice (KSM merged
+    // them across the two tasks), then writes index + 0x1000 into the third word of every page
+    // (copy-on-write of merged pages) and checks all three words; exits 0. The parent waits for
+    // it, checks its own pages still read (index, 0x77, 0), unmerges the range (madvise
+    // UNMERGEABLE), checks that and every page's map count of 1, and exits with the child's
+    // status. 100 mmap, 101 madvise, 102 clone, 103 wait, 105 parent's data wrong, 106 unmerge
+    // failed, 107 a page still shared; child: 10 never merged, 11 its data wrong.
+    .global user_program_ksm_twins_start
+user_program_ksm_twins_start:
+    mov r12, rdi
+    mov rdi, r12
+    shl rdi, 12
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lkt_fail_100
+    mov r13, rax
+    xor ebx, ebx
+.Lkt_fill:
+    mov rax, rbx
+    shl rax, 12
+    mov [r13 + rax], rbx
+    inc rbx
+    cmp rbx, r12
+    jb .Lkt_fill
+    mov rdi, r13
+    mov rsi, r12
+    shl rsi, 12
+    mov edx, 12
+    sys 4
+    test rax, rax
+    jnz .Lkt_fail_101
+    sys 8
+    test rax, rax
+    js .Lkt_fail_102
+    mov r14, rax
+    xor ebx, ebx
+.Lkt_own:
+    mov rax, rbx
+    shl rax, 12
+    mov qword ptr [r13 + rax + 8], 0x77
+    inc rbx
+    cmp rbx, r12
+    jb .Lkt_own
+    test r14, r14
+    jnz .Lkt_parent
+    mov r15d, 5000
+.Lkt_poll:
+    xor ebx, ebx
+.Lkt_poll_page:
+    mov rdi, rbx
+    shl rdi, 12
+    add rdi, r13
+    sys 10
+    cmp rax, 2
+    jne .Lkt_wait_more
+    inc rbx
+    cmp rbx, r12
+    jb .Lkt_poll_page
+    jmp .Lkt_child_merged
+.Lkt_wait_more:
+    dec r15
+    jz .Lkt_child_never
+    mov edi, 2000000
+    sys 6
+    jmp .Lkt_poll
+.Lkt_child_merged:
+    xor ebx, ebx
+.Lkt_child_write:
+    mov rax, rbx
+    shl rax, 12
+    lea rdx, [rbx + 0x1000]
+    mov [r13 + rax + 16], rdx
+    inc rbx
+    cmp rbx, r12
+    jb .Lkt_child_write
+    xor ebx, ebx
+.Lkt_child_check:
+    mov rax, rbx
+    shl rax, 12
+    cmp [r13 + rax], rbx
+    jne .Lkt_child_wrong
+    cmp qword ptr [r13 + rax + 8], 0x77
+    jne .Lkt_child_wrong
+    lea rdx, [rbx + 0x1000]
+    cmp [r13 + rax + 16], rdx
+    jne .Lkt_child_wrong
+    inc rbx
+    cmp rbx, r12
+    jb .Lkt_child_check
+    exit_with 0
+.Lkt_child_wrong:
+    exit_with 11
+.Lkt_child_never:
+    exit_with 10
+.Lkt_parent:
+    sub rsp, 16
+    mov rdi, r14
+    mov rsi, rsp
+    sys 9
+    test rax, rax
+    jnz .Lkt_fail_103
+    mov r14, [rsp]
+    xor ebx, ebx
+.Lkt_parent_check:
+    mov rax, rbx
+    shl rax, 12
+    cmp [r13 + rax], rbx
+    jne .Lkt_fail_105
+    cmp qword ptr [r13 + rax + 8], 0x77
+    jne .Lkt_fail_105
+    cmp qword ptr [r13 + rax + 16], 0
+    jne .Lkt_fail_105
+    inc rbx
+    cmp rbx, r12
+    jb .Lkt_parent_check
+    mov rdi, r13
+    mov rsi, r12
+    shl rsi, 12
+    mov edx, 13
+    sys 4
+    test rax, rax
+    jnz .Lkt_fail_106
+    xor ebx, ebx
+.Lkt_parent_count:
+    mov rdi, rbx
+    shl rdi, 12
+    add rdi, r13
+    sys 10
+    cmp rax, 1
+    jne .Lkt_fail_107
+    mov rax, rbx
+    shl rax, 12
+    cmp [r13 + rax], rbx
+    jne .Lkt_fail_105
+    inc rbx
+    cmp rbx, r12
+    jb .Lkt_parent_count
+    mov rdi, r14
+    sys 0
+.Lkt_fail_100:
+    exit_with 100
+.Lkt_fail_101:
+    exit_with 101
+.Lkt_fail_102:
+    exit_with 102
+.Lkt_fail_103:
+    exit_with 103
+.Lkt_fail_105:
+    exit_with 105
+.Lkt_fail_106:
+    exit_with 106
+.Lkt_fail_107:
+    exit_with 107
+    .global user_program_ksm_twins_end
+user_program_ksm_twins_end:
+
     // clone_bomb(rounds): clones `rounds` times; every child goes on with the rounds left (2^rounds
     // tasks if nothing stops them). Exits 0, or with the error number of the first clone the
     // kernel refused.
@@ -1216,6 +1376,9 @@ programs! {
     wait_status: user_program_wait_status_start .. user_program_wait_status_end;
     /// Fills `rdi` pages, clones; both sides write every page (copy-on-write).
     fill_clone: user_program_fill_clone_start .. user_program_fill_clone_end;
+    /// Two tasks with the same `rdi` pages in mergeable regions: KSM merges them, the child's
+    /// writes copy, the parent unmerges.
+    ksm_twins: user_program_ksm_twins_start .. user_program_ksm_twins_end;
     /// Clones `rdi` times, and every child too: up to 2^`rdi` tasks.
     clone_bomb: user_program_clone_bomb_start .. user_program_clone_bomb_end;
     /// Sleeps for good (u64::MAX ns).

@@ -19,8 +19,9 @@
 //! | 10 | page_map_count | address | how many mappings share the page there (0: none yet) |
 //! | 11 | check_memory | | 0 if the frame-state and reverse-map checkers pass, `-EIO` if not; `-EPERM` without [`Capabilities::DIAGNOSTICS`] |
 //! | 12 | frame_of | address | the frame number (pfn) mapped there, 0 if nothing is mapped yet; `-EFAULT` outside the task's regions; `-EPERM` without [`Capabilities::DIAGNOSTICS`] |
+//! | 13 | memory_merge | 1 on, 0 off (Linux's `PR_SET_MEMORY_MERGE`: every region, now and later, mergeable; off unmerges), 2 asks | 0, or the state for 2; `-ENOMEM` if unmerging ran out of memory |
 //!
-//! The last three are diagnostics (like Linux's `/proc/self/pagemap`) for the tests' programs.
+//! Calls 10, 11 and 12 are diagnostics (like Linux's `/proc/self/pagemap`) for the tests' programs.
 //! `check_memory` walks all memory with interrupts off, so only tasks spawned with the
 //! diagnostics capability (the tests') may call it: it is not made preemptible because it proves
 //! a consistent picture of every zone, list and mapping at one instant, which it could not do
@@ -49,6 +50,7 @@ pub const SYS_WAIT: u64 = 9;
 pub const SYS_PAGE_MAP_COUNT: u64 = 10;
 pub const SYS_CHECK_MEMORY: u64 = 11;
 pub const SYS_FRAME_OF: u64 = 12;
+pub const SYS_MEMORY_MERGE: u64 = 13;
 
 pub const EPERM: i64 = 1;
 pub const EIO: i64 = 5;
@@ -108,6 +110,11 @@ pub fn dispatch(registers: &mut UserRegisters) {
         }),
         SYS_CHECK_MEMORY => check_memory(),
         SYS_FRAME_OF => frame_of(a),
+        SYS_MEMORY_MERGE => with_space(|space| match a {
+            0 | 1 => space.set_merge_any(a == 1).map(|()| 0).map_err(space_errno),
+            2 => Ok(u64::from(space.merge_any())),
+            _ => Err(EINVAL),
+        }),
         _ => Err(ENOSYS),
     };
     registers.rax = match result {
