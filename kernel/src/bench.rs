@@ -29,7 +29,13 @@ use buddy_system_allocator::LockedFrameAllocator;
 pub const RUNS: usize = 5;
 
 /// Names of the benchmarks `run` knows.
-pub const NAMES: &[&str] = &["alloc", "reporting", "compaction_overhead", "fragmentation", "ksm"];
+pub const NAMES: &[&str] = &[
+    "alloc",
+    "reporting",
+    "compaction_overhead",
+    "fragmentation",
+    "ksm",
+];
 
 /// Runs benchmark `name`: `None` if there is no such benchmark, otherwise whether it ran to
 /// its end (a benchmark whose workload fails says why and fails the run).
