@@ -344,43 +344,36 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
                     free_slot -= 1;
                 }
             }
-            for &pfn in &ballooned {
-                let Some(target) = targets.pop() else {
-                    report.failed += 1;
-                    count(&counter::pgmigrate_fail, 1);
-                    continue;
+            // Each page to its target; a target not used goes back for the next page.
+            for (pfn, user) in ballooned
+                .iter()
+                .map(|&pfn| (pfn, false))
+                .chain(pages.iter().map(|&pfn| (pfn, true)))
+            {
+                let moved = match targets.pop() {
+                    Some(target) => {
+                        let moved = if user {
+                            migrate::migrate_user_page(pfn, target).is_ok()
+                        } else {
+                            crate::drivers::balloon::migrate_page(pfn, target).is_ok()
+                        };
+                        if !moved {
+                            targets.push(target);
+                        }
+                        moved
+                    }
+                    None => false,
                 };
-                match crate::drivers::balloon::migrate_page(pfn, target) {
-                    Ok(()) => {
-                        report.migrated += 1;
-                        count(&counter::pgmigrate_success, 1);
-                    }
-                    Err(_) => {
-                        report.failed += 1;
-                        count(&counter::pgmigrate_fail, 1);
-                        targets.push(target);
-                    }
-                }
-            }
-            for &pfn in &pages {
-                let Some(target) = targets.pop() else {
+                if user {
                     migrate::release_user_page(pfn);
+                }
+                if moved {
+                    report.migrated += 1;
+                    count(&counter::pgmigrate_success, 1);
+                } else {
                     report.failed += 1;
                     count(&counter::pgmigrate_fail, 1);
-                    continue;
-                };
-                match migrate::migrate_user_page(pfn, target) {
-                    Ok(()) => {
-                        report.migrated += 1;
-                        count(&counter::pgmigrate_success, 1);
-                    }
-                    Err(_) => {
-                        report.failed += 1;
-                        count(&counter::pgmigrate_fail, 1);
-                        targets.push(target);
-                    }
                 }
-                migrate::release_user_page(pfn);
             }
             if targets.is_empty() && free_slot <= migrate_slot + 1 {
                 break 'pass;

@@ -538,9 +538,15 @@ impl AddressSpace {
         while let Some(key) = self.regions.range(start..end).next().map(|(key, _)| *key) {
             self.regions.remove(&key);
         }
-        // Only the pages present in the range (a huge, barely touched region costs what it
-        // holds, not its size), walked in place: freeing memory needs no memory. Page-table
-        // pages left empty go back too.
+        self.drop_pages(start, end);
+        Ok(())
+    }
+
+    /// Unmaps every page present in `[start, end)` (freed once no one maps them) and frees the
+    /// page-table pages that leaves empty. Only the pages present are visited (a huge, barely
+    /// touched region costs what it holds, not its size), in place: freeing memory needs no
+    /// memory. Returns how many pages it unmapped.
+    fn drop_pages(&mut self, start: u64, end: u64) -> u64 {
         let (id, active) = (self.id, self.is_active());
         let mut unmapped = 0;
         let pruned = walk_user_tables(
@@ -564,7 +570,7 @@ impl AddressSpace {
             // Freed table pages may sit in the paging-structure caches.
             crate::arch::flush_tlb_all();
         }
-        Ok(())
+        unmapped
     }
 
     /// Sets or clears MERGEABLE on every region in the range (splitting at its edges).
@@ -623,29 +629,7 @@ impl AddressSpace {
         if covered != len {
             return Err(SpaceError::NotMapped);
         }
-        let (id, active) = (self.id, self.is_active());
-        let mut unmapped = 0;
-        let pruned = walk_user_tables(
-            self.pml4.phys(),
-            start,
-            end,
-            Some(&mut self.counters.table_pages),
-            |address, entry| {
-                let pfn = entry.addr().as_u64() / PAGE_SIZE;
-                entry.set_unused();
-                if active {
-                    crate::arch::flush_tlb_page(address);
-                }
-                release_mapping(id, pfn, address);
-                unmapped += 1;
-                core::ops::ControlFlow::<()>::Continue(())
-            },
-        );
-        self.counters.resident -= unmapped;
-        if matches!(pruned, Ok(true)) && active {
-            crate::arch::flush_tlb_all();
-        }
-        Ok(unmapped)
+        Ok(self.drop_pages(start, end))
     }
 
     /// Whole-space opt-in to KSM (Linux's `PR_SET_MEMORY_MERGE`): on, every region now and
