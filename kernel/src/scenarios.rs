@@ -12,6 +12,7 @@
 //!   while the host moves the balloon's target, then settle on the host's last target (events
 //!   `ready`, `stressed`, `done`; fails if the balloon's count and its pages disagree).
 //! - `no_device`: run without a balloon device and show everything else works.
+//! - `phased`: the footprint benchmark's phases in a ring-3 task ([`crate::footprint`]).
 //!
 //! Owns nothing: it uses the public interfaces of the allocator, the balloon and the tasks.
 
@@ -26,7 +27,7 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::time::Duration;
 
-pub const NAMES: &[&str] = &["reclaim", "balloon", "balloon_race", "no_device"];
+pub const NAMES: &[&str] = &["reclaim", "balloon", "balloon_race", "no_device", "phased"];
 
 /// Runs the scenario `name`; `None` if there is no such scenario.
 pub fn run(name: &str) -> Option<ExitCode> {
@@ -35,6 +36,7 @@ pub fn run(name: &str) -> Option<ExitCode> {
         "balloon" => follow_balloon(),
         "balloon_race" => balloon_race(),
         "no_device" => no_device(),
+        "phased" => crate::footprint::phased(),
         _ => return None,
     };
     Some(match outcome {

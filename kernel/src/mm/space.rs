@@ -455,6 +455,31 @@ impl AddressSpace {
         while let Some(key) = self.regions.range(start..end).next().map(|(key, _)| *key) {
             self.regions.remove(&key);
         }
+        self.release_range(start, end);
+        Ok(())
+    }
+
+    /// Drops the pages present in `[start, start + len)` and keeps the regions (Linux's
+    /// `madvise(MADV_DONTNEED)` on private anonymous memory): the next touch faults in a fresh
+    /// zeroed page. Fails if the range is not wholly mapped.
+    pub fn discard(&mut self, start: u64, len: u64) -> Result<(), SpaceError> {
+        let end = Self::check_range(start, len)?;
+        let mut covered = 0;
+        for region in self.regions.range(..end).map(|(_, region)| region) {
+            covered += region
+                .end()
+                .min(end)
+                .saturating_sub(region.start.max(start));
+        }
+        if covered != len {
+            return Err(SpaceError::NotMapped);
+        }
+        self.release_range(start, end);
+        Ok(())
+    }
+
+    /// Unmaps and releases every page present in `[start, end)`.
+    fn release_range(&mut self, start: u64, end: u64) {
         // Only the pages present in the range (a huge, barely touched region costs what it
         // holds, not its size), walked in place: freeing memory needs no memory. Page-table
         // pages left empty go back too.
@@ -481,7 +506,6 @@ impl AddressSpace {
             // Freed table pages may sit in the paging-structure caches.
             crate::arch::flush_tlb_all();
         }
-        Ok(())
     }
 
     /// Sets or clears MERGEABLE on every region in the range (splitting at its edges).

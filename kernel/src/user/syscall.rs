@@ -10,7 +10,7 @@
 //! | 1 | write | buffer, length (at most 4096) | bytes written to the console |
 //! | 2 | mmap | length, protection (1 read, 2 write, 4 execute) | address of the new region |
 //! | 3 | munmap | address, length | 0 |
-//! | 4 | madvise | address, length, advice (12 mergeable, 13 unmergeable) | 0 |
+//! | 4 | madvise | address, length, advice (4 don't need: drop the pages, keep the region; 12 mergeable, 13 unmergeable) | 0 |
 //! | 5 | yield | | 0 |
 //! | 6 | sleep | nanoseconds | 0 |
 //! | 7 | clock | | nanoseconds since boot |
@@ -18,8 +18,13 @@
 //! | 9 | wait | child pid, status address (0: none) | [`WAIT_EXITED`] (its exit status written there as an i64) or [`WAIT_KILLED`] (0 written) |
 //! | 10 | page_map_count | address | how many mappings share the page there (0: none yet) |
 //! | 11 | check_memory | | 0 if the frame-state and reverse-map checkers pass, `-EIO` if not; `-EPERM` without [`Capabilities::DIAGNOSTICS`] |
+//! | 12 | page_frame | address | the frame number behind the task's page there (`-EFAULT`: none mapped); `-EPERM` without [`Capabilities::DIAGNOSTICS`] |
+//! | 13 | event | name, length (at most 32: `a-z`, `0-9`, `_`) | 0 after printing `EVENT {"name":NAME,"t_ns":T,"pid":P}` at column 0; `-EPERM` without [`Capabilities::DIAGNOSTICS`] |
 //!
-//! The last two are diagnostics (like Linux's `/proc/self/pagemap`) for the tests' programs.
+//! The last four are diagnostics (like Linux's `/proc/self/pagemap`) for the tests' programs and
+//! the scenarios' (`page_frame` says where the task's memory lies physically, as pagemap does
+//! for root; `event` lets a scenario's task mark its progress in the tools' format, which no
+//! ordinary task may forge).
 //! `check_memory` walks all memory with interrupts off, so only tasks spawned with the
 //! diagnostics capability (the tests') may call it: it is not made preemptible because it proves
 //! a consistent picture of every zone, list and mapping at one instant, which it could not do
@@ -44,6 +49,8 @@ pub const SYS_CLONE: u64 = 8;
 pub const SYS_WAIT: u64 = 9;
 pub const SYS_PAGE_MAP_COUNT: u64 = 10;
 pub const SYS_CHECK_MEMORY: u64 = 11;
+pub const SYS_PAGE_FRAME: u64 = 12;
+pub const SYS_EVENT: u64 = 13;
 
 pub const EPERM: i64 = 1;
 pub const EIO: i64 = 5;
@@ -57,6 +64,7 @@ pub const ENOSYS: i64 = 38;
 pub const PROT_READ: u64 = 1;
 pub const PROT_WRITE: u64 = 2;
 pub const PROT_EXEC: u64 = 4;
+pub const MADV_DONTNEED: u64 = 4;
 pub const MADV_MERGEABLE: u64 = 12;
 pub const MADV_UNMERGEABLE: u64 = 13;
 /// What `wait` returns for a child that called `exit` (its status is at the status address).
@@ -101,6 +109,8 @@ pub fn dispatch(registers: &mut UserRegisters) {
                 .map_or(0, |(pfn, _)| u64::from(rmap::map_count(pfn))))
         }),
         SYS_CHECK_MEMORY => check_memory(),
+        SYS_PAGE_FRAME => page_frame(a),
+        SYS_EVENT => event(a, b),
         _ => Err(ENOSYS),
     };
     registers.rax = match result {
@@ -210,6 +220,11 @@ fn mmap(len: u64, protection: u64) -> Result<u64, i64> {
 
 fn madvise(address: u64, len: u64, advice: u64) -> Result<u64, i64> {
     let mergeable = match advice {
+        MADV_DONTNEED => {
+            return with_space(|space| {
+                space.discard(address, len).map(|()| 0).map_err(space_errno)
+            });
+        }
         MADV_MERGEABLE => true,
         MADV_UNMERGEABLE => false,
         _ => return Err(EINVAL),
@@ -222,12 +237,59 @@ fn madvise(address: u64, len: u64, advice: u64) -> Result<u64, i64> {
     })
 }
 
-fn check_memory() -> Result<u64, i64> {
+fn diagnostics_allowed() -> Result<(), i64> {
     let allowed = super::current_task()
         .is_some_and(|task| task.capabilities.contains(Capabilities::DIAGNOSTICS));
-    if !allowed {
-        return Err(EPERM);
+    if allowed { Ok(()) } else { Err(EPERM) }
+}
+
+/// The frame behind the task's own page at `address`.
+fn page_frame(address: u64) -> Result<u64, i64> {
+    diagnostics_allowed()?;
+    with_space(|space| {
+        if space.region_at(address).is_none() {
+            return Err(EFAULT);
+        }
+        space
+            .translate(address & !(crate::mm::PAGE_SIZE - 1))
+            .map(|(pfn, _)| pfn)
+            .ok_or(EFAULT)
+    })
+}
+
+/// Longest name `event` prints.
+pub const EVENT_NAME_MAX: usize = 32;
+
+/// Prints an `EVENT` line named by the task (its pid added).
+fn event(name: u64, len: u64) -> Result<u64, i64> {
+    diagnostics_allowed()?;
+    let len = usize::try_from(len).map_err(|_| EINVAL)?;
+    if len == 0 || len > EVENT_NAME_MAX {
+        return Err(EINVAL);
     }
+    let mut bytes = [0u8; EVENT_NAME_MAX];
+    with_space(|space| {
+        space
+            .read_user(name, &mut bytes[..len])
+            .map(|()| 0)
+            .map_err(|_| EFAULT)
+    })?;
+    let name = &bytes[..len];
+    if !name
+        .iter()
+        .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || *byte == b'_')
+    {
+        return Err(EINVAL);
+    }
+    let name = core::str::from_utf8(name).map_err(|_| EINVAL)?;
+    let pid = super::current_task().map_or(0, |task| task.pid);
+    let t_ns = crate::time::uptime_ns().unwrap_or(0);
+    crate::println!("EVENT {{\"name\":\"{name}\",\"t_ns\":{t_ns},\"pid\":{pid}}}");
+    Ok(0)
+}
+
+fn check_memory() -> Result<u64, i64> {
+    diagnostics_allowed()?;
     match checker::check() {
         Ok(_) => Ok(0),
         Err(problem) => {
