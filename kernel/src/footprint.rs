@@ -1,8 +1,9 @@
 //! `scenario=phased`: the footprint benchmark's workload (issue 12). A ring-3 task
 //! ([`crate::user::programs::phased`]) runs six phases whose needs rise and fall, marking each
 //! with an `EVENT` line (`grow`, `fragment`, `regrow`, `shrink`, `churn`, `idle`, `done`); this
-//! side prints what the task holds every 200 ms as `HELD {"t_ns":T,"held_kib":K,"free_kib":F}`
-//! (its resident pages and the allocator's free memory), so that a host tool
+//! side prints what the task holds every 200 ms as
+//! `HELD {"t_ns":T,"held_kib":K,"free_kib":F,"reported_kib":R}` (its resident pages, the
+//! allocator's free memory and how much of it the host was told it may discard), so that a host tool
 //! (`tests/host/footprint_bench.py`) can set the QEMU process's resident memory against it.
 //!
 //! Sizes: `scenario.phased_mib` is the grow (the fragmenting shrink keeps a quarter of it, the
@@ -29,10 +30,15 @@ fn now_ns() -> u64 {
 
 fn held_line(held_pages: u64) {
     let free_kib = page_alloc::free_pages() * PAGE_SIZE / 1024;
+    let reported: u64 = crate::mm::reporting::stats()
+        .reported_pages_now
+        .iter()
+        .sum();
     println!(
-        "HELD {{\"t_ns\":{},\"held_kib\":{},\"free_kib\":{free_kib}}}",
+        "HELD {{\"t_ns\":{},\"held_kib\":{},\"free_kib\":{free_kib},\"reported_kib\":{}}}",
         now_ns(),
-        held_pages * PAGE_SIZE / 1024
+        held_pages * PAGE_SIZE / 1024,
+        reported * PAGE_SIZE / 1024
     );
 }
 
