@@ -2,8 +2,10 @@
 //! ([`crate::user::programs::phased`]) runs six phases whose needs rise and fall, marking each
 //! with an `EVENT` line (`grow`, `fragment`, `regrow`, `shrink`, `churn`, `idle`, `done`); this
 //! side prints what the task holds every 200 ms as
-//! `HELD {"t_ns":T,"held_kib":K,"free_kib":F,"reported_kib":R}` (its resident pages, the
-//! allocator's free memory and how much of it the host was told it may discard), so that a host tool
+//! `HELD {"t_ns":T,"held_kib":K,"free_kib":F,"reported_kib":R,"stranded_kib":S}` (its resident
+//! pages, the allocator's free memory, how much of it the host was told it may discard, and how
+//! much lies in pieces below 2 MiB in movable pageblocks, which only compaction can give back),
+//! so that a host tool
 //! (`tests/host/footprint_bench.py`) can set the QEMU process's resident memory against it.
 //!
 //! Sizes: `scenario.phased_mib` is the grow (the fragmenting shrink keeps a quarter of it, the
@@ -34,11 +36,13 @@ fn held_line(held_pages: u64) {
         .reported_pages_now
         .iter()
         .sum();
+    let stranded = crate::mm::compaction::stranded_pages();
     println!(
-        "HELD {{\"t_ns\":{},\"held_kib\":{},\"free_kib\":{free_kib},\"reported_kib\":{}}}",
+        "HELD {{\"t_ns\":{},\"held_kib\":{},\"free_kib\":{free_kib},\"reported_kib\":{},\"stranded_kib\":{}}}",
         now_ns(),
         held_pages * PAGE_SIZE / 1024,
-        reported * PAGE_SIZE / 1024
+        reported * PAGE_SIZE / 1024,
+        stranded * PAGE_SIZE / 1024
     );
 }
 
