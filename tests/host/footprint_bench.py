@@ -25,6 +25,7 @@ test (tests/host/host_checks.py runs a small version and checks the computations
 import argparse
 import os
 import sys
+import threading
 import time
 
 from qemu_host import ROOT, Guest, RssSampler
@@ -74,6 +75,52 @@ class PhasedGuest(Guest):
         self.events.put({"name": "<exit>", "host_t": time.monotonic()})
 
 
+def guest_ram_rss(pid):
+    """Resident bytes of QEMU's largest mapping that is not executable (the guest's RAM; TCG's
+    translation buffer, 1 GiB, is executable) from /proc/PID/smaps: the rest of the process's
+    RSS is QEMU's own (the translated code, device state, its heap)."""
+    best = (0, 0)
+    size = None
+    executable = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            first = line.split(" ", 2)
+            if "-" in first[0] and len(first) > 1 and len(first[1]) == 4:
+                executable = "x" in first[1]
+            elif executable:
+                continue
+            elif line.startswith("Size:"):
+                size = int(line.split()[1]) * 1024
+            elif line.startswith("Rss:") and size is not None:
+                best = max(best, (size, int(line.split()[1]) * 1024))
+                size = None
+    return best[1]
+
+
+class RamSampler(threading.Thread):
+    """Reads the guest RAM's resident bytes every `period` s (smaps is slower than VmRSS)."""
+
+    def __init__(self, guest, period=0.5):
+        super().__init__(daemon=True)
+        self.guest, self.period, self.samples = guest, period, []
+        self.stopped = threading.Event()
+        self.start()
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                self.samples.append((time.monotonic(), guest_ram_rss(self.guest.pid())))
+            except (OSError, TimeoutError, ValueError):
+                if self.guest.proc.poll() is not None:
+                    return
+            self.stopped.wait(self.period)
+
+    def stop(self):
+        self.stopped.set()
+        self.join(timeout=5)
+        return self.samples
+
+
 def phased_run(kernel, mib, unit_ms, guest=None, mem="2G", period=0.1, echo=False):
     """Boots scenario=phased; returns the samples, the HELD series and the marks (host times,
     seconds from the grow mark), the exit status and the console's lines."""
@@ -85,6 +132,7 @@ def phased_run(kernel, mib, unit_ms, guest=None, mem="2G", period=0.1, echo=Fals
     env = {"QEMU_TIMEOUT": str(int(2 * limit)), **env, "QEMU_REPORTING": "on", "QEMU_MEM": mem}
     guest = PhasedGuest(kernel, cmdline, env=env, echo=echo)
     sampler = RssSampler(guest, period)
+    ram = RamSampler(guest)
     try:
         guest.wait_event("ready", timeout=300)
         for name in [*PHASES, "done"]:
@@ -92,6 +140,7 @@ def phased_run(kernel, mib, unit_ms, guest=None, mem="2G", period=0.1, echo=Fals
         status = guest.wait_exit(timeout=120)
     finally:
         samples = sampler.stop()
+        ram_samples = ram.stop()
         if guest.proc.poll() is None:
             guest.kill()
     t0 = guest.marks["grow"]
@@ -100,6 +149,7 @@ def phased_run(kernel, mib, unit_ms, guest=None, mem="2G", period=0.1, echo=Fals
         "unit_s": unit_ms / 1000,
         "samples": [(t - t0, rss) for t, rss in samples],
         "held": [(t - t0, held) for t, held in guest.held],
+        "ram": [(t - t0, rss) for t, rss in ram_samples],
         "guest_figures": [(t - t0, figures) for t, figures in guest.guest_figures],
         "marks": {name: t - t0 for name, t in guest.marks.items()},
         "lines": guest.lines,
@@ -179,7 +229,9 @@ def analyse(run):
         unreported = (view["free_kib"] - view["reported_kib"]) * 1024 \
             if "reported_kib" in view else None
         stranded = view["stranded_kib"] * 1024 if "stranded_kib" in view else None
+        ram = [v for t, v in run.get("ram", []) if t <= end]
         phases.append({
+            "ram_end": ram[-1] if ram else None,
             "unreported_end": unreported, "stranded_end": stranded,
             "phase": name, "seconds": end - start,
             "footprint": footprint, "held": held_int,
@@ -191,6 +243,7 @@ def analyse(run):
     total = {
         "phase": "1-6", "seconds": bounds[-1] - bounds[0],
         "unreported_end": phases[-1]["unreported_end"],
+        "ram_end": phases[-1]["ram_end"],
         "stranded_end": phases[-1]["stranded_end"],
         "footprint": sum(p["footprint"] for p in phases),
         "held": sum(p["held"] for p in phases),
@@ -209,8 +262,10 @@ def analyse(run):
     before = [f for t, f in run.get("guest_figures", []) if t <= 0]
     unreported_before = ((before[-1]["free_kib"] - before[-1]["reported_kib"]) * 1024
                          if before and "reported_kib" in before[-1] else None)
+    ram_before = [v for t, v in run.get("ram", []) if t <= 0]
     return {"baseline": baseline, "phases": phases, "total": total, "targets": targets,
-            "unreported_before": unreported_before}
+            "unreported_before": unreported_before,
+            "ram_before": ram_before[-1] if ram_before else None}
 
 
 def table(label, figures):
@@ -218,18 +273,21 @@ def table(label, figures):
     out = [f"**{label}**: idle baseline {figures['baseline'] / MIB:.0f} MiB"
            + ("" if before is None else
               f"; free memory not reported before the grow {before / MIB:.0f} MiB "
-              "(never touched: it costs the host nothing)"), "",
+              "(never touched: it costs the host nothing)")
+           + ("" if figures.get("ram_before") is None else
+              f"; of the baseline, guest RAM {figures['ram_before'] / MIB:.0f} MiB "
+              f"(the rest is QEMU's own)"), "",
            "| phase | s | footprint GiB·s | held GiB·s | footprint/held | excess GiB·s | "
-           "RSS at end MiB | held at end MiB | free unreported at end MiB | "
-           "stranded at end MiB |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "RSS at end MiB | of it guest RAM MiB | held at end MiB | "
+           "free unreported at end MiB | stranded at end MiB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     def mib(value):
         return "-" if value is None else f"{value / MIB:.0f}"
     for p in [*figures["phases"], figures["total"]]:
         ratio = "-" if p["ratio"] is None else f"{p['ratio']:.2f}"
         out.append(f"| {p['phase']} | {p['seconds']:.1f} | {p['footprint'] / GIB:.1f} | "
                    f"{p['held'] / GIB:.1f} | {ratio} | {p['excess'] / GIB:.1f} | "
-                   f"{p['rss_end'] / MIB:.0f} | {p['held_end'] / MIB:.0f} | "
+                   f"{p['rss_end'] / MIB:.0f} | {mib(p['ram_end'])} | {p['held_end'] / MIB:.0f} | "
                    f"{mib(p['unreported_end'])} | {mib(p['stranded_end'])} |")
     t = figures["targets"]
     def verdict(value, bar):
