@@ -18,6 +18,7 @@ pub mod cmdline;
 pub mod console;
 
 pub mod drivers;
+pub mod footprint;
 pub mod fragment;
 pub mod mm;
 pub mod qemu;

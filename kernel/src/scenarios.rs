@@ -26,6 +26,7 @@
 //!   the scanner's CPU share, `reported` once free page reporting is idle, then
 //!   `scenario.idle_ms` of idling, `written`, `done`). With `ksm.run=0` on the command line it
 //!   is the control: nothing may merge.
+//! - `phased`: the footprint benchmark's phases in a ring-3 task ([`crate::footprint`]).
 //!
 //! Owns nothing: it uses the public interfaces of the allocator, the balloon and the tasks.
 
@@ -50,6 +51,7 @@ pub const NAMES: &[&str] = &[
     "fragment",
     "soak",
     "ksm",
+    "phased",
 ];
 
 /// Runs the scenario `name`; `None` if there is no such scenario.
@@ -62,6 +64,7 @@ pub fn run(name: &str) -> Option<ExitCode> {
         "fragment" => fragment(),
         "soak" => soak::run(),
         "ksm" => ksm(),
+        "phased" => crate::footprint::phased(),
         _ => return None,
     };
     Some(match outcome {

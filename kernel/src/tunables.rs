@@ -165,6 +165,22 @@ pub static SCENARIO_IDLE_MS: Tunable = Tunable::new(
     "scenario=reclaim: how long to stay idle after freeing (the host watches meanwhile)",
 );
 
+pub static SCENARIO_PHASED_MIB: Tunable = Tunable::new(
+    "scenario.phased_mib",
+    1200,
+    4,
+    1 << 20,
+    "scenario=phased: the grow (the other phases are proportional)",
+);
+
+pub static SCENARIO_PHASED_UNIT_MS: Tunable = Tunable::new(
+    "scenario.phased_unit_ms",
+    1000,
+    10,
+    60_000,
+    "scenario=phased: the time unit of the holds (grow 5, fragment 20, regrow 5, ...)",
+);
+
 pub static USER_MAX_RESIDENT_PCT: Tunable = Tunable::new(
     "user.max_resident_pct",
     50,
@@ -355,6 +371,8 @@ pub static ALL: &[&Tunable] = &[
     &BALLOON_TIMEOUT_MS,
     &SCENARIO_RECLAIM_MIB,
     &SCENARIO_IDLE_MS,
+    &SCENARIO_PHASED_MIB,
+    &SCENARIO_PHASED_UNIT_MS,
     &USER_MAX_RESIDENT_PCT,
     &USER_MAX_TASKS,
     &COMPACTION_PROACTIVENESS,

@@ -443,6 +443,80 @@ def soak_keeps_every_page_under_churn_and_a_moving_balloon(kernel):
     for line in soak.describe(run):
         print(f"  {line}")
     soak.check_soak(run)
+# ---- The footprint benchmark, small (tests/host/footprint_bench.py; issue 12) ----
+
+PHASED_MIB = 128
+PHASED_UNIT_MS = 100
+
+
+def phased_scenario_runs_and_memory_goes_back(kernel):
+    from footprint_bench import PHASES, analyse, phased_run
+    run = phased_run(kernel, PHASED_MIB, PHASED_UNIT_MS, mem="512M")
+    check(run["status"] == 0, f"guest exit status {run['status']}")
+    marks = run["marks"]
+    order = [marks.get(name) for name in [*PHASES, "done"]]
+    check(None not in order and order == sorted(order), f"phase marks out of order: {marks}")
+    figures = analyse(run)
+    by_phase = {p["phase"]: p for p in figures["phases"]}
+    baseline = figures["baseline"]
+    grow = PHASED_MIB * MIB
+    print(f"  grow {PHASED_MIB} MiB: baseline {baseline / MIB:.0f} MiB, RSS at the end of "
+          + ", ".join(f"{p['phase']} {p['rss_end'] / MIB:.0f}" for p in figures["phases"])
+          + f" MiB; footprint/held {figures['total']['ratio']:.2f}")
+    # What the task held: all of it, a quarter after the fragmenting shrink, 3/4 after the
+    # regrow, nothing after the full shrink (its stack at most).
+    for phase, share in (("grow", 1), ("fragment", 0.25), ("regrow", 0.75), ("shrink", 0)):
+        held = by_phase[phase]["held_end"]
+        check(abs(held - share * grow) <= 0.02 * grow + 64 * 1024,
+              f"held at the end of {phase}: {held / MIB:.1f} MiB, expected {share * PHASED_MIB}")
+    check(by_phase["grow"]["rss_end"] - baseline >= 0.9 * grow,
+          f"the grow did not reach the host: RSS {by_phase['grow']['rss_end'] / MIB:.0f} MiB")
+    check(by_phase["shrink"]["rss_end"] - baseline <= 0.25 * grow,
+          f"RSS did not fall after the full shrink: {by_phase['shrink']['rss_end'] / MIB:.0f} "
+          f"MiB against a baseline of {baseline / MIB:.0f} MiB")
+
+
+def footprint_bench_computations_are_exact(_kernel):
+    # A made-up run whose integrals are known: RSS 100 MiB idle, then baseline + held plus
+    # 50 MiB of excess in `fragment` only; held 200 MiB in grow, 40 in fragment, 0 elsewhere.
+    from footprint_bench import PHASES, analyse
+    marks = {name: 10.0 * index for index, name in enumerate(PHASES)}
+    marks["done"] = 10.0 * len(PHASES)
+    held_of = {"grow": 200 * MIB, "fragment": 40 * MIB}
+    extra_of = {"fragment": 50 * MIB}
+
+    def phase_at(t):
+        names = [name for name in PHASES if marks[name] <= t]
+        return names[-1] if names else None
+
+    samples, held = [], []
+    times = [round(-5 + 0.1 * i, 6) for i in range(int((marks["done"] + 6) * 10))]
+    # A step at each mark: the RSS changes within a microsecond of it.
+    times = sorted(times + [t - 1e-6 for t in marks.values()])
+    for t in times:
+        phase = phase_at(t)
+        h = held_of.get(phase, 0)
+        samples.append((t, 100 * MIB + h + extra_of.get(phase, 0)))
+        held.append((t, h))
+    figures = analyse({"samples": samples, "held": held, "marks": marks, "unit_s": 1.0})
+    by_phase = {p["phase"]: p for p in figures["phases"]}
+    def near(a, b, what):
+        check(abs(a - b) <= 0.02 * abs(b) + 0.5 * MIB, f"{what}: {a / MIB:.1f} MiB, not {b / MIB:.1f}")
+    near(figures["baseline"], 100 * MIB, "baseline")
+    near(by_phase["grow"]["footprint"], 10 * 300 * MIB, "grow footprint")
+    near(by_phase["grow"]["held"], 10 * 200 * MIB, "grow held")
+    near(by_phase["grow"]["excess"], 0, "grow excess")
+    near(by_phase["fragment"]["excess"], 10 * 50 * MIB, "fragment excess")
+    near(by_phase["fragment"]["rss_end"], 190 * MIB, "fragment RSS at the end")
+    check(by_phase["shrink"]["ratio"] is None, "a ratio for a phase that holds nothing")
+    near(figures["total"]["footprint"], 60 * 100 * MIB + 10 * 200 * MIB + 10 * 90 * MIB,
+         "total footprint")
+    ratio = figures["total"]["ratio"]
+    check(abs(ratio - (6000 + 2000 + 900) / 2400) < 0.02, f"footprint/held {ratio:.3f}")
+    targets = figures["targets"]
+    check(abs(targets["idle_after_churn_over_baseline"] - 1) < 0.01, f"targets {targets}")
+    check(abs(targets["fragment_end_over_held_plus_baseline"] - 190 / 140) < 0.01,
+          f"targets {targets}")
 
 
 CHECKS = [
@@ -465,6 +539,8 @@ CHECKS = [
     ksm_interleaved_duplicates_reach_the_host_through_compaction,
     ksm_off_keeps_the_duplicates,
     soak_keeps_every_page_under_churn_and_a_moving_balloon,
+    phased_scenario_runs_and_memory_goes_back,
+    footprint_bench_computations_are_exact,
 ]
 
 

@@ -1,11 +1,13 @@
 """A Linux guest for side-by-side figures: Debian's cloud kernel with a tiny initramfs that runs
-the same two scenarios as our kernel (`reclaim`: touch 1 GiB, free it, idle; `balloon`: wait
-for the host), printing the same EVENT lines.
+the same scenarios as our kernel (`reclaim`: touch 1 GiB, free it, idle; `balloon`: wait
+for the host; `phased`: the footprint benchmark's phases, by phased.c, a static program built
+here with the host's `gcc -static`), printing the same EVENT (and HELD) lines.
 
     python3 tests/host/linux_guest.py DIR     # fetch and build into DIR (apt-get download)
 
 Nothing of Linux is kept in the repository: the kernel and busybox come from Debian's packages
-when this runs. `reclaim_bench.py --linux DIR` uses the result.
+when this runs. `reclaim_bench.py --linux DIR` and `footprint_bench.py --linux DIR` use the
+result.
 """
 
 import glob
@@ -36,12 +38,18 @@ if [ "$scenario" = reclaim ]; then
     echo 'EVENT {"name":"idle","t_ns":0}'
     sleep ${idle:-8}
     echo 'EVENT {"name":"done","t_ns":0}'
+elif [ "$scenario" = phased ]; then
+    echo "transparent hugepages: $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
+    /bin/phased
+    echo "EVENT {\"name\":\"finished\",\"t_ns\":0,\"status\":$?}"
 else
     echo 'EVENT {"name":"ready","t_ns":0}'
     sleep ${idle:-60}
 fi
 poweroff -f
 """
+
+PHASED_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "phased.c")
 
 MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
            "virtio_pci", "virtio_balloon"]
@@ -86,6 +94,10 @@ def prepare(directory):
         path = glob.glob(os.path.join(root, "lib/modules/*/kernel/drivers/virtio", module + ".ko"))
         with open(path[0], "rb") as f:
             entries.append((f"lib/modules/{module}.ko", 0o100644, f.read()))
+    phased = os.path.join(directory, "phased")
+    subprocess.run(["gcc", "-static", "-O2", "-pthread", "-o", phased, PHASED_C], check=True)
+    with open(phased, "rb") as f:
+        entries.append(("bin/phased", 0o100755, f.read()))
     entries.append(("init", 0o100755, INIT.encode()))
     with open(os.path.join(directory, "initrd.gz"), "wb") as f:
         f.write(gzip.compress(newc(entries)))

@@ -643,10 +643,35 @@ fn under_pressure() -> bool {
     page_alloc::free_pages() < low
 }
 
+/// How long after a wake the background task looks once more, with no event: the frees of a
+/// burst go on after the wake that the last 16 MiB raised.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// The pages freed last wait in the per-CPU cache, and a workload that frees in a random order
+/// leaves each in a different 2 MiB block, which cannot merge while it is there (128 pages can
+/// strand 256 MiB, and no later free raises the reporting trigger). When free memory is
+/// stranded, they go back to the zones first: the merges that follow raise the reporting
+/// trigger, and often nothing is left to migrate. Cheap: the cache holds a few hundred pages.
+fn drain_if_stranded() {
+    if stranded_pages() > mib_to_pages(tunables::COMPACTION_STRANDED_LOW_MIB.get()) {
+        page_alloc::drain_per_cpu_caches();
+    }
+}
+
 fn daemon() {
+    let mut settle = false;
     loop {
-        WAKE.wait_until(|| REQUESTED.load(Relaxed));
-        REQUESTED.store(false, Relaxed);
+        if settle {
+            let _ = WAKE.wait_until_timeout(|| REQUESTED.load(Relaxed), SETTLE);
+        } else {
+            WAKE.wait_until(|| REQUESTED.load(Relaxed));
+        }
+        // Woken by an event: one more look SETTLE later; woken by that timeout: no more.
+        settle = REQUESTED.swap(false, Relaxed);
+        if tunables::COMPACTION_PROACTIVENESS.get() == 0 {
+            continue;
+        }
+        drain_if_stranded();
         if Instant::now().as_nanos() < BACKOFF_UNTIL_NS.load(Relaxed) || !should_compact() {
             continue;
         }

@@ -1318,6 +1318,205 @@ user_program_churn_start:
     exit_with 106
     .global user_program_churn_end
 user_program_churn_end:
+
+    // phased(grow_pages | unit_ms << 32): the footprint benchmark's phases (scenario=phased),
+    // each begun with an `event` mark; a hold of k units sleeps k * unit_ms. Every touched
+    // page gets a signature (its address xor a constant) so no two pages are alike.
+    // 1 grow: map and touch G pages, hold 5. 2 fragment: give back (madvise don't-need) every
+    // page whose frame number is not a multiple of 4 (3 of every 4 pages of each 2 MiB block:
+    // page_frame says where each lies), hold 20. 3 regrow: map and touch G/2 more, hold 5.
+    // 4 shrink: unmap everything, hold 20. 5 churn: 10 rounds of mapping and touching G/3
+    // pages, giving them back one by one in a pseudo-random order (a full-period LCG over the
+    // next power of two, values past the end skipped), unmapping, hold 2. 6 idle: hold 20;
+    // mark done, exit 0.
+    // 100 mmap failed, 101 page_frame failed, 102 madvise failed, 103 munmap failed,
+    // 104 event failed.
+    .macro ph_mark name, len
+        lea rdi, [rip + .Lph_name_\name]
+        mov esi, \len
+        sys 14
+        test rax, rax
+        jnz .Lph_fail_event
+    .endm
+    .macro ph_hold units
+        mov rdi, r13
+        imul rdi, rdi, \units
+        sys 6
+    .endm
+    .global user_program_phased_start
+user_program_phased_start:
+    mov r12d, edi
+    mov r13, rdi
+    shr r13, 32
+    imul r13, r13, 1000000
+    // 1 grow
+    ph_mark grow, 4
+    mov rdi, r12
+    shl rdi, 12
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lph_fail_mmap
+    mov r14, rax
+    mov rdi, r14
+    mov rsi, r12
+    call .Lph_touch
+    ph_hold 5
+    // 2 fragmenting shrink
+    ph_mark fragment, 8
+    xor ebx, ebx
+.Lph_fragment:
+    mov rdi, rbx
+    shl rdi, 12
+    add rdi, r14
+    sys 12
+    test rax, rax
+    js .Lph_fail_frame
+    test al, 3
+    jz .Lph_fragment_keep
+    mov rdi, rbx
+    shl rdi, 12
+    add rdi, r14
+    mov esi, 4096
+    mov edx, 4
+    sys 4
+    test rax, rax
+    jnz .Lph_fail_madvise
+.Lph_fragment_keep:
+    inc rbx
+    cmp rbx, r12
+    jb .Lph_fragment
+    ph_hold 20
+    // 3 regrow
+    ph_mark regrow, 6
+    mov rdi, r12
+    shr rdi, 1
+    shl rdi, 12
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lph_fail_mmap
+    mov r15, rax
+    mov rdi, r15
+    mov rsi, r12
+    shr rsi, 1
+    call .Lph_touch
+    ph_hold 5
+    // 4 full shrink
+    ph_mark shrink, 6
+    mov rdi, r14
+    mov rsi, r12
+    shl rsi, 12
+    sys 3
+    test rax, rax
+    jnz .Lph_fail_munmap
+    mov rdi, r15
+    mov rsi, r12
+    shr rsi, 1
+    shl rsi, 12
+    sys 3
+    test rax, rax
+    jnz .Lph_fail_munmap
+    ph_hold 20
+    // 5 churn
+    ph_mark churn, 5
+    mov rax, r12
+    xor edx, edx
+    mov ecx, 3
+    div rcx
+    mov rbp, rax
+    mov r14d, 10
+.Lph_churn:
+    mov rdi, rbp
+    shl rdi, 12
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lph_fail_mmap
+    mov r15, rax
+    mov rdi, r15
+    mov rsi, rbp
+    call .Lph_touch
+    bsr rcx, rbp
+    inc ecx
+    mov r9d, 1
+    shl r9, cl
+    dec r9
+    xor r8d, r8d
+    xor ebx, ebx
+.Lph_permute:
+    imul r8, r8, 1103515245
+    add r8, 12345
+    and r8, r9
+    cmp r8, rbp
+    jae .Lph_permute_skip
+    mov rdi, r8
+    shl rdi, 12
+    add rdi, r15
+    mov esi, 4096
+    mov edx, 4
+    sys 4
+    test rax, rax
+    jnz .Lph_fail_madvise
+.Lph_permute_skip:
+    inc rbx
+    cmp rbx, r9
+    jbe .Lph_permute
+    mov rdi, r15
+    mov rsi, rbp
+    shl rsi, 12
+    sys 3
+    test rax, rax
+    jnz .Lph_fail_munmap
+    ph_hold 2
+    dec r14
+    jnz .Lph_churn
+    // 6 idle
+    ph_mark idle, 4
+    ph_hold 20
+    ph_mark done, 4
+    exit_with 0
+    // touch(rdi base, rsi pages): writes each page's signature in its first word.
+.Lph_touch:
+    xor ecx, ecx
+    movabs rdx, 0x5167ae5167ae5167
+.Lph_touch_page:
+    mov rax, rcx
+    shl rax, 12
+    add rax, rdi
+    mov r8, rax
+    xor r8, rdx
+    mov [rax], r8
+    inc rcx
+    cmp rcx, rsi
+    jb .Lph_touch_page
+    ret
+.Lph_fail_mmap:
+    exit_with 100
+.Lph_fail_frame:
+    exit_with 101
+.Lph_fail_madvise:
+    exit_with 102
+.Lph_fail_munmap:
+    exit_with 103
+.Lph_fail_event:
+    exit_with 104
+.Lph_name_grow:
+    .ascii "grow"
+.Lph_name_fragment:
+    .ascii "fragment"
+.Lph_name_regrow:
+    .ascii "regrow"
+.Lph_name_shrink:
+    .ascii "shrink"
+.Lph_name_churn:
+    .ascii "churn"
+.Lph_name_idle:
+    .ascii "idle"
+.Lph_name_done:
+    .ascii "done"
+    .global user_program_phased_end
+user_program_phased_end:
     .popsection
     "#
 );
@@ -1399,4 +1598,7 @@ programs! {
     /// The soak's worker: seeded random map, touch, verify, unmap, clone, wait (`rdi` packed:
     /// seed, most pages of a region, rounds, clone depth; see `kernel::scenarios::soak`).
     churn: user_program_churn_start .. user_program_churn_end;
+    /// The footprint benchmark's phases: grow `rdi` & 0xffff_ffff pages, hold units of
+    /// `rdi` >> 32 ms (scenario=phased).
+    phased: user_program_phased_start .. user_program_phased_end;
 }

@@ -20,8 +20,11 @@
 //! | 11 | check_memory | | 0 if the frame-state and reverse-map checkers pass, `-EIO` if not; `-EPERM` without [`Capabilities::DIAGNOSTICS`] |
 //! | 12 | frame_of | address | the frame number (pfn) mapped there, 0 if nothing is mapped yet; `-EFAULT` outside the task's regions; `-EPERM` without [`Capabilities::DIAGNOSTICS`] |
 //! | 13 | memory_merge | 1 on, 0 off (Linux's `PR_SET_MEMORY_MERGE`: every region, now and later, mergeable; off unmerges), 2 asks | 0, or the state for 2; `-ENOMEM` if unmerging ran out of memory |
+//! | 14 | event | name, length (at most 32: `a-z`, `0-9`, `_`) | 0 after printing `EVENT {"name":NAME,"t_ns":T,"pid":P}` at column 0; `-EPERM` without [`Capabilities::DIAGNOSTICS`] |
 //!
-//! Calls 10, 11 and 12 are diagnostics (like Linux's `/proc/self/pagemap`) for the tests' programs.
+//! Calls 10, 11, 12 and 14 are diagnostics (like Linux's `/proc/self/pagemap`) for the tests' and
+//! scenarios' programs (`event` lets a scenario's task mark its progress in the tools' format,
+//! which no ordinary task may forge).
 //! `check_memory` walks all memory with interrupts off, so only tasks spawned with the
 //! diagnostics capability (the tests') may call it: it is not made preemptible because it proves
 //! a consistent picture of every zone, list and mapping at one instant, which it could not do
@@ -51,6 +54,7 @@ pub const SYS_PAGE_MAP_COUNT: u64 = 10;
 pub const SYS_CHECK_MEMORY: u64 = 11;
 pub const SYS_FRAME_OF: u64 = 12;
 pub const SYS_MEMORY_MERGE: u64 = 13;
+pub const SYS_EVENT: u64 = 14;
 
 pub const EPERM: i64 = 1;
 pub const EIO: i64 = 5;
@@ -110,6 +114,7 @@ pub fn dispatch(registers: &mut UserRegisters) {
         }),
         SYS_CHECK_MEMORY => check_memory(),
         SYS_FRAME_OF => frame_of(a),
+        SYS_EVENT => event(a, b),
         SYS_MEMORY_MERGE => with_space(|space| match a {
             0 | 1 => space.set_merge_any(a == 1).map(|()| 0).map_err(space_errno),
             2 => Ok(u64::from(space.merge_any())),
@@ -241,6 +246,39 @@ fn madvise(address: u64, len: u64, advice: u64) -> Result<u64, i64> {
 
 fn has_diagnostics() -> bool {
     super::current_task().is_some_and(|task| task.capabilities.contains(Capabilities::DIAGNOSTICS))
+}
+
+/// Longest name `event` prints.
+pub const EVENT_NAME_MAX: usize = 32;
+
+/// Prints an `EVENT` line named by the task (its pid added).
+fn event(name: u64, len: u64) -> Result<u64, i64> {
+    if !has_diagnostics() {
+        return Err(EPERM);
+    }
+    let len = usize::try_from(len).map_err(|_| EINVAL)?;
+    if len == 0 || len > EVENT_NAME_MAX {
+        return Err(EINVAL);
+    }
+    let mut bytes = [0u8; EVENT_NAME_MAX];
+    with_space(|space| {
+        space
+            .read_user(name, &mut bytes[..len])
+            .map(|()| 0)
+            .map_err(|_| EFAULT)
+    })?;
+    let name = &bytes[..len];
+    if !name
+        .iter()
+        .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || *byte == b'_')
+    {
+        return Err(EINVAL);
+    }
+    let name = core::str::from_utf8(name).map_err(|_| EINVAL)?;
+    let pid = super::current_task().map_or(0, |task| task.pid);
+    let t_ns = crate::time::uptime_ns().unwrap_or(0);
+    crate::println!("EVENT {{\"name\":\"{name}\",\"t_ns\":{t_ns},\"pid\":{pid}}}");
+    Ok(0)
 }
 
 /// `frame_of`: the pfn behind `address` in the caller's own regions (0: nothing mapped yet).
