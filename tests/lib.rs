@@ -79,3 +79,15 @@ impl Rng {
         self.next_u64() % bound
     }
 }
+
+/// The main function of a test kernel that needs the virtio-balloon device: runs `tests` if the
+/// device is there, and otherwise says so and fails as a test run would (`0 passed, 1 failed`).
+pub fn with_balloon_device(name: &str, tests: fn()) -> ExitCode {
+    if !kernel::drivers::balloon::is_present() {
+        println!("{name} tests need the virtio-balloon device (QEMU_BALLOON=on)");
+        println!("0 passed, 1 failed");
+        return ExitCode::Failure;
+    }
+    tests();
+    ExitCode::Success
+}

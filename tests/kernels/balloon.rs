@@ -19,13 +19,7 @@ use kernel::{BootInfo, ExitCode, task};
 kernel::entry_point!(main);
 
 fn main(_info: &'static BootInfo) -> ExitCode {
-    if !balloon::is_present() {
-        kernel::println!("balloon tests need the virtio-balloon device (QEMU_BALLOON=on)");
-        kernel::println!("0 passed, 1 failed");
-        return ExitCode::Failure;
-    }
-    test_main();
-    ExitCode::Success
+    scenarios::with_balloon_device("balloon", test_main)
 }
 
 /// 16 MiB: eight 2 MiB blocks.

@@ -24,13 +24,7 @@ use kernel::{BootInfo, ExitCode, task, tunables};
 kernel::entry_point!(main);
 
 fn main(_info: &'static BootInfo) -> ExitCode {
-    if !balloon::is_present() {
-        kernel::println!("balloon_lost tests need the virtio-balloon device (QEMU_BALLOON=on)");
-        kernel::println!("0 passed, 1 failed");
-        return ExitCode::Failure;
-    }
-    test_main();
-    ExitCode::Success
+    scenarios::with_balloon_device("balloon_lost", test_main)
 }
 
 /// Waits (at most 10 s) until `done`.

@@ -20,13 +20,7 @@ use kernel::{BootInfo, ExitCode, task, tunables};
 kernel::entry_point!(main);
 
 fn main(_info: &'static BootInfo) -> ExitCode {
-    if !balloon::is_present() {
-        kernel::println!("balloon_lost_inflate needs the virtio-balloon device (QEMU_BALLOON=on)");
-        kernel::println!("0 passed, 1 failed");
-        return ExitCode::Failure;
-    }
-    test_main();
-    ExitCode::Success
+    scenarios::with_balloon_device("balloon_lost_inflate", test_main)
 }
 
 fn wait_for(what: &str, done: impl Fn() -> bool) {

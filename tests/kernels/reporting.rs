@@ -12,7 +12,6 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use core::time::Duration;
-use kernel::drivers::balloon;
 use kernel::mm::buddy::{MAX_ORDER, MigrateType};
 use kernel::mm::frame::{FrameFlags, FrameState, Owner};
 use kernel::mm::page_alloc::{self, AllocRequest, Pages};
@@ -24,13 +23,7 @@ use scenarios::Rng;
 kernel::entry_point!(main);
 
 fn main(_info: &'static BootInfo) -> ExitCode {
-    if !balloon::is_present() {
-        kernel::println!("reporting tests need the virtio-balloon device (QEMU_BALLOON=on)");
-        kernel::println!("0 passed, 1 failed");
-        return ExitCode::Failure;
-    }
-    test_main();
-    ExitCode::Success
+    scenarios::with_balloon_device("reporting", test_main)
 }
 
 /// Waits (at most 10 s) until the reporting worker has nothing requested and nothing running.
