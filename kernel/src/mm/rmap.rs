@@ -179,6 +179,29 @@ pub fn single_mapping(pfn: u64) -> Option<Mapping> {
     (record.mapcount.load(Relaxed) == 1).then(|| unpack(record.rmap.load(Relaxed)))
 }
 
+/// Whether `mapping` is recorded for `pfn` (no allocation: the checker's question).
+pub fn contains(pfn: u64, mapping: Mapping) -> bool {
+    let record = frame(pfn);
+    let shared = SHARED.lock();
+    match record.mapcount.load(Relaxed) {
+        0 => false,
+        1 => unpack(record.rmap.load(Relaxed)) == mapping,
+        _ => shared.get(&pfn).is_some_and(|list| list.contains(&mapping)),
+    }
+}
+
+/// The smallest mapping recorded for `pfn` (a page's representative, for walks that must meet
+/// each page once without keeping a list of them).
+pub fn first_mapping(pfn: u64) -> Option<Mapping> {
+    let record = frame(pfn);
+    let shared = SHARED.lock();
+    match record.mapcount.load(Relaxed) {
+        0 => None,
+        1 => Some(unpack(record.rmap.load(Relaxed))),
+        _ => shared.get(&pfn).and_then(|list| list.iter().min().copied()),
+    }
+}
+
 /// How many mappings `pfn` has.
 pub fn map_count(pfn: u64) -> u32 {
     frame(pfn).mapcount.load(Relaxed)

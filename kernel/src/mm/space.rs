@@ -1147,73 +1147,89 @@ pub fn check_reverse_map() -> Result<Option<usize>, alloc::string::String> {
     if TEARDOWNS.load(Relaxed) > 0 {
         return Ok(None);
     }
+    /// What the walk found wrong (formatted once the walk is over).
+    enum Problem {
+        NotRecorded(u64, Mapping),
+        KsmWritable(u64),
+        Counts(u64, Owner, u32, u32),
+    }
     let spaces: Vec<SharedSpace> = REGISTRY.lock().values().filter_map(Weak::upgrade).collect();
-    let mut found: Vec<(u64, Mapping)> = Vec::new();
-    let mut writable: Vec<u64> = Vec::new();
-    for space in &spaces {
-        let space = space.lock();
-        for (address, pfn, write) in space.present_pages() {
-            if write {
-                writable.push(pfn);
+    // Walked in place, a mapping at a time: the checker must work when memory is short (a
+    // list of every mapping took 3 MiB of heap in a soak that had none left).
+    let (mut found, mut expected, mut pages) = (0u64, 0u64, 0usize);
+    for shared in &spaces {
+        let space = shared.lock();
+        let id = space.id;
+        let walked = walk_user_tables(
+            space.pml4.phys(),
+            USER_START,
+            USER_END,
+            None,
+            |address, entry| {
+                use core::ops::ControlFlow::{Break, Continue};
+                let pfn = entry.addr().as_u64() / PAGE_SIZE;
+                let mapping = Mapping { space: id, address };
+                if !rmap::contains(pfn, mapping) {
+                    return Break(Problem::NotRecorded(pfn, mapping));
+                }
+                found += 1;
+                let Some(zone) = page_alloc::zone_of(pfn) else {
+                    return Break(Problem::NotRecorded(pfn, mapping));
+                };
+                let record = zone.frame(pfn);
+                if record.owner() == Owner::KsmShared && entry.flags().contains(Flags::WRITABLE) {
+                    return Break(Problem::KsmWritable(pfn));
+                }
+                // Each page once: at its smallest mapping.
+                if rmap::first_mapping(pfn) != Some(mapping) {
+                    return Continue(());
+                }
+                pages += 1;
+                let mapped = rmap::map_count(pfn);
+                expected += u64::from(mapped);
+                // One reference per mapping, one more while compaction moves the page, and
+                // KSM's own on the shared zero page.
+                let holders = mapped
+                    + u32::from(record.flags().contains(super::frame::FrameFlags::MIGRATING))
+                    + u32::from(super::ksm::is_zero_page(pfn));
+                let owner_ok = match record.owner() {
+                    Owner::UserAnon => true,
+                    // A shared page is in the stable tree (or is the zero page), read-only.
+                    Owner::KsmShared => super::ksm::is_zero_page(pfn) || super::ksm::is_stable(pfn),
+                    _ => false,
+                };
+                let references = record.refcount.load(Relaxed);
+                if !owner_ok || references != holders {
+                    return Break(Problem::Counts(pfn, record.owner(), references, mapped));
+                }
+                Continue(())
+            },
+        );
+        drop(space);
+        match walked {
+            Ok(_) => {}
+            Err(Problem::NotRecorded(pfn, mapping)) => {
+                return Err(alloc::format!(
+                    "pfn {pfn:#x}: the page tables map it at {mapping:?}, the reverse map does not say so"
+                ));
             }
-            found.push((
-                pfn,
-                Mapping {
-                    space: space.id,
-                    address,
-                },
-            ));
+            Err(Problem::KsmWritable(pfn)) => {
+                return Err(alloc::format!(
+                    "pfn {pfn:#x}: a KSM page is mapped writable"
+                ));
+            }
+            Err(Problem::Counts(pfn, owner, references, mapped)) => {
+                return Err(alloc::format!(
+                    "pfn {pfn:#x}: owner {owner:?} refcount {references} for {mapped} mappings"
+                ));
+            }
         }
     }
-    found.sort_unstable();
-    writable.sort_unstable();
-    let mut index = 0;
-    let mut pages = 0;
-    while index < found.len() {
-        let pfn = found[index].0;
-        let end = found[index..]
-            .iter()
-            .position(|(other, _)| *other != pfn)
-            .map_or(found.len(), |n| index + n);
-        let mut expected: Vec<Mapping> = found[index..end]
-            .iter()
-            .map(|(_, mapping)| *mapping)
-            .collect();
-        let mut recorded = rmap::mappings(pfn);
-        expected.sort_unstable();
-        recorded.sort_unstable();
-        if expected != recorded {
-            return Err(alloc::format!(
-                "pfn {pfn:#x}: page tables map it at {expected:?}, reverse map says {recorded:?}"
-            ));
-        }
-        let record = page_alloc::zone_of(pfn).expect("in a zone").frame(pfn);
-        // One reference per mapping, one more while compaction moves the page, and KSM's own
-        // on the shared zero page.
-        let holders = expected.len() as u32
-            + u32::from(record.flags().contains(super::frame::FrameFlags::MIGRATING))
-            + u32::from(super::ksm::is_zero_page(pfn));
-        let owner_ok = match record.owner() {
-            Owner::UserAnon => true,
-            // A shared page is in the stable tree (or is the zero page) and mapped read-only.
-            Owner::KsmShared => super::ksm::is_zero_page(pfn) || super::ksm::is_stable(pfn),
-            _ => false,
-        };
-        if record.owner() == Owner::KsmShared && writable.binary_search(&pfn).is_ok() {
-            return Err(alloc::format!(
-                "pfn {pfn:#x}: a KSM page is mapped writable"
-            ));
-        }
-        if !owner_ok || record.refcount.load(Relaxed) != holders {
-            return Err(alloc::format!(
-                "pfn {pfn:#x}: owner {:?} refcount {} for {} mappings",
-                record.owner(),
-                record.refcount.load(Relaxed),
-                expected.len()
-            ));
-        }
-        pages += 1;
-        index = end;
+    // Every mapping found is recorded; as many recorded as found means none is missing.
+    if found != expected {
+        return Err(alloc::format!(
+            "{found} mappings in the page tables, {expected} in the reverse map"
+        ));
     }
     Ok(Some(pages))
 }
