@@ -91,3 +91,15 @@ pub fn with_balloon_device(name: &str, tests: fn()) -> ExitCode {
     tests();
     ExitCode::Success
 }
+
+/// Waits (sleeping 2 ms at a time) until `done`; fails the test after 10 s, naming `what`.
+pub fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let start = kernel::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < core::time::Duration::from_secs(10),
+            "{what}: not within 10 s"
+        );
+        kernel::task::sleep(core::time::Duration::from_millis(2));
+    }
+}

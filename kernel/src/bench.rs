@@ -231,6 +231,34 @@ fn alloc_benchmark() {
 /// `reporting.delay_ms` and `reporting.high_water_mib` on the command line to make it more
 /// eager) against reporting off, on the same mixed sequence, alternating runs in one boot.
 /// `ratio` is throughput on over off (the target is at least 0.95).
+/// The mixed sequence with a mechanism on and off, alternating in one boot (`switch(true)`
+/// before each run with it, `switch(false)` before each without; `during_on` counts what the
+/// mechanism did during the runs with it). Returns the median ns per operation (on, off) and
+/// that count.
+fn mixed_on_and_off(
+    seed: u64,
+    mut switch: impl FnMut(bool),
+    mut during_on: impl FnMut() -> u64,
+) -> (f64, f64, u64) {
+    const MIXED: u64 = 200_000;
+    let mut ours = Ours;
+    let mut held = Vec::with_capacity(4096);
+    let mut on_ticks = [0u64; RUNS];
+    let mut off_ticks = [0u64; RUNS];
+    let mut counted = 0;
+    mixed(&mut ours, &mut held, MIXED, seed);
+    for run in 0..RUNS {
+        switch(true);
+        let before = during_on();
+        on_ticks[run] = mixed(&mut ours, &mut held, MIXED, seed + run as u64);
+        counted += during_on() - before;
+        switch(false);
+        off_ticks[run] = mixed(&mut ours, &mut held, MIXED, seed + run as u64);
+    }
+    let per_op = |ticks: &mut [u64]| time::tsc_delta_to_ns(median(ticks)) as f64 / MIXED as f64;
+    (per_op(&mut on_ticks), per_op(&mut off_ticks), counted)
+}
+
 fn reporting_benchmark() {
     use crate::mm::reporting;
     use crate::tunables::REPORTING_ENABLED;
@@ -238,31 +266,18 @@ fn reporting_benchmark() {
         log::error!("bench=reporting needs the virtio-balloon device with free page reporting");
         return;
     }
-    let set = |enabled: bool| {
-        let _ = REPORTING_ENABLED.set(u64::from(enabled));
-        reporting::refresh_triggers();
-        reporting::request();
-    };
-    let mut ours = Ours;
-    let mut held = Vec::with_capacity(4096);
-    const MIXED: u64 = 200_000;
-    let mut on_ticks = [0u64; RUNS];
-    let mut off_ticks = [0u64; RUNS];
     let reports_before = reporting::stats().reports;
-    let mut reports_on = 0;
-    mixed(&mut ours, &mut held, MIXED, 0x5151);
-    for run in 0..RUNS {
-        set(true);
-        let before = reporting::stats().reports;
-        on_ticks[run] = mixed(&mut ours, &mut held, MIXED, 0x5151 + run as u64);
-        reports_on += reporting::stats().reports - before;
-        set(false);
-        off_ticks[run] = mixed(&mut ours, &mut held, MIXED, 0x5151 + run as u64);
-    }
+    let (on_ns, off_ns, reports_on) = mixed_on_and_off(
+        0x5151,
+        |enabled| {
+            let _ = REPORTING_ENABLED.set(u64::from(enabled));
+            reporting::refresh_triggers();
+            reporting::request();
+        },
+        || reporting::stats().reports,
+    );
     let _ = REPORTING_ENABLED.set(REPORTING_ENABLED.default);
     reporting::refresh_triggers();
-    let on_ns = time::tsc_delta_to_ns(median(&mut on_ticks)) as f64 / MIXED as f64;
-    let off_ns = time::tsc_delta_to_ns(median(&mut off_ticks)) as f64 / MIXED as f64;
     report(
         "alloc_mixed_with_reporting",
         &[
@@ -284,28 +299,19 @@ fn reporting_benchmark() {
 fn compaction_overhead_benchmark() {
     use crate::mm::compaction;
     use crate::tunables::COMPACTION_PROACTIVENESS;
-    let set = |value: u64| {
-        let _ = COMPACTION_PROACTIVENESS.set(value);
-    };
-    let mut ours = Ours;
-    let mut held = Vec::with_capacity(4096);
-    const MIXED: u64 = 200_000;
-    let mut on_ticks = [0u64; RUNS];
-    let mut off_ticks = [0u64; RUNS];
-    let mut on_cpu_ns = 0;
     let wakes_before = compaction::stats().compact_daemon_wake;
-    mixed(&mut ours, &mut held, MIXED, 0x7171);
-    for run in 0..RUNS {
-        set(COMPACTION_PROACTIVENESS.default);
-        let cpu = compaction::daemon_cpu_ns();
-        on_ticks[run] = mixed(&mut ours, &mut held, MIXED, 0x7171 + run as u64);
-        on_cpu_ns += compaction::daemon_cpu_ns() - cpu;
-        set(0);
-        off_ticks[run] = mixed(&mut ours, &mut held, MIXED, 0x7171 + run as u64);
-    }
-    set(COMPACTION_PROACTIVENESS.default);
-    let on_ns = time::tsc_delta_to_ns(median(&mut on_ticks)) as f64 / MIXED as f64;
-    let off_ns = time::tsc_delta_to_ns(median(&mut off_ticks)) as f64 / MIXED as f64;
+    let (on_ns, off_ns, on_cpu_ns) = mixed_on_and_off(
+        0x7171,
+        |on| {
+            let _ = COMPACTION_PROACTIVENESS.set(if on {
+                COMPACTION_PROACTIVENESS.default
+            } else {
+                0
+            });
+        },
+        compaction::daemon_cpu_ns,
+    );
+    let _ = COMPACTION_PROACTIVENESS.set(COMPACTION_PROACTIVENESS.default);
     report(
         "alloc_mixed_with_proactive_compaction",
         &[

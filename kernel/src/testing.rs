@@ -152,3 +152,25 @@ pub fn absorb_test_panic(info: &PanicInfo) {
     DONE.wake_all();
     task::exit_current()
 }
+
+/// Takes free pages until the allocator refuses (2 MiB blocks first, so the list stays short),
+/// at most `most` blocks, without deflating the balloon or compacting: for tests of what
+/// happens when memory is exhausted. The caller frees them.
+pub fn take_free_memory(most: usize) -> alloc::vec::Vec<crate::mm::page_alloc::Pages> {
+    use crate::mm::buddy::MigrateType;
+    use crate::mm::page_alloc::{self, AllocRequest};
+    let mut held = alloc::vec::Vec::with_capacity(most);
+    for order in [9u8, 0] {
+        let request = AllocRequest::new(order)
+            .kind(MigrateType::Movable)
+            .without_balloon_deflate()
+            .without_compaction(true);
+        while held.len() < held.capacity() {
+            match page_alloc::alloc(request) {
+                Some(block) => held.push(block),
+                None => break,
+            }
+        }
+    }
+    held
+}

@@ -429,8 +429,7 @@ fn unmapping_and_tearing_down_a_space_allocate_nothing() {
 
 #[test_case]
 fn cloning_without_memory_fails_cleanly_and_loses_nothing() {
-    use crate::mm::buddy::MigrateType;
-    use crate::mm::page_alloc::{self, AllocRequest};
+    use crate::mm::page_alloc;
     use crate::mm::space::{AddressSpace, RegionFlags, SpaceError};
     let space = AddressSpace::new().expect("a space");
     let mut guard = space.lock();
@@ -443,19 +442,8 @@ fn cloning_without_memory_fails_cleanly_and_loses_nothing() {
             .write_user(start + page * 4096, &page.to_le_bytes())
             .expect("writable");
     }
-    // Take every free page (in 2 MiB blocks first, so the list of them stays small).
-    let mut held = Vec::with_capacity(8192);
-    for order in [9u8, 0] {
-        let request = AllocRequest::new(order)
-            .kind(MigrateType::Movable)
-            .without_balloon_deflate();
-        while held.len() < held.capacity() {
-            match page_alloc::alloc(request) {
-                Some(block) => held.push(block),
-                None => break,
-            }
-        }
-    }
+    // Take every free page.
+    let held = crate::testing::take_free_memory(8192);
     let result = guard.fork();
     for block in held {
         page_alloc::free(block).expect("freed");
@@ -700,19 +688,7 @@ fn compaction_never_moves_pinned_or_unmovable_pages_and_survives_having_no_targe
             assert_eq!(unsafe { (page.virt() as *const u64).read() }, i as u64);
         }
         // No target anywhere: every free page taken. The pass fails cleanly, nothing lost.
-        let mut held = Vec::with_capacity(65536);
-        for order in [9u8, 0] {
-            let request = AllocRequest::new(order)
-                .kind(MigrateType::Movable)
-                .without_balloon_deflate()
-                .without_compaction(true);
-            while held.len() < held.capacity() {
-                match page_alloc::alloc(request) {
-                    Some(block) => held.push(block),
-                    None => break,
-                }
-            }
-        }
+        let held = crate::testing::take_free_memory(65536);
         let starved = compaction::compact_all();
         for block in held.into_iter().chain(kernel_pages) {
             page_alloc::free(block).expect("freed");

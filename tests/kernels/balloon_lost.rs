@@ -28,16 +28,7 @@ fn main(_info: &'static BootInfo) -> ExitCode {
 }
 
 /// Waits (at most 10 s) until `done`.
-fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{what}: not within 10 s"
-        );
-        task::sleep(Duration::from_millis(2));
-    }
-}
+use scenarios::wait_for;
 
 fn alloc_4mib_blocks(count: usize) -> Vec<Pages> {
     (0..count)

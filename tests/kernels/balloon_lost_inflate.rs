@@ -23,16 +23,7 @@ fn main(_info: &'static BootInfo) -> ExitCode {
     scenarios::with_balloon_device("balloon_lost_inflate", test_main)
 }
 
-fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{what}: not within 10 s"
-        );
-        task::sleep(Duration::from_millis(2));
-    }
-}
+use scenarios::wait_for;
 
 #[test_case]
 fn a_device_that_stops_answering_an_inflation_is_reset_and_the_pages_come_back() {

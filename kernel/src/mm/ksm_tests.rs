@@ -511,26 +511,14 @@ fn ksm_a_write_between_the_scan_and_the_merge_is_never_lost() {
 
 #[test_case]
 fn ksm_unmerge_without_memory_fails_cleanly_and_the_range_stays_mergeable() {
-    use crate::mm::buddy::MigrateType;
     with_tunables(0, 0, 256, || {
         finish_pass();
         let pages = 64u64;
         let spaces = spaces_with(2, pages, true, |_, page| 0x0e_0000 + page);
         scan_full_passes(2);
         assert_counts("merged", pages, pages);
-        // Take every free page (2 MiB blocks first, so the list of them stays small).
-        let mut held = Vec::with_capacity(65_536);
-        for order in [9u8, 0] {
-            let request = AllocRequest::new(order)
-                .kind(MigrateType::Movable)
-                .without_balloon_deflate();
-            while held.len() < held.capacity() {
-                match page_alloc::alloc(request) {
-                    Some(block) => held.push(block),
-                    None => break,
-                }
-            }
-        }
+        // Take every free page.
+        let held = crate::testing::take_free_memory(65_536);
         let result = spaces[0]
             .lock()
             .advise_mergeable(START, pages * 4096, false);

@@ -1114,23 +1114,9 @@ impl Drop for AddressSpace {
         if self.is_active() {
             super::paging::activate_kernel_tables();
         }
-        // In place: tearing down a space of any size needs no memory.
-        let id = self.id;
-        let mut released = 0;
-        let _ = walk_user_tables(
-            self.pml4.phys(),
-            USER_START,
-            USER_END,
-            None,
-            |address, entry| {
-                let pfn = entry.addr().as_u64() / PAGE_SIZE;
-                entry.set_unused();
-                release_mapping(id, pfn, address);
-                released += 1;
-                core::ops::ControlFlow::<()>::Continue(())
-            },
-        );
-        self.counters.resident -= released;
+        // In place: tearing down a space of any size needs no memory. The walk frees the
+        // tables it empties; `free_tables` takes whatever is left.
+        self.drop_pages(USER_START, USER_END);
         self.free_tables();
         let _ = page_alloc::free(self.pml4);
         REGISTRY.lock().remove(&self.id);
