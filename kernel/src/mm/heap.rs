@@ -277,10 +277,12 @@ impl GrownHeap {
         }
     }
 
+    /// Free bytes in all chunks. Walks the live chunks only: [`reserve`] calls this on every
+    /// KSM merge and clone step, and a walk of all 2048 slots cost ~10 us under TCG.
     fn free_bytes(&self) -> u64 {
-        self.chunks
+        self.live[..self.live_count]
             .iter()
-            .flatten()
+            .filter_map(|&first| self.chunks[first as usize].as_ref())
             .map(|c| c.heap.free() as u64)
             .sum()
     }

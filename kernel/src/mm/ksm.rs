@@ -70,11 +70,14 @@ use crate::sync::{IrqMutex, LockClass};
 use crate::task::{self, WaitQueue};
 use crate::time::Instant;
 use crate::tunables;
-use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use core::time::Duration;
+use table::{Entry, Table};
+
+#[path = "ksm_table.rs"]
+mod table;
 
 /// Marks `private` as holding a checksum.
 const CHECKSUM_VALID: u32 = 1 << 31;
@@ -105,6 +108,30 @@ counters!(
     pass_regions,
     pass_pages,
 );
+
+pub mod prof {
+    use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    pub static T: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+    pub static N: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+    pub fn now() -> u64 {
+        crate::arch::rdtsc()
+    }
+    pub fn lap(slot: usize, t: &mut u64) {
+        let n = now();
+        T[slot].fetch_add(n - *t, Relaxed);
+        N[slot].fetch_add(1, Relaxed);
+        *t = n;
+    }
+    pub fn dump() {
+        for i in 0..16 {
+            let n = N[i].swap(0, Relaxed);
+            let t = T[i].swap(0, Relaxed);
+            if n > 0 {
+                log::info!("prof {i:2}: n {n:8} cycles {t:14} per {:8}", t / n);
+            }
+        }
+    }
+}
 
 fn count(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Relaxed);
@@ -143,36 +170,59 @@ pub struct KsmStats {
     pub scan_ns: u64,
 }
 
-/// Both trees are keyed by (checksum, pfn): a bucket is the range of one checksum. No
-/// allocation per entry beyond the B-tree's nodes (the heap is a linked list: many small
-/// allocations make every allocation and free slower).
-/// Keys are (merge domain, checksum, pfn): pages of different domains never meet in a bucket.
-/// `domains` names each stable page's domain (for the paths that start from a frame).
+/// Both trees are hash tables of (checksum, merge domain, pfn) (`ksm_table`): a bucket is one
+/// checksum's entries; pages of different domains never meet in one. `chains` and `dups`
+/// follow the stable tree's buckets holding more than one page (the sharing cap's copies).
 struct Trees {
-    stable: BTreeSet<(u32, u32, u64)>,
-    domains: BTreeMap<u64, u32>,
-    unstable: BTreeMap<(u32, u32, u64), Mapping>,
+    stable: Table,
+    unstable: Table,
+    chains: u64,
+    dups: u64,
 }
 
 static TREES: IrqMutex<Trees> = IrqMutex::with_class(
     Trees {
-        stable: BTreeSet::new(),
-        domains: BTreeMap::new(),
-        unstable: BTreeMap::new(),
+        stable: Table::new(),
+        unstable: Table::new(),
+        chains: 0,
+        dups: 0,
     },
     LockClass::Ksm,
 );
 
-fn bucket(domain: u32, key: u32) -> core::ops::RangeInclusive<(u32, u32, u64)> {
-    (domain, key, 0)..=(domain, key, u64::MAX)
+impl Trees {
+    /// Files a new KSM page. Allocates nothing after `stable.reserve_one()` returned true.
+    fn insert_stable(&mut self, entry: Entry) -> bool {
+        let others = self.stable.count(entry.domain, entry.key);
+        if !self.stable.insert(entry) {
+            return false;
+        }
+        if others >= 1 {
+            self.dups += 1;
+        }
+        if others == 1 {
+            self.chains += 1;
+        }
+        true
+    }
+
+    fn remove_stable(&mut self, key: u32, pfn: u64) -> Option<Entry> {
+        let entry = self.stable.remove(key, pfn)?;
+        let others = self.stable.count(entry.domain, key);
+        if others >= 1 {
+            self.dups -= 1;
+        }
+        if others == 1 {
+            self.chains -= 1;
+        }
+        Some(entry)
+    }
 }
 
 /// The merge domain of the KSM page `pfn`, if it is in the stable tree.
 fn stable_domain(pfn: u64) -> Option<u32> {
     let key = frame(pfn)?.private.load(Relaxed);
-    let trees = TREES.lock();
-    let domain = *trees.domains.get(&pfn)?;
-    trees.stable.contains(&(domain, key, pfn)).then_some(domain)
+    TREES.lock().stable.get(key, pfn).map(|entry| entry.domain)
 }
 
 /// The shared zero page (0: not allocated yet). KSM holds one reference to it for good.
@@ -235,9 +285,26 @@ fn checksum(pfn: u64) -> u32 {
     (hash >> 32) as u32 | CHECKSUM_VALID
 }
 
+/// Words of one page read before the same words of the other: see [`same_content`].
+const COMPARE_RUN: usize = 8;
+
+/// Whether pages `a` and `b` hold the same bytes. Reads a run of [`COMPARE_RUN`] words of `a`
+/// (kept in registers), then the same words of `b`, instead of alternating word by word: under
+/// TCG the software TLB is direct-mapped, and two pages whose frame numbers collide in it (two
+/// spaces filled one after the other: often) evict each other on every alternate load. Over
+/// the 16,384 pairs of `bench=ksm` that made a compare cost 13.7 us word by word, 3.1 us in runs
+/// of 8 (a page against itself: 1.6 and 1.2 us); runs of 64 through a buffer on the stack cost
+/// 5.7 us (every word is stored and loaded once more).
 fn same_content(a: u64, b: u64) -> bool {
     let (a, b) = (words(a), words(b));
-    (0..WORDS).all(|index| word(a, index) == word(b, index))
+    (0..WORDS).step_by(COMPARE_RUN).all(|start| {
+        let run: [u64; COMPARE_RUN] = core::array::from_fn(|offset| word(a, start + offset));
+        let differ = run
+            .iter()
+            .enumerate()
+            .fold(0, |differ, (offset, value)| differ | (value ^ word(b, start + offset)));
+        differ == 0
+    })
 }
 
 fn is_zero_filled(pfn: u64) -> bool {
@@ -300,14 +367,11 @@ pub fn page_freeing(pfn: u64) {
         return;
     }
     let key = record.private.load(Relaxed);
-    let mut trees = TREES.lock();
-    if let Some(domain) = trees.domains.remove(&pfn) {
-        trees.stable.remove(&(domain, key, pfn));
-    }
+    TREES.lock().remove_stable(key, pfn);
 }
 
 /// Compaction moved the KSM page `from` to `to` (under every mapping space's lock, see
-/// `mm::migrate`): the stable tree and the checksum follow. Allocates at most a tree node.
+/// `mm::migrate`): the stable tree and the checksum follow. Allocates nothing.
 pub fn page_moved(from: u64, to: u64) {
     let (Some(old), Some(new)) = (frame(from), frame(to)) else {
         return;
@@ -315,11 +379,10 @@ pub fn page_moved(from: u64, to: u64) {
     let key = old.private.load(Relaxed);
     new.private.store(key, Relaxed);
     let mut trees = TREES.lock();
-    if let Some(domain) = trees.domains.remove(&from)
-        && trees.stable.remove(&(domain, key, from))
-    {
-        trees.stable.insert((domain, key, to));
-        trees.domains.insert(to, domain);
+    if let Some(entry) = trees.stable.remove(key, from) {
+        // The slot just freed: this insert allocates nothing.
+        let moved = trees.stable.insert(Entry { pfn: to, ..entry });
+        debug_assert!(moved);
     }
 }
 
@@ -359,25 +422,12 @@ pub fn count_cow() {
 /// The counters now.
 pub fn stats() -> KsmStats {
     let trees = TREES.lock();
-    let mut sharing = 0;
-    let mut chains = 0;
-    let mut dups = 0;
-    let mut last_key = None;
-    let mut in_bucket = 0u64;
-    for &(domain, key, pfn) in &trees.stable {
-        let key = (domain, key);
-        sharing += u64::from(rmap::map_count(pfn).saturating_sub(1));
-        if last_key == Some(key) {
-            in_bucket += 1;
-            dups += 1;
-            if in_bucket == 2 {
-                chains += 1;
-            }
-        } else {
-            last_key = Some(key);
-            in_bucket = 1;
-        }
-    }
+    let sharing: u64 = trees
+        .stable
+        .iter()
+        .map(|entry| u64::from(rmap::map_count(entry.pfn).saturating_sub(1)))
+        .sum();
+    let (chains, dups) = (trees.chains, trees.dups);
     let (shared, unshared) = (trees.stable.len() as u64, trees.unstable.len() as u64);
     drop(trees);
     let zero = ZERO_PFN.load(Relaxed);
@@ -394,7 +444,7 @@ pub fn stats() -> KsmStats {
         full_scans: counter::full_scans.load(Relaxed),
         ksm_zero_pages: zero_pages,
         general_profit: ((sharing + zero_pages) * PAGE_SIZE) as i64
-            - (unshared * size_of::<((u32, u64), Mapping)>() as u64) as i64,
+            - (unshared * size_of::<Entry>() as u64) as i64,
         stable_node_chains: chains,
         stable_node_dups: dups,
         cow_ksm: counter::cow_ksm.load(Relaxed),
@@ -490,37 +540,48 @@ pub fn run_unless_set_on_command_line() {
 /// order 0 filed under its own checksum, each once, and the count matches.
 pub fn check() -> Result<(), String> {
     let trees = TREES.lock();
-    let mut all: Vec<u64> = Vec::new();
-    if trees.domains.len() != trees.stable.len() {
-        return Err(alloc::format!(
-            "ksm: {} stable pages, {} with a domain",
-            trees.stable.len(),
-            trees.domains.len()
-        ));
-    }
-    for &(domain, key, pfn) in &trees.stable {
-        if trees.domains.get(&pfn) != Some(&domain) {
+    let mut all: Vec<u64> = Vec::with_capacity(trees.stable.len());
+    for entry in trees.stable.iter() {
+        let (key, pfn) = (entry.key, entry.pfn);
+        let record = frame(pfn).ok_or_else(|| alloc::format!("ksm: {pfn:#x} not in a zone"))?;
+        if record.state() != super::frame::FrameState::Allocated
+            || record.owner() != Owner::KsmShared
+            || record.private.load(Relaxed) != key
+            || record.mapcount.load(Relaxed) == 0
+        {
             return Err(alloc::format!(
-                "ksm: stable {pfn:#x} filed in domain {domain}"
+                "ksm: stable {pfn:#x}: state {:?} owner {:?} checksum {:#x} (filed {key:#x}) mapcount {}",
+                record.state(),
+                record.owner(),
+                record.private.load(Relaxed),
+                record.mapcount.load(Relaxed)
             ));
         }
-        {
-            let record = frame(pfn).ok_or_else(|| alloc::format!("ksm: {pfn:#x} not in a zone"))?;
-            if record.state() != super::frame::FrameState::Allocated
-                || record.owner() != Owner::KsmShared
-                || record.private.load(Relaxed) != key
-                || record.mapcount.load(Relaxed) == 0
-            {
-                return Err(alloc::format!(
-                    "ksm: stable {pfn:#x}: state {:?} owner {:?} checksum {:#x} (filed {key:#x}) mapcount {}",
-                    record.state(),
-                    record.owner(),
-                    record.private.load(Relaxed),
-                    record.mapcount.load(Relaxed)
-                ));
-            }
-            all.push(pfn);
+        if trees.stable.get(key, pfn) != Some(*entry) {
+            return Err(alloc::format!(
+                "ksm: stable {pfn:#x} is not found under its checksum {key:#x}"
+            ));
         }
+        all.push(pfn);
+    }
+    // Buckets with more than one KSM page: each is a chain, its pages beyond the first dups.
+    let mut copies: Vec<(u32, u32)> = trees
+        .stable
+        .iter()
+        .filter(|entry| trees.stable.count(entry.domain, entry.key) > 1)
+        .map(|entry| (entry.domain, entry.key))
+        .collect();
+    let in_chains = copies.len() as u64;
+    copies.sort_unstable();
+    copies.dedup();
+    let chains = copies.len() as u64;
+    let dups = in_chains - chains;
+    if (chains, dups) != (trees.chains, trees.dups) {
+        return Err(alloc::format!(
+            "ksm: {chains} chains and {dups} dups in the stable tree, counted {} and {}",
+            trees.chains,
+            trees.dups
+        ));
     }
     drop(trees);
     all.sort_unstable();
@@ -570,7 +631,8 @@ pub enum MergeError {
     Differs,
     /// The KSM page already has `ksm.max_page_sharing` mappings.
     Full,
-    /// No heap for the reverse map's entries (checked before anything changes).
+    /// No heap for the reverse map's or the stable tree's entries (checked before anything
+    /// changes).
     NoMemory,
 }
 
@@ -578,11 +640,81 @@ pub enum MergeError {
 /// share of a tree node, the vector growing), reserved before a merge changes anything.
 const RMAP_HEAP_PER_MAPPING: u64 = 256;
 
+/// Buffers one scan reuses from page to page: once they have grown, looking at a page and
+/// merging it allocate nothing here (the first version made ~10 small heap allocations per
+/// merge, each a walk of the linked-list heap).
+#[derive(Default)]
+struct Scratch {
+    page_maps: Vec<Mapping>,
+    target_maps: Vec<Mapping>,
+    /// The mappings read again under the locks.
+    now: Vec<Mapping>,
+    ids: Vec<SpaceId>,
+    spaces: Vec<space::SharedSpace>,
+}
+
+/// Spaces a merge locks without a heap allocation (a page and its twin: one or two spaces).
+const LOCKED_INLINE: usize = 4;
+
+type SpaceGuard<'a> = crate::sync::IrqMutexGuard<'a, space::AddressSpace>;
+
+/// The address spaces of one merge, locked in id order (the lock order's rule for spaces) and
+/// released in the opposite order (each guard restores the interrupt state from before it).
+struct Locked<'a> {
+    inline: [Option<SpaceGuard<'a>>; LOCKED_INLINE],
+    more: Vec<SpaceGuard<'a>>,
+}
+
+impl<'a> Locked<'a> {
+    /// Locks `spaces` (sorted by id).
+    fn lock(spaces: &'a [space::SharedSpace]) -> Locked<'a> {
+        let mut locked = Locked {
+            inline: [const { None }; LOCKED_INLINE],
+            more: Vec::new(),
+        };
+        for (index, shared) in spaces.iter().enumerate() {
+            match locked.inline.get_mut(index) {
+                Some(slot) => *slot = Some(shared.lock()),
+                None => locked.more.push(shared.lock()),
+            }
+        }
+        locked
+    }
+
+    fn get(&mut self, id: SpaceId) -> Option<&mut space::AddressSpace> {
+        self.inline
+            .iter_mut()
+            .flatten()
+            .chain(self.more.iter_mut())
+            .find(|guard| guard.id() == id)
+            .map(|guard| &mut **guard)
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        while let Some(guard) = self.more.pop() {
+            drop(guard);
+        }
+        for slot in self.inline.iter_mut().rev() {
+            drop(slot.take());
+        }
+    }
+}
+
+/// Whether `pfn`'s mappings are exactly `expected` (sorted), read into `now`.
+fn mappings_unchanged(pfn: u64, expected: &[Mapping], now: &mut Vec<Mapping>) -> bool {
+    rmap::mappings_into(pfn, now);
+    now.sort_unstable();
+    now.as_slice() == expected
+}
+
 /// Points every mapping of `page` at `target` (see the module documentation). The caller holds
 /// a reference to both. `target_new`: `target` is an unstable-tree page that becomes a KSM
 /// page with checksum `key` (its mappings are write-protected and checked too); otherwise it
 /// is a KSM page already (stable, or the zero page).
 fn merge(
+    scratch: &mut Scratch,
     page: u64,
     target: u64,
     target_new: bool,
@@ -592,12 +724,40 @@ fn merge(
     if page == target {
         return Err(MergeError::Changed);
     }
-    let mut page_maps = rmap::mappings(page);
-    let mut target_maps = if target_new {
-        rmap::mappings(target)
+    let outcome = merge_with(scratch, page, target, target_new, key, domain);
+    scratch.spaces.clear();
+    match outcome {
+        Ok(()) => count(&counter::merges, 1),
+        Err(MergeError::Pinned) => count(&counter::merge_pinned, 1),
+        Err(MergeError::Changed) => count(&counter::merge_changed, 1),
+        Err(MergeError::Differs) => count(&counter::merge_differs, 1),
+        Err(MergeError::Full | MergeError::NoMemory) => {}
+    }
+    outcome
+}
+
+fn merge_with(
+    scratch: &mut Scratch,
+    page: u64,
+    target: u64,
+    target_new: bool,
+    key: u32,
+    domain: u32,
+) -> Result<(), MergeError> {
+    let mut t = prof::now();
+    let Scratch {
+        page_maps,
+        target_maps,
+        now,
+        ids,
+        spaces,
+    } = scratch;
+    rmap::mappings_into(page, page_maps);
+    if target_new {
+        rmap::mappings_into(target, target_maps);
     } else {
-        Vec::new()
-    };
+        target_maps.clear();
+    }
     if page_maps.is_empty() || (target_new && target_maps.is_empty()) {
         return Err(MergeError::Changed);
     }
@@ -612,23 +772,27 @@ fn merge(
     }
     page_maps.sort_unstable();
     target_maps.sort_unstable();
-    let mut ids: Vec<SpaceId> = page_maps
-        .iter()
-        .chain(target_maps.iter())
-        .map(|mapping| mapping.space)
-        .collect();
+    ids.clear();
+    ids.extend(
+        page_maps
+            .iter()
+            .chain(target_maps.iter())
+            .map(|mapping| mapping.space),
+    );
     ids.sort_unstable();
     ids.dedup();
-    // The reverse map allocates under the spaces' locks: make sure it can, or refuse now.
+    // The reverse map allocates under the spaces' locks, and a new KSM page needs a slot in
+    // the stable tree: make sure both can, or refuse now.
     if super::heap::reserve(
         RMAP_HEAP_PER_MAPPING * (page_maps.len() + target_maps.len() + 1) as u64,
     )
     .is_err()
+        || (target_new && !TREES.lock().stable.reserve_one())
     {
         return Err(MergeError::NoMemory);
     }
-    let mut spaces = Vec::with_capacity(ids.len());
-    for &id in &ids {
+    prof::lap(3, &mut t);
+    for &id in ids.iter() {
         spaces.push(space::find_space(id).ok_or(MergeError::Changed)?);
     }
     let (page_record, target_record) = (
@@ -639,106 +803,103 @@ fn merge(
     run_race_hook(page);
     #[cfg(test)]
     run_race_hook(target);
-    let mut guards = Vec::with_capacity(spaces.len());
-    let outcome = (|| {
-        // In id order (the lock order's rule for address spaces).
-        for shared in &spaces {
-            guards.push(shared.lock());
-        }
-        let mut now = rmap::mappings(page);
-        now.sort_unstable();
-        if now != page_maps {
+    prof::lap(4, &mut t);
+    let mut locked = Locked::lock(spaces);
+    if !mappings_unchanged(page, page_maps, now)
+        || (target_new && !mappings_unchanged(target, target_maps, now))
+    {
+        return Err(MergeError::Changed);
+    }
+    let unpinned = |record: &Frame, owner: Owner| {
+        if record.owner() != owner {
             return Err(MergeError::Changed);
         }
-        if target_new {
-            let mut now = rmap::mappings(target);
-            now.sort_unstable();
-            if now != target_maps {
+        if record.flags().contains(FrameFlags::MIGRATING) || record.extra_references(1) != 0 {
+            return Err(MergeError::Pinned);
+        }
+        Ok(())
+    };
+    unpinned(page_record, Owner::UserAnon)?;
+    if target_new {
+        unpinned(target_record, Owner::UserAnon)?;
+    } else if target_record.owner() != Owner::KsmShared
+        || !(is_zero_page(target) || stable_domain(target) == Some(domain))
+    {
+        // Compaction moved it meanwhile (the old frame is no longer in the tree).
+        return Err(MergeError::Changed);
+    }
+    prof::lap(5, &mut t);
+    // Every mapping in a mergeable region; then write-protect all of them (each flushed).
+    for (pfn, maps) in [(page, &*page_maps), (target, &*target_maps)] {
+        for mapping in maps {
+            let space = locked.get(mapping.space).ok_or(MergeError::Changed)?;
+            if space.merge_domain() != domain {
+                return Err(MergeError::Changed);
+            }
+            let mergeable = space
+                .region_at(mapping.address)
+                .is_some_and(|region| region.flags.contains(space::RegionFlags::MERGEABLE));
+            if !mergeable || !space.write_protect(mapping.address, pfn) {
                 return Err(MergeError::Changed);
             }
         }
-        let unpinned = |record: &Frame, owner: Owner| {
-            if record.owner() != owner {
-                return Err(MergeError::Changed);
-            }
-            if record.flags().contains(FrameFlags::MIGRATING) || record.extra_references(1) != 0 {
-                return Err(MergeError::Pinned);
-            }
-            Ok(())
-        };
-        unpinned(page_record, Owner::UserAnon)?;
-        if target_new {
-            unpinned(target_record, Owner::UserAnon)?;
-        } else if target_record.owner() != Owner::KsmShared
-            || !(is_zero_page(target) || stable_domain(target) == Some(domain))
-        {
-            // Compaction moved it meanwhile (the old frame is no longer in the tree).
-            return Err(MergeError::Changed);
+    }
+    prof::lap(6, &mut t);
+    // Nothing can write either page now: compare for real.
+    let odd = prof::N[7].load(Relaxed) % 2 == 1;
+    if odd {
+        let (a, b) = (words(page), words(target));
+        if !(0..WORDS).all(|index| word(a, index) == word(b, index)) {
+            return Err(MergeError::Differs);
         }
-        // Every mapping in a mergeable region; then write-protect all of them (each flushed).
-        for (pfn, maps) in [(page, &page_maps), (target, &target_maps)] {
-            for mapping in maps.iter() {
-                let guard = guards
-                    .iter_mut()
-                    .find(|guard| guard.id() == mapping.space)
-                    .ok_or(MergeError::Changed)?;
-                if guard.merge_domain() != domain {
-                    return Err(MergeError::Changed);
-                }
-                let mergeable = guard
-                    .region_at(mapping.address)
-                    .is_some_and(|region| region.flags.contains(space::RegionFlags::MERGEABLE));
-                if !mergeable || !guard.write_protect(mapping.address, pfn) {
-                    return Err(MergeError::Changed);
-                }
-            }
-        }
-        // Nothing can write either page now: compare for real.
+        prof::lap(13, &mut t);
+    } else {
         if !same_content(page, target) {
             return Err(MergeError::Differs);
         }
-        if target_new {
-            page_alloc::set_owner(
-                Pages {
-                    pfn: target,
-                    order: 0,
-                },
-                Owner::KsmShared,
-            );
-            target_record.private.store(key, Relaxed);
-        }
-        for &mapping in &page_maps {
-            let guard = guards
-                .iter_mut()
-                .find(|guard| guard.id() == mapping.space)
-                .ok_or(MergeError::Changed)?;
-            // Checked above under the same locks: it still maps `page`, now read-only.
-            let replaced = guard.replace_page(mapping.address, page, target);
-            debug_assert!(replaced);
-            rmap::add(target, mapping);
-            // The scanner's reference keeps `page` alive: this is never the last one.
-            let _ = rmap::remove(page, mapping);
-        }
-        Ok(())
-    })();
-    // Last locked, first released (each guard restores the interrupt state from before it).
-    while let Some(guard) = guards.pop() {
-        drop(guard);
     }
-    match outcome {
-        Ok(()) => count(&counter::merges, 1),
-        Err(MergeError::Pinned) => count(&counter::merge_pinned, 1),
-        Err(MergeError::Changed) => count(&counter::merge_changed, 1),
-        Err(MergeError::Differs) => count(&counter::merge_differs, 1),
-        Err(MergeError::Full | MergeError::NoMemory) => {}
+    prof::lap(7, &mut t);
+    if target_new {
+        page_alloc::set_owner(
+            Pages {
+                pfn: target,
+                order: 0,
+            },
+            Owner::KsmShared,
+        );
+        target_record.private.store(key, Relaxed);
     }
-    outcome
+    for &mapping in page_maps.iter() {
+        let space = locked.get(mapping.space).ok_or(MergeError::Changed)?;
+        // Checked above under the same locks: it still maps `page`, now read-only.
+        let replaced = space.replace_page(mapping.address, page, target);
+        debug_assert!(replaced);
+        rmap::add(target, mapping);
+        // The scanner's reference keeps `page` alive: this is never the last one.
+        let _ = rmap::remove(page, mapping);
+    }
+    if target_new {
+        // Under the spaces' locks, so that nobody sees a KSM page outside the stable tree;
+        // room was reserved above (this allocates nothing).
+        let mut trees = TREES.lock();
+        trees.unstable.remove(key, target);
+        let filed = trees.insert_stable(Entry {
+            key,
+            domain,
+            pfn: target,
+        });
+        debug_assert!(filed);
+    }
+    prof::lap(8, &mut t);
+    drop(locked);
+    prof::lap(9, &mut t);
+    Ok(())
 }
 
 // ---- Scanning ------------------------------------------------------------------------------
 
 /// One page, seen at `mapping`; the caller holds a reference to it.
-fn scan_page(pfn: u64, mapping: Mapping, domain: u32) {
+fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
     count(&counter::pages_scanned, 1);
     let Some(record) = frame(pfn) else {
         return;
@@ -746,7 +907,9 @@ fn scan_page(pfn: u64, mapping: Mapping, domain: u32) {
     if record.owner() != Owner::UserAnon {
         return;
     }
+    let mut t = prof::now();
     let key = checksum(pfn);
+    prof::lap(0, &mut t);
     if record.private.swap(key, Relaxed) != key {
         count(&counter::pages_volatile_pass, 1);
         return;
@@ -756,60 +919,57 @@ fn scan_page(pfn: u64, mapping: Mapping, domain: u32) {
         && is_zero_filled(pfn)
         && let Some(zero) = zero_page()
     {
-        let _ = merge(pfn, zero, false, key, domain);
+        let _ = merge(scratch, pfn, zero, false, key, domain);
         return;
     }
     // The stable tree.
-    let candidates: Vec<u64> = TREES
+    let mut candidates = [0u64; BUCKET_LOOKS];
+    let found = TREES
         .lock()
         .stable
-        .range(bucket(domain, key))
-        .map(|&(_, _, kpfn)| kpfn)
-        .take(BUCKET_LOOKS)
-        .collect();
-    for kpfn in candidates {
+        .candidates(domain, key, &mut candidates);
+    prof::lap(1, &mut t);
+    for &kpfn in &candidates[..found] {
         if !try_get(kpfn, Owner::KsmShared) {
             continue;
         }
         let result = if same_content(pfn, kpfn) {
-            Some(merge(pfn, kpfn, false, key, domain))
+            Some(merge(scratch, pfn, kpfn, false, key, domain))
         } else {
             None
         };
         put_page(kpfn);
         match result {
-            Some(Ok(())) => return,
+            Some(Ok(())) => {
+                prof::lap(10, &mut t);
+                return;
+            }
             Some(Err(MergeError::Full)) => count(&counter::sharing_cap_hits, 1),
             Some(Err(_)) => return,
             None => {}
         }
     }
+    prof::lap(11, &mut t);
     // The unstable tree.
-    let candidates: Vec<u64> = TREES
+    let found = TREES
         .lock()
         .unstable
-        .range(bucket(domain, key))
-        .map(|(&(_, _, upfn), _)| upfn)
-        .take(BUCKET_LOOKS)
-        .collect();
-    for upfn in candidates {
+        .candidates(domain, key, &mut candidates);
+    for &upfn in &candidates[..found] {
         if upfn == pfn || !try_get(upfn, Owner::UserAnon) {
             continue;
         }
-        let result = same_content(pfn, upfn).then(|| merge(pfn, upfn, true, key, domain));
-        let merged = matches!(result, Some(Ok(())));
-        if merged {
-            let mut trees = TREES.lock();
-            trees.unstable.remove(&(domain, key, upfn));
-            trees.stable.insert((domain, key, upfn));
-            trees.domains.insert(upfn, domain);
-        }
+        // A hit moves `upfn` from the unstable to the stable tree (in `merge`).
+        let result = same_content(pfn, upfn).then(|| merge(scratch, pfn, upfn, true, key, domain));
+        prof::lap(12, &mut t);
         put_page(upfn);
         if result.is_some() {
             return;
         }
     }
-    TREES.lock().unstable.insert((domain, key, pfn), mapping);
+    // A full table that cannot grow: the page just is not filed this pass.
+    let _ = TREES.lock().unstable.insert(Entry { key, domain, pfn });
+    prof::lap(14, &mut t);
 }
 
 /// What a scan did.
@@ -848,6 +1008,7 @@ pub fn scan_pages(budget: u64, stop_at_pass_end: bool, time_limit: Option<Durati
     let started = Instant::now();
     let mut report = ScanReport::default();
     let mut batch: Vec<(u64, u64)> = Vec::with_capacity(BATCH);
+    let mut scratch = Scratch::default();
     while report.pages < budget {
         let from_space = CURSOR_SPACE.load(Relaxed) as SpaceId;
         let Some((id, shared)) = space::next_space(from_space) else {
@@ -865,6 +1026,7 @@ pub fn scan_pages(budget: u64, stop_at_pass_end: bool, time_limit: Option<Durati
             0
         };
         batch.clear();
+        let mut t = prof::now();
         let want = (budget - report.pages).min(BATCH as u64) as usize;
         let seen;
         let domain;
@@ -882,6 +1044,7 @@ pub fn scan_pages(budget: u64, stop_at_pass_end: bool, time_limit: Option<Durati
             result
         };
         drop(shared);
+        prof::lap(2, &mut t);
         if any_region {
             count(&counter::pass_regions, 1);
         }
@@ -903,9 +1066,11 @@ pub fn scan_pages(budget: u64, stop_at_pass_end: bool, time_limit: Option<Durati
                 stopped_at = Some(address);
             }
             if stopped_at.is_none() {
-                scan_page(pfn, Mapping { space: id, address }, domain);
+                scan_page(&mut scratch, pfn, domain);
             }
+            let mut t = prof::now();
             put_page(pfn);
+            prof::lap(15, &mut t);
         }
         if let Some(address) = stopped_at {
             // Out of time: the next wake starts at the first page not looked at.

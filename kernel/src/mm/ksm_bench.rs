@@ -82,6 +82,8 @@ pub fn run(pages: u64) {
 
     // Linux's -P: sleep 0, pages_to_scan = the page count (here: the scanner called directly).
     let spaces = filled(2, pages, false);
+    prof::dump();
+    let heap_before = crate::mm::heap::stats().allocations;
     let before = stats();
     let started = Instant::now();
     let mut passes = 0;
@@ -90,6 +92,8 @@ pub fn run(pages: u64) {
         passes += 1;
     }
     let merge_ns = started.elapsed().as_nanos() as u64;
+    log::info!("heap allocations during the merge: {}", crate::mm::heap::stats().allocations - heap_before);
+    prof::dump();
     let mib = (2 * pages * PAGE_SIZE) as f64 / (1 << 20) as f64;
     let compare_mib_s = PAGE_SIZE as f64 / (1 << 20) as f64 / (compare_ns.max(1) as f64 / 1e9);
     let merge_mib_s = mib / (merge_ns as f64 / 1e9);

@@ -172,6 +172,22 @@ pub fn mappings(pfn: u64) -> Vec<Mapping> {
     }
 }
 
+/// Every mapping of `pfn`, into `out` (cleared first): allocates only if `out` must grow.
+pub fn mappings_into(pfn: u64, out: &mut Vec<Mapping>) {
+    out.clear();
+    let record = frame(pfn);
+    let shared = SHARED.lock();
+    match record.mapcount.load(Relaxed) {
+        0 => {}
+        1 => out.push(unpack(record.rmap.load(Relaxed))),
+        _ => {
+            if let Some(list) = shared.get(&pfn) {
+                out.extend_from_slice(list);
+            }
+        }
+    }
+}
+
 /// The one mapping of `pfn` if it has exactly one (no allocation: migration's common case).
 pub fn single_mapping(pfn: u64) -> Option<Mapping> {
     let record = frame(pfn);
