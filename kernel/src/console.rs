@@ -23,7 +23,8 @@ const HELP: &str = "commands:
   frag             fragmentation: score per zone and node, index per order, stranded
                    memory, buddyinfo, compaction counters
   compact          compact every zone now (like /proc/sys/vm/compact_memory)
-  ksm              KSM: run state and tunables, counters (pages_shared, pages_sharing, ...)
+  ksm              KSM: run state and tunables, counters (pages_shared, pages_sharing, ...),
+                   each task's ksm_stat (ksm_rmap_items, ksm_merging_pages, ...)
   run PROGRAM [N] [&]  run a user program with argument N and show its report (Ctrl-C
                    kills it and its children); with &, in the background
   kill ID          kill task ID (tasks lists them)
@@ -171,7 +172,14 @@ pub fn execute_with_input(line: &str, input: &mut dyn FnMut() -> Option<u8>) -> 
             writeln!(out, "{stats:?}")
         }
         "frag" => write_fragmentation(&mut out),
-        "ksm" => crate::mm::ksm::write_report(&mut out),
+        "ksm" => crate::mm::ksm::write_report(&mut out).and_then(|()| {
+            crate::mm::ksm::write_task_report(
+                &mut out,
+                crate::user::task_spaces()
+                    .into_iter()
+                    .map(|(pid, name, space)| (u64::from(pid), name, space)),
+            )
+        }),
         "compact" => {
             let report = crate::mm::compaction::compact_all();
             let _ = writeln!(

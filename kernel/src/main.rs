@@ -314,6 +314,14 @@ fn show_ksm() {
         (after.scan_ns - before.scan_ns) as f64 / 1e6,
     );
     if let Some(space) = spaces.first() {
+        let stats = ksm::space_stats(space);
+        println!(
+            "  one space's ksm_stat: ksm_rmap_items {} ksm_merging_pages {} ksm_zero_pages {} ksm_process_profit {}",
+            stats.ksm_rmap_items,
+            stats.ksm_merging_pages,
+            stats.ksm_zero_pages,
+            stats.ksm_process_profit
+        );
         let _ = space.lock().write_user(start, &0xfeedu64.to_le_bytes());
     }
     println!(

@@ -168,6 +168,8 @@ pub struct KsmStats {
     pub sharing_cap_hits: u64,
     /// Time the scanner spent working (not sleeping), in nanoseconds.
     pub scan_ns: u64,
+    /// Heap the stable and unstable trees hold (their hash tables), in bytes.
+    pub tables_bytes: u64,
 }
 
 /// Both trees are hash tables of (checksum, merge domain, pfn) (`ksm_table`): a bucket is one
@@ -296,8 +298,24 @@ const COMPARE_RUN: usize = 8;
 /// of 8 (a page against itself: 1.6 and 1.2 us); runs of 64 through a buffer on the stack cost
 /// 5.7 us (every word is stored and loaded once more).
 fn same_content(a: u64, b: u64) -> bool {
+    same_runs(a, b, (0..WORDS).step_by(COMPARE_RUN))
+}
+
+/// Whether pages `a` and `b` agree in three runs of words (first, middle, last): a look
+/// before a merge, whose locked compare of the whole pages decides. With equal checksums the
+/// pages almost always are equal, and comparing them in full once more before the locks
+/// would cost a third of a merge under TCG (Linux compares twice too: in the tree's search
+/// and after write-protecting); a page that changed since its checksum was taken, and passes
+/// this look, costs its task one write fault (its mapping was write-protected) and the merge
+/// fails as `merge_differs`.
+fn alike(a: u64, b: u64) -> bool {
+    same_runs(a, b, [0, WORDS / 2, WORDS - COMPARE_RUN].into_iter())
+}
+
+/// Whether `a` and `b` agree in the runs of [`COMPARE_RUN`] words starting at `starts`.
+fn same_runs(a: u64, b: u64, mut starts: impl Iterator<Item = usize>) -> bool {
     let (a, b) = (words(a), words(b));
-    (0..WORDS).step_by(COMPARE_RUN).all(|start| {
+    starts.all(|start| {
         let run: [u64; COMPARE_RUN] = core::array::from_fn(|offset| word(a, start + offset));
         let differ = run
             .iter()
@@ -429,6 +447,7 @@ pub fn stats() -> KsmStats {
         .sum();
     let (chains, dups) = (trees.chains, trees.dups);
     let (shared, unshared) = (trees.stable.len() as u64, trees.unstable.len() as u64);
+    let tables_bytes = (trees.stable.heap_bytes() + trees.unstable.heap_bytes()) as u64;
     drop(trees);
     let zero = ZERO_PFN.load(Relaxed);
     let zero_pages = if zero == 0 {
@@ -455,7 +474,60 @@ pub fn stats() -> KsmStats {
         merge_differs: counter::merge_differs.load(Relaxed),
         sharing_cap_hits: counter::sharing_cap_hits.load(Relaxed),
         scan_ns: counter::scan_ns.load(Relaxed),
+        tables_bytes,
     }
+}
+
+/// One task's KSM figures, Linux's `/proc/PID/ksm_stat` (for its address space).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpaceStats {
+    /// Pages ksmd tracks for the task: its present pages in mergeable regions. (Linux counts
+    /// its `rmap_item`s, made as ksmd first visits a page, so its figure reaches ours after one
+    /// full pass; ours keeps a page's state in its frame record and has no item to count.)
+    pub ksm_rmap_items: u64,
+    /// The task's pages that map a KSM page (merged).
+    pub ksm_merging_pages: u64,
+    /// The task's pages that map the shared zero page (`use_zero_pages`).
+    pub ksm_zero_pages: u64,
+    /// Bytes saved for the task, Linux's formula: (merging + zero pages) x 4 KiB minus
+    /// `ksm_rmap_items` x the bytes KSM may spend per page it tracks (an entry of the
+    /// unstable tree, [`RMAP_ITEM_BYTES`]).
+    pub ksm_process_profit: i64,
+}
+
+/// What KSM may spend per page it tracks: one entry of the unstable tree (Linux: the 64-byte
+/// `rmap_item`).
+pub const RMAP_ITEM_BYTES: u64 = size_of::<Entry>() as u64;
+
+/// The KSM figures of the task whose address space is `space` (locks it).
+pub fn space_stats(space: &space::SharedSpace) -> SpaceStats {
+    let (items, merging, zero) = space.lock().ksm_pages();
+    SpaceStats {
+        ksm_rmap_items: items,
+        ksm_merging_pages: merging,
+        ksm_zero_pages: zero,
+        ksm_process_profit: ((merging + zero) * PAGE_SIZE) as i64
+            - (items * RMAP_ITEM_BYTES) as i64,
+    }
+}
+
+/// The per-task lines of the console's `ksm`: one line per task, Linux's `ksm_stat` names.
+pub fn write_task_report(
+    out: &mut impl core::fmt::Write,
+    tasks: impl Iterator<Item = (u64, String, space::SharedSpace)>,
+) -> core::fmt::Result {
+    for (pid, name, shared) in tasks {
+        let stats = space_stats(&shared);
+        writeln!(
+            out,
+            "task {pid} {name}: ksm_rmap_items {} ksm_merging_pages {} ksm_zero_pages {} ksm_process_profit {}",
+            stats.ksm_rmap_items,
+            stats.ksm_merging_pages,
+            stats.ksm_zero_pages,
+            stats.ksm_process_profit
+        )?;
+    }
+    Ok(())
 }
 
 /// The console's `ksm` report: the run state, then one counter per line (Linux's names).
@@ -488,6 +560,7 @@ pub fn write_report(out: &mut impl core::fmt::Write) -> core::fmt::Result {
         ("merge_differs", stats.merge_differs as i64),
         ("sharing_cap_hits", stats.sharing_cap_hits as i64),
         ("scan_ms", (stats.scan_ns / 1_000_000) as i64),
+        ("tables_bytes", stats.tables_bytes as i64),
     ] {
         writeln!(out, "{name:<20} {value}")?;
     }
@@ -846,17 +919,8 @@ fn merge_with(
     }
     prof::lap(6, &mut t);
     // Nothing can write either page now: compare for real.
-    let odd = prof::N[7].load(Relaxed) % 2 == 1;
-    if odd {
-        let (a, b) = (words(page), words(target));
-        if !(0..WORDS).all(|index| word(a, index) == word(b, index)) {
-            return Err(MergeError::Differs);
-        }
-        prof::lap(13, &mut t);
-    } else {
-        if !same_content(page, target) {
-            return Err(MergeError::Differs);
-        }
+    if !same_content(page, target) {
+        return Err(MergeError::Differs);
     }
     prof::lap(7, &mut t);
     if target_new {
@@ -933,7 +997,7 @@ fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
         if !try_get(kpfn, Owner::KsmShared) {
             continue;
         }
-        let result = if same_content(pfn, kpfn) {
+        let result = if alike(pfn, kpfn) {
             Some(merge(scratch, pfn, kpfn, false, key, domain))
         } else {
             None
@@ -945,6 +1009,8 @@ fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
                 return;
             }
             Some(Err(MergeError::Full)) => count(&counter::sharing_cap_hits, 1),
+            // Another content under the same checksum: the next candidate may match.
+            Some(Err(MergeError::Differs)) => {}
             Some(Err(_)) => return,
             None => {}
         }
@@ -960,11 +1026,12 @@ fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
             continue;
         }
         // A hit moves `upfn` from the unstable to the stable tree (in `merge`).
-        let result = same_content(pfn, upfn).then(|| merge(scratch, pfn, upfn, true, key, domain));
+        let result = alike(pfn, upfn).then(|| merge(scratch, pfn, upfn, true, key, domain));
         prof::lap(12, &mut t);
         put_page(upfn);
-        if result.is_some() {
-            return;
+        match result {
+            None | Some(Err(MergeError::Differs)) => {}
+            Some(_) => return,
         }
     }
     // A full table that cannot grow: the page just is not filed this pass.

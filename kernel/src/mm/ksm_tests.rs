@@ -822,3 +822,89 @@ fn ksm_benchmark_runs_small_and_leaves_memory_consistent() {
     check_all("bench=ksm");
     assert_counts("after the benchmark", 0, 0);
 }
+
+#[test_case]
+fn ksm_per_task_counters_match_linux_ksm_stat_exactly() {
+    let pages = 16u64;
+    let zeros = 4u64;
+    with_tunables(0, 1, 256, || {
+        finish_pass();
+        // Pages 0..16: the same in both spaces; pages 16..20: zero-filled.
+        let spaces = spaces_with(2, pages + zeros, true, |_, page| {
+            if page < pages { 0xc0de_0000 + page } else { 0 }
+        });
+        // A region outside KSM's reach: never tracked, never merged.
+        spaces[0]
+            .lock()
+            .map_anonymous(
+                Some(START + 0x1000_0000),
+                8 * 4096,
+                RegionFlags::READ | RegionFlags::WRITE,
+            )
+            .expect("region");
+        for page in 0..8 {
+            spaces[0]
+                .lock()
+                .write_user(START + 0x1000_0000 + page * 4096, &(0xc0de_0000 + page).to_le_bytes())
+                .expect("write");
+        }
+        let expect = |space: &SharedSpace, items: u64, merging: u64, zero: u64, phase: &str| {
+            let stats = space_stats(space);
+            let profit = ((merging + zero) * 4096) as i64 - (items * RMAP_ITEM_BYTES) as i64;
+            assert_eq!(
+                stats,
+                SpaceStats {
+                    ksm_rmap_items: items,
+                    ksm_merging_pages: merging,
+                    ksm_zero_pages: zero,
+                    ksm_process_profit: profit,
+                },
+                "{phase}"
+            );
+        };
+        expect(&spaces[0], pages + zeros, 0, 0, "filled");
+        scan_full_passes(2);
+        assert_counts("merged", pages, pages);
+        for space in &spaces {
+            expect(space, pages + zeros, pages, zeros, "merged");
+        }
+        assert_eq!(RMAP_ITEM_BYTES, 16);
+        // A write gets a private copy: one page fewer merged for that task only.
+        spaces[1]
+            .lock()
+            .write_user(START + 3 * 4096 + 8, &1u64.to_le_bytes())
+            .expect("write");
+        spaces[1]
+            .lock()
+            .write_user(START + (pages + 1) * 4096, &1u64.to_le_bytes())
+            .expect("write");
+        expect(&spaces[0], pages + zeros, pages, zeros, "after the other's writes");
+        expect(&spaces[1], pages + zeros, pages - 1, zeros - 1, "after its writes");
+        // The console prints the same figures.
+        let mut report = String::new();
+        write_task_report(
+            &mut report,
+            [(7u64, String::from("twin"), spaces[1].clone())].into_iter(),
+        )
+        .expect("format");
+        let profit = ((pages - 1 + zeros - 1) * 4096) as i64 - ((pages + zeros) * 16) as i64;
+        assert_eq!(
+            report,
+            alloc::format!(
+                "task 7 twin: ksm_rmap_items {} ksm_merging_pages {} ksm_zero_pages {} ksm_process_profit {profit}\n",
+                pages + zeros,
+                pages - 1,
+                zeros - 1
+            )
+        );
+        // Unmerging the range: nothing tracked, nothing merged.
+        spaces[0]
+            .lock()
+            .advise_mergeable(START, (pages + zeros) * 4096, false)
+            .expect("unmerge");
+        expect(&spaces[0], 0, 0, 0, "unmerged");
+        check_all("per-task counters");
+        drop(spaces);
+        check_all("teardown");
+    });
+}

@@ -887,6 +887,35 @@ impl AddressSpace {
         Ok(child)
     }
 
+    /// KSM's view of this space (`ksm::space_stats`): present pages in mergeable regions, and
+    /// the present pages that map a KSM page and the shared zero page. Walks the page tables in
+    /// place (allocates nothing).
+    pub fn ksm_pages(&self) -> (u64, u64, u64) {
+        let (mut mergeable, mut merged, mut zero) = (0, 0, 0);
+        for region in self.regions.values() {
+            let in_mergeable = region.flags.contains(RegionFlags::MERGEABLE);
+            let _ = walk_user_tables(
+                self.pml4.phys(),
+                region.start,
+                region.end(),
+                None,
+                |_, entry| {
+                    let pfn = entry.addr().as_u64() / PAGE_SIZE;
+                    mergeable += u64::from(in_mergeable);
+                    if super::ksm::is_zero_page(pfn) {
+                        zero += 1;
+                    } else if page_alloc::zone_of(pfn)
+                        .is_some_and(|zone| zone.frame(pfn).owner() == Owner::KsmShared)
+                    {
+                        merged += 1;
+                    }
+                    core::ops::ControlFlow::<()>::Continue(())
+                },
+            );
+        }
+        (mergeable, merged, zero)
+    }
+
     /// Every present user page: (address, pfn, writable), in address order (for checkers and
     /// tests; the memory paths walk in place instead).
     pub fn present_pages(&self) -> Vec<(u64, u64, bool)> {

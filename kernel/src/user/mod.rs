@@ -683,6 +683,16 @@ pub(crate) fn sleep_current(duration: Duration) {
 }
 
 /// Pids and names of the tasks started and not finished, for the console.
+/// Running tasks with their address spaces (console `ksm`'s per-task lines).
+pub fn task_spaces() -> Vec<(Pid, String, SharedSpace)> {
+    TASKS
+        .lock()
+        .values()
+        .filter_map(Weak::upgrade)
+        .filter_map(|task| Some((task.pid, task.name.clone(), task.space()?)))
+        .collect()
+}
+
 pub fn running_tasks() -> Vec<(Pid, String)> {
     TASKS
         .lock()
