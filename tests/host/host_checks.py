@@ -414,8 +414,11 @@ def ksm_interleaved_duplicates_reach_the_host_through_compaction(kernel):
     print(f"  interleaved: QEMU resident memory fell by {dropped / MIB:.0f} MiB of "
           f"{duplicates / MIB:.0f} MiB duplicated ({dropped / duplicates:.0%})")
     check(run["status"] == 0, f"guest exit status {run['status']}")
-    # Measured 77% (compaction stops once less than compaction.stranded_low_mib is stranded).
-    check(dropped >= 0.6 * duplicates,
+    # The target: 90% within 5 s of the merge (this window ends ~3 s after it). Measured 96%
+    # once KSM asks compaction to consolidate at the end of its pass and kcompactd leaves the
+    # frees alone while KSM merges (77% before: it compacted halfway through the merge and
+    # then stopped below compaction.stranded_high_mib).
+    check(dropped >= 0.9 * duplicates,
           f"only {dropped / MIB:.0f} MiB of {duplicates / MIB:.0f} MiB left the QEMU process")
 
 

@@ -569,6 +569,19 @@ fn wake() {
     WAKE.wake_all();
 }
 
+/// Set by [`consolidate`]: the next look compacts down to the low marks even if memory is not
+/// above the high ones.
+static CONSOLIDATE: AtomicBool = AtomicBool::new(false);
+
+/// KSM freed many single pages (duplicates merged) and is done for now: their memory lies in
+/// 4 KiB holes between the pages that stay, and may be below the stranded memory that starts
+/// the task (`compaction.stranded_high_mib`) yet far from what the host should get back. The
+/// task looks now, ends a back-off, and compacts down to its low marks once.
+pub fn consolidate() {
+    CONSOLIDATE.store(true, Relaxed);
+    poke();
+}
+
 /// The allocator tells of every free: every 16 MiB freed, the background task looks. Takes no
 /// lock but the scheduler's (allowed anywhere).
 pub fn note_freed(pages: u64) {
@@ -672,7 +685,11 @@ fn daemon() {
             continue;
         }
         drain_if_stranded();
-        if Instant::now().as_nanos() < BACKOFF_UNTIL_NS.load(Relaxed) || !should_compact() {
+        let asked = CONSOLIDATE.swap(false, Relaxed)
+            && page_alloc::all_zones().iter().any(|zone| !done_with(zone));
+        // KSM merging: it asks for this when its pass ends (`ksm::consolidate`).
+        let by_frees = should_compact() && !super::ksm::consolidation_pending();
+        if Instant::now().as_nanos() < BACKOFF_UNTIL_NS.load(Relaxed) || !(asked || by_frees) {
             continue;
         }
         count(&counter::compact_daemon_wake, 1);

@@ -107,6 +107,7 @@ counters!(
     scan_ns,
     pass_regions,
     pass_pages,
+    pass_merges,
 );
 
 pub mod prof {
@@ -800,7 +801,12 @@ fn merge(
     let outcome = merge_with(scratch, page, target, target_new, key, domain);
     scratch.spaces.clear();
     match outcome {
-        Ok(()) => count(&counter::merges, 1),
+        Ok(()) => {
+            count(&counter::merges, 1);
+            if counter::pass_merges.fetch_add(1, Relaxed) + 1 >= CONSOLIDATE_EVERY_PAGES {
+                consolidate();
+            }
+        }
         Err(MergeError::Pinned) => count(&counter::merge_pinned, 1),
         Err(MergeError::Changed) => count(&counter::merge_changed, 1),
         Err(MergeError::Differs) => count(&counter::merge_differs, 1),
@@ -1049,6 +1055,27 @@ pub struct ScanReport {
     pub nothing_mergeable: bool,
 }
 
+/// Duplicates freed in one pass after which compaction consolidates even before the pass ends
+/// (256 MiB: a bound on how long the host waits for the saving of a very large pass).
+const CONSOLIDATE_EVERY_PAGES: u64 = 65_536;
+
+/// The duplicates merged lie in 4 KiB holes between pages that stay: once merging pauses
+/// (the end of a pass, ksmd stopping, or [`CONSOLIDATE_EVERY_PAGES`] freed), compaction makes
+/// whole 2 MiB blocks of them for free page reporting. Until then kcompactd leaves KSM's frees
+/// alone ([`consolidation_pending`]): compacting during a merge moves duplicates that are about
+/// to be freed into fresh memory, and the host got back 85% of the duplicates instead of 96%.
+fn consolidate() {
+    if counter::pass_merges.swap(0, Relaxed) > 0 {
+        super::compaction::consolidate();
+    }
+}
+
+/// Whether KSM has merged pages and will ask compaction to consolidate them (kcompactd does not
+/// start for the frees meanwhile).
+pub fn consolidation_pending() -> bool {
+    counter::pass_merges.load(Relaxed) > 0
+}
+
 /// Ends a full pass: counts it and empties the unstable tree. True if the pass saw no page.
 fn end_pass(report: &mut ScanReport) -> bool {
     count(&counter::full_scans, 1);
@@ -1057,6 +1084,7 @@ fn end_pass(report: &mut ScanReport) -> bool {
     if counter::pass_regions.swap(0, Relaxed) == 0 {
         report.nothing_mergeable = true;
     }
+    consolidate();
     let mut trees = TREES.lock();
     let unstable = core::mem::take(&mut trees.unstable);
     drop(trees);
@@ -1219,6 +1247,9 @@ fn requested() -> bool {
 
 fn daemon() {
     loop {
+        if tunables::KSM_RUN.get() != 1 {
+            consolidate();
+        }
         match tunables::KSM_RUN.get() {
             0 => {
                 WAKE.wait_until(requested);
@@ -1241,6 +1272,7 @@ fn daemon() {
         let report = scan_pages(tunables::KSM_PAGES_TO_SCAN.get(), false, limit);
         if report.nothing_mergeable {
             // No mergeable region anywhere: no timer until madvise or a tunable wakes us.
+            consolidate();
             WAKE.wait_until(requested);
             continue;
         }

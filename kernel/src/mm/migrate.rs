@@ -29,6 +29,7 @@ use super::page_alloc::{self, Pages};
 use super::rmap::{self, Mapping};
 use super::space;
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering::Relaxed;
 
 /// Why a page was not moved (it stays where it was, intact).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +117,7 @@ pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), MigrateError> {
             debug_assert!(replaced);
         }
         page_alloc::set_owner(target, owner);
+        carry_private(record, target);
         rmap::move_mappings(pfn, target.pfn);
         if ksm_page {
             super::ksm::page_moved(pfn, target.pfn);
@@ -151,9 +153,21 @@ fn migrate_single(pfn: u64, target: Pages, mapping: Mapping) -> Result<(), Migra
         return Err(MigrateError::Changed);
     }
     page_alloc::set_owner(target, record.owner());
+    carry_private(record, target);
     rmap::move_mappings(pfn, target.pfn);
     drop(guard);
     Ok(())
+}
+
+/// The owner's data follows the page: for a user page, KSM's checksum of its contents (the
+/// copy has the same). Without it a page moved between two KSM passes looked changed, and
+/// merging took a third pass whenever compaction ran meanwhile (KSM's frees wake it).
+fn carry_private(record: &super::frame::Frame, target: Pages) {
+    if let Some(zone) = page_alloc::zone_of(target.pfn) {
+        zone.frame(target.pfn)
+            .private
+            .store(record.private.load(Relaxed), Relaxed);
+    }
 }
 
 /// Copies the page `pfn` into `target`.
