@@ -539,7 +539,6 @@ fn ksm() -> Result<(), alloc::string::String> {
         ],
     );
     let filled = Instant::now();
-    log::info!("DBG filled: reported {} KiB now {} KiB {:?}", reporting::stats().pages_reported * 4, reporting::stats().reported_pages_now.iter().sum::<u64>() * 4, crate::mm::compaction::stats());
     ksm::run_unless_set_on_command_line();
     // `ksm.run=0` on the command line: the control (nothing may merge).
     let running = tunables::KSM_RUN.get() == 1;
@@ -561,7 +560,6 @@ fn ksm() -> Result<(), alloc::string::String> {
         return Err(alloc::format!("merged with ksm.run=0: {after:?}"));
     }
     let scan_ns = after.scan_ns - before.scan_ns;
-    log::info!("DBG merged: stranded {} KiB backoff {} {:?}", crate::mm::compaction::stranded_pages() * 4, crate::mm::compaction::backing_off(), crate::mm::compaction::stats());
     event(
         "merged",
         &[
@@ -594,20 +592,7 @@ fn ksm() -> Result<(), alloc::string::String> {
             ("idle_ms", tunables::SCENARIO_IDLE_MS.get()),
         ],
     );
-    let idle_start = Instant::now();
-    while idle_start.elapsed() < Duration::from_millis(tunables::SCENARIO_IDLE_MS.get()) {
-        task::sleep(Duration::from_millis(250));
-        log::info!(
-            "DBG t {} ms: reported {} KiB now {} KiB, stranded {} KiB, free {} KiB, backoff {}, {:?}",
-            idle.elapsed().as_millis(),
-            reporting::stats().pages_reported * 4,
-            reporting::stats().reported_pages_now.iter().sum::<u64>() * 4,
-            crate::mm::compaction::stranded_pages() * 4,
-            page_alloc::free_pages() * 4,
-            crate::mm::compaction::backing_off(),
-            crate::mm::compaction::stats()
-        );
-    }
+    task::sleep(Duration::from_millis(tunables::SCENARIO_IDLE_MS.get()));
     // Each space writes one word in every page: every write to a merged page copies it
     // (cow_ksm), and nothing one space writes shows in another.
     let written = Instant::now();

@@ -428,6 +428,52 @@ fn unmapping_and_tearing_down_a_space_allocate_nothing() {
 }
 
 #[test_case]
+fn the_reverse_maps_side_table_takes_no_heap_per_mapping_and_gives_its_chunks_back() {
+    use crate::mm::space::{AddressSpace, RegionFlags};
+    use crate::mm::{heap, rmap};
+    let space = AddressSpace::new().expect("a space");
+    let mut guard = space.lock();
+    let pages = 4096u64;
+    let start = guard
+        .map_anonymous(None, pages * 4096, RegionFlags::READ | RegionFlags::WRITE)
+        .expect("a region");
+    for page in 0..pages {
+        guard
+            .write_user(start + page * 4096, &page.to_le_bytes())
+            .expect("writable");
+    }
+    let before = rmap::table_nodes();
+    let allocations = heap::stats().allocations;
+    let child = guard.fork().expect("a clone");
+    let allocations = heap::stats().allocations - allocations;
+    let shared = rmap::table_nodes();
+    // Two nodes per page (both mappings); a 4 KiB chunk per 256 of them, a few more for the
+    // child itself. (A vector per page and tree nodes made it ~4,600 before.)
+    assert_eq!(shared.0, before.0 + 2 * pages as usize);
+    assert!(
+        allocations <= 2 * pages / 256 + 16,
+        "a clone of {pages} pages made {allocations} heap allocations"
+    );
+    assert_eq!(
+        rmap::map_count(guard.translate(start).expect("mapped").0),
+        2
+    );
+    drop(child);
+    let after = rmap::table_nodes();
+    assert_eq!(after.0, before.0, "nodes left in use");
+    assert!(
+        after.1 <= before.1 + 256,
+        "the side table kept {} nodes (it had {} before the clone)",
+        after.1,
+        before.1
+    );
+    drop(guard);
+    drop(space);
+    crate::mm::checker::check().expect("frame states");
+    crate::mm::space::check_reverse_map().expect("reverse map");
+}
+
+#[test_case]
 fn cloning_without_memory_fails_cleanly_and_loses_nothing() {
     use crate::mm::page_alloc;
     use crate::mm::space::{AddressSpace, RegionFlags, SpaceError};

@@ -110,30 +110,6 @@ counters!(
     pass_merges,
 );
 
-pub mod prof {
-    use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    pub static T: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
-    pub static N: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
-    pub fn now() -> u64 {
-        crate::arch::rdtsc()
-    }
-    pub fn lap(slot: usize, t: &mut u64) {
-        let n = now();
-        T[slot].fetch_add(n - *t, Relaxed);
-        N[slot].fetch_add(1, Relaxed);
-        *t = n;
-    }
-    pub fn dump() {
-        for i in 0..16 {
-            let n = N[i].swap(0, Relaxed);
-            let t = T[i].swap(0, Relaxed);
-            if n > 0 {
-                log::info!("prof {i:2}: n {n:8} cycles {t:14} per {:8}", t / n);
-            }
-        }
-    }
-}
-
 fn count(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Relaxed);
 }
@@ -318,10 +294,9 @@ fn same_runs(a: u64, b: u64, mut starts: impl Iterator<Item = usize>) -> bool {
     let (a, b) = (words(a), words(b));
     starts.all(|start| {
         let run: [u64; COMPARE_RUN] = core::array::from_fn(|offset| word(a, start + offset));
-        let differ = run
-            .iter()
-            .enumerate()
-            .fold(0, |differ, (offset, value)| differ | (value ^ word(b, start + offset)));
+        let differ = run.iter().enumerate().fold(0, |differ, (offset, value)| {
+            differ | (value ^ word(b, start + offset))
+        });
         differ == 0
     })
 }
@@ -710,10 +685,6 @@ pub enum MergeError {
     NoMemory,
 }
 
-/// Heap the reverse map may need per mapping moved to a KSM page (a side-table entry, its
-/// share of a tree node, the vector growing), reserved before a merge changes anything.
-const RMAP_HEAP_PER_MAPPING: u64 = 256;
-
 /// Buffers one scan reuses from page to page: once they have grown, looking at a page and
 /// merging it allocate nothing here (the first version made ~10 small heap allocations per
 /// merge, each a walk of the linked-list heap).
@@ -823,7 +794,6 @@ fn merge_with(
     key: u32,
     domain: u32,
 ) -> Result<(), MergeError> {
-    let mut t = prof::now();
     let Scratch {
         page_maps,
         target_maps,
@@ -860,17 +830,14 @@ fn merge_with(
     );
     ids.sort_unstable();
     ids.dedup();
-    // The reverse map allocates under the spaces' locks, and a new KSM page needs a slot in
-    // the stable tree: make sure both can, or refuse now.
-    if super::heap::reserve(
-        RMAP_HEAP_PER_MAPPING * (page_maps.len() + target_maps.len() + 1) as u64,
-    )
-    .is_err()
+    // The reverse map takes nodes under the spaces' locks (the target's first mapping leaves
+    // its frame record too), and a new KSM page needs a slot in the stable tree: make room for
+    // both now, or refuse.
+    if rmap::reserve(page_maps.len() + 1).is_err()
         || (target_new && !TREES.lock().stable.reserve_one())
     {
         return Err(MergeError::NoMemory);
     }
-    prof::lap(3, &mut t);
     for &id in ids.iter() {
         spaces.push(space::find_space(id).ok_or(MergeError::Changed)?);
     }
@@ -882,7 +849,6 @@ fn merge_with(
     run_race_hook(page);
     #[cfg(test)]
     run_race_hook(target);
-    prof::lap(4, &mut t);
     let mut locked = Locked::lock(spaces);
     if !mappings_unchanged(page, page_maps, now)
         || (target_new && !mappings_unchanged(target, target_maps, now))
@@ -907,7 +873,6 @@ fn merge_with(
         // Compaction moved it meanwhile (the old frame is no longer in the tree).
         return Err(MergeError::Changed);
     }
-    prof::lap(5, &mut t);
     // Every mapping in a mergeable region; then write-protect all of them (each flushed).
     for (pfn, maps) in [(page, &*page_maps), (target, &*target_maps)] {
         for mapping in maps {
@@ -923,12 +888,10 @@ fn merge_with(
             }
         }
     }
-    prof::lap(6, &mut t);
     // Nothing can write either page now: compare for real.
     if !same_content(page, target) {
         return Err(MergeError::Differs);
     }
-    prof::lap(7, &mut t);
     if target_new {
         page_alloc::set_owner(
             Pages {
@@ -960,9 +923,7 @@ fn merge_with(
         });
         debug_assert!(filed);
     }
-    prof::lap(8, &mut t);
     drop(locked);
-    prof::lap(9, &mut t);
     Ok(())
 }
 
@@ -977,9 +938,7 @@ fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
     if record.owner() != Owner::UserAnon {
         return;
     }
-    let mut t = prof::now();
     let key = checksum(pfn);
-    prof::lap(0, &mut t);
     if record.private.swap(key, Relaxed) != key {
         count(&counter::pages_volatile_pass, 1);
         return;
@@ -994,11 +953,7 @@ fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
     }
     // The stable tree.
     let mut candidates = [0u64; BUCKET_LOOKS];
-    let found = TREES
-        .lock()
-        .stable
-        .candidates(domain, key, &mut candidates);
-    prof::lap(1, &mut t);
+    let found = TREES.lock().stable.candidates(domain, key, &mut candidates);
     for &kpfn in &candidates[..found] {
         if !try_get(kpfn, Owner::KsmShared) {
             continue;
@@ -1010,10 +965,7 @@ fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
         };
         put_page(kpfn);
         match result {
-            Some(Ok(())) => {
-                prof::lap(10, &mut t);
-                return;
-            }
+            Some(Ok(())) => return,
             Some(Err(MergeError::Full)) => count(&counter::sharing_cap_hits, 1),
             // Another content under the same checksum: the next candidate may match.
             Some(Err(MergeError::Differs)) => {}
@@ -1021,7 +973,6 @@ fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
             None => {}
         }
     }
-    prof::lap(11, &mut t);
     // The unstable tree.
     let found = TREES
         .lock()
@@ -1033,7 +984,6 @@ fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
         }
         // A hit moves `upfn` from the unstable to the stable tree (in `merge`).
         let result = alike(pfn, upfn).then(|| merge(scratch, pfn, upfn, true, key, domain));
-        prof::lap(12, &mut t);
         put_page(upfn);
         match result {
             None | Some(Err(MergeError::Differs)) => {}
@@ -1042,7 +992,6 @@ fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
     }
     // A full table that cannot grow: the page just is not filed this pass.
     let _ = TREES.lock().unstable.insert(Entry { key, domain, pfn });
-    prof::lap(14, &mut t);
 }
 
 /// What a scan did.
@@ -1121,7 +1070,6 @@ pub fn scan_pages(budget: u64, stop_at_pass_end: bool, time_limit: Option<Durati
             0
         };
         batch.clear();
-        let mut t = prof::now();
         let want = (budget - report.pages).min(BATCH as u64) as usize;
         let seen;
         let domain;
@@ -1139,7 +1087,6 @@ pub fn scan_pages(budget: u64, stop_at_pass_end: bool, time_limit: Option<Durati
             result
         };
         drop(shared);
-        prof::lap(2, &mut t);
         if any_region {
             count(&counter::pass_regions, 1);
         }
@@ -1163,9 +1110,7 @@ pub fn scan_pages(budget: u64, stop_at_pass_end: bool, time_limit: Option<Durati
             if stopped_at.is_none() {
                 scan_page(&mut scratch, pfn, domain);
             }
-            let mut t = prof::now();
             put_page(pfn);
-            prof::lap(15, &mut t);
         }
         if let Some(address) = stopped_at {
             // Out of time: the next wake starts at the first page not looked at.

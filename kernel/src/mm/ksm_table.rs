@@ -210,58 +210,58 @@ mod tests {
 
     #[test_case]
     fn ksm_table_finds_what_it_filed_across_growth_and_removals() {
-            // Few distinct keys: long runs that wrap around, removals from their middles.
-            let mut table = Table::new();
-            let mut model: Vec<Entry> = Vec::new();
-            let mut seed = 7u64;
-            for round in 0..4000u64 {
-                seed = seed
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                let key = ((seed >> 33) % 37) as u32;
-                let domain = ((seed >> 20) % 2) as u32;
-                if round % 3 == 2 && !model.is_empty() {
-                    let victim = model.swap_remove((seed >> 40) as usize % model.len());
-                    assert_eq!(table.remove(victim.key, victim.pfn), Some(victim));
-                } else {
-                    let new = entry(key, domain, round);
-                    assert!(table.insert(new));
-                    model.push(new);
-                }
-                assert_eq!(table.len(), model.len());
+        // Few distinct keys: long runs that wrap around, removals from their middles.
+        let mut table = Table::new();
+        let mut model: Vec<Entry> = Vec::new();
+        let mut seed = 7u64;
+        for round in 0..4000u64 {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let key = ((seed >> 33) % 37) as u32;
+            let domain = ((seed >> 20) % 2) as u32;
+            if round % 3 == 2 && !model.is_empty() {
+                let victim = model.swap_remove((seed >> 40) as usize % model.len());
+                assert_eq!(table.remove(victim.key, victim.pfn), Some(victim));
+            } else {
+                let new = entry(key, domain, round);
+                assert!(table.insert(new));
+                model.push(new);
             }
-            assert!(table.heap_bytes() >= 2 * table.len() * size_of::<Entry>());
-            for key in 0..37 {
-                for domain in 0..2 {
-                    let mut want: Vec<u64> = model
+            assert_eq!(table.len(), model.len());
+        }
+        assert!(table.heap_bytes() >= 2 * table.len() * size_of::<Entry>());
+        for key in 0..37 {
+            for domain in 0..2 {
+                let mut want: Vec<u64> = model
+                    .iter()
+                    .filter(|e| e.key == key | 1 << 31 && e.domain == domain)
+                    .map(|e| e.pfn)
+                    .collect();
+                want.sort_unstable();
+                want.truncate(64);
+                let got = lookup(&table, domain, key);
+                if want.len() < 64 {
+                    assert_eq!(got, want, "key {key} domain {domain}");
+                }
+                assert_eq!(
+                    table.count(domain, key | 1 << 31),
+                    model
                         .iter()
                         .filter(|e| e.key == key | 1 << 31 && e.domain == domain)
-                        .map(|e| e.pfn)
-                        .collect();
-                    want.sort_unstable();
-                    want.truncate(64);
-                    let got = lookup(&table, domain, key);
-                    if want.len() < 64 {
-                        assert_eq!(got, want, "key {key} domain {domain}");
-                    }
-                    assert_eq!(
-                        table.count(domain, key | 1 << 31),
-                        model
-                            .iter()
-                            .filter(|e| e.key == key | 1 << 31 && e.domain == domain)
-                            .count()
-                    );
-                }
+                        .count()
+                );
             }
-            for e in &model {
-                assert_eq!(table.get(e.key, e.pfn), Some(*e));
-            }
-            assert_eq!(table.iter().count(), model.len());
-            for e in model.drain(..) {
-                assert_eq!(table.remove(e.key, e.pfn), Some(e));
-            }
-            assert_eq!(table.len(), 0);
-            assert_eq!(table.iter().count(), 0);
-            assert_eq!(table.remove(entry(1, 0, 1).key, 1), None);
+        }
+        for e in &model {
+            assert_eq!(table.get(e.key, e.pfn), Some(*e));
+        }
+        assert_eq!(table.iter().count(), model.len());
+        for e in model.drain(..) {
+            assert_eq!(table.remove(e.key, e.pfn), Some(e));
+        }
+        assert_eq!(table.len(), 0);
+        assert_eq!(table.iter().count(), 0);
+        assert_eq!(table.remove(entry(1, 0, 1).key, 1), None);
     }
 }

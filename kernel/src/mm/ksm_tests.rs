@@ -845,7 +845,10 @@ fn ksm_per_task_counters_match_linux_ksm_stat_exactly() {
         for page in 0..8 {
             spaces[0]
                 .lock()
-                .write_user(START + 0x1000_0000 + page * 4096, &(0xc0de_0000 + page).to_le_bytes())
+                .write_user(
+                    START + 0x1000_0000 + page * 4096,
+                    &(0xc0de_0000 + page).to_le_bytes(),
+                )
                 .expect("write");
         }
         let expect = |space: &SharedSpace, items: u64, merging: u64, zero: u64, phase: &str| {
@@ -878,8 +881,20 @@ fn ksm_per_task_counters_match_linux_ksm_stat_exactly() {
             .lock()
             .write_user(START + (pages + 1) * 4096, &1u64.to_le_bytes())
             .expect("write");
-        expect(&spaces[0], pages + zeros, pages, zeros, "after the other's writes");
-        expect(&spaces[1], pages + zeros, pages - 1, zeros - 1, "after its writes");
+        expect(
+            &spaces[0],
+            pages + zeros,
+            pages,
+            zeros,
+            "after the other's writes",
+        );
+        expect(
+            &spaces[1],
+            pages + zeros,
+            pages - 1,
+            zeros - 1,
+            "after its writes",
+        );
         // The console prints the same figures.
         let mut report = String::new();
         write_task_report(

@@ -830,7 +830,7 @@ impl AddressSpace {
 
     /// A copy of this space sharing every present page copy-on-write: both sides see the same
     /// data, and the first write on either side gets a private page. Walks the page tables in
-    /// place; the reverse map's entries need heap, which is reserved in steps up front, so a
+    /// place; the reverse map's entries need heap, which is reserved in steps (`rmap::reserve`), so a
     /// clone without memory fails cleanly (`OutOfMemory`, the half-made child torn down) rather
     /// than panicking halfway.
     pub fn fork(&mut self) -> Result<SharedSpace, SpaceError> {
@@ -854,7 +854,7 @@ impl AddressSpace {
             None,
             |address, entry| {
                 if shared.is_multiple_of(FORK_RESERVE_STEP)
-                    && super::heap::reserve(FORK_RESERVE_STEP * RMAP_HEAP_PER_PAGE).is_err()
+                    && rmap::reserve(2 * FORK_RESERVE_STEP as usize).is_err()
                 {
                     return core::ops::ControlFlow::Break(SpaceError::OutOfMemory);
                 }
@@ -1044,9 +1044,8 @@ impl AddressSpace {
     }
 }
 
-/// Heap the reverse map may need per page shared by a clone (a side-table entry and its share
-/// of a tree node), and how many pages a clone shares per reservation.
-const RMAP_HEAP_PER_PAGE: u64 = 128;
+/// How many pages a clone shares per reservation of the reverse map's side table (two nodes
+/// each at most: the page's first mapping moving out of its frame record, and the child's).
 const FORK_RESERVE_STEP: u64 = 256;
 
 /// Drops mapping (`space`, `address`) of `pfn` from the reverse map; frees the page if it was
