@@ -1150,3 +1150,59 @@ fn ksm_merges_two_tasks_pages_and_their_writes_copy() {
     assert_eq!(after.pages_shared, before.pages_shared, "{after:?}");
     check_memory();
 }
+
+#[test_case]
+fn ksm_spawned_tasks_merge_only_within_their_merge_domain() {
+    use kernel::mm::ksm;
+    let pages = 32u64;
+    // Three tasks with the same pages: two in merge domain 5, one in domain 6.
+    let spawn = |name: &str, domain: u32| {
+        user::spawn_in_domain(
+            name,
+            &programs::ksm_fill(),
+            pages,
+            Capabilities::empty(),
+            domain,
+        )
+        .expect("spawned")
+    };
+    let tasks = [spawn("fill-a", 5), spawn("fill-b", 5), spawn("fill-c", 6)];
+    let spaces: alloc::vec::Vec<_> = tasks
+        .iter()
+        .map(|handle| handle.task().space().expect("a running task's space"))
+        .collect();
+    assert_eq!(
+        spaces
+            .iter()
+            .map(|space| space.lock().merge_domain())
+            .collect::<alloc::vec::Vec<_>>(),
+        [5, 5, 6]
+    );
+    // Each has filled its pages and marked them mergeable.
+    let started = Instant::now();
+    while !spaces
+        .iter()
+        .all(|space| ksm::space_stats(space).ksm_rmap_items == pages)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the tasks did not fill"
+        );
+        task::sleep(Duration::from_millis(5));
+    }
+    // ksmd is stopped (ksm.run=0): two passes by hand.
+    ksm::scan_full_passes(2);
+    let merged: alloc::vec::Vec<u64> = spaces
+        .iter()
+        .map(|space| ksm::space_stats(space).ksm_merging_pages)
+        .collect();
+    assert_eq!(merged, [pages, pages, 0], "pages merged per task");
+    for handle in tasks {
+        user::kill(handle.pid(), "killed by the test").expect("the task runs");
+        let report = handle.join();
+        assert!(matches!(report.exit, TaskExit::Killed(_)), "{report:?}");
+    }
+    drop(spaces);
+    ksm::wait_idle();
+    check_memory();
+}

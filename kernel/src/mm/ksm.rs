@@ -1191,11 +1191,15 @@ fn requested() -> bool {
 }
 
 fn daemon() {
+    let mut was_running = false;
     loop {
-        if tunables::KSM_RUN.get() != 1 {
+        // Stopped in the middle of a pass: what it merged is consolidated now.
+        let run = tunables::KSM_RUN.get();
+        if run != 1 && was_running {
             consolidate();
         }
-        match tunables::KSM_RUN.get() {
+        was_running = run == 1;
+        match run {
             0 => {
                 WAKE.wait_until(requested);
                 continue;

@@ -923,3 +923,54 @@ fn ksm_per_task_counters_match_linux_ksm_stat_exactly() {
         check_all("teardown");
     });
 }
+
+#[test_case]
+fn ksm_a_page_moved_between_passes_keeps_its_checksum_and_merges_in_two() {
+    use crate::mm::migrate;
+    let pages = 32u64;
+    with_tunables(0, 0, 256, || {
+        finish_pass();
+        let spaces = spaces_with(2, pages, true, |_, page| 0x0de5_0000 + page);
+        scan_full_passes(1);
+        assert_counts("one pass", 0, 0);
+        // Compaction moves every page of the second space between the passes.
+        for page in 0..pages {
+            let at = START + page * 4096;
+            let pfn = pfn_at(&spaces[1], at);
+            assert!(migrate::isolate_user_page(pfn));
+            let target = page_alloc::alloc(AllocRequest::new(0)).expect("a target page");
+            migrate::migrate_user_page(pfn, target).expect("moved");
+            migrate::release_user_page(pfn);
+            assert_ne!(pfn_at(&spaces[1], at), pfn);
+        }
+        check_all("moved");
+        // The checksum came along: nothing looks changed, everything merges in the second pass.
+        scan_full_passes(1);
+        assert_counts("two passes", pages, pages);
+        assert_eq!(stats().pages_volatile, 0, "{:?}", stats());
+        drop(spaces);
+        check_all("teardown");
+    });
+}
+
+#[test_case]
+fn ksm_asks_compaction_to_consolidate_once_its_pass_ends() {
+    let pages = 16u64;
+    with_tunables(0, 0, 256, || {
+        finish_pass();
+        let spaces = spaces_with(2, pages, true, |_, page| 0xc0a1_0000 + page);
+        scan_full_passes(1);
+        assert!(!consolidation_pending());
+        // Stop in the middle of the second pass, after the merges: compaction is owed a look.
+        scan_pages(2 * pages, false, None);
+        assert_counts("merged", pages, pages);
+        assert!(
+            consolidation_pending(),
+            "merged {pages} pages and owes no consolidation"
+        );
+        scan_pages(u64::MAX, true, None);
+        assert!(!consolidation_pending(), "the pass ended and still owes it");
+        drop(spaces);
+        check_all("teardown");
+    });
+}

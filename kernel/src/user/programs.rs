@@ -742,6 +742,43 @@ user_program_ksm_twins_start:
     .global user_program_ksm_twins_end
 user_program_ksm_twins_end:
 
+    // ksm_fill(pages): maps `pages` pages, writes page i's index into its first word, marks the
+    // range mergeable and sleeps for good (the kernel looks at what KSM did, then kills it).
+    // 100 mmap, 101 madvise.
+    .global user_program_ksm_fill_start
+user_program_ksm_fill_start:
+    mov r12, rdi
+    shl rdi, 12
+    mov esi, 3
+    sys 2
+    test rax, rax
+    js .Lkf_fail_100
+    mov r13, rax
+    xor ebx, ebx
+.Lkf_fill:
+    mov rax, rbx
+    shl rax, 12
+    mov [r13 + rax], rbx
+    inc rbx
+    cmp rbx, r12
+    jb .Lkf_fill
+    mov rdi, r13
+    mov rsi, r12
+    shl rsi, 12
+    mov edx, 12
+    sys 4
+    test rax, rax
+    jnz .Lkf_fail_101
+    mov rdi, -1
+    sys 6
+    exit_with 0
+.Lkf_fail_100:
+    exit_with 100
+.Lkf_fail_101:
+    exit_with 101
+    .global user_program_ksm_fill_end
+user_program_ksm_fill_end:
+
     // clone_bomb(rounds): clones `rounds` times; every child goes on with the rounds left (2^rounds
     // tasks if nothing stops them). Exits 0, or with the error number of the first clone the
     // kernel refused.
@@ -1578,6 +1615,8 @@ programs! {
     /// Two tasks with the same `rdi` pages in mergeable regions: KSM merges them, the child's
     /// writes copy, the parent unmerges.
     ksm_twins: user_program_ksm_twins_start .. user_program_ksm_twins_end;
+    /// Fills `rdi` pages (page i's index in its first word) in a mergeable region and sleeps.
+    ksm_fill: user_program_ksm_fill_start .. user_program_ksm_fill_end;
     /// Clones `rdi` times, and every child too: up to 2^`rdi` tasks.
     clone_bomb: user_program_clone_bomb_start .. user_program_clone_bomb_end;
     /// Sleeps for good (u64::MAX ns).
