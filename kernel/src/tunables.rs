@@ -340,6 +340,15 @@ pub static KSM_MAX_PAGE_SHARING: Tunable = Tunable::new(
 )
 .on_change(crate::mm::ksm::poke);
 
+pub static KSM_SMART_SCAN: Tunable = Tunable::new(
+    "ksm.smart_scan",
+    1,
+    0,
+    1,
+    "1: pages that stayed unmerged through three looks are looked at less often (Linux's smart scan)",
+)
+.on_change(crate::mm::ksm::poke);
+
 pub static SCENARIO_KSM_MIB: Tunable = Tunable::new(
     "scenario.ksm_mib",
     64,
@@ -390,6 +399,7 @@ pub static ALL: &[&Tunable] = &[
     &KSM_SLEEP_MILLISECS,
     &KSM_USE_ZERO_PAGES,
     &KSM_MAX_PAGE_SHARING,
+    &KSM_SMART_SCAN,
     &SCENARIO_KSM_MIB,
     &SCENARIO_KSM_INTERLEAVE,
 ];

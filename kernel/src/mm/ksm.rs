@@ -81,6 +81,11 @@ mod table;
 
 /// Marks `private` as holding a checksum.
 const CHECKSUM_VALID: u32 = 1 << 31;
+/// A user page's `private` also holds its smart-scan age (bits 27-30: real looks since its
+/// checksum last changed, at most 15); the checksum is the low 27 bits. A KSM page's `private`
+/// is its key alone (age 0).
+const AGE_SHIFT: u32 = 27;
+const AGE_MASK: u32 = 0xf << AGE_SHIFT;
 /// Most candidates of one bucket compared per lookup.
 const BUCKET_LOOKS: usize = 16;
 /// Pages collected under one space lock at a time.
@@ -108,6 +113,7 @@ counters!(
     pass_regions,
     pass_pages,
     pass_merges,
+    pages_skipped,
 );
 
 fn count(counter: &AtomicU64, by: u64) {
@@ -125,6 +131,8 @@ pub struct KsmStats {
     pub pages_unshared: u64,
     /// Pages found changed since the previous pass during the last full pass.
     pub pages_volatile: u64,
+    /// Looks smart scan skipped (pages that stayed unmerged through several looks).
+    pub pages_skipped: u64,
     pub full_scans: u64,
     /// Mappings of the shared zero page.
     pub ksm_zero_pages: u64,
@@ -261,7 +269,7 @@ fn checksum(pfn: u64) -> u32 {
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(P2);
     hash ^= hash >> 29;
-    (hash >> 32) as u32 | CHECKSUM_VALID
+    (hash >> 37) as u32 | CHECKSUM_VALID
 }
 
 /// Words of one page read before the same words of the other: see [`same_content`].
@@ -436,6 +444,7 @@ pub fn stats() -> KsmStats {
         pages_sharing: sharing,
         pages_unshared: unshared,
         pages_volatile: counter::pages_volatile_last.load(Relaxed),
+        pages_skipped: counter::pages_skipped.load(Relaxed),
         full_scans: counter::full_scans.load(Relaxed),
         ksm_zero_pages: zero_pages,
         general_profit: ((sharing + zero_pages) * PAGE_SIZE) as i64
@@ -511,18 +520,20 @@ pub fn write_report(out: &mut impl core::fmt::Write) -> core::fmt::Result {
     let stats = stats();
     writeln!(
         out,
-        "run {} pages_to_scan {} sleep_millisecs {} use_zero_pages {} max_page_sharing {}",
+        "run {} pages_to_scan {} sleep_millisecs {} use_zero_pages {} max_page_sharing {} smart_scan {}",
         tunables::KSM_RUN.get(),
         tunables::KSM_PAGES_TO_SCAN.get(),
         tunables::KSM_SLEEP_MILLISECS.get(),
         tunables::KSM_USE_ZERO_PAGES.get(),
-        tunables::KSM_MAX_PAGE_SHARING.get()
+        tunables::KSM_MAX_PAGE_SHARING.get(),
+        tunables::KSM_SMART_SCAN.get()
     )?;
     for (name, value) in [
         ("pages_shared", stats.pages_shared as i64),
         ("pages_sharing", stats.pages_sharing as i64),
         ("pages_unshared", stats.pages_unshared as i64),
         ("pages_volatile", stats.pages_volatile as i64),
+        ("pages_skipped", stats.pages_skipped as i64),
         ("full_scans", stats.full_scans as i64),
         ("ksm_zero_pages", stats.ksm_zero_pages as i64),
         ("general_profit", stats.general_profit),
@@ -938,11 +949,26 @@ fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
     if record.owner() != Owner::UserAnon {
         return;
     }
+    let old = record.private.load(Relaxed);
+    let age = if old & CHECKSUM_VALID != 0 {
+        (old & AGE_MASK) >> AGE_SHIFT
+    } else {
+        0
+    };
+    if tunables::KSM_SMART_SCAN.get() == 1 && skipped(age, counter::full_scans.load(Relaxed)) {
+        count(&counter::pages_skipped, 1);
+        return;
+    }
     let key = checksum(pfn);
-    if record.private.swap(key, Relaxed) != key {
+    if old & !AGE_MASK != key {
+        // New, or changed since the last look: volatile, and young again.
+        record.private.store(key, Relaxed);
         count(&counter::pages_volatile_pass, 1);
         return;
     }
+    record
+        .private
+        .store(key | (age + 1).min(15) << AGE_SHIFT, Relaxed);
     if tunables::KSM_USE_ZERO_PAGES.get() == 1
         && key == zero_checksum()
         && is_zero_filled(pfn)
@@ -992,6 +1018,22 @@ fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
     }
     // A full table that cannot grow: the page just is not filed this pass.
     let _ = TREES.lock().unstable.insert(Entry { key, domain, pfn });
+}
+
+/// Smart scan (Linux 6.7's, on by default there too): a page that stayed the same through
+/// three looks without merging is looked at in only every 2nd pass, from its 4th look every 3rd,
+/// from its 6th every 5th, from its 9th every 9th (Linux skips it 1, 2, 4, 8 times between
+/// looks). A change seen at a look makes it young again. Whether pass `pass` skips a page of
+/// age `age` (looks since its checksum last changed).
+fn skipped(age: u32, pass: u64) -> bool {
+    let every = match age {
+        0..=2 => return false,
+        3 => 2,
+        4..=5 => 3,
+        6..=8 => 5,
+        _ => 9,
+    };
+    !pass.is_multiple_of(every)
 }
 
 /// What a scan did.

@@ -974,3 +974,71 @@ fn ksm_asks_compaction_to_consolidate_once_its_pass_ends() {
         check_all("teardown");
     });
 }
+
+#[test_case]
+fn ksm_smart_scan_skips_pages_that_never_merge_and_still_merges_them_when_they_do() {
+    let pages = 16u64;
+    // Looks at a page of `age` happen in passes divisible by this (Linux: 1, 2, 4, 8 skips).
+    let every = |age: u64| match age {
+        0..=2 => 1,
+        3 => 2,
+        4..=5 => 3,
+        6..=8 => 5,
+        _ => 9,
+    };
+    with_tunables(0, 0, 256, || {
+        assert_eq!(tunables::KSM_SMART_SCAN.get(), 1, "on by default");
+        finish_pass();
+        let spaces = spaces_with(1, pages, true, |_, page| 0x5a11_0000 + page);
+        // All pages are alike (filled together, never changed): each pass skips all or none.
+        // The first look only records the checksum (age 0); each later look adds one.
+        let mut looked = false;
+        let mut age = 0u64;
+        let mut skipped = 0;
+        let before = stats().pages_skipped;
+        for _ in 0..30 {
+            let pass = stats().full_scans;
+            if looked && !pass.is_multiple_of(every(age)) {
+                skipped += pages;
+            } else if looked {
+                age = (age + 1).min(15);
+            } else {
+                looked = true;
+            }
+            scan_full_passes(1);
+            assert_eq!(
+                stats().pages_skipped - before,
+                skipped,
+                "pass {pass}, age {age}"
+            );
+        }
+        assert!(skipped >= 15 * pages, "only {skipped} looks skipped");
+        // Page 1 becomes page 0's twin: it merges once smart scan looks at both in one pass (a
+        // change makes page 1 young again; old page 0 is looked at every 9th pass), so within
+        // two skip intervals. (Linux's skipped items leave the unstable tree too.)
+        spaces[0]
+            .lock()
+            .write_user(START + 4096, &0x5a11_0000u64.to_le_bytes())
+            .expect("write");
+        spaces[0]
+            .lock()
+            .write_user(START + 4096 + 4088, &0u64.to_le_bytes())
+            .expect("write");
+        let mut passes = 0;
+        while stats().pages_sharing == 0 {
+            assert!(passes < 2 * 9 + 2, "not merged after {passes} passes");
+            scan_full_passes(1);
+            passes += 1;
+        }
+        assert_counts("twins", 1, 1);
+        check_all("smart scan");
+        // Off: nothing is skipped.
+        tunables::KSM_SMART_SCAN.set(0).expect("0..=1");
+        let skipped_before = stats().pages_skipped;
+        scan_full_passes(3);
+        tunables::KSM_SMART_SCAN.set(1).expect("0..=1");
+        assert_eq!(stats().pages_skipped, skipped_before);
+        drop(spaces);
+        check_all("teardown");
+    });
+}

@@ -231,6 +231,8 @@ pub fn add_new(pfn: u64, mapping: Mapping) -> u32 {
         1,
         "a new page has one reference"
     );
+    // Nothing of an earlier life of the frame (KSM's checksum and smart-scan age) carries over.
+    record.private.store(0, Relaxed);
     link(pfn, record, mapping)
 }
 
