@@ -284,6 +284,7 @@ fn checksum(pfn: u64) -> u32 {
 
 /// Words of one page read before the same words of the other: see [`same_content`].
 const COMPARE_RUN: usize = 8;
+const _: () = assert!(COMPARE_RUN == 8 && WORDS.is_multiple_of(COMPARE_RUN));
 
 /// Whether pages `a` and `b` hold the same bytes. Reads a run of [`COMPARE_RUN`] words of `a`
 /// (kept in registers), then the same words of `b`, instead of alternating word by word: under
@@ -293,7 +294,15 @@ const COMPARE_RUN: usize = 8;
 /// of 8 (a page against itself: 1.6 and 1.2 us); runs of 64 through a buffer on the stack cost
 /// 5.7 us (every word is stored and loaded once more).
 fn same_content(a: u64, b: u64) -> bool {
-    same_runs(a, b, (0..WORDS).step_by(COMPARE_RUN))
+    let (a, b) = (words(a), words(b));
+    let mut start = 0;
+    while start < WORDS {
+        if !same_run(a, b, start) {
+            return false;
+        }
+        start += COMPARE_RUN;
+    }
+    true
 }
 
 /// Whether pages `a` and `b` agree in three runs of words (first, middle, last): a look
@@ -304,19 +313,33 @@ fn same_content(a: u64, b: u64) -> bool {
 /// this look, costs its task one write fault (its mapping was write-protected) and the merge
 /// fails as `merge_differs`.
 fn alike(a: u64, b: u64) -> bool {
-    same_runs(a, b, [0, WORDS / 2, WORDS - COMPARE_RUN].into_iter())
+    let (a, b) = (words(a), words(b));
+    same_run(a, b, 0) && same_run(a, b, WORDS / 2) && same_run(a, b, WORDS - COMPARE_RUN)
 }
 
-/// Whether `a` and `b` agree in the runs of [`COMPARE_RUN`] words starting at `starts`.
-fn same_runs(a: u64, b: u64, mut starts: impl Iterator<Item = usize>) -> bool {
-    let (a, b) = (words(a), words(b));
-    starts.all(|start| {
-        let run: [u64; COMPARE_RUN] = core::array::from_fn(|offset| word(a, start + offset));
-        let differ = run.iter().enumerate().fold(0, |differ, (offset, value)| {
-            differ | (value ^ word(b, start + offset))
-        });
-        differ == 0
-    })
+/// Whether `a` and `b` agree in the [`COMPARE_RUN`] words from `start` (a multiple of the run:
+/// `start | k` is its word k, with no overflow check to execute).
+#[inline(always)]
+fn same_run(a: *const u64, b: *const u64, start: usize) -> bool {
+    let x = [
+        word(a, start),
+        word(a, start | 1),
+        word(a, start | 2),
+        word(a, start | 3),
+        word(a, start | 4),
+        word(a, start | 5),
+        word(a, start | 6),
+        word(a, start | 7),
+    ];
+    let differ = (x[0] ^ word(b, start))
+        | (x[1] ^ word(b, start | 1))
+        | (x[2] ^ word(b, start | 2))
+        | (x[3] ^ word(b, start | 3))
+        | (x[4] ^ word(b, start | 4))
+        | (x[5] ^ word(b, start | 5))
+        | (x[6] ^ word(b, start | 6))
+        | (x[7] ^ word(b, start | 7));
+    differ == 0
 }
 
 fn is_zero_filled(pfn: u64) -> bool {
@@ -565,7 +588,7 @@ pub fn write_report(out: &mut impl core::fmt::Write) -> core::fmt::Result {
 }
 
 /// The cost of the two page operations a scan is made of, on a page of `pfn`'s memory:
-/// (checksum ns, whole-page compare ns), each the median of nine batches of `rounds`/9
+/// (checksum ns, plain whole-page compare ns), each the median of nine batches of `rounds`/9
 /// (benchmarks, scenario=ksm).
 pub fn measure_page_costs(rounds: u64) -> (u64, u64) {
     let Some(a) = page_alloc::alloc(AllocRequest::new(0)) else {
@@ -599,7 +622,12 @@ pub fn measure_page_costs(rounds: u64) -> (u64, u64) {
     let mut sink = 0u32;
     let checksum_ns = median_ns(&mut || sink ^= checksum(a.pfn));
     let mut equal = 0;
-    let compare_ns = median_ns(&mut || equal += u64::from(same_content(a.pfn, b.pfn)));
+    // A plain compare, word by word (two neighbouring pages: no TLB collision), the baseline
+    // `bench=ksm` divides the merge rate by (`same_content` took 0.83 us on them, this 1.05).
+    let (first, second) = (words(a.pfn), words(b.pfn));
+    let compare_ns = median_ns(&mut || {
+        equal += u64::from((0..WORDS).all(|index| word(first, index) == word(second, index)));
+    });
     log::debug!("ksm: measured ({sink:#x}, {equal})");
     let _ = page_alloc::free(a);
     let _ = page_alloc::free(b);
