@@ -25,8 +25,9 @@ const HELP: &str = "commands:
   compact          compact every zone now (like /proc/sys/vm/compact_memory)
   ksm              KSM: run state and tunables, counters (pages_shared, pages_sharing, ...),
                    each task's ksm_stat (ksm_rmap_items, ksm_merging_pages, ...)
-  run PROGRAM [N] [&]  run a user program with argument N and show its report (Ctrl-C
-                   kills it and its children); with &, in the background
+  run PROGRAM [N] [domain=D] [&]  run a user program with argument N (in KSM merge
+                   domain D) and show its report (Ctrl-C kills it and its children); with &,
+                   in the background
   kill ID          kill task ID (tasks lists them)
   tunables         every tunable with its value and range
   set NAME=VALUE   change a tunable
@@ -270,13 +271,21 @@ fn run_program(
     } else {
         words
     };
+    // `domain=D`: the task's KSM merge domain (default 0).
+    let (domain, words) = match words.last().and_then(|word| word.strip_prefix("domain=")) {
+        Some(value) => match value.parse::<u32>() {
+            Ok(domain) => (domain, &words[..words.len() - 1]),
+            Err(_) => return writeln!(out, "domain= takes a number"),
+        },
+        None => (0, words),
+    };
     let (name, argument) = (words.first().copied(), words.get(1).copied());
     let programs = crate::user::programs::all();
     let Some(program) = programs.iter().find(|program| Some(program.name) == name) else {
         let names: alloc::vec::Vec<&str> = programs.iter().map(|program| program.name).collect();
         return writeln!(
             out,
-            "usage: run PROGRAM [N]; programs: {}",
+            "usage: run PROGRAM [N] [domain=D] [&]; programs: {}",
             names.join(", ")
         );
     };
@@ -285,10 +294,12 @@ fn run_program(
         Some(Ok(value)) => value,
         Some(Err(_)) => return writeln!(out, "the argument must be a number"),
     };
-    let mut handle = match crate::user::spawn(program.name, program, argument) {
-        Ok(handle) => handle,
-        Err(error) => return writeln!(out, "could not start {}: {error:?}", program.name),
-    };
+    let capabilities = crate::user::Capabilities::empty();
+    let mut handle =
+        match crate::user::spawn_in_domain(program.name, program, argument, capabilities, domain) {
+            Ok(handle) => handle,
+            Err(error) => return writeln!(out, "could not start {}: {error:?}", program.name),
+        };
     let pid = handle.pid();
     if background {
         return writeln!(

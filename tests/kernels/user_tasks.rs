@@ -1206,3 +1206,48 @@ fn ksm_spawned_tasks_merge_only_within_their_merge_domain() {
     ksm::wait_idle();
     check_memory();
 }
+
+#[test_case]
+fn console_runs_a_task_in_a_merge_domain_and_shows_its_ksm_stat() {
+    use kernel::console::execute;
+    use kernel::mm::ksm;
+    let (started, _) = execute("run ksm_fill 8 domain=9 &");
+    assert!(started.contains("background"), "{started}");
+    let pid: u32 = started
+        .split_whitespace()
+        .nth(1)
+        .and_then(|word| word.parse().ok())
+        .expect("a pid");
+    let line = alloc::format!(
+        "task {pid} ksm_fill: ksm_rmap_items 8 ksm_merging_pages 0 ksm_zero_pages 0 ksm_process_profit {}",
+        -(8 * ksm::RMAP_ITEM_BYTES as i64)
+    );
+    let started = Instant::now();
+    while !execute("ksm").0.contains(&line) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no '{line}' in:\n{}",
+            execute("ksm").0
+        );
+        task::sleep(Duration::from_millis(5));
+    }
+    let space = user::task_spaces()
+        .into_iter()
+        .find(|(id, _, _)| *id == pid)
+        .map(|(_, _, space)| space)
+        .expect("the task's space");
+    assert_eq!(space.lock().merge_domain(), 9);
+    drop(space);
+    assert!(
+        execute("run ksm_fill 8 domain=x")
+            .0
+            .contains("domain= takes a number")
+    );
+    assert!(
+        execute(&alloc::format!("kill {pid}"))
+            .0
+            .contains("kill requested")
+    );
+    wait_for_no_tasks();
+    check_memory();
+}
