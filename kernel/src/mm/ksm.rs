@@ -979,7 +979,7 @@ fn merge_with(
 
 // ---- Scanning ------------------------------------------------------------------------------
 
-/// One page, seen at `mapping`; the caller holds a reference to it.
+/// One page of a space in merge domain `domain`; the caller holds a reference to it.
 fn scan_page(scratch: &mut Scratch, pfn: u64, domain: u32) {
     count(&counter::pages_scanned, 1);
     let Some(record) = frame(pfn) else {

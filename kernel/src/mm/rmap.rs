@@ -218,7 +218,7 @@ pub fn reserve(mappings: usize) -> Result<(), NoRoom> {
 pub fn add(pfn: u64, mapping: Mapping) -> u32 {
     let record = frame(pfn);
     record.get();
-    link(pfn, record, mapping)
+    link(record, mapping)
 }
 
 /// Records the first mapping of a page just allocated: the allocation's reference becomes the
@@ -233,10 +233,10 @@ pub fn add_new(pfn: u64, mapping: Mapping) -> u32 {
     );
     // Nothing of an earlier life of the frame (KSM's checksum and smart-scan age) carries over.
     record.private.store(0, Relaxed);
-    link(pfn, record, mapping)
+    link(record, mapping)
 }
 
-fn link(_pfn: u64, record: &super::frame::Frame, mapping: Mapping) -> u32 {
+fn link(record: &super::frame::Frame, mapping: Mapping) -> u32 {
     let mut table = SHARED.lock();
     let count = record.mapcount.load(Relaxed);
     match count {
