@@ -20,7 +20,7 @@
 //! - `soak`: ring-3 tasks churn memory while the host moves the balloon; checkers after every
 //!   phase and a final accounting of every page (see [`soak`]).
 //! - `ksm`: four address spaces each fill `scenario.ksm_mib` with the same content (page *i*
-//!   identical across spaces, all pages distinct within one) in mergeable regions and idle while
+//!   identical across spaces, all pages distinct within one), mark it mergeable and idle while
 //!   ksmd merges them (`ksm.run=1` unless the command line sets it); then each writes one word
 //!   in every page and checks all its data (events `filled`, `merged` with the time, passes and
 //!   the scanner's CPU share, `reported` once free page reporting is idle, then
@@ -495,7 +495,10 @@ fn ksm() -> Result<(), alloc::string::String> {
     const START: u64 = 0x3000_0000_0000;
     const SPACES: u64 = 4;
     let pages = tunables::SCENARIO_KSM_MIB.get() * 256;
-    let flags = RegionFlags::READ | RegionFlags::WRITE | RegionFlags::MERGEABLE;
+    // Mergeable only once filled (madvise, below): with `ksm.run=1` on the command line ksmd
+    // would otherwise merge, and the host get memory back, while the spaces fill, and the
+    // figures measured from `filled` (time, the host's resident memory) would miss that part.
+    let flags = RegionFlags::READ | RegionFlags::WRITE;
     let mut spaces = Vec::new();
     for _ in 0..SPACES {
         let shared = AddressSpace::new().map_err(|error| alloc::format!("space: {error:?}"))?;
@@ -529,6 +532,12 @@ fn ksm() -> Result<(), alloc::string::String> {
     }
     let before = ksm::stats();
     let (checksum_ns, compare_ns) = ksm::measure_page_costs(200);
+    for shared in &spaces {
+        shared
+            .lock()
+            .advise_mergeable(START, pages * PAGE_SIZE, true)
+            .map_err(|error| alloc::format!("madvise: {error:?}"))?;
+    }
     event(
         "filled",
         &[
@@ -576,10 +585,16 @@ fn ksm() -> Result<(), alloc::string::String> {
         ],
     );
     // The freed duplicates go to the host through free page reporting (whole 2 MiB blocks:
-    // the spaces filled one after the other, so each one's duplicates lie together); the host
-    // watches the QEMU process meanwhile.
-    reporting::request();
+    // the spaces filled one after the other, so each one's duplicates lie together; filled in
+    // turn, compaction consolidates them when KSM's pass ends); the host watches the QEMU
+    // process meanwhile.
     let idle = Instant::now();
+    while (ksm::consolidation_pending() || !crate::mm::compaction::is_idle())
+        && idle.elapsed() < Duration::from_secs(10)
+    {
+        task::sleep(Duration::from_millis(10));
+    }
+    reporting::request();
     task::sleep(Duration::from_millis(100));
     while !reporting::is_idle() && idle.elapsed() < Duration::from_secs(10) {
         task::sleep(Duration::from_millis(10));

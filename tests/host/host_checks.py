@@ -411,10 +411,14 @@ def ksm_interleaved_duplicates_reach_the_host_through_compaction(kernel):
     run = ksm_run(kernel, 1, interleave=1)
     duplicates = 3 * KSM_MIB * MIB
     dropped = run["rss_filled"] - run["rss_lowest"]
+    since_merged = run["reported"]["ms_since_merged"]
     print(f"  interleaved: QEMU resident memory fell by {dropped / MIB:.0f} MiB of "
-          f"{duplicates / MIB:.0f} MiB duplicated ({dropped / duplicates:.0%})")
+          f"{duplicates / MIB:.0f} MiB duplicated ({dropped / duplicates:.0%}) by "
+          f"{since_merged / 1000 + 2.5:.1f} s after the merge")
     check(run["status"] == 0, f"guest exit status {run['status']}")
-    # The target: 90% within 5 s of the merge (this window ends ~3 s after it). Measured 96%
+    # The window ends 2.5 s after `reported`: within the target's 5 s of the merge.
+    check(since_merged <= 2500, f"compaction and reporting took {since_merged} ms")
+    # The target: 90% within 5 s of the merge (this window ends ~3 s after it). Measured 94-96%
     # once KSM asks compaction to consolidate at the end of its pass and kcompactd leaves the
     # frees alone while KSM merges (77% before: it compacted halfway through the merge and
     # then stopped below compaction.stranded_high_mib).
