@@ -363,7 +363,7 @@ def bad_command_line_words_are_reported_and_the_others_kept(kernel):
 
 # ---- KSM (scenario=ksm): the host sees the merged duplicates leave the QEMU process ----------
 
-KSM_MIB = 32
+KSM_MIB = 64
 
 
 def ksm_run(kernel, run, interleave=0):
