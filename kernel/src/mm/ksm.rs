@@ -830,6 +830,7 @@ fn merge(
     match outcome {
         Ok(()) => {
             count(&counter::merges, 1);
+            LAST_MERGE_NS.store(Instant::now().as_nanos(), Relaxed);
             if counter::pass_merges.fetch_add(1, Relaxed) + 1 >= CONSOLIDATE_EVERY_PAGES {
                 consolidate();
             }
@@ -1091,19 +1092,30 @@ const CONSOLIDATE_EVERY_PAGES: u64 = 65_536;
 
 /// The duplicates merged lie in 4 KiB holes between pages that stay: once merging pauses
 /// (the end of a pass, ksmd stopping, or [`CONSOLIDATE_EVERY_PAGES`] freed), compaction makes
-/// whole 2 MiB blocks of them for free page reporting. Until then kcompactd leaves KSM's frees
-/// alone ([`consolidation_pending`]): compacting during a merge moves duplicates that are about
-/// to be freed into fresh memory, and the host got back 85% of the duplicates instead of 96%.
+/// whole 2 MiB blocks of them for free page reporting. While KSM merges, kcompactd leaves the
+/// frees alone ([`consolidation_pending`]): compacting during a merge moves duplicates that are
+/// about to be freed into fresh memory, and the host got back 85% of the duplicates, not 96%.
 fn consolidate() {
     if counter::pass_merges.swap(0, Relaxed) > 0 {
         super::compaction::consolidate();
     }
 }
 
-/// Whether KSM has merged pages and will ask compaction to consolidate them (kcompactd does not
-/// start for the frees meanwhile).
+/// When the last merge happened (ns since boot).
+static LAST_MERGE_NS: AtomicU64 = AtomicU64::new(0);
+
+/// How long after its last merge KSM counts as merging still (the pass may go on for long
+/// over pages that do not merge: kcompactd then answers other frees again).
+const MERGING_FOR: Duration = Duration::from_secs(1);
+
+/// Whether KSM is merging (a merge in the last [`MERGING_FOR`]) and will ask compaction to
+/// consolidate the duplicates freed (kcompactd does not start for the frees meanwhile).
 pub fn consolidation_pending() -> bool {
     counter::pass_merges.load(Relaxed) > 0
+        && Instant::now()
+            .as_nanos()
+            .saturating_sub(LAST_MERGE_NS.load(Relaxed))
+            < MERGING_FOR.as_nanos() as u64
 }
 
 /// Ends a full pass: counts it and empties the unstable tree. True if the pass saw no page.
