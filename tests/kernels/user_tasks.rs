@@ -1178,7 +1178,8 @@ fn ksm_spawned_tasks_merge_only_within_their_merge_domain() {
             .collect::<alloc::vec::Vec<_>>(),
         [5, 5, 6]
     );
-    // Each has filled its pages and marked them mergeable.
+    // ksmd is stopped (ksm.run=0): passes by hand until it has looked at every task's pages
+    // (they filled and marked them mergeable), then two more.
     let started = Instant::now();
     while !spaces
         .iter()
@@ -1189,8 +1190,8 @@ fn ksm_spawned_tasks_merge_only_within_their_merge_domain() {
             "the tasks did not fill"
         );
         task::sleep(Duration::from_millis(5));
+        ksm::scan_full_passes(1);
     }
-    // ksmd is stopped (ksm.run=0): two passes by hand.
     ksm::scan_full_passes(2);
     let merged: alloc::vec::Vec<u64> = spaces
         .iter()
@@ -1222,6 +1223,7 @@ fn console_runs_a_task_in_a_merge_domain_and_shows_its_ksm_stat() {
         "task {pid} ksm_fill: ksm_rmap_items 8 ksm_merging_pages 0 ksm_zero_pages 0 ksm_process_profit {}",
         -(8 * ksm::RMAP_ITEM_BYTES as i64)
     );
+    // ksmd is stopped (ksm.run=0): passes by hand until it has looked at the task's pages.
     let started = Instant::now();
     while !execute("ksm").0.contains(&line) {
         assert!(
@@ -1230,6 +1232,7 @@ fn console_runs_a_task_in_a_merge_domain_and_shows_its_ksm_stat() {
             execute("ksm").0
         );
         task::sleep(Duration::from_millis(5));
+        ksm::scan_full_passes(1);
     }
     let space = user::task_spaces()
         .into_iter()

@@ -500,13 +500,13 @@ pub fn stats() -> KsmStats {
 /// One task's KSM figures, Linux's `/proc/PID/ksm_stat` (for its address space).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpaceStats {
-    /// Pages ksmd tracks for the task: its present pages in mergeable regions. (Linux counts
-    /// its `rmap_item`s, made as ksmd first visits a page, so its figure reaches ours after one
-    /// full pass; ours keeps a page's state in its frame record and has no item to count.)
+    /// Pages of the task's mergeable regions ksmd has looked at (Linux: its `rmap_item`s, one
+    /// per page ksmd visited; ours are a bit in the page's entry, `space::KSM_VISITED`).
     pub ksm_rmap_items: u64,
-    /// The task's pages that map a KSM page (merged).
+    /// The task's pages ksmd merged, or found mapping a KSM page (`space::KSM_COUNTED`): a
+    /// clone's start at 0, as Linux's.
     pub ksm_merging_pages: u64,
-    /// The task's pages that map the shared zero page (`use_zero_pages`).
+    /// The same for the shared zero page (`use_zero_pages`).
     pub ksm_zero_pages: u64,
     /// Bytes saved for the task, Linux's formula: (merging + zero pages) x 4 KiB minus
     /// `ksm_rmap_items` x the bytes KSM may spend per page it tracks (an entry of the
@@ -958,11 +958,18 @@ fn merge_with(
         // Checked above under the same locks: it still maps `page`, now read-only.
         let replaced = space.replace_page(mapping.address, page, target);
         debug_assert!(replaced);
+        space.mark_ksm_merged(mapping.address, target);
         rmap::add(target, mapping);
         // The scanner's reference keeps `page` alive: this is never the last one.
         let _ = rmap::remove(page, mapping);
     }
     if target_new {
+        // The twin's mappings are merged pages of their spaces now.
+        for mapping in target_maps.iter() {
+            if let Some(space) = locked.get(mapping.space) {
+                space.mark_ksm_merged(mapping.address, target);
+            }
+        }
         // Under the spaces' locks, so that nobody sees a KSM page outside the stable tree;
         // room was reserved above (this allocates nothing).
         let mut trees = TREES.lock();
@@ -1167,7 +1174,7 @@ pub fn scan_pages(budget: u64, stop_at_pass_end: bool, time_limit: Option<Durati
         let seen;
         let domain;
         let (resume, any_region) = {
-            let guard = shared.lock();
+            let mut guard = shared.lock();
             domain = guard.merge_domain();
             let result = guard.mergeable_pages(from, want, &mut batch);
             // A reference to each while the space's lock keeps its mapping (and so the page).

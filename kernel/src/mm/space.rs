@@ -200,6 +200,18 @@ pub fn minor_faults_total() -> u64 {
     MINOR_FAULTS.load(Relaxed)
 }
 
+/// A bit of a user page's entry the hardware ignores: ksmd has looked at the page for this space
+/// (Linux keeps an `rmap_item` per page and space instead; `ksm_rmap_items` counts these).
+pub const KSM_VISITED: Flags = Flags::BIT_9;
+/// Another: this space's mapping was merged by ksmd, or ksmd found it mapping a KSM page
+/// (`ksm_merging_pages`, `ksm_zero_pages` count these). A clone's entries have neither, so its
+/// counters start at 0 as Linux's do, and reach its KSM pages when ksmd has looked at them.
+pub const KSM_COUNTED: Flags = Flags::BIT_10;
+
+fn is_ksm_page(pfn: u64) -> bool {
+    page_alloc::zone_of(pfn).is_some_and(|zone| zone.frame(pfn).owner() == Owner::KsmShared)
+}
+
 fn user_flags(flags: RegionFlags, writable: bool) -> Flags {
     let mut pte = Flags::PRESENT | Flags::USER_ACCESSIBLE;
     if writable {
@@ -381,10 +393,11 @@ impl AddressSpace {
     }
 
     /// KSM's scan: appends (address, pfn) of present pages in mergeable regions from `from` on,
-    /// in address order, until `out` holds `max`. Returns where to resume if it stopped because
+    /// in address order, until `out` holds `max`, and marks each entry [`KSM_VISITED`] (and
+    /// [`KSM_COUNTED`] if it maps a KSM page). Returns where to resume if it stopped because
     /// `out` was full, and whether any mergeable region lies at or after `from`.
     pub fn mergeable_pages(
-        &self,
+        &mut self,
         from: u64,
         max: usize,
         out: &mut Vec<(u64, u64)>,
@@ -404,7 +417,16 @@ impl AddressSpace {
                     if out.len() >= max {
                         return core::ops::ControlFlow::Break(address);
                     }
-                    out.push((address, entry.addr().as_u64() / PAGE_SIZE));
+                    let pfn = entry.addr().as_u64() / PAGE_SIZE;
+                    // Software bits only: the hardware never caches or reads them, no flush.
+                    let mut flags = entry.flags() | KSM_VISITED;
+                    if is_ksm_page(pfn) {
+                        flags |= KSM_COUNTED;
+                    }
+                    if flags != entry.flags() {
+                        entry.set_flags(flags);
+                    }
+                    out.push((address, pfn));
                     core::ops::ControlFlow::Continue(())
                 },
             );
@@ -796,9 +818,16 @@ impl AddressSpace {
         let ksm_page = page_alloc::zone_of(pfn)
             .is_some_and(|zone| zone.frame(pfn).owner() == Owner::KsmShared);
         let writable = flags.contains(RegionFlags::WRITE);
+        // ksmd's look stays recorded (the page is still tracked); a KSM mapping's count goes.
+        let visited = self
+            .leaf_entry(address)
+            .map_or(Flags::empty(), |entry| entry.flags() & KSM_VISITED);
         if !ksm_page && rmap::map_count(pfn) == 1 {
             // SAFETY: only the permission of an existing user mapping changes.
-            let flush = unsafe { self.tables().update_flags(page, user_flags(flags, true)) };
+            let flush = unsafe {
+                self.tables()
+                    .update_flags(page, user_flags(flags, true) | visited)
+            };
             self.finish(flush.map_err(|_| FaultError::Unmapped)?);
             self.counters.cow_reuses += 1;
             return Ok(FaultOutcome::ReusedOnWrite);
@@ -824,7 +853,7 @@ impl AddressSpace {
             .unmap(page)
             .map_err(|_| FaultError::Unmapped)?;
         flush.ignore();
-        self.map_page(address, copy.pfn(), user_flags(flags, writable))
+        self.map_page(address, copy.pfn(), user_flags(flags, writable) | visited)
             .map_err(|_| FaultError::OutOfMemory)?;
         // The mapping owns the copy now (the reverse map records it).
         let copy = copy.into_raw();
@@ -902,11 +931,11 @@ impl AddressSpace {
         Ok(child)
     }
 
-    /// KSM's view of this space (`ksm::space_stats`): present pages in mergeable regions, and
-    /// the present pages that map a KSM page and the shared zero page. Walks the page tables in
-    /// place (allocates nothing).
+    /// KSM's view of this space (`ksm::space_stats`): pages of mergeable regions ksmd has looked
+    /// at ([`KSM_VISITED`]), and the pages ksmd counted ([`KSM_COUNTED`]) that map a KSM page
+    /// and the shared zero page. Walks the page tables in place (allocates nothing).
     pub fn ksm_pages(&self) -> (u64, u64, u64) {
-        let (mut mergeable, mut merged, mut zero) = (0, 0, 0);
+        let (mut visited, mut merged, mut zero) = (0, 0, 0);
         for region in self.regions.values() {
             let in_mergeable = region.flags.contains(RegionFlags::MERGEABLE);
             let _ = walk_user_tables(
@@ -916,19 +945,28 @@ impl AddressSpace {
                 None,
                 |_, entry| {
                     let pfn = entry.addr().as_u64() / PAGE_SIZE;
-                    mergeable += u64::from(in_mergeable);
-                    if super::ksm::is_zero_page(pfn) {
-                        zero += 1;
-                    } else if page_alloc::zone_of(pfn)
-                        .is_some_and(|zone| zone.frame(pfn).owner() == Owner::KsmShared)
-                    {
-                        merged += 1;
+                    let flags = entry.flags();
+                    visited += u64::from(in_mergeable && flags.contains(KSM_VISITED));
+                    if flags.contains(KSM_COUNTED) {
+                        if super::ksm::is_zero_page(pfn) {
+                            zero += 1;
+                        } else if is_ksm_page(pfn) {
+                            merged += 1;
+                        }
                     }
                     core::ops::ControlFlow::<()>::Continue(())
                 },
             );
         }
-        (mergeable, merged, zero)
+        (visited, merged, zero)
+    }
+
+    /// Marks the mapping at `address` as merged by ksmd for this space ([`KSM_COUNTED`]) if it
+    /// maps `pfn` (KSM's merge, under this space's lock).
+    pub fn mark_ksm_merged(&mut self, address: u64, pfn: u64) {
+        if let Some(entry) = self.entry_mapping(address, pfn) {
+            entry.set_flags(entry.flags() | KSM_VISITED | KSM_COUNTED);
+        }
     }
 
     /// Every present user page: (address, pfn, writable), in address order (for checkers and
