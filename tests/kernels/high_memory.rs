@@ -5,9 +5,10 @@
 //! frame-state checker passes after every phase.
 //!
 //! Deferred frame-database initialisation (`mm::deferred_init`): main holds the worker from
-//! the start, so the first two tests see most of the Normal zone still deferred: allocations
-//! beyond what is initialised come from it all the same (initialised on demand), the checker
-//! and compaction work beside it, and once the worker is let go it finishes with every count
+//! the start, so the `deferred_memory_*` tests (tests run in name order: they come before every
+//! test that allocates much) see most of the Normal zone still deferred: allocations beyond
+//! what is initialised come from it all the same (initialised on demand), the checker and
+//! compaction work beside it, and once the worker is let go it finishes with every count
 //! exact. The tests after them run on fully initialised memory.
 //!
 //! Before the fix, such a guest did not boot: boot allocated its page tables from the Normal
@@ -115,7 +116,7 @@ fn managed_pages_from_the_map() -> u64 {
 }
 
 #[test_case]
-fn deferred_memory_is_allocated_on_demand_before_the_worker_finishes() {
+fn deferred_memory_1_is_allocated_on_demand_before_the_worker_finishes() {
     assert!(deferred_init::is_held(), "main holds the worker");
     let zone = normal_zone();
     let deferred_before = zone.deferred_pages();
@@ -186,7 +187,7 @@ fn deferred_memory_is_allocated_on_demand_before_the_worker_finishes() {
 }
 
 #[test_case]
-fn the_worker_initialises_the_rest_and_every_count_stays_exact() {
+fn deferred_memory_2_the_worker_initialises_the_rest_and_every_count_stays_exact() {
     let free_before = page_alloc::free_pages();
     let deferred = deferred_init::deferred_pages();
     assert!(deferred > 0, "nothing left for the worker");
@@ -200,9 +201,14 @@ fn the_worker_initialises_the_rest_and_every_count_stays_exact() {
         assert_eq!(zone.initialised_end_pfn(), zone.end_pfn, "{:?}", zone.kind);
         assert_eq!(zone.deferred_pages(), 0, "{:?}", zone.kind);
     }
-    // The deferred pages went onto the lists: free memory is what it was, to the page.
-    page_alloc::drain_per_cpu_caches();
-    assert_eq!(page_alloc::free_pages(), free_before);
+    // The deferred pages went onto the lists: free memory is what it was, but for the
+    // worker's own stack (freed as it ends, if it has by now).
+    let after = page_alloc::free_pages();
+    let stack_pages = 1u64 << kernel::mm::stack::STACK_ORDER;
+    assert!(
+        after >= free_before && after <= free_before + stack_pages,
+        "free pages {free_before} -> {after}"
+    );
     let census = check_state();
     assert_eq!((census.deferred, census.uninitialised), (0, 0));
     let managed: u64 = page_alloc::all_zones().iter().map(|z| z.managed_pages).sum();
@@ -228,6 +234,10 @@ fn the_worker_initialises_the_rest_and_every_count_stays_exact() {
     );
     assert!(stats.worker_pages > 0 && stats.done_at_ns > 0, "{stats:?}");
     // The worker initialised the top of RAM: `every_high_block_reads_back...` (next) gets it.
+    assert!(
+        stats.worker_pages > stats.on_demand_pages,
+        "the worker did most of it: {stats:?}"
+    );
     check_state();
 }
 
