@@ -45,6 +45,9 @@ pub fn run(name: &str) -> Option<crate::ExitCode> {
         boot_benchmark();
         return Some(crate::ExitCode::Success);
     }
+    if !NAMES.contains(&name) {
+        return None;
+    }
     // Benchmarks measure a settled kernel: every frame record written (and no pgdatinit
     // sharing the CPU).
     crate::mm::deferred_init::wait_until_done(core::time::Duration::from_secs(600));

@@ -7,13 +7,17 @@ and prints the medians side by side, with the ratio of each size's boot to the s
     python3 tests/host/boot_bench.py --boots 7 --sizes 2G 16G --modes 1 0
 
 `--modes 1 0` also boots with `mm.deferred_init=0` (every frame record written before the main
-thread: the old way) for comparison. Figures are the guest's own (TCG unless QEMU_ACCEL says
+thread: the old way) for comparison. `--baseline DIR` also boots the release kernel of another
+checkout (built there with `cargo build --release`, e.g. from `git archive COMMIT`), which may
+predate `bench=boot`: both it and this tree are then booted with an unknown benchmark name and
+timed by the log line main prints first ("unknown benchmark", stamped since the PVH entry). Figures are the guest's own (TCG unless QEMU_ACCEL says
 otherwise): `main_thread_ms` from the PVH entry to the binary's main function,
 `deferred_done_ms` from the PVH entry to the last frame record written by pgdatinit.
 """
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -36,13 +40,50 @@ def boot(size, mode, cargo_args):
     raise SystemExit(f"no BENCH boot line from a {size} boot (exit {out.returncode})")
 
 
+def first_main_line_ms(tree, size):
+    """Boots TREE's release kernel with an unknown benchmark: main's first act is to log that,
+    stamped with the seconds since the PVH entry."""
+    kernel = os.path.join(tree, "target/x86_64-unknown-none/release/kernel")
+    env = dict(os.environ, QEMU_MEM=size)
+    out = subprocess.run([os.path.join(tree, "run-qemu.sh"), kernel, "bench=none"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    for line in out.stdout.splitlines():
+        found = re.match(r"\[\s*(\d+\.\d+)\] ERROR .*unknown benchmark", line)
+        if found:
+            return float(found.group(1)) * 1000
+    raise SystemExit(f"no 'unknown benchmark' line from {kernel} with {size}")
+
+
+def compare(baseline, sizes, boots):
+    here = os.getcwd()
+    subprocess.run(["cargo", "build", "--release", "-q"], check=True)
+    trees = [("baseline " + baseline, baseline), ("this tree", here)]
+    runs = {(name, size): [] for name, _ in trees for size in sizes}
+    for index in range(boots):
+        for name, tree in trees:
+            for size in sizes:
+                runs[(name, size)].append(first_main_line_ms(tree, size))
+                print(f"boot {index + 1}/{boots} {name} {size}: main at "
+                      f"{runs[(name, size)][-1]:.1f} ms", file=sys.stderr)
+    print(f"Main thread reached (ms after the PVH entry, median of {boots} boots):\n")
+    print("| tree | " + " | ".join(sizes) + " | largest vs smallest |")
+    print("|---" * (len(sizes) + 2) + "|")
+    for name, _ in trees:
+        medians = [statistics.median(runs[(name, size)]) for size in sizes]
+        print(f"| {name} | " + " | ".join(f"{m:.1f}" for m in medians)
+              + f" | {medians[-1] / medians[0]:.2f}x |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--boots", type=int, default=5)
     parser.add_argument("--sizes", nargs="+", default=["2G", "6G", "16G"])
     parser.add_argument("--modes", nargs="+", default=["1"], help="mm.deferred_init values")
     parser.add_argument("--json", help="also write every record here")
+    parser.add_argument("--baseline", help="a built checkout to compare with (see above)")
     args = parser.parse_args()
+    if args.baseline:
+        return compare(args.baseline, args.sizes, args.boots)
     subprocess.run(["cargo", "build", "--release", "-q"], check=True)
     runs = {(size, mode): [] for mode in args.modes for size in args.sizes}
     for index in range(args.boots):

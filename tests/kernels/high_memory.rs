@@ -128,7 +128,10 @@ fn deferred_memory_1_is_allocated_on_demand_before_the_worker_finishes() {
     assert!(zone.initialised_end_pfn() < zone.end_pfn);
     // Counts are exact with memory deferred: managed pages as the map gives them, and the
     // checker finds every one of them free, cached, isolated, allocated or deferred.
-    let managed: u64 = page_alloc::all_zones().iter().map(|z| z.managed_pages).sum();
+    let managed: u64 = page_alloc::all_zones()
+        .iter()
+        .map(|z| z.managed_pages)
+        .sum();
     assert_eq!(managed, managed_pages_from_the_map());
     assert_eq!(zone.managed_pages, ram_above_4gib() / PAGE_SIZE);
     let census = check_state();
@@ -211,7 +214,10 @@ fn deferred_memory_2_the_worker_initialises_the_rest_and_every_count_stays_exact
     );
     let census = check_state();
     assert_eq!((census.deferred, census.uninitialised), (0, 0));
-    let managed: u64 = page_alloc::all_zones().iter().map(|z| z.managed_pages).sum();
+    let managed: u64 = page_alloc::all_zones()
+        .iter()
+        .map(|z| z.managed_pages)
+        .sum();
     assert_eq!(managed, managed_pages_from_the_map());
     assert_eq!(
         census.free + census.cached + census.isolated + census.allocated,
