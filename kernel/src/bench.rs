@@ -143,11 +143,12 @@ struct Ours;
 
 impl Frames for Ours {
     fn alloc(&mut self, order: u8) -> Option<u64> {
-        page_alloc::alloc(AllocRequest::new(order).kind(MigrateType::Movable))
-            .map(|pages| pages.pfn)
+        page_alloc::alloc(AllocRequest::new(order).kind(MigrateType::Movable)).map(Pages::into_raw)
     }
     fn free(&mut self, pfn: u64, order: u8) {
-        page_alloc::free(Pages { pfn, order }).expect("benchmark frees what it allocated");
+        // SAFETY: the sequences free exactly the blocks `alloc` gave them, each once.
+        let pages = unsafe { Pages::from_raw(pfn, order) };
+        page_alloc::free(pages).expect("benchmark frees what it allocated");
     }
 }
 
@@ -546,12 +547,11 @@ fn time_migrations(limit: usize) -> (u64, u64, u64) {
                 ticks.push(spent);
                 total += spent;
             }
-            Err(_) => targets.push(target),
+            Err((_, target)) => targets.push(target),
         }
     }
-    for target in targets {
-        let _ = page_alloc::free(target);
-    }
+    // Targets not used go back.
+    drop(targets);
     let moved = ticks.len() as u64;
     if moved == 0 {
         return (0, 0, 0);

@@ -72,7 +72,7 @@ fn check_state() -> checker::FrameCensus {
 }
 
 /// Writes a pattern made of each word's physical address into every word of `pages`.
-fn fill(pages: Pages, salt: u64) {
+fn fill(pages: &Pages, salt: u64) {
     let words = pages.bytes() / 8;
     let base = pages.virt() as *mut u64;
     for index in 0..words {
@@ -85,7 +85,7 @@ fn fill(pages: Pages, salt: u64) {
     }
 }
 
-fn verify_fill(pages: Pages, salt: u64) {
+fn verify_fill(pages: &Pages, salt: u64) {
     let words = pages.bytes() / 8;
     let base = pages.virt() as *const u64;
     for index in 0..words {
@@ -284,13 +284,13 @@ fn allocations_come_from_the_normal_zone_first_and_read_back_above_4_gib() {
             "order {order} came from {:#x}, not from the Normal zone",
             pages.phys()
         );
-        fill(pages, salt);
-        verify_fill(pages, salt);
+        fill(&pages, salt);
+        verify_fill(&pages, salt);
         page_alloc::free(pages).expect("free");
     }
     // A zeroed allocation above 4 GiB is zeroed through the direct map.
     let dirty = page_alloc::alloc(AllocRequest::new(0)).expect("a page");
-    fill(dirty, 0xdead);
+    fill(&dirty, 0xdead);
     page_alloc::free(dirty).expect("free");
     let clean = page_alloc::alloc(AllocRequest::new(0).zeroed()).expect("a zeroed page");
     assert!(clean.phys() >= 4 * GIB);
@@ -344,16 +344,16 @@ fn every_high_block_reads_back_and_an_exhausted_normal_zone_falls_back_to_dma32(
     check_state();
     // The first and last word of every 32nd block by address and of the highest one (touching
     // every block would make the host back all 4 GiB: it backs guest RAM with 2 MiB pages).
-    blocks.sort_unstable_by_key(|pages| pages.pfn);
+    blocks.sort_unstable_by_key(|pages| pages.pfn());
     let last = blocks.len() - 1;
     let sampled = || {
         blocks
             .iter()
             .enumerate()
             .filter(move |&(index, _)| index % 32 == 0 || index == last)
-            .map(|(_, pages)| *pages)
+            .map(|(_, pages)| pages)
     };
-    let words = |pages: Pages| {
+    let words = |pages: &Pages| {
         (
             pages.virt() as *mut u64,
             (pages.virt() + pages.bytes() - 8) as *mut u64,
@@ -363,8 +363,8 @@ fn every_high_block_reads_back_and_an_exhausted_normal_zone_falls_back_to_dma32(
         let (first, last) = words(pages);
         // SAFETY: our block, direct-mapped; both words are inside it.
         unsafe {
-            first.write_volatile(pages.pfn);
-            last.write_volatile(!pages.pfn);
+            first.write_volatile(pages.pfn());
+            last.write_volatile(!pages.pfn());
         }
     }
     let top = blocks[last].phys() + blocks[last].bytes();
@@ -377,7 +377,7 @@ fn every_high_block_reads_back_and_an_exhausted_normal_zone_falls_back_to_dma32(
         // SAFETY: still ours.
         let (a, b) = unsafe { (first.read_volatile(), last.read_volatile()) };
         assert!(
-            a == pages.pfn && b == !pages.pfn,
+            a == pages.pfn() && b == !pages.pfn(),
             "the block at {:#x} did not read back",
             pages.phys()
         );

@@ -217,19 +217,13 @@ fn claim_targets(zone: &Zone, slot: usize, wanted: usize, targets: &mut Vec<Page
                 count(&counter::compact_free_scanned, 1);
                 let reported = frame.flags().contains(FrameFlags::REPORTED);
                 // Room for the whole block (the target list never grows under the lock).
-                if reported == take_reported && targets.len() + (1 << order) <= targets.capacity() {
-                    let pfn = area.pfn(index);
-                    if let Some((order, reported)) =
-                        area.claim_free_block(index, Owner::Kernel as u8)
-                    {
-                        if reported {
-                            count(&counter::compact_reported_targets, 1 << order);
-                        }
-                        targets.extend((0..1u64 << order).map(|page| Pages {
-                            pfn: pfn + page,
-                            order: 0,
-                        }));
-                    }
+                if reported == take_reported
+                    && targets.len() + (1 << order) <= targets.capacity()
+                    && let Some((order, reported)) =
+                        page_alloc::claim_free_block(&mut area, index, Owner::Kernel, targets)
+                    && reported
+                {
+                    count(&counter::compact_reported_targets, 1 << order);
                 }
                 index += 1 << order;
             } else if frame.state() == FrameState::Free {
@@ -355,14 +349,17 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
             {
                 let moved = match targets.pop() {
                     Some(target) => {
-                        let moved = if user {
-                            migrate::migrate_user_page(pfn, target).is_ok()
+                        let unused = if user {
+                            migrate::migrate_user_page(pfn, target)
+                                .err()
+                                .map(|(_, t)| t)
                         } else {
-                            crate::drivers::balloon::migrate_page(pfn, target).is_ok()
+                            crate::drivers::balloon::migrate_page(pfn, target)
+                                .err()
+                                .map(|(_, t)| t)
                         };
-                        if !moved {
-                            targets.push(target);
-                        }
+                        let moved = unused.is_none();
+                        targets.extend(unused);
                         moved
                     }
                     None => false,
@@ -402,11 +399,8 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
             task::yield_now();
         }
     }
-    for target in targets.drain(..) {
-        if let Err(error) = page_alloc::free(target) {
-            log::error!("compaction: returning a target page: {error:?}");
-        }
-    }
+    // Targets not used go back.
+    drop(targets);
     page_alloc::drain_per_cpu_caches();
     report.huge_blocks_after = huge_blocks(zone);
     if report.huge_blocks_after > report.huge_blocks_before {

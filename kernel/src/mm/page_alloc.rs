@@ -5,8 +5,8 @@
 //! Owns the zone set and the per-CPU caches. Mechanisms (the heap, page tables, user spaces,
 //! reporting, compaction, KSM) allocate and free only through these functions.
 
-use super::buddy::{MAX_ORDER, MigrateType};
-use super::frame::{self, FrameState, Owner};
+use super::buddy::{FreeArea, MAX_ORDER, MigrateType};
+use super::frame::{self, FrameIndex, FrameState, Owner};
 use super::zone::{Watermarks, Zone};
 use super::zones::{self, ZoneKind};
 use super::{PAGE_SIZE, phys_to_virt};
@@ -106,26 +106,86 @@ impl AllocRequest {
     }
 }
 
-/// An allocated block: `2^order` pages from `pfn`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An allocated block, `2^order` pages from `pfn`, and the right to free it.
+///
+/// The handle owns the block: it is neither `Copy` nor `Clone`, so two owners of one block
+/// cannot arise by accident, and dropping it frees the block (through [`free`], which refuses
+/// and logs a block that is not allocated with this order, so nothing is corrupted even then).
+/// An owner that keeps the block by its frame number instead (a page-table entry, the balloon's
+/// pfn array, the reverse map) gives the handle up with [`Pages::into_raw`] and gets it back
+/// with [`Pages::from_raw`] when it frees or hands the block on: that pair is the one place
+/// where ownership passes through a plain number, and `from_raw` is `unsafe` so every such
+/// place says why it owns the block.
+#[must_use = "dropping a block frees it; keep it, or give it up with `into_raw`"]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Pages {
-    pub pfn: u64,
-    pub order: u8,
+    pfn: u64,
+    order: u8,
 }
 
 impl Pages {
-    pub fn phys(self) -> u64 {
+    /// Takes back the ownership of a block given up with [`Pages::into_raw`].
+    ///
+    /// # Safety
+    /// The caller owns the allocated block of `2^order` pages at `pfn`: it was given up with
+    /// `into_raw` (or is a page the caller's mappings own, a user page whose last mapping the
+    /// caller just removed), and no other `Pages` for it exists nor will be made. Breaking this
+    /// cannot corrupt the allocator ([`free`] refuses a block that is not allocated), but the
+    /// other owner would go on using memory that is free or reused.
+    pub unsafe fn from_raw(pfn: u64, order: u8) -> Pages {
+        Pages { pfn, order }
+    }
+
+    /// Gives up the handle without freeing the block: the caller now keeps it by its frame
+    /// number (and knows its order) and must free it through [`Pages::from_raw`].
+    pub fn into_raw(self) -> u64 {
+        let pfn = self.pfn;
+        core::mem::forget(self);
+        pfn
+    }
+
+    pub fn pfn(&self) -> u64 {
+        self.pfn
+    }
+    pub fn order(&self) -> u8 {
+        self.order
+    }
+    pub fn phys(&self) -> u64 {
         self.pfn * PAGE_SIZE
     }
     /// Its address in the direct map.
-    pub fn virt(self) -> u64 {
+    pub fn virt(&self) -> u64 {
         phys_to_virt(self.phys())
     }
-    pub fn bytes(self) -> u64 {
+    pub fn bytes(&self) -> u64 {
         PAGE_SIZE << self.order
     }
-    pub fn page_count(self) -> u64 {
+    pub fn page_count(&self) -> u64 {
         1 << self.order
+    }
+}
+
+/// A compile-time test that `Pages` is neither `Copy` nor `Clone`: were it either, one of
+/// these item lookups would match two impls and the kernel would not build.
+const _: () = {
+    trait AmbiguousIfCopy<Marker> {
+        const CHECK: () = ();
+    }
+    impl<T: ?Sized> AmbiguousIfCopy<()> for T {}
+    impl<T: Copy> AmbiguousIfCopy<u8> for T {}
+    trait AmbiguousIfClone<Marker> {
+        const CHECK: () = ();
+    }
+    impl<T: ?Sized> AmbiguousIfClone<()> for T {}
+    impl<T: Clone> AmbiguousIfClone<u8> for T {}
+    let () = <Pages as AmbiguousIfCopy<_>>::CHECK;
+    let () = <Pages as AmbiguousIfClone<_>>::CHECK;
+};
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        // `free` logs a refusal; a handle has nothing more to do with its block either way.
+        let _ = free_block(self.pfn, self.order);
     }
 }
 
@@ -578,24 +638,54 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
     Some(pages)
 }
 
-/// Gives an allocated block a new owner (a compaction target becoming a user page).
-pub fn set_owner(pages: Pages, owner: Owner) {
-    if let Some(zone) = zone_of(pages.pfn) {
-        let head = zone.frame(pages.pfn);
+/// Takes the free block whose head is `index` in a locked zone as allocated order-0 pages of
+/// `owner` (compaction's targets: the free scanner takes free memory where it finds it),
+/// appended to `into` (the caller made room: nothing is allocated under the zone's lock).
+/// Returns the block's order and whether it had been reported, or `None` if `index` is not
+/// the head of a free block.
+pub fn claim_free_block(
+    area: &mut FreeArea,
+    index: FrameIndex,
+    owner: Owner,
+    into: &mut Vec<Pages>,
+) -> Option<(u8, bool)> {
+    let pfn = area.pfn(index);
+    let (order, reported) = area.claim_free_block(index, owner as u8)?;
+    debug_assert!(into.capacity() - into.len() >= 1 << order);
+    // Each page is now an allocated order-0 block of its own, with one handle each.
+    into.extend((0..1u64 << order).map(|page| Pages {
+        pfn: pfn + page,
+        order: 0,
+    }));
+    Some((order, reported))
+}
+
+/// Labels the allocated block at `pfn` with a new owner (a compaction target becoming a user
+/// page, a user page becoming a KSM page): the label only, not the right to free it.
+pub fn set_owner(pfn: u64, owner: Owner) {
+    if let Some(zone) = zone_of(pfn) {
+        let head = zone.frame(pfn);
         debug_assert_eq!(head.state(), FrameState::Allocated);
         head.set_list(owner as u8);
     }
 }
 
-/// Frees a block allocated by [`alloc`] with the same order. A double free, a free of a
-/// reserved frame or of the wrong order is refused with a logged error; nothing changes.
+/// Frees a block allocated by [`alloc`] (dropping the handle does the same, without the
+/// result). A block that is not allocated with this order (a double free through a wrong
+/// [`Pages::from_raw`], a reserved frame) is refused with a logged error; nothing changes.
 pub fn free(pages: Pages) -> Result<(), FreeError> {
+    let (pfn, order) = (pages.pfn, pages.order);
+    core::mem::forget(pages);
+    free_block(pfn, order)
+}
+
+fn free_block(pfn: u64, order: u8) -> Result<(), FreeError> {
     // One atomic transition claims the block (a double free racing this one is refused), and
     // interrupts stay off until it is on a list, so this CPU never shows it in transit.
     let result = x86_64::instructions::interrupts::without_interrupts(|| {
-        let zone = zone_of(pages.pfn).ok_or(FreeError::NoSuchFrame)?;
-        let head = zone.frame(pages.pfn);
-        head.begin_free(pages.order).map_err(|state| match state {
+        let zone = zone_of(pfn).ok_or(FreeError::NoSuchFrame)?;
+        let head = zone.frame(pfn);
+        head.begin_free(order).map_err(|state| match state {
             FrameState::Allocated => FreeError::WrongOrder {
                 allocated: head.order(),
             },
@@ -604,24 +694,20 @@ pub fn free(pages: Pages) -> Result<(), FreeError> {
         head.refcount.store(0, Relaxed);
         head.mapcount.store(0, Relaxed);
         head.rmap.store(0, Relaxed);
-        if pages.order == 0 {
+        if order == 0 {
             // The pageblock's type decides the list (as Linux), not the type it was allocated
             // as.
-            free_order0_cached(zone, pages.pfn, zone.pageblock_type(pages.pfn));
+            free_order0_cached(zone, pfn, zone.pageblock_type(pfn));
         } else {
-            free_to_zone(zone, pages.pfn, pages.order);
+            free_to_zone(zone, pfn, order);
         }
         Ok(())
     });
-    if result.is_ok() {
-        super::compaction::note_freed(pages.page_count());
-    }
-    if let Err(error) = result {
-        log::error!(
-            "page allocator: refused to free pfn {:#x} order {}: {error:?}",
-            pages.pfn,
-            pages.order
-        );
+    match result {
+        Ok(()) => super::compaction::note_freed(1 << order),
+        Err(error) => {
+            log::error!("page allocator: refused to free pfn {pfn:#x} order {order}: {error:?}")
+        }
     }
     result
 }
@@ -641,40 +727,49 @@ pub enum SplitError {
 /// allocated block of one order less with the block's owner and a reference count of 1; the
 /// caller frees each half on its own. Nothing else changes: allocated pages per owner stay
 /// the same and the frame-state checker sees two allocated blocks (the balloon deflates part
-/// of a 2 MiB block this way). Refused with nothing changed otherwise.
-pub fn split_allocated(pages: Pages) -> Result<[Pages; 2], SplitError> {
-    check_allocated(pages).map_err(SplitError::NotAllocated)?;
-    if pages.order == 0 {
-        return Err(SplitError::OrderZero);
+/// of a 2 MiB block this way). Refused with nothing changed otherwise, the block handed back.
+pub fn split_allocated(pages: Pages) -> Result<[Pages; 2], (SplitError, Pages)> {
+    if let Err(error) = check_allocated(&pages) {
+        return Err((SplitError::NotAllocated(error), pages));
     }
-    let zone = zone_of(pages.pfn).ok_or(SplitError::NotAllocated(FreeError::NoSuchFrame))?;
+    if pages.order == 0 {
+        return Err((SplitError::OrderZero, pages));
+    }
+    let Some(zone) = zone_of(pages.pfn) else {
+        return Err((SplitError::NotAllocated(FreeError::NoSuchFrame), pages));
+    };
     let head = zone.frame(pages.pfn);
     if head.mapcount.load(Relaxed) != 0 {
-        return Err(SplitError::Mapped);
+        return Err((SplitError::Mapped, pages));
     }
     let half = pages.order - 1;
-    let low = Pages {
-        pfn: pages.pfn,
-        order: half,
-    };
-    let high = Pages {
-        pfn: pages.pfn + (1 << half),
-        order: half,
-    };
+    let pfn = pages.into_raw();
+    let (low, high) = (pfn, pfn + (1 << half));
     // Under the zone's lock, which the checker holds while it walks the frames: it sees the
     // block whole or split, never half split. The upper half's head was a tail until now.
-    let _area = zone.lock();
-    let upper = zone.frame(high.pfn);
+    let area = zone.lock();
+    let upper = zone.frame(high);
     upper.make_head(FrameState::Allocated, half, head.list());
     upper.refcount.store(1, Relaxed);
     upper.mapcount.store(0, Relaxed);
     upper.rmap.store(0, Relaxed);
     head.set_order(half);
-    Ok([low, high])
+    drop(area);
+    // The one handle became two, each owning its half.
+    Ok([
+        Pages {
+            pfn: low,
+            order: half,
+        },
+        Pages {
+            pfn: high,
+            order: half,
+        },
+    ])
 }
 
 /// Whether `pages` names the head of an allocated block of that order (what [`free`] accepts).
-fn check_allocated(pages: Pages) -> Result<(), FreeError> {
+fn check_allocated(pages: &Pages) -> Result<(), FreeError> {
     let zone = zone_of(pages.pfn).ok_or(FreeError::NoSuchFrame)?;
     let head = zone.frame(pages.pfn);
     match head.state() {
