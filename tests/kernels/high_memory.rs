@@ -177,7 +177,10 @@ fn deferred_memory_1_is_allocated_on_demand_before_the_worker_finishes() {
     let allocated = (blocks.len() as u64) << MAX_ORDER;
     assert_eq!(page_alloc::free_pages() + allocated, free_before);
     // The highest block lies in memory initialised on demand: it holds what is written.
-    let highest = *blocks.iter().max_by_key(|pages| pages.pfn).expect("blocks");
+    let highest = blocks
+        .iter()
+        .max_by_key(|pages| pages.pfn())
+        .expect("blocks");
     fill(highest, 0x4444);
     verify_fill(highest, 0x4444);
     check_state();
