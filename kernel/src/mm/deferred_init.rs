@@ -306,7 +306,11 @@ fn finish_if_done() -> bool {
             stats.on_demand_frames >> 8,
             stats.on_demand_grows,
         );
-        super::reporting::request();
+        // New free memory for the host (only with a worker to take the request: without one
+        // it would stay pending and the reporting worker would never look idle).
+        if super::reporting::is_registered() {
+            super::reporting::request();
+        }
     }
     DONE_QUEUE.wake_all();
     true
