@@ -7,9 +7,9 @@
 //! Deferred frame-database initialisation (`mm::deferred_init`): main holds the worker from
 //! the start, so the `deferred_memory_*` tests (tests run in name order: they come before every
 //! test that allocates much) see most of the Normal zone still deferred: allocations beyond
-//! what is initialised come from it all the same (initialised on demand), the checker and
-//! compaction work beside it, and once the worker is let go it finishes with every count
-//! exact. The tests after them run on fully initialised memory.
+//! what is initialised come from it all the same (initialised on demand), the checker,
+//! compaction and balloon inflation work beside it, and once the worker is let go it finishes
+//! with every count exact. The tests after them run on fully initialised memory.
 //!
 //! Before the fix, such a guest did not boot: boot allocated its page tables from the Normal
 //! zone and zeroed them through the early direct map, which covers only 4 GiB.
@@ -190,6 +190,49 @@ fn deferred_memory_1_is_allocated_on_demand_before_the_worker_finishes() {
     let census = check_state();
     assert_eq!(census.deferred, deferred_init::deferred_pages());
     assert!(!deferred_init::is_done());
+}
+
+#[test_case]
+fn deferred_memory_1b_the_balloon_inflates_beside_it() {
+    use kernel::drivers::balloon;
+    assert!(deferred_init::is_held(), "main holds the worker");
+    if !balloon::is_present() {
+        panic!("no balloon device: boot with QEMU_BALLOON=on");
+    }
+    let zone = normal_zone();
+    let deferred_before = zone.deferred_pages();
+    assert!(deferred_before > 0);
+    // More than the Normal zone's lists hold: the balloon's allocations grow the zone.
+    let target = zone.free_pages() + (128 << 20) / PAGE_SIZE;
+    let grows_before = deferred_init::stats().on_demand_grows;
+    balloon::set_test_target(Some(target));
+    let start = kernel::time::Instant::now();
+    while balloon::stats().actual_pages != target {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the balloon did not reach {target} pages: {:?}",
+            balloon::stats()
+        );
+        kernel::task::sleep(Duration::from_millis(10));
+    }
+    assert!(deferred_init::stats().on_demand_grows > grows_before);
+    assert!(zone.deferred_pages() > 0 && zone.deferred_pages() < deferred_before);
+    let census = check_state();
+    assert_eq!(census.allocated_by_owner[Owner::Balloon as usize], target);
+    assert_eq!(census.deferred, deferred_init::deferred_pages());
+    balloon::set_test_target(Some(0));
+    let start = kernel::time::Instant::now();
+    while balloon::stats().actual_pages != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the balloon did not deflate: {:?}",
+            balloon::stats()
+        );
+        kernel::task::sleep(Duration::from_millis(10));
+    }
+    balloon::set_test_target(None);
+    let census = check_state();
+    assert_eq!(census.allocated_by_owner[Owner::Balloon as usize], 0);
 }
 
 #[test_case]
