@@ -8,9 +8,10 @@
 //!
 //! A pass over a zone (Linux's shape): a migrate scanner climbs from the zone's start through
 //! movable pageblocks and isolates up to 32 user pages at a time; a free scanner descends from
-//! the zone's end and claims free blocks smaller than a pageblock (never whole free 2 MiB
-//! blocks: filling one to empty another gains nothing) from movable pageblocks as targets,
-//! unreported ones first (a reported target is memory the host must fault back in: counted as
+//! the zone's end (its initialised boundary while `mm::deferred_init` has records left to
+//! write) and claims free blocks smaller than a pageblock (never whole free 2 MiB blocks:
+//! filling one to empty another gains nothing) from movable pageblocks as targets, unreported
+//! ones first (a reported target is memory the host must fault back in: counted as
 //! `compact_reported_targets`). Each isolated page moves to a target; the pass ends when the
 //! scanners meet. Blocks isolated for reporting are never taken (only free heads on the lists
 //! are claimed), and claimed targets are off the lists, so reporting never sees them.
@@ -301,7 +302,9 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
     let mut ballooned: Vec<u64> = Vec::with_capacity(CLUSTER);
     let move_balloon = mode != Mode::Async && crate::drivers::balloon::is_present();
     let mut targets: Vec<Pages> = Vec::with_capacity(CLUSTER + (1 << PAGEBLOCK_ORDER));
-    let mut free_slot = blocks;
+    // The free scanner starts at the initialised boundary (records beyond it are not written
+    // yet: see `mm::deferred_init`); memory initialised during the pass waits for the next one.
+    let mut free_slot = zone.initialised_pageblocks().min(blocks);
     let mut migrate_slot = 0;
     'pass: while migrate_slot < free_slot {
         let movable = {

@@ -237,9 +237,13 @@ pub fn is_initialised() -> bool {
     ZONES.get().is_some()
 }
 
-/// The zone holding `pfn`.
+/// The zone holding `pfn`, if its record is initialised (a frame beyond a zone's initialised
+/// boundary has no record yet: nothing can have been allocated there).
 pub fn zone_of(pfn: u64) -> Option<&'static Zone> {
-    zones().iter().find(|zone| zone.contains(pfn))
+    zones()
+        .iter()
+        .find(|zone| zone.contains(pfn))
+        .filter(|zone| zone.has_record(pfn))
 }
 
 /// What boot set up, for the log and the demo.
@@ -248,6 +252,10 @@ pub struct InitReport {
     pub database_bytes: u64,
     pub database_phys: u64,
     pub managed_pages: u64,
+    /// Records written at boot (the rest are deferred: see `mm::deferred_init`).
+    pub initialised_frames: u64,
+    /// Managed pages left for later.
+    pub deferred_pages: u64,
     pub setup_ns: u64,
 }
 
@@ -275,7 +283,9 @@ pub fn subtract(ranges: &[(u64, u64)], holes: &[(u64, u64)]) -> Vec<(u64, u64)> 
 }
 
 /// Builds the zones from the memory map: reserves low memory, the kernel image and the frame
-/// database itself, and gives everything else to the buddy allocator.
+/// database itself, and gives everything else to the buddy allocator: at once what each zone
+/// needs to run on, the rest as `mm::deferred_init` initialises it (all of it at once with
+/// `mm.deferred_init=0`).
 pub fn init(map: &[MemoryRegion], kernel_image: AddrRange) -> InitReport {
     let started = crate::time::Instant::now();
     let spans = zones::zone_spans(map);
@@ -306,53 +316,43 @@ pub fn init(map: &[MemoryRegion], kernel_image: AddrRange) -> InitReport {
         .expect("no free RAM range below 4 GiB can hold the page-frame database");
     reserved.push((database_phys, database_phys + database_bytes));
     let free_ranges = subtract(&ram, &reserved);
+    let free_pfns: Vec<(u64, u64)> = free_ranges
+        .iter()
+        .map(|&(start, end)| (start / PAGE_SIZE, end / PAGE_SIZE))
+        .collect();
 
+    // The zones and their records: only the database's place is decided here; its records
+    // are written chunk by chunk (see `deferred_init`), most of them after boot.
     let mut zone_list = Vec::new();
     let mut offset = database_phys;
     for span in &spans {
         let count = (span.end_pfn - span.start_pfn) as usize;
         // SAFETY: [database_phys, +database_bytes) is RAM, below 4 GiB (direct-mapped), and was
         // just reserved: no free list will ever hand it out. Zones take disjoint slices of it.
-        let records = unsafe { frame::build_database(offset, count) };
+        let records = unsafe { frame::database_at(offset, count) };
         offset += count as u64 * size_of::<frame::Frame>() as u64;
         let mut zone = Zone::new(span.kind, span.start_pfn, span.present_pages, records);
-        let (zone_start, zone_end) = (span.start_pfn * PAGE_SIZE, span.end_pfn * PAGE_SIZE);
-        let mut managed = 0;
-        {
-            let mut area = zone.lock();
-            for &(start, end) in &free_ranges {
-                let (start, end) = (
-                    start.max(zone_start) / PAGE_SIZE,
-                    end.min(zone_end) / PAGE_SIZE,
-                );
-                let mut pfn = start;
-                while pfn < end {
-                    // The largest naturally aligned block that starts at pfn and fits.
-                    let mut order = (pfn.trailing_zeros() as u8).min(MAX_ORDER);
-                    while pfn + (1 << order) > end {
-                        order -= 1;
-                    }
-                    let index = (pfn - span.start_pfn) as u32;
-                    for tail in 1..(1u32 << order) {
-                        area.frame(index + tail).set_state(FrameState::Tail);
-                    }
-                    area.add_initial_block(index, order);
-                    managed += 1 << order;
-                    pfn += 1 << order;
-                }
-            }
-        }
-        zone.managed_pages = managed;
+        zone.managed_pages =
+            super::deferred_init::managed_pages_in(span.start_pfn, span.end_pfn, &free_pfns);
+        zone.set_deferred_pages(zone.managed_pages);
         zone_list.push(zone);
     }
     set_watermarks(&mut zone_list);
     let managed_pages = zone_list.iter().map(|zone| zone.managed_pages).sum();
     ZONES.call_once(|| ZoneSet { zones: zone_list });
+    super::deferred_init::set_free_ranges(free_pfns);
+    let everything = crate::tunables::MM_DEFERRED_INIT.get() == 0;
+    let initialised_frames = zones()
+        .iter()
+        .map(|zone| super::deferred_init::init_at_boot(zone, everything))
+        .sum();
     BOOT_FREE_PAGES.store(free_pages(), Relaxed);
     InitReport {
         database_bytes,
         database_phys,
         managed_pages,
+        initialised_frames,
+        deferred_pages: super::deferred_init::deferred_pages(),
         setup_ns: started.elapsed().as_nanos() as u64,
     }
 }
@@ -567,6 +567,19 @@ fn alloc_from_zone(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
     Some(area.pfn(index))
 }
 
+/// [`alloc_from_zone`], but a zone short of memory that still has deferred memory initialises
+/// more of it first (Linux's `deferred_grow_zone`), before a lower zone is tried.
+fn alloc_from_zone_or_grow(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
+    loop {
+        if let Some(pfn) = alloc_from_zone(zone, request) {
+            return Some(pfn);
+        }
+        if !super::deferred_init::grow_zone(zone, request.order, watermark(zone, request)) {
+            return None;
+        }
+    }
+}
+
 /// Allocates `2^order` contiguous pages, or `None` when no allowed zone can give them without
 /// going below its watermark.
 pub fn alloc(request: AllocRequest) -> Option<Pages> {
@@ -579,7 +592,7 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
         return None;
     }
     let found = candidate_zones(request.limit)
-        .find_map(|zone| Some((zone, alloc_from_zone(zone, &request)?)));
+        .find_map(|zone| Some((zone, alloc_from_zone_or_grow(zone, &request)?)));
     let found = found.or_else(|| {
         // Pages sitting in per-CPU caches may complete a larger block: drain and retry once.
         if request.order > 0 && drain_per_cpu_caches() > 0 {
@@ -777,11 +790,13 @@ fn free_to_zone(zone: &Zone, pfn: u64, order: u8) {
 
 // ---- Statistics ----------------------------------------------------------------------------
 
-/// Free pages on all buddy lists plus the per-CPU caches.
+/// Free pages on all buddy lists plus the per-CPU caches plus the deferred ones (free memory
+/// whose records are not initialised yet: an allocation that needs it initialises it). The sum
+/// does not move while deferred memory is initialised.
 pub fn free_pages() -> u64 {
     zones()
         .iter()
-        .map(|zone| zone.free_pages() + cached_pages(zone))
+        .map(|zone| zone.free_pages() + cached_pages(zone) + zone.deferred_pages())
         .sum()
 }
 
@@ -829,18 +844,32 @@ pub fn write_buddyinfo(out: &mut dyn core::fmt::Write) -> core::fmt::Result {
 pub fn write_zoneinfo(out: &mut dyn core::fmt::Write) -> core::fmt::Result {
     writeln!(
         out,
-        "{:<7} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>6} {:>9} {:>8}",
-        "zone", "start_pfn", "present", "managed", "free", "min", "low", "high", "pcp", "stolen"
+        "{:<7} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>6} {:>9} {:>8} {:>9}",
+        "zone",
+        "start_pfn",
+        "present",
+        "managed",
+        "free",
+        "min",
+        "low",
+        "high",
+        "pcp",
+        "stolen",
+        "deferred"
     )?;
     for zone in zones() {
-        let (free, stolen) = {
+        let (free, stolen, deferred) = {
             let area = zone.lock();
-            (area.free_pages, area.counters.pageblocks_stolen)
+            (
+                area.free_pages,
+                area.counters.pageblocks_stolen,
+                zone.deferred_pages(),
+            )
         };
         let mark = zone.watermarks;
         writeln!(
             out,
-            "{:<7} {:>#10x} {:>10} {:>10} {:>8} {:>6} {:>6} {:>6} {:>9} {:>8}",
+            "{:<7} {:>#10x} {:>10} {:>10} {:>8} {:>6} {:>6} {:>6} {:>9} {:>8} {:>9}",
             zone.kind.name(),
             zone.start_pfn,
             zone.present_pages,
@@ -850,7 +879,8 @@ pub fn write_zoneinfo(out: &mut dyn core::fmt::Write) -> core::fmt::Result {
             mark.low,
             mark.high,
             cached_pages(zone),
-            stolen
+            stolen,
+            deferred
         )?;
     }
     Ok(())
