@@ -420,7 +420,8 @@ impl AddressSpace {
                     let pfn = entry.addr().as_u64() / PAGE_SIZE;
                     // Software bits only: the hardware never caches or reads them, no flush.
                     let mut flags = entry.flags() | KSM_VISITED;
-                    if is_ksm_page(pfn) {
+                    // KSM pages are mapped read-only: a writable entry needs no look.
+                    if !flags.intersects(KSM_COUNTED | Flags::WRITABLE) && is_ksm_page(pfn) {
                         flags |= KSM_COUNTED;
                     }
                     if flags != entry.flags() {
