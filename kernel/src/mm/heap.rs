@@ -278,8 +278,8 @@ impl GrownHeap {
         }
     }
 
-    /// Free bytes in all chunks. Walks the live chunks only: [`reserve`] calls this on every
-    /// KSM merge and clone step, and a walk of all 2048 slots cost ~10 us under TCG.
+    /// Free bytes in all chunks. Walks the live chunks only: a walk of all 2048 slots cost
+    /// ~10 us under TCG, and [`reserve`] (which KSM called on every merge) calls this.
     fn free_bytes(&self) -> u64 {
         self.live[..self.live_count]
             .iter()
