@@ -3,7 +3,7 @@
 //! the reported-page boundary of every list.
 //!
 //! Owns a zone's [`FreeArea`]: the free lists and the list fields of the zone's frame records.
-//! It is always used under the zone's lock ([`super::zone::Zone`]); nothing else touches the
+//! It is always used under the zone's lock (the kernel's `mm::zone::Zone`); nothing else touches the
 //! lists. Free lists are intrusive doubly linked lists through the frame records; blocks can be
 //! inserted and taken at either end, and removed from the middle, all in O(1).
 //!
@@ -14,7 +14,7 @@
 //! move, isolation) loses its flag and its count. The reporting worker takes the unreported
 //! block just in front of the boundary, so a pass only ever visits what is new.
 
-use super::frame::{Frame, FrameFlags, FrameIndex, FrameState, NONE};
+use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, NONE};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
 

@@ -260,16 +260,16 @@ impl Frame {
     }
 }
 
-/// Turns `count` frames' worth of memory at physical `phys` into a database of records, all
-/// [`FrameState::Reserved`].
+/// Turns `count` frames' worth of memory at `records` into a database of records, all
+/// [`FrameState::Reserved`]. The one place where raw memory becomes frame records.
 ///
 /// # Safety
-/// `[phys, phys + count * 32)` must be RAM, direct-mapped, used by nothing else, now or later.
-pub unsafe fn build_database(phys: u64, count: usize) -> &'static [Frame] {
-    let records = super::phys_to_virt(phys) as *mut Frame;
+/// `records` must point to `count * 32` bytes of writable memory, aligned to 32 bytes, used by
+/// nothing else, now or later (the kernel: RAM it reserved, through the direct map).
+pub unsafe fn build_database(records: *mut Frame, count: usize) -> &'static [Frame] {
     for index in 0..count {
         // SAFETY: the caller gives us this memory for good; each write is inside it and
-        // properly aligned (phys is page-aligned, records are 32 bytes).
+        // properly aligned (records is 32-byte aligned, records are 32 bytes).
         unsafe { records.add(index).write(Frame::reserved()) };
     }
     // SAFETY: all `count` records were just initialised, and the memory is never freed.
