@@ -334,29 +334,17 @@ fn candidate_zones(limit: ZoneLimit) -> impl Iterator<Item = &'static Zone> {
 
 // ---- The per-CPU cache of order-0 pages -------------------------------------------------
 
-/// Pages moved between a per-CPU list and its zone at a time.
-pub const PCP_BATCH: usize = 32;
-/// A per-CPU list holding more than this drains a batch back to its zone.
-pub const PCP_HIGH: usize = 4 * PCP_BATCH;
-
-struct PcpList {
-    pfns: [u64; PCP_HIGH + 1],
-    len: usize,
-}
+use buddy_core::pcp::PcpList;
+pub use buddy_core::pcp::{PCP_BATCH, PCP_HIGH};
 
 /// One CPU's cache: a list per zone and allocatable migratetype.
 struct PerCpuCache {
     lists: [[PcpList; 3]; 3],
 }
 
-const EMPTY_PCP_LIST: PcpList = PcpList {
-    pfns: [0; PCP_HIGH + 1],
-    len: 0,
-};
-
 static PCP: IrqMutex<PerCpuCache> = IrqMutex::with_class(
     PerCpuCache {
-        lists: [const { [EMPTY_PCP_LIST; 3] }; 3],
+        lists: [const { [PcpList::EMPTY; 3] }; 3],
     },
     LockClass::PerCpuCache,
 );
@@ -388,26 +376,12 @@ fn alloc_order0_cached(zone: &'static Zone, request: &AllocRequest) -> Option<u6
     let type_slot = pcp_type_slot(request.kind)?;
     let mut pcp = PCP.lock();
     let list = &mut pcp.lists[zone_slot(zone)][type_slot];
-    if list.len == 0 {
+    if list.is_empty() {
         // Refill a batch under the zone lock, keeping the zone above its watermark.
         let mut area = zone.lock();
-        let mark = watermark(zone, request);
-        while list.len < PCP_BATCH && area.free_pages > mark {
-            let Some(index) = area.allocate(0, request.kind) else {
-                break;
-            };
-            let pfn = area.pfn(index);
-            area.frame(index)
-                .make_head(FrameState::Cached, 0, request.kind as u8);
-            list.pfns[list.len] = pfn;
-            list.len += 1;
-        }
+        list.refill(&mut area, request.kind, watermark(zone, request));
     }
-    if list.len == 0 {
-        return None;
-    }
-    list.len -= 1;
-    let pfn = list.pfns[list.len];
+    let pfn = list.pop()?;
     // Labelled before the lock goes: no checker ever sees it cached yet in no cache.
     label_allocated(zone.frame(pfn), request);
     Some(pfn)
@@ -428,18 +402,9 @@ fn free_order0_cached(zone: &'static Zone, pfn: u64, kind: MigrateType) {
     let mut pcp = PCP.lock();
     let list = &mut pcp.lists[zone_slot(zone)][type_slot];
     zone.frame(pfn).make_head(FrameState::Cached, 0, kind as u8);
-    list.pfns[list.len] = pfn;
-    list.len += 1;
-    if list.len > PCP_HIGH {
-        let mut area = zone.lock();
+    if list.push(pfn) {
         // The oldest pages (bottom of the stack) go back; the warm ones stay.
-        for &cached in &list.pfns[..PCP_BATCH] {
-            let index = area.index_of(cached).expect("cached pfn is in its zone");
-            area.frame(index).set_state(FrameState::Tail);
-            area.free(index, 0);
-        }
-        list.pfns.copy_within(PCP_BATCH..list.len, 0);
-        list.len -= PCP_BATCH;
+        list.drain_batch(&mut zone.lock());
     }
 }
 
@@ -451,13 +416,7 @@ pub fn drain_per_cpu_caches() -> u64 {
     for zone in zones() {
         let mut area = zone.lock();
         for list in pcp.lists[zone_slot(zone)].iter_mut() {
-            for &pfn in &list.pfns[..list.len] {
-                let index = area.index_of(pfn).expect("cached pfn is in its zone");
-                area.frame(index).set_state(FrameState::Tail);
-                area.free(index, 0);
-            }
-            drained += list.len as u64;
-            list.len = 0;
+            drained += list.drain_all(&mut area) as u64;
         }
     }
     drained
@@ -470,7 +429,7 @@ pub fn with_caches_locked<R>(f: impl FnOnce(&dyn Fn(&Zone, &mut Vec<u64>)) -> R)
     let pcp = PCP.lock();
     let cached_of = |zone: &Zone, out: &mut Vec<u64>| {
         for list in &pcp.lists[zone_slot(zone)] {
-            out.extend_from_slice(&list.pfns[..list.len]);
+            out.extend_from_slice(list.pfns());
         }
     };
     f(&cached_of)
@@ -483,7 +442,7 @@ pub const PCP_CAPACITY_PER_ZONE: usize = 3 * (PCP_HIGH + 1);
 pub fn cached_pages(zone: &Zone) -> u64 {
     PCP.lock().lists[zone_slot(zone)]
         .iter()
-        .map(|list| list.len as u64)
+        .map(|list| list.len() as u64)
         .sum()
 }
 
