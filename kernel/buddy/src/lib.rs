@@ -20,6 +20,7 @@ pub mod frame;
 pub mod model;
 pub mod pcp;
 pub mod sim;
+pub mod workload;
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@
 //! kernel's `mm::page_alloc` decides when to refill and drain.
 
 use crate::buddy::{FreeArea, MigrateType};
-use crate::frame::FrameState;
+use crate::frame::{FrameIndex, FrameState};
 
 /// Pages moved between a per-CPU list and its zone at a time.
 pub const PCP_BATCH: usize = 32;
@@ -57,16 +57,18 @@ impl PcpList {
     /// pages added.
     pub fn refill(&mut self, area: &mut FreeArea, kind: MigrateType, mark: u64) -> usize {
         let before = self.len;
-        while self.len < PCP_BATCH && area.free_pages > mark {
-            let Some(index) = area.allocate(0, kind) else {
-                break;
-            };
-            area.frame(index)
-                .make_head(FrameState::Cached, 0, kind as u8);
-            self.pfns[self.len] = area.pfn(index);
-            self.len += 1;
-        }
-        self.len - before
+        let base_pfn = area.pfn(0);
+        let frames = area.frames();
+        let (pfns, len) = (&mut self.pfns, &mut self.len);
+        // In one batch (whole blocks cut into pages), pushed so that the lowest page is on top.
+        let wanted = PCP_BATCH.saturating_sub(*len);
+        let taken = area.allocate_batch(0, kind, wanted, mark, |index| {
+            frames[index as usize].make_head(FrameState::Cached, 0, kind as u8);
+            pfns[*len] = base_pfn + index as u64;
+            *len += 1;
+        });
+        pfns[before..*len].reverse();
+        taken
     }
 
     /// Gives the oldest [`PCP_BATCH`] pages (the bottom of the stack) back to `area`; the warm
@@ -85,11 +87,16 @@ impl PcpList {
     }
 }
 
-/// Frees cached pages of `area`'s zone back to its lists.
+/// Frees cached pages of `area`'s zone back to its lists, in one batch: sorted, so that pages
+/// that were one block go back as that block.
 fn free_cached(area: &mut FreeArea, pfns: &[u64]) {
-    for &pfn in pfns {
+    let mut indices = [0 as FrameIndex; PCP_HIGH + 1];
+    let indices = &mut indices[..pfns.len()];
+    for (slot, &pfn) in indices.iter_mut().zip(pfns) {
         let index = area.index_of(pfn).expect("cached pfn is in its zone");
         area.frame(index).set_state(FrameState::Tail);
-        area.free(index, 0);
+        *slot = index;
     }
+    indices.sort_unstable();
+    area.free_batch(indices.iter().map(|&index| (index, 0)));
 }

@@ -13,7 +13,7 @@
 
 use crate::buddy::{FreeArea, MAX_ORDER, MigrateType};
 use crate::check::{AreaCensus, CheckError};
-use crate::frame::{Frame, FrameState, Owner};
+use crate::frame::{Frame, FrameIndex, FrameState, Owner};
 use crate::pcp::PcpList;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -229,6 +229,84 @@ impl Sim {
         zone.area.free(index, order);
         zone.lock.give();
         Ok(())
+    }
+
+    /// Allocates `count` blocks as [`Sim::alloc`] would, appending them to `out`: each zone's
+    /// lock once, whole free blocks cut in place ([`FreeArea::allocate_batch`]), the per-CPU
+    /// cache bypassed; what the zones cannot give at once is tried one by one. Returns how many
+    /// it got.
+    pub fn alloc_bulk(
+        &mut self,
+        order: u8,
+        kind: MigrateType,
+        zones: usize,
+        count: usize,
+        out: &mut Vec<(u64, u8)>,
+    ) -> usize {
+        out.reserve(count);
+        let mut got = 0;
+        let allowed = zones.min(self.zones.len());
+        for zone in self.zones[..allowed].iter_mut().rev() {
+            if got == count {
+                break;
+            }
+            zone.lock.take();
+            let (frames, base) = (zone.area.frames(), zone.start_pfn);
+            got += zone
+                .area
+                .allocate_batch(order, kind, count - got, zone.mark, |index| {
+                    label_allocated(&frames[index as usize], order);
+                    out.push((base + index as u64, order));
+                });
+            zone.lock.give();
+        }
+        while got < count {
+            let Some(pfn) = self.alloc(order, kind, zones) else {
+                break;
+            };
+            out.push((pfn, order));
+            got += 1;
+        }
+        got
+    }
+
+    /// Frees `blocks` as [`Sim::free`] would each, but each zone's lock once per run of blocks
+    /// in one zone, and adjacent blocks together ([`FreeArea::free_batch`]), bypassing the
+    /// per-CPU cache. A block `free` would refuse is skipped; the first refusal is returned.
+    pub fn free_bulk(&mut self, blocks: &[(u64, u8)]) -> Result<(), FrameState> {
+        let mut refused = Ok(());
+        let mut rest = &blocks[..];
+        while let Some(&(first, _)) = rest.first() {
+            let Some(zone) = self.zone_of(first) else {
+                refused = refused.and(Err(FrameState::Reserved));
+                rest = &rest[1..];
+                continue;
+            };
+            let zone = &mut self.zones[zone];
+            let inside = rest
+                .iter()
+                .position(|&(pfn, _)| !(zone.start_pfn..zone.end_pfn).contains(&pfn))
+                .unwrap_or(rest.len());
+            let (frames, base) = (zone.area.frames(), zone.start_pfn);
+            zone.lock.take();
+            zone.area
+                .free_batch(rest[..inside].iter().filter_map(|&(pfn, order)| {
+                    let index = (pfn - base) as FrameIndex;
+                    let head = &frames[index as usize];
+                    if let Err(state) = head.begin_free(order) {
+                        refused = refused.and(Err(state));
+                        return None;
+                    }
+                    head.refcount.store(0, Ordering::Relaxed);
+                    head.mapcount.store(0, Ordering::Relaxed);
+                    head.rmap.store(0, Ordering::Relaxed);
+                    head.set_state(FrameState::Tail);
+                    Some((index, order))
+                }));
+            zone.lock.give();
+            rest = &rest[inside..];
+        }
+        refused
     }
 
     /// Gives every cached page back to its zone; returns how many.

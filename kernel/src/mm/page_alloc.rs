@@ -524,6 +524,125 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
     Some(pages)
 }
 
+/// Allocates up to `count` blocks as [`alloc`] would each, appending them to `out`, whose room
+/// is made first (nothing allocates under a zone's lock). Each zone's lock is taken once for the
+/// batch and free blocks are cut into blocks of the order in place
+/// (`FreeArea::allocate_batch`: one list operation per free block, not per page), past the
+/// per-CPU cache; what the zones cannot give that way is tried one by one through [`alloc`]
+/// (which may compact or deflate the balloon). Returns how many blocks it added.
+pub fn alloc_bulk(request: AllocRequest, count: usize, out: &mut Vec<Pages>) -> usize {
+    if request.order > MAX_ORDER || request.kind == MigrateType::Isolate {
+        log::error!(
+            "page allocator: refused a bulk request for order {} {:?}",
+            request.order,
+            request.kind
+        );
+        return 0;
+    }
+    out.reserve(count);
+    let start = out.len();
+    for zone in candidate_zones(request.limit) {
+        let wanted = count - (out.len() - start);
+        if wanted == 0 {
+            break;
+        }
+        let (frames, base) = (zone.frames(), zone.start_pfn);
+        let mut area = zone.lock();
+        area.allocate_batch(
+            request.order,
+            request.kind,
+            wanted,
+            watermark(zone, &request),
+            |index| {
+                label_allocated(&frames[index as usize], &request);
+                out.push(Pages {
+                    pfn: base + index as u64,
+                    order: request.order,
+                });
+            },
+        );
+    }
+    let batched = out.len();
+    if request.zeroed {
+        for pages in &out[start..batched] {
+            // SAFETY: each block was just allocated to us and is direct-mapped RAM of its size.
+            unsafe { core::ptr::write_bytes(pages.virt() as *mut u8, 0, pages.bytes() as usize) };
+        }
+    }
+    while out.len() - start < count {
+        match alloc(request) {
+            Some(pages) => out.push(pages),
+            None => break,
+        }
+    }
+    out.len() - start
+}
+
+/// Frees every block of `pages` (emptying it) as [`free`] would each, but with each zone's lock
+/// taken once per run of blocks in that zone, adjacent blocks given back together
+/// (`FreeArea::free_batch`: pages that were one block go back as that block) and the per-CPU
+/// cache left alone. A block [`free`] would refuse is left out and logged; the first refusal is
+/// returned.
+pub fn free_bulk(pages: &mut Vec<Pages>) -> Result<(), FreeError> {
+    let mut result = Ok(());
+    let mut freed = 0;
+    let mut rest = &pages[..];
+    while let Some(first) = rest.first() {
+        let Some(zone) = zone_of(first.pfn) else {
+            log::error!(
+                "page allocator: refused to free pfn {:#x} order {}: no such frame",
+                first.pfn,
+                first.order
+            );
+            result = result.and(Err(FreeError::NoSuchFrame));
+            rest = &rest[1..];
+            continue;
+        };
+        let inside = rest
+            .iter()
+            .position(|block| !zone.contains(block.pfn))
+            .unwrap_or(rest.len());
+        let (run, next) = rest.split_at(inside);
+        let mut refusal = None;
+        {
+            // Under the zone's lock (interrupts off) from the claim to the lists: the checker
+            // never sees a block in transit.
+            let mut area = zone.lock();
+            area.free_batch(run.iter().filter_map(|block| {
+                let head = zone.frame(block.pfn);
+                if let Err(state) = head.begin_free(block.order) {
+                    let error = match state {
+                        FrameState::Allocated => FreeError::WrongOrder {
+                            allocated: head.order(),
+                        },
+                        other => FreeError::NotAllocated(other),
+                    };
+                    refusal = refusal.or(Some((*block, error)));
+                    return None;
+                }
+                head.refcount.store(0, Relaxed);
+                head.mapcount.store(0, Relaxed);
+                head.rmap.store(0, Relaxed);
+                head.set_state(FrameState::Tail);
+                freed += block.page_count();
+                Some(((block.pfn - zone.start_pfn) as u32, block.order))
+            }));
+        }
+        if let Some((block, error)) = refusal {
+            log::error!(
+                "page allocator: refused to free pfn {:#x} order {}: {error:?}",
+                block.pfn,
+                block.order
+            );
+            result = result.and(Err(error));
+        }
+        rest = next;
+    }
+    pages.clear();
+    super::compaction::note_freed(freed);
+    result
+}
+
 /// Gives an allocated block a new owner (a compaction target becoming a user page).
 pub fn set_owner(pages: Pages, owner: Owner) {
     if let Some(zone) = zone_of(pages.pfn) {
