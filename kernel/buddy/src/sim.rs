@@ -275,7 +275,7 @@ impl Sim {
     /// per-CPU cache. A block `free` would refuse is skipped; the first refusal is returned.
     pub fn free_bulk(&mut self, blocks: &[(u64, u8)]) -> Result<(), FrameState> {
         let mut refused = Ok(());
-        let mut rest = &blocks[..];
+        let mut rest = blocks;
         while let Some(&(first, _)) = rest.first() {
             let Some(zone) = self.zone_of(first) else {
                 refused = refused.and(Err(FrameState::Reserved));
