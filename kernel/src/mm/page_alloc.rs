@@ -393,21 +393,6 @@ fn label_allocated(head: &frame::Frame, request: &AllocRequest) {
     head.refcount.store(1, Relaxed);
 }
 
-/// Returns an order-0 page to the per-CPU cache; drains a batch to the zone when it is full.
-fn free_order0_cached(zone: &'static Zone, pfn: u64, kind: MigrateType) {
-    let Some(type_slot) = pcp_type_slot(kind) else {
-        free_to_zone(zone, pfn, 0);
-        return;
-    };
-    let mut pcp = PCP.lock();
-    let list = &mut pcp.lists[zone_slot(zone)][type_slot];
-    zone.frame(pfn).make_head(FrameState::Cached, 0, kind as u8);
-    if list.push(pfn) {
-        // The oldest pages (bottom of the stack) go back; the warm ones stay.
-        list.drain_batch(&mut zone.lock());
-    }
-}
-
 /// Gives every page in the per-CPU caches back to the buddy lists (before an allocation that
 /// needs contiguous memory fails, before compaction, and for exact accounting in tests).
 pub fn drain_per_cpu_caches() -> u64 {
@@ -610,19 +595,10 @@ pub fn free_bulk(pages: &mut Vec<Pages>) -> Result<(), FreeError> {
             let mut area = zone.lock();
             area.free_batch(run.iter().filter_map(|block| {
                 let head = zone.frame(block.pfn);
-                if let Err(state) = head.begin_free(block.order) {
-                    let error = match state {
-                        FrameState::Allocated => FreeError::WrongOrder {
-                            allocated: head.order(),
-                        },
-                        other => FreeError::NotAllocated(other),
-                    };
+                if let Err(error) = claim(head, block.order) {
                     refusal = refusal.or(Some((*block, error)));
                     return None;
                 }
-                head.refcount.store(0, Relaxed);
-                head.mapcount.store(0, Relaxed);
-                head.rmap.store(0, Relaxed);
                 head.set_state(FrameState::Tail);
                 freed += block.page_count();
                 Some(((block.pfn - zone.start_pfn) as u32, block.order))
@@ -655,29 +631,7 @@ pub fn set_owner(pages: Pages, owner: Owner) {
 /// Frees a block allocated by [`alloc`] with the same order. A double free, a free of a
 /// reserved frame or of the wrong order is refused with a logged error; nothing changes.
 pub fn free(pages: Pages) -> Result<(), FreeError> {
-    // One atomic transition claims the block (a double free racing this one is refused), and
-    // interrupts stay off until it is on a list, so this CPU never shows it in transit.
-    let result = x86_64::instructions::interrupts::without_interrupts(|| {
-        let zone = zone_of(pages.pfn).ok_or(FreeError::NoSuchFrame)?;
-        let head = zone.frame(pages.pfn);
-        head.begin_free(pages.order).map_err(|state| match state {
-            FrameState::Allocated => FreeError::WrongOrder {
-                allocated: head.order(),
-            },
-            other => FreeError::NotAllocated(other),
-        })?;
-        head.refcount.store(0, Relaxed);
-        head.mapcount.store(0, Relaxed);
-        head.rmap.store(0, Relaxed);
-        if pages.order == 0 {
-            // The pageblock's type decides the list (as Linux), not the type it was allocated
-            // as.
-            free_order0_cached(zone, pages.pfn, zone.pageblock_type(pages.pfn));
-        } else {
-            free_to_zone(zone, pages.pfn, pages.order);
-        }
-        Ok(())
-    });
+    let result = free_to_lists(pages);
     if result.is_ok() {
         super::compaction::note_freed(pages.page_count());
     }
@@ -689,6 +643,50 @@ pub fn free(pages: Pages) -> Result<(), FreeError> {
         );
     }
     result
+}
+
+/// Claims the block under the lock of the list it goes to (the per-CPU cache for a single page,
+/// its zone otherwise) and puts it there: one atomic transition claims it (a double free
+/// racing this one is refused), and interrupts stay off from the claim until it is on a list,
+/// so this CPU never shows it in transit, with one interrupts-off section instead of two.
+fn free_to_lists(pages: Pages) -> Result<(), FreeError> {
+    let zone = zone_of(pages.pfn).ok_or(FreeError::NoSuchFrame)?;
+    let head = zone.frame(pages.pfn);
+    // The pageblock's type decides the list (as Linux), not the type it was allocated as.
+    let kind = zone.pageblock_type(pages.pfn);
+    if pages.order == 0
+        && let Some(type_slot) = pcp_type_slot(kind)
+    {
+        let mut pcp = PCP.lock();
+        claim(head, 0)?;
+        head.make_head(FrameState::Cached, 0, kind as u8);
+        let list = &mut pcp.lists[zone_slot(zone)][type_slot];
+        if list.push(pages.pfn) {
+            // The oldest pages (bottom of the stack) go back; the warm ones stay.
+            list.drain_batch(&mut zone.lock());
+        }
+    } else {
+        let mut area = zone.lock();
+        claim(head, pages.order)?;
+        head.set_state(FrameState::Tail);
+        area.free((pages.pfn - zone.start_pfn) as u32, pages.order);
+    }
+    Ok(())
+}
+
+/// The transition that starts a free ([`frame::Frame::begin_free`]), and the owner's counts
+/// cleared.
+fn claim(head: &frame::Frame, order: u8) -> Result<(), FreeError> {
+    head.begin_free(order).map_err(|state| match state {
+        FrameState::Allocated => FreeError::WrongOrder {
+            allocated: head.order(),
+        },
+        other => FreeError::NotAllocated(other),
+    })?;
+    head.refcount.store(0, Relaxed);
+    head.mapcount.store(0, Relaxed);
+    head.rmap.store(0, Relaxed);
+    Ok(())
 }
 
 /// Why [`split_allocated`] refused.
@@ -749,13 +747,6 @@ fn check_allocated(pages: Pages) -> Result<(), FreeError> {
         }),
         other => Err(FreeError::NotAllocated(other)),
     }
-}
-
-fn free_to_zone(zone: &Zone, pfn: u64, order: u8) {
-    let mut area = zone.lock();
-    let index = area.index_of(pfn).expect("pfn is in its zone");
-    area.frame(index).set_state(FrameState::Tail);
-    area.free(index, order);
 }
 
 // ---- Statistics ----------------------------------------------------------------------------
