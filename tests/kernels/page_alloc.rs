@@ -304,3 +304,49 @@ fn zeroed_allocations_are_zero() {
     assert!(bytes.iter().all(|&byte| byte == 0));
     page_alloc::free(again).expect("free");
 }
+
+#[test_case]
+fn bulk_allocation_and_free_keep_every_invariant_at_orders_0_3_and_9() {
+    let start_free = settled_free_pages();
+    let mut blocks = Vec::new();
+    let mut pages = 0;
+    for (order, count) in [(0u8, 10_000usize), (3, 1000), (PAGEBLOCK_ORDER, 20)] {
+        let request = AllocRequest::new(order).kind(MigrateType::Movable);
+        let before = blocks.len();
+        assert_eq!(page_alloc::alloc_bulk(request, count, &mut blocks), count);
+        for pages in &blocks[before..] {
+            assert_eq!(pages.order, order);
+            assert_eq!(
+                pages.pfn % (1 << order),
+                0,
+                "block not aligned to its order"
+            );
+        }
+        pages += (count as u64) << order;
+    }
+    let mut pfns: Vec<u64> = blocks.iter().map(|pages| pages.pfn).collect();
+    pfns.sort_unstable();
+    pfns.dedup();
+    assert_eq!(pfns.len(), blocks.len(), "a block handed out twice");
+    assert_eq!(kernel_owned(&check_state()), pages);
+    // A double free inside a batch is refused, and the rest of the batch is freed.
+    let mut again = alloc::vec![blocks[5]];
+    page_alloc::free_bulk(&mut blocks).expect("a batch of live blocks frees");
+    assert!(blocks.is_empty());
+    assert!(matches!(
+        page_alloc::free_bulk(&mut again),
+        Err(FreeError::NotAllocated(_))
+    ));
+    check_state();
+    assert_eq!(settled_free_pages(), start_free);
+    // Zeroed bulk allocations are zero.
+    let request = AllocRequest::new(0).zeroed();
+    page_alloc::alloc_bulk(request, 64, &mut blocks);
+    for pages in &blocks {
+        // SAFETY: our page, direct-mapped, 4 KiB.
+        let bytes = unsafe { core::slice::from_raw_parts(pages.virt() as *const u8, 4096) };
+        assert!(bytes.iter().all(|&byte| byte == 0));
+    }
+    page_alloc::free_bulk(&mut blocks).expect("free");
+    assert_eq!(settled_free_pages(), start_free);
+}

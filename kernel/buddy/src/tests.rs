@@ -539,3 +539,113 @@ fn the_model_test_fails_on_an_allocator_that_loses_a_page() {
     }));
     assert!(result.is_err(), "a leak went unnoticed");
 }
+
+#[test]
+fn a_batch_allocation_cuts_whole_blocks_smallest_first_and_respects_the_reserve() {
+    let mut area = area(0, TWO_BLOCKS);
+    // A fragment first: one order-0 and one order-3 block free next to allocated memory.
+    let small = alloc(&mut area, 0, MigrateType::Movable).expect("memory");
+    let fragments: Vec<u32> = (0..MAX_ORDER)
+        .map(|order| u32::from(area.list_count(order, MigrateType::Movable)))
+        .collect();
+    assert!(fragments.iter().all(|&count| count == 1));
+    for order in [0u8, 3, PAGEBLOCK_ORDER] {
+        let mut taken = Vec::new();
+        let got = area.allocate_batch(order, MigrateType::Movable, 40, 0, |index| {
+            taken.push(index)
+        });
+        assert_eq!(got, taken.len());
+        assert_eq!(got, if order == PAGEBLOCK_ORDER { 3 } else { 40 });
+        for &index in &taken {
+            assert_eq!(
+                area.pfn(index) % (1 << order),
+                0,
+                "order {order}: misaligned"
+            );
+            area.frame(index)
+                .make_head(FrameState::Allocated, order, Owner::Kernel as u8);
+        }
+        let mut sorted = taken.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            taken.len(),
+            "order {order}: a block handed out twice"
+        );
+        check(&area);
+        for &index in &taken {
+            area.frame(index).begin_free(order).expect("allocated");
+            area.frame(index).set_state(FrameState::Tail);
+        }
+        area.free_batch(taken.iter().map(|&index| (index, order)));
+        check(&area);
+    }
+    // The reserve: with `keep` pages to leave, it stops there.
+    let keep = area.free_pages - 10;
+    let mut taken = Vec::new();
+    area.allocate_batch(0, MigrateType::Movable, usize::MAX, keep, |index| {
+        taken.push(index)
+    });
+    assert_eq!(taken.len(), 10);
+    assert_eq!(area.free_pages, keep);
+    for &index in &taken {
+        area.frame(index)
+            .make_head(FrameState::Allocated, 0, Owner::Kernel as u8);
+        free(&mut area, index, 0);
+    }
+    free(&mut area, small, 0);
+    assert_eq!(area.free_pages, TWO_BLOCKS as u64);
+    check(&area);
+}
+
+#[test]
+fn a_batch_free_gives_adjacent_pages_back_as_whole_blocks() {
+    let mut area = area(0, 1 << MAX_ORDER);
+    let mut pages = Vec::new();
+    area.allocate_batch(0, MigrateType::Movable, 64, 0, |index| pages.push(index));
+    for &index in &pages {
+        area.frame(index)
+            .make_head(FrameState::Allocated, 0, Owner::Kernel as u8);
+    }
+    // 64 pages from one order-6 cut, ascending.
+    assert!(pages.windows(2).all(|pair| pair[1] == pair[0] + 1));
+    let merges = area.counters.merges;
+    for &index in &pages {
+        area.frame(index).begin_free(0).expect("allocated");
+        area.frame(index).set_state(FrameState::Tail);
+    }
+    area.free_batch(pages.iter().map(|&index| (index, 0)));
+    // One order-6 free, merging up to the top: 4 merges, not 64 frees' worth.
+    assert_eq!(area.counters.merges - merges, u64::from(MAX_ORDER - 6));
+    assert_eq!(area.list_count(MAX_ORDER, MigrateType::Movable), 1);
+    check(&area);
+}
+
+#[test]
+fn bulk_allocation_and_free_through_the_stand_in_match_single_ones() {
+    let mut sim = model_sim();
+    let start = sim.free_pages();
+    let mut blocks = Vec::new();
+    for order in [0u8, 2, PAGEBLOCK_ORDER] {
+        let count = if order == PAGEBLOCK_ORDER { 2 } else { 300 };
+        assert_eq!(
+            sim.alloc_bulk(order, MigrateType::Movable, usize::MAX, count, &mut blocks),
+            count
+        );
+    }
+    let census = sim.check().expect("check");
+    assert_eq!(census.allocated, 300 + 300 * 4 + 2 * PAGEBLOCK_PAGES);
+    // A double free inside a batch is refused and changes nothing else.
+    let first = blocks[0];
+    blocks.push(first);
+    assert!(matches!(
+        sim.free_bulk(&blocks),
+        Err(FrameState::Free | FrameState::Tail)
+    ));
+    sim.check().expect("check");
+    assert_eq!(
+        crate::model::ModelTarget::settled_free_pages(&mut sim),
+        start
+    );
+}
