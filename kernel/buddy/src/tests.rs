@@ -546,7 +546,7 @@ fn a_batch_allocation_cuts_whole_blocks_smallest_first_and_respects_the_reserve(
     // A fragment first: one order-0 and one order-3 block free next to allocated memory.
     let small = alloc(&mut area, 0, MigrateType::Movable).expect("memory");
     let fragments: Vec<u32> = (0..MAX_ORDER)
-        .map(|order| u32::from(area.list_count(order, MigrateType::Movable)))
+        .map(|order| area.list_count(order, MigrateType::Movable))
         .collect();
     assert!(fragments.iter().all(|&count| count == 1));
     for order in [0u8, 3, PAGEBLOCK_ORDER] {
