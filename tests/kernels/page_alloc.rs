@@ -62,19 +62,22 @@ impl ModelTarget for Guest {
             .limit(zone_limit(limit))
             .owner(Owner::Kernel);
         let pages = page_alloc::alloc(request)?;
-        assert_eq!(pages.order, order);
-        Some(pages.pfn)
+        assert_eq!(pages.order(), order);
+        // The model keeps the block by its frame number (and order) until it frees it.
+        Some(pages.into_raw())
     }
     fn free(&mut self, pfn: u64, order: u8) {
-        page_alloc::free(Pages { pfn, order }).expect("freeing a live block succeeds");
+        // SAFETY: the model gave this block up with `into_raw` in `alloc` and frees it once.
+        let pages = unsafe { Pages::from_raw(pfn, order) };
+        page_alloc::free(pages).expect("freeing a live block succeeds");
     }
     fn limit_end_pfn(&self, limit: Limit) -> u64 {
         limit_end_pfn(zone_limit(limit))
     }
     fn sign(&mut self, pfn: u64, order: u8, value: u64) {
-        let pages = Pages { pfn, order };
-        let first = pages.virt() as *mut u64;
-        let last = (pages.virt() + pages.bytes() - 8) as *mut u64;
+        let (virt, bytes) = block_memory(pfn, order);
+        let first = virt as *mut u64;
+        let last = (virt + bytes - 8) as *mut u64;
         // SAFETY: the block is ours (just allocated) and direct-mapped; both words are inside it.
         unsafe {
             first.write_volatile(value);
@@ -82,9 +85,9 @@ impl ModelTarget for Guest {
         }
     }
     fn signature(&self, pfn: u64, order: u8) -> u64 {
-        let pages = Pages { pfn, order };
-        let first = pages.virt() as *const u64;
-        let last = (pages.virt() + pages.bytes() - 8) as *const u64;
+        let (virt, bytes) = block_memory(pfn, order);
+        let first = virt as *const u64;
+        let last = (virt + bytes - 8) as *const u64;
         // SAFETY: the block is still ours (not yet freed) and direct-mapped.
         let (a, b) = unsafe { (first.read_volatile(), last.read_volatile()) };
         if b == !a { a } else { !a }
@@ -95,6 +98,14 @@ impl ModelTarget for Guest {
     fn settled_free_pages(&mut self) -> u64 {
         settled_free_pages()
     }
+}
+
+/// A block's address in the direct map and its size in bytes.
+fn block_memory(pfn: u64, order: u8) -> (u64, u64) {
+    (
+        kernel::mm::phys_to_virt(pfn * kernel::mm::PAGE_SIZE),
+        kernel::mm::PAGE_SIZE << order,
+    )
 }
 
 fn zone_limit(limit: Limit) -> ZoneLimit {
@@ -125,20 +136,19 @@ struct HeldChain {
 
 impl HeldChain {
     fn push(&mut self, pages: Pages) {
-        let next = self.head.map_or(u64::MAX, |held| held.pfn);
+        // The chain keeps the blocks behind the head by their frame numbers.
+        let next = self.head.take().map_or(u64::MAX, Pages::into_raw);
         // SAFETY: the block was just allocated to us; its first word is ours to use.
         unsafe { (pages.virt() as *mut u64).write(next) };
         self.head = Some(pages);
         self.count += 1;
     }
     fn pop(&mut self) -> Option<Pages> {
-        let pages = self.head?;
+        let pages = self.head.take()?;
         // SAFETY: written by `push` while we hold the block.
         let next = unsafe { (pages.virt() as *const u64).read() };
-        self.head = (next != u64::MAX).then_some(Pages {
-            pfn: next,
-            order: pages.order,
-        });
+        // SAFETY: `next` is the block `push` gave up its handle for; only this chain has it.
+        self.head = (next != u64::MAX).then(|| unsafe { Pages::from_raw(next, pages.order()) });
         self.count -= 1;
         Some(pages)
     }
@@ -216,7 +226,7 @@ fn unmovable_allocations_stay_in_few_pageblocks() {
     }
     let mut blocks: Vec<u64> = unmovable
         .iter()
-        .map(|pages| pages.pfn >> PAGEBLOCK_ORDER)
+        .map(|pages| pages.pfn() >> PAGEBLOCK_ORDER)
         .collect();
     blocks.sort_unstable();
     blocks.dedup();
@@ -242,13 +252,17 @@ fn zone_limits_are_respected_even_when_other_zones_have_memory() {
     let start_free = settled_free_pages();
     let mut held = Vec::new();
     while let Some(pages) = page_alloc::alloc(AllocRequest::new(0).limit(ZoneLimit::Dma)) {
-        assert!(pages.pfn < 4096, "DMA allocation at pfn {:#x}", pages.pfn);
+        assert!(
+            pages.pfn() < 4096,
+            "DMA allocation at pfn {:#x}",
+            pages.pfn()
+        );
         held.push(pages);
     }
     assert!(!held.is_empty(), "the DMA zone had free pages");
     // DMA is exhausted; an unrestricted request still succeeds from DMA32.
     let other = page_alloc::alloc(AllocRequest::new(0)).expect("DMA32 has memory");
-    assert!(other.pfn >= 4096);
+    assert!(other.pfn() >= 4096);
     held.push(other);
     for pages in held {
         page_alloc::free(pages).expect("free");
@@ -257,36 +271,81 @@ fn zone_limits_are_respected_even_when_other_zones_have_memory() {
 }
 
 #[test_case]
-fn double_free_wrong_order_and_reserved_frees_are_refused() {
+fn a_handle_frees_its_block_when_dropped_and_keeps_it_when_given_up() {
     let start_free = settled_free_pages();
-    let pages = page_alloc::alloc(AllocRequest::new(2)).expect("memory");
+    let census = check_state();
+    let held = kernel_owned(&census);
+    {
+        let _block = page_alloc::alloc(AllocRequest::new(3).owner(Owner::Kernel)).expect("memory");
+        assert_eq!(kernel_owned(&check_state()), held + 8);
+    }
     assert_eq!(
-        page_alloc::free(Pages { order: 3, ..pages }),
+        kernel_owned(&check_state()),
+        held,
+        "dropping the handle frees the block"
+    );
+    assert_eq!(settled_free_pages(), start_free);
+    let pfn = page_alloc::alloc(AllocRequest::new(3).owner(Owner::Kernel))
+        .expect("memory")
+        .into_raw();
+    assert_eq!(
+        kernel_owned(&check_state()),
+        held + 8,
+        "a block given up with into_raw stays allocated"
+    );
+    // SAFETY: the block given up just above, taken back once.
+    let block = unsafe { Pages::from_raw(pfn, 3) };
+    // Two halves, two handles: each frees its own half.
+    let [low, high] = page_alloc::split_allocated(block).expect("an unmapped block splits");
+    assert_eq!((low.pfn(), high.pfn(), high.order()), (pfn, pfn + 4, 2));
+    drop(high);
+    assert_eq!(kernel_owned(&check_state()), held + 4);
+    drop(low);
+    assert_eq!(kernel_owned(&check_state()), held);
+    assert_eq!(settled_free_pages(), start_free);
+}
+
+#[test_case]
+fn double_free_wrong_order_and_reserved_frees_are_refused() {
+    // A handle cannot be copied, so these need a false claim of ownership through
+    // `Pages::from_raw`: the allocator must still refuse each one and change nothing.
+    let start_free = settled_free_pages();
+    let pfn = page_alloc::alloc(AllocRequest::new(2))
+        .expect("memory")
+        .into_raw();
+    // SAFETY (each `from_raw` below): deliberately false claims, which is what this test is
+    // about; the allocator refuses them without touching memory.
+    assert_eq!(
+        page_alloc::free(unsafe { Pages::from_raw(pfn, 3) }),
         Err(FreeError::WrongOrder { allocated: 2 })
     );
-    assert_eq!(page_alloc::free(pages), Ok(()));
+    assert_eq!(page_alloc::free(unsafe { Pages::from_raw(pfn, 2) }), Ok(()));
     assert!(matches!(
-        page_alloc::free(pages),
+        page_alloc::free(unsafe { Pages::from_raw(pfn, 2) }),
         Err(FreeError::NotAllocated(FrameState::Free | FrameState::Tail))
     ));
-    let single = page_alloc::alloc(AllocRequest::new(0)).expect("memory");
-    assert_eq!(page_alloc::free(single), Ok(()));
+    let single = page_alloc::alloc(AllocRequest::new(0))
+        .expect("memory")
+        .into_raw();
     assert_eq!(
-        page_alloc::free(single),
+        page_alloc::free(unsafe { Pages::from_raw(single, 0) }),
+        Ok(())
+    );
+    assert_eq!(
+        page_alloc::free(unsafe { Pages::from_raw(single, 0) }),
         Err(FreeError::NotAllocated(FrameState::Cached))
     );
     // pfn 0 is low memory, reserved at boot; a pfn beyond RAM belongs to no zone.
     assert_eq!(
-        page_alloc::free(Pages { pfn: 0, order: 0 }),
+        page_alloc::free(unsafe { Pages::from_raw(0, 0) }),
         Err(FreeError::NotAllocated(FrameState::Reserved))
     );
     assert_eq!(
-        page_alloc::free(Pages {
-            pfn: 1 << 40,
-            order: 0
-        }),
+        page_alloc::free(unsafe { Pages::from_raw(1 << 40, 0) }),
         Err(FreeError::NoSuchFrame)
     );
+    // Dropping a refused handle does not try again: nothing is logged twice, nothing changes.
+    drop(unsafe { Pages::from_raw(1 << 40, 0) });
     check_state();
     assert_eq!(settled_free_pages(), start_free);
 }
@@ -315,24 +374,27 @@ fn bulk_allocation_and_free_keep_every_invariant_at_orders_0_3_and_9() {
         let before = blocks.len();
         assert_eq!(page_alloc::alloc_bulk(request, count, &mut blocks), count);
         for pages in &blocks[before..] {
-            assert_eq!(pages.order, order);
+            assert_eq!(pages.order(), order);
             assert_eq!(
-                pages.pfn % (1 << order),
+                pages.pfn() % (1 << order),
                 0,
                 "block not aligned to its order"
             );
         }
         pages += (count as u64) << order;
     }
-    let mut pfns: Vec<u64> = blocks.iter().map(|pages| pages.pfn).collect();
+    let mut pfns: Vec<u64> = blocks.iter().map(|pages| pages.pfn()).collect();
     pfns.sort_unstable();
     pfns.dedup();
     assert_eq!(pfns.len(), blocks.len(), "a block handed out twice");
     assert_eq!(kernel_owned(&check_state()), pages);
     // A double free inside a batch is refused, and the rest of the batch is freed.
-    let mut again = alloc::vec![blocks[5]];
+    let twice = blocks[5].pfn();
     page_alloc::free_bulk(&mut blocks).expect("a batch of live blocks frees");
     assert!(blocks.is_empty());
+    // SAFETY: deliberately false (the page was just freed): the allocator must refuse it, which
+    // it can without harm; free_bulk gives the handle up either way.
+    let mut again = alloc::vec![unsafe { Pages::from_raw(twice, 0) }];
     assert!(matches!(
         page_alloc::free_bulk(&mut again),
         Err(FreeError::NotAllocated(_))

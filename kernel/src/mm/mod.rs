@@ -4,6 +4,7 @@
 pub mod boot_memory;
 pub mod checker;
 pub mod compaction;
+pub mod deferred_init;
 pub mod fault;
 pub mod heap;
 pub mod ksm;
@@ -34,6 +35,16 @@ pub mod frame {
     pub unsafe fn build_database(phys: u64, count: usize) -> &'static [Frame] {
         // SAFETY: the caller's promise, through the direct map (phys is page-aligned).
         unsafe { buddy_core::frame::build_database(super::phys_to_virt(phys) as *mut Frame, count) }
+    }
+
+    /// The records of `count` frames at physical `phys`, as they are (see
+    /// [`buddy_core::frame::database_at`]).
+    ///
+    /// # Safety
+    /// `[phys, phys + count * 32)` must be RAM, direct-mapped, used by nothing else, now or later.
+    pub unsafe fn database_at(phys: u64, count: usize) -> &'static [Frame] {
+        // SAFETY: the caller's promise, through the direct map (phys is page-aligned).
+        unsafe { buddy_core::frame::database_at(super::phys_to_virt(phys) as *mut Frame, count) }
     }
 }
 
