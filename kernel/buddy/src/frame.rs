@@ -270,7 +270,7 @@ impl Frame {
 /// records.
 ///
 /// # Safety
-/// `records` must point to `count * 32` bytes of writable memory, aligned to 32 bytes, used by
+/// `records` must point to `count * 32` bytes of writable memory, aligned for a `Frame`, used by
 /// nothing else, now or later (the kernel: RAM it reserved, through the direct map).
 pub unsafe fn build_database(records: *mut Frame, count: usize) -> &'static [Frame] {
     // SAFETY: the caller's promise is exactly `database_at`'s.
@@ -286,7 +286,7 @@ pub unsafe fn build_database(records: *mut Frame, count: usize) -> &'static [Fra
 /// atomic integers), so reading an unwritten record is meaningless but not undefined.
 ///
 /// # Safety
-/// `records` must point to `count * 32` bytes of memory, aligned to 32 bytes, used by nothing
+/// `records` must point to `count * 32` bytes of memory, aligned for a `Frame`, used by nothing
 /// else, now or later.
 pub unsafe fn database_at(records: *mut Frame, count: usize) -> &'static [Frame] {
     // SAFETY: the caller gives us this memory for good; it is properly aligned and any content
