@@ -651,7 +651,7 @@ fn bulk_allocation_and_free_through_the_stand_in_match_single_ones() {
     let small = if cfg!(miri) { 40 } else { 300 };
     assert_eq!(
         census.allocated,
-        small + small * 4 + (small / 150) as u64 * PAGEBLOCK_PAGES
+        small + small * 4 + (small / 150) * PAGEBLOCK_PAGES
     );
     // A double free inside a batch is refused and changes nothing else.
     let first = blocks[0];
