@@ -18,7 +18,7 @@ pub struct Calibration {
 
 /// PIT ticks per window (10 ms); the count wraps after 0xffff (55 ms).
 const WINDOW_TICKS: u16 = (pit::PIT_HZ / 100) as u16;
-const WINDOWS: usize = 5;
+const WINDOWS: usize = 3;
 /// Windows tried at most (one wraps only if the vCPU stops for over 40 ms inside it).
 const ATTEMPTS: usize = 4 * WINDOWS;
 /// Readings at each end of a window, of which the tightest is kept.
@@ -65,7 +65,7 @@ impl Reading {
     }
 }
 
-/// Measures the TSC and APIC timer rates over five 10 ms PIT windows and keeps the median of
+/// Measures the TSC and APIC timer rates over three 10 ms PIT windows and keeps the median of
 /// each (a window whose count wrapped, after a stop of over 40 ms, is measured again, up to
 /// [`ATTEMPTS`] windows in all; the median is then over those that were measured).
 pub fn calibrate() -> Calibration {
