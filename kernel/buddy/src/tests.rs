@@ -456,7 +456,7 @@ fn the_per_cpu_list_refills_a_batch_and_drains_the_oldest() {
     list.drain_batch(&mut area);
     assert_eq!(list.pfns(), &oldest[..], "the warm pages stay, in order");
     check(&area);
-    assert_eq!(list.drain_all(&mut area), PCP_HIGH + 1 - PCP_BATCH);
+    assert_eq!(list.drain_all(&mut area), (PCP_HIGH + 1 - PCP_BATCH) as u64);
     assert_eq!(area.free_pages, 1 << MAX_ORDER);
     assert_eq!(shape(&area), shape(&self::area(0, 1 << MAX_ORDER)));
     check(&area);
