@@ -46,7 +46,7 @@ pub const fn pcp_batch(order: u8) -> usize {
     if order == 0 {
         PCP_BATCH
     } else {
-        let blocks = (pcp_high_pages(order) >> order) / 2;
+        let blocks = (pcp_high_pages(order) >> order) / 4;
         if blocks == 0 { 1 } else { blocks }
     }
 }
