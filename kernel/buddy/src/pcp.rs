@@ -57,9 +57,13 @@ const SLOTS: usize = PCP_HIGH + 1;
 /// A stack of cached blocks of one order (frame numbers of their heads); the top is the
 /// warmest.
 pub struct PcpList {
-    pfns: [u64; SLOTS],
     len: usize,
+    /// The high mark in blocks, and the batch (both fixed by the order: kept here so that the
+    /// hot path reads them next to `len`).
+    high: usize,
+    batch: usize,
     order: u8,
+    pfns: [u64; SLOTS],
 }
 
 impl PcpList {
@@ -70,9 +74,11 @@ impl PcpList {
     pub const fn new(order: u8) -> PcpList {
         assert!(pcp_order_slot(order).is_some());
         PcpList {
-            pfns: [0; SLOTS],
             len: 0,
+            high: pcp_high_pages(order) >> order,
+            batch: pcp_batch(order),
             order,
+            pfns: [0; SLOTS],
         }
     }
 
@@ -122,7 +128,7 @@ impl PcpList {
     pub fn push(&mut self, pfn: u64) -> bool {
         self.pfns[self.len] = pfn;
         self.len += 1;
-        (self.len << self.order) > pcp_high_pages(self.order)
+        self.len > self.high
     }
 
     /// Refills up to a batch ([`pcp_batch`]) of blocks of `kind` from `area` (whose zone this
@@ -135,7 +141,7 @@ impl PcpList {
         let order = self.order;
         let (pfns, len) = (&mut self.pfns, &mut self.len);
         // In one batch (whole blocks cut in place), pushed so that the lowest block is on top.
-        let wanted = pcp_batch(order).saturating_sub(*len);
+        let wanted = self.batch.saturating_sub(*len);
         let taken = area.allocate_batch(order, kind, wanted, mark, |index| {
             frames[index as usize].make_head(FrameState::Cached, order, kind as u8);
             pfns[*len] = base_pfn + index as u64;
@@ -148,7 +154,7 @@ impl PcpList {
     /// Gives the oldest batch of blocks (the bottom of the stack) back to `area`; the warm
     /// ones stay.
     pub fn drain_batch(&mut self, area: &mut FreeArea) {
-        let count = pcp_batch(self.order).min(self.len);
+        let count = self.batch.min(self.len);
         free_cached(area, &self.pfns[..count], self.order);
         self.pfns.copy_within(count..self.len, 0);
         self.len -= count;
