@@ -456,7 +456,10 @@ fn high_order_blocks_wait_in_per_cpu_lists_counted_checked_and_drained() {
     // The reporting worker's drain takes the pageblock order's lists only.
     assert!(page_alloc::drain_per_cpu_caches_from(PAGEBLOCK_ORDER) >= 1 << PAGEBLOCK_ORDER);
     let (small, highest) = high_order_cached();
-    assert!(highest <= 3 && small > 0 && small < cached, "{small} of {cached}");
+    assert!(
+        highest <= 3 && small > 0 && small < cached,
+        "{small} of {cached}"
+    );
     check_state();
     // A compaction pass drains every list (cached blocks merge before it measures).
     kernel::mm::compaction::compact_all();

@@ -434,7 +434,11 @@ fn a_2mib_block_waiting_in_a_per_cpu_list_is_drained_and_reported() {
     page_alloc::free(low).expect("free");
     let zone = page_alloc::zone_of(low_pfn).expect("zone");
     let frame = zone.frame(low_pfn);
-    assert_eq!(frame.state(), FrameState::Cached, "it waits in a per-CPU list");
+    assert_eq!(
+        frame.state(),
+        FrameState::Cached,
+        "it waits in a per-CPU list"
+    );
     assert_eq!(frame.order(), 9);
     check();
     // A pass drains the list first: the block is reported whole.

@@ -110,7 +110,10 @@ impl FreeArea {
                 }
                 FrameState::Tail => return fail("tail frame outside any block", index as u64),
                 FrameState::Cached if crate::pcp::pcp_order_slot(frame.order()).is_none() => {
-                    return fail("cached block of an order with no per-CPU list", index as u64);
+                    return fail(
+                        "cached block of an order with no per-CPU list",
+                        index as u64,
+                    );
                 }
                 _ => 1usize << frame.order(),
             };

@@ -113,7 +113,13 @@ impl Sim {
             });
         }
         let pcp = (0..zones.len())
-            .map(|_| [PcpList::per_order(), PcpList::per_order(), PcpList::per_order()])
+            .map(|_| {
+                [
+                    PcpList::per_order(),
+                    PcpList::per_order(),
+                    PcpList::per_order(),
+                ]
+            })
             .collect();
         Sim {
             zones,
@@ -344,7 +350,12 @@ impl Sim {
 
     /// Free pages in the per-CPU caches.
     pub fn cached_pages(&self) -> u64 {
-        self.pcp.iter().flatten().flatten().map(PcpList::pages).sum()
+        self.pcp
+            .iter()
+            .flatten()
+            .flatten()
+            .map(PcpList::pages)
+            .sum()
     }
 
     /// Checks every zone ([`FreeArea::check`]) and that the caches hold exactly the cached

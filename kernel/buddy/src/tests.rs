@@ -720,7 +720,11 @@ fn high_order_per_cpu_lists_cache_blocks_with_exact_counts_and_drain_whole() {
     let census = sim_check(&sim);
     let held: u64 = blocks.iter().map(|&(_, order)| 1u64 << order).sum();
     assert_eq!(census.allocated, held);
-    assert_eq!(sim.free_pages(), total - held, "free pages exact while allocated");
+    assert_eq!(
+        sim.free_pages(),
+        total - held,
+        "free pages exact while allocated"
+    );
     for &(pfn, order) in &blocks {
         sim.free(pfn, order).expect("free");
         // A block in a list is cached with its order (and a second free is refused).
@@ -730,14 +734,17 @@ fn high_order_per_cpu_lists_cache_blocks_with_exact_counts_and_drain_whole() {
             assert_eq!(sim.free(pfn, order), Err(FrameState::Cached));
         }
         sim_check(&sim);
-        assert_eq!(sim.free_pages(), total - {
-            held - blocks
-                .iter()
-                .take_while(|&&(done, _)| done != pfn)
-                .map(|&(_, order)| 1u64 << order)
-                .sum::<u64>()
-                - (1 << order)
-        });
+        assert_eq!(
+            sim.free_pages(),
+            total - {
+                held - blocks
+                    .iter()
+                    .take_while(|&&(done, _)| done != pfn)
+                    .map(|&(_, order)| 1u64 << order)
+                    .sum::<u64>()
+                    - (1 << order)
+            }
+        );
     }
     let census = sim_check(&sim);
     assert_eq!(sim.free_pages(), total);
@@ -774,7 +781,11 @@ fn a_list_over_its_high_mark_drains_its_oldest_blocks() {
         }
         let warm: Vec<u64> = list.pfns()[pcp_batch(order)..].to_vec();
         list.drain_batch(&mut area);
-        assert_eq!(list.pfns(), &warm[..], "order {order}: the warm blocks stay");
+        assert_eq!(
+            list.pfns(),
+            &warm[..],
+            "order {order}: the warm blocks stay"
+        );
         assert_eq!(check(&area).cached, list.pages());
         assert_eq!(list.drain_all(&mut area), (warm.len() as u64) << order);
         assert_eq!(area.free_pages, 8 << MAX_ORDER);
@@ -788,17 +799,27 @@ fn a_pageblock_free_that_completes_a_max_order_block_goes_to_the_zone() {
     // Two buddies of the pageblock order: the first free is cached (its buddy is allocated),
     // the second one's buddy is then cached, not free: it is cached too and the older one
     // drains (the list holds one block). Freed alone, a block whose buddy is free merges.
-    let low = sim.alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1).expect("memory");
+    let low = sim
+        .alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1)
+        .expect("memory");
     let high = low ^ (1 << PAGEBLOCK_ORDER);
     let high_head = sim.frame(high).expect("frame");
     assert_eq!(high_head.state(), FrameState::Free, "its buddy stayed free");
     sim.free(low, PAGEBLOCK_ORDER).expect("free");
-    assert_eq!(sim.cached_pages(), 0, "it completed a max-order block: to the zone");
+    assert_eq!(
+        sim.cached_pages(),
+        0,
+        "it completed a max-order block: to the zone"
+    );
     assert_eq!(sim.frame(low).expect("frame").state(), FrameState::Free);
     assert_eq!(sim.frame(low).expect("frame").order(), MAX_ORDER);
     // Both halves allocated, one freed: its buddy is allocated, so it is cached.
-    let a = sim.alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1).expect("memory");
-    let b = sim.alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1).expect("memory");
+    let a = sim
+        .alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1)
+        .expect("memory");
+    let b = sim
+        .alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1)
+        .expect("memory");
     assert_eq!(a ^ b, 1 << PAGEBLOCK_ORDER, "buddies");
     sim.free(a, PAGEBLOCK_ORDER).expect("free");
     assert_eq!(sim.cached_pages(), 1 << PAGEBLOCK_ORDER);
@@ -828,7 +849,9 @@ fn an_allocation_that_finds_memory_only_in_cached_blocks_drains_them() {
     assert!(cached > 0, "order-1 blocks are cached");
     assert_eq!(sim.zones()[0].area.free_pages, 32 - cached);
     // The first 16 order-1 blocks were one order-5 block: only a drain can give it.
-    let pfn = sim.alloc(5, MigrateType::Movable, 1).expect("drained and merged");
+    let pfn = sim
+        .alloc(5, MigrateType::Movable, 1)
+        .expect("drained and merged");
     assert_eq!(sim.cached_pages(), 0);
     sim_check(&sim);
     sim.free(pfn, 5).expect("free");
@@ -843,10 +866,18 @@ fn an_allocation_that_finds_memory_only_in_cached_blocks_drains_them() {
 #[test]
 fn a_reporting_drain_takes_the_pageblock_lists_and_leaves_the_small_orders() {
     let mut sim = pcp_sim();
-    let big = sim.alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1).expect("memory");
-    let pin = sim.alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1).expect("memory");
+    let big = sim
+        .alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1)
+        .expect("memory");
+    let pin = sim
+        .alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1)
+        .expect("memory");
     let small = sim.alloc(2, MigrateType::Movable, 1).expect("memory");
-    assert_eq!(big ^ pin, 1 << PAGEBLOCK_ORDER, "buddies: the free of one is cached");
+    assert_eq!(
+        big ^ pin,
+        1 << PAGEBLOCK_ORDER,
+        "buddies: the free of one is cached"
+    );
     // The order-2 list's refill took a batch: some of it is cached already.
     let refilled = sim.cached_pages();
     sim.free(small, 2).expect("free");
@@ -870,7 +901,10 @@ fn the_checks_refuse_a_cached_block_of_the_wrong_order() {
     // Its record says order 1 while its list is of order 2: the stand-in's check sees it.
     let head = sim.frame(pfn).expect("frame");
     head.set_order(1);
-    assert!(sim.check().is_err(), "a cached block's order differs from its list's");
+    assert!(
+        sim.check().is_err(),
+        "a cached block's order differs from its list's"
+    );
     head.set_order(2);
     sim_check(&sim);
     // An order with no per-CPU list cannot be cached: the zone's check sees it.
