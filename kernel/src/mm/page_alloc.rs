@@ -773,11 +773,11 @@ fn free_block(pfn: u64, order: u8) -> Result<(), FreeError> {
     result
 }
 
-/// Claims the block under the lock of the list it goes to (the per-CPU cache for a single page,
-/// Claims the block under the lock of the list it goes to (the per-CPU cache for a single page,
-/// its zone otherwise) and puts it there: one atomic transition claims it (a double free
-/// racing this one is refused), and interrupts stay off from the claim until it is on a list,
-/// so this CPU never shows it in transit, with one interrupts-off section instead of two.
+/// Claims the block under the lock of the list it goes to (the per-CPU cache for a block of an
+/// order with a list, unless it would complete a 4 MiB block; its zone otherwise) and puts it
+/// there: one atomic transition claims it (a double free racing this one is refused), and
+/// interrupts stay off from the claim until it is on a list, so this CPU never shows it in
+/// transit, with one interrupts-off section instead of two.
 fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
     let zone = zone_of(pfn).ok_or(FreeError::NoSuchFrame)?;
     let head = zone.frame(pfn);
