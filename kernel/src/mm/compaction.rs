@@ -43,6 +43,10 @@ pub enum Mode {
 /// Pages isolated by the migrate scanner at a time (Linux's COMPACT_CLUSTER_MAX).
 const CLUSTER: usize = 32;
 
+/// How long a background pass works before it yields to other ready threads (it yields only
+/// between pageblocks): against a task that keeps the CPU busy, about 2 ms of every 12.
+const WORK_BETWEEN_YIELDS: Duration = Duration::from_millis(2);
+
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {
         /// Compaction counters since boot, with Linux's names.
@@ -181,6 +185,9 @@ pub struct PassReport {
     /// Free blocks of the pageblock order and up, before and after.
     pub huge_blocks_before: u64,
     pub huge_blocks_after: u64,
+    /// Pageblocks the background task left because they were too full to empty cheaply
+    /// (`compaction.max_used_pct`).
+    pub too_full: u64,
 }
 
 fn huge_blocks(zone: &Zone) -> u64 {
@@ -238,6 +245,47 @@ fn claim_targets(zone: &Zone, slot: usize, wanted: usize, targets: &mut Vec<Page
             }
         }
     }
+}
+
+/// Whether pageblock `slot` lies inside a free block larger than a pageblock (its first frame
+/// is then a tail, which the scanners would otherwise step over one frame at a time: 512 reads
+/// for nothing in every second pageblock of free memory).
+fn in_larger_free_block(zone: &Zone, slot: usize) -> bool {
+    let (start, _) = zone.lock().pageblock_range(slot);
+    let head = start & !((1u32 << MAX_ORDER) - 1);
+    if head == start {
+        return false;
+    }
+    let frame = zone.frame(zone.start_pfn + u64::from(head));
+    matches!(frame.state(), FrameState::Free | FrameState::Isolated)
+        && head + (1u32 << frame.order()) > start
+}
+
+/// Whether pageblock `slot` has more than `limit` pages in allocated or reserved blocks (a
+/// glance without the zone's lock: a hint; a block whose head lies in an earlier pageblock is
+/// not counted). Stops counting past `limit`: a full block costs a third of a walk.
+fn more_used_than(zone: &Zone, slot: usize, limit: u64) -> bool {
+    let (start, end) = zone.lock().pageblock_range(slot);
+    let mut index = start;
+    let mut used = 0;
+    while index < end && used <= limit {
+        let frame = zone.frame(zone.start_pfn + u64::from(index));
+        let step = match frame.state() {
+            FrameState::Free | FrameState::Isolated => 1 << frame.order(),
+            FrameState::Allocated => {
+                let pages = (1u32 << frame.order()).min(end - index);
+                used += u64::from(pages);
+                pages
+            }
+            FrameState::Reserved => {
+                used += 1;
+                1
+            }
+            FrameState::Tail | FrameState::Cached => 1,
+        };
+        index += step;
+    }
+    used > limit
 }
 
 /// The migrate scanner: isolates up to [`CLUSTER`] user pages of pageblock `slot`, from frame
@@ -309,6 +357,9 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
     let mut targets: Vec<Pages> = Vec::with_capacity(CLUSTER + (1 << PAGEBLOCK_ORDER));
     let mut free_slot = blocks;
     let mut migrate_slot = 0;
+    let mut since_yield = Instant::now();
+    // The background task empties only blocks cheap to empty (`compaction.max_used_pct`).
+    let max_used = (tunables::COMPACTION_MAX_USED_PCT.get() << PAGEBLOCK_ORDER) / 100;
     'pass: while migrate_slot < free_slot {
         let movable = {
             let area = zone.lock();
@@ -316,6 +367,15 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
             area.pageblock_type(start) == MigrateType::Movable
         };
         if !movable || (mode == Mode::Async && hints[migrate_slot].load(Relaxed)) {
+            migrate_slot += 1;
+            continue;
+        }
+        if in_larger_free_block(zone, migrate_slot) {
+            migrate_slot += 1;
+            continue;
+        }
+        if mode == Mode::SyncLight && more_used_than(zone, migrate_slot, max_used) {
+            report.too_full += 1;
             migrate_slot += 1;
             continue;
         }
@@ -394,9 +454,14 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
                 break;
             }
         }
-        // Let others run between pageblocks (the proactive thread must not hog the CPU).
-        if mode != Mode::Async {
+        // Let others run between pageblocks once the pass has worked for a while (the
+        // proactive thread must not hog the CPU); a pageblock with nothing to move costs a few
+        // microseconds and yields nothing: yielding after each gave a busy task a whole time
+        // slice per pageblock, and a pass that had to walk 800 MiB of free pageblocks reached
+        // the freed pieces only after the task had stopped freeing.
+        if mode != Mode::Async && since_yield.elapsed() >= WORK_BETWEEN_YIELDS {
             task::yield_now();
+            since_yield = Instant::now();
         }
     }
     for target in targets.drain(..) {
@@ -556,11 +621,15 @@ const CHECK_EVERY_PAGES: u64 = 4096;
 /// No-progress back-off (Linux: 500 ms << 6).
 const BACKOFF: Duration = Duration::from_secs(32);
 static BACKOFF_UNTIL_NS: AtomicU64 = AtomicU64::new(0);
+/// Stranded memory (pages) below which a wake does not start a pass: after a pass that found
+/// every piece in blocks too full to empty cheaply (0: none).
+static WAIT_FOR_STRANDED: AtomicU64 = AtomicU64::new(0);
 
 /// Asks the background task to look at the fragmentation now, ending a back-off (a changed
 /// tunable, the console, tests: someone wants it to try again).
 pub fn poke() {
     BACKOFF_UNTIL_NS.store(0, Relaxed);
+    WAIT_FOR_STRANDED.store(0, Relaxed);
     wake();
 }
 
@@ -672,27 +741,49 @@ fn daemon() {
             continue;
         }
         drain_if_stranded();
-        if Instant::now().as_nanos() < BACKOFF_UNTIL_NS.load(Relaxed) || !should_compact() {
+        if stranded_pages() <= mib_to_pages(tunables::COMPACTION_STRANDED_LOW_MIB.get()) {
+            // What was waited for has merged or been allocated: start afresh.
+            WAIT_FOR_STRANDED.store(0, Relaxed);
+        }
+        if Instant::now().as_nanos() < BACKOFF_UNTIL_NS.load(Relaxed)
+            || !should_compact()
+            || stranded_pages() < WAIT_FOR_STRANDED.load(Relaxed)
+        {
             continue;
         }
+        WAIT_FOR_STRANDED.store(0, Relaxed);
         count(&counter::compact_daemon_wake, 1);
         let stranded_before = stranded_pages();
         let score_before = node_score();
         let mut migrated = 0;
+        let mut made_blocks = false;
+        let mut too_full = 0;
         for zone in page_alloc::all_zones() {
             clear_skip_hints(zone);
             while !done_with(zone) && !under_pressure() {
                 let report = counted_pass(zone, Mode::SyncLight, None);
                 migrated += report.migrated;
+                too_full += report.too_full;
                 if report.migrated == 0 || report.huge_blocks_after <= report.huge_blocks_before {
                     break;
                 }
+                made_blocks = true;
             }
         }
-        let progress =
-            migrated > 0 && (stranded_pages() < stranded_before || node_score() < score_before);
+        // Progress: whole blocks made, or less stranded (or a lower score) than before. While a
+        // task is still freeing, stranded memory can grow during a pass that made blocks.
+        let progress = migrated > 0
+            && (made_blocks || stranded_pages() < stranded_before || node_score() < score_before);
         if progress {
             BACKOFF_UNTIL_NS.store(0, Relaxed);
+        } else if migrated == 0 && too_full > 0 {
+            // The pieces lie in blocks still too full to empty cheaply: while a task frees in
+            // a random order they empty as it goes on. No back-off; look again once another
+            // `compaction.stranded_high_mib` is stranded (a pass walks every pageblock).
+            WAIT_FOR_STRANDED.store(
+                stranded_pages() + mib_to_pages(tunables::COMPACTION_STRANDED_HIGH_MIB.get()),
+                Relaxed,
+            );
         } else {
             // Unmovable pages fragment memory: no point in trying again soon. The first event
             // after the back-off starts it again (no timer).
