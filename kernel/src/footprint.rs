@@ -6,7 +6,7 @@
 //! resident pages, the allocator's free memory, how much of it the host was told it may discard,
 //! how much lies in pieces below the reporting order in movable pageblocks, which only
 //! compaction can give back, and the running totals of reports, memory reported, pages migrated
-//! and kcompactd's wakes, with whether it is backing off), so that a host tool
+//! and kcompactd's wakes and CPU time, with whether it is backing off), so that a host tool
 //! (`tests/host/footprint_bench.py`) can set the QEMU process's resident memory against it.
 //!
 //! Sizes: `scenario.phased_mib` is the grow (the fragmenting shrink keeps a quarter of it, the
@@ -38,7 +38,7 @@ fn held_line(held_pages: u64) {
     let stranded = crate::mm::compaction::stranded_pages();
     let compaction = crate::mm::compaction::stats();
     println!(
-        "HELD {{\"t_ns\":{},\"held_kib\":{},\"free_kib\":{free_kib},\"reported_kib\":{},\"stranded_kib\":{},\"reports\":{},\"reported_total_kib\":{},\"migrated\":{},\"compact_wakes\":{},\"compact_backoff\":{}}}",
+        "HELD {{\"t_ns\":{},\"held_kib\":{},\"free_kib\":{free_kib},\"reported_kib\":{},\"stranded_kib\":{},\"reports\":{},\"reported_total_kib\":{},\"migrated\":{},\"compact_wakes\":{},\"compact_backoff\":{},\"kcompactd_cpu_us\":{}}}",
         now_ns(),
         held_pages * PAGE_SIZE / 1024,
         reported * PAGE_SIZE / 1024,
@@ -48,6 +48,7 @@ fn held_line(held_pages: u64) {
         compaction.pgmigrate_success,
         compaction.compact_daemon_wake,
         u8::from(crate::mm::compaction::backing_off()),
+        crate::mm::compaction::daemon_cpu_ns() / 1000,
     );
 }
 

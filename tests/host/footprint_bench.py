@@ -325,7 +325,8 @@ def analyse(run):
             first = at_start[-1]
             mechanisms = {key: view[key] - first.get(key, 0)
                           for key in ("reports", "reported_total_kib", "migrated",
-                                      "compact_wakes")}
+                                      "compact_wakes", "kcompactd_cpu_us")
+                          if key in view}
         phases.append({
             "ram_end": ram[-1] if ram else None,
             "code_end": at_end[-1]["code"] if at_end else None,
@@ -427,12 +428,14 @@ def table(label, figures):
                 + f"; integrated over phases 1-6: {figures['total']['split_integral'] / GIB:.2f} "
                 f"GiB·s; footprint/held counting it: {t['footprint_with_split_over_held']:.3f}."]
     if all(p["mechanisms"] is not None for p in figures["phases"]):
-        out += ["", "| phase | reports | MiB reported | MiB migrated | kcompactd wakes |",
-                "|---|---|---|---|---|"]
+        out += ["", "| phase | reports | MiB reported | MiB migrated | kcompactd wakes | "
+                "kcompactd CPU ms |", "|---|---|---|---|---|---|"]
         for p in figures["phases"]:
             m = p["mechanisms"]
+            cpu = m.get("kcompactd_cpu_us")
             out.append(f"| {p['phase']} | {m['reports']} | {m['reported_total_kib'] / 1024:.0f} | "
-                       f"{m['migrated'] * 4096 / MIB:.0f} | {m['compact_wakes']} |")
+                       f"{m['migrated'] * 4096 / MIB:.0f} | {m['compact_wakes']} | "
+                       f"{'-' if cpu is None else f'{cpu / 1000:.0f}'} |")
     t = figures["targets"]
     def verdict(value, bar):
         return "met" if value is not None and value <= bar else "missed"

@@ -186,8 +186,9 @@ pub struct PassReport {
     pub huge_blocks_before: u64,
     pub huge_blocks_after: u64,
     /// Pageblocks the background task left because they were too full to empty cheaply
-    /// (`compaction.max_used_pct`).
+    /// (`compaction.max_used_pct`), and those it tried (cheap, not empty).
     pub too_full: u64,
+    pub cheap_blocks: u64,
 }
 
 fn huge_blocks(zone: &Zone) -> u64 {
@@ -261,10 +262,10 @@ fn in_larger_free_block(zone: &Zone, slot: usize) -> bool {
         && head + (1u32 << frame.order()) > start
 }
 
-/// Whether pageblock `slot` has more than `limit` pages in allocated or reserved blocks (a
+/// Pages of pageblock `slot` in allocated or reserved blocks, counted up to `limit + 1` (a
 /// glance without the zone's lock: a hint; a block whose head lies in an earlier pageblock is
-/// not counted). Stops counting past `limit`: a full block costs a third of a walk.
-fn more_used_than(zone: &Zone, slot: usize, limit: u64) -> bool {
+/// not counted). Stops past `limit`: a full block costs a third of a walk.
+fn used_pages_up_to(zone: &Zone, slot: usize, limit: u64) -> u64 {
     let (start, end) = zone.lock().pageblock_range(slot);
     let mut index = start;
     let mut used = 0;
@@ -285,7 +286,7 @@ fn more_used_than(zone: &Zone, slot: usize, limit: u64) -> bool {
         };
         index += step;
     }
-    used > limit
+    used
 }
 
 /// The migrate scanner: isolates up to [`CLUSTER`] user pages of pageblock `slot`, from frame
@@ -374,10 +375,16 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
             migrate_slot += 1;
             continue;
         }
-        if mode == Mode::SyncLight && more_used_than(zone, migrate_slot, max_used) {
-            report.too_full += 1;
-            migrate_slot += 1;
-            continue;
+        if mode == Mode::SyncLight {
+            match used_pages_up_to(zone, migrate_slot, max_used) {
+                0 => {}
+                used if used > max_used => {
+                    report.too_full += 1;
+                    migrate_slot += 1;
+                    continue;
+                }
+                _ => report.cheap_blocks += 1,
+            }
         }
         let mut from = 0;
         let mut isolated_any = false;
@@ -757,13 +764,14 @@ fn daemon() {
         let score_before = node_score();
         let mut migrated = 0;
         let mut made_blocks = false;
-        let mut too_full = 0;
+        let (mut too_full, mut cheap_blocks) = (0, 0);
         for zone in page_alloc::all_zones() {
             clear_skip_hints(zone);
             while !done_with(zone) && !under_pressure() {
                 let report = counted_pass(zone, Mode::SyncLight, None);
                 migrated += report.migrated;
                 too_full += report.too_full;
+                cheap_blocks += report.cheap_blocks;
                 if report.migrated == 0 || report.huge_blocks_after <= report.huge_blocks_before {
                     break;
                 }
@@ -776,10 +784,11 @@ fn daemon() {
             && (made_blocks || stranded_pages() < stranded_before || node_score() < score_before);
         if progress {
             BACKOFF_UNTIL_NS.store(0, Relaxed);
-        } else if migrated == 0 && too_full > 0 {
-            // The pieces lie in blocks still too full to empty cheaply: while a task frees in
-            // a random order they empty as it goes on. No back-off; look again once another
-            // `compaction.stranded_high_mib` is stranded (a pass walks every pageblock).
+        } else if migrated == 0 && cheap_blocks == 0 && too_full > 0 {
+            // Every piece lies in blocks still too full to empty cheaply (none cheap was tried
+            // and failed): while a task frees in a random order they empty as it goes on. No
+            // back-off; look again once another `compaction.stranded_high_mib` is stranded (a
+            // pass walks every pageblock).
             WAIT_FOR_STRANDED.store(
                 stranded_pages() + mib_to_pages(tunables::COMPACTION_STRANDED_HIGH_MIB.get()),
                 Relaxed,
