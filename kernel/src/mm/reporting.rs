@@ -11,8 +11,9 @@
 //! cannot be allocated while the host looks at them), reports them in one request, waits for
 //! the host's acknowledgement, and puts them back behind the boundary as reported. It never
 //! takes a zone below its high watermark, and after `reporting.budget` reports it starts a new
-//! pass later instead of going on. A second later it looks once more unasked (a sweep), so the
-//! tail of a burst of frees, too small to raise the trigger, does not stay with the host.
+//! pass later instead of going on. A second later it looks once more unasked (a sweep, repeated
+//! while sweeps find something), so the tail of a burst of frees, too small to raise the
+//! trigger, does not stay with the host.
 
 use super::buddy::{End, MAX_ORDER, MigrateType, ORDERS};
 use super::frame::FrameFlags;
@@ -177,11 +178,14 @@ fn worker() {
         } else {
             WAKE.wait_until(|| REQUESTED.load(Relaxed));
         }
-        // A requested pass is followed by one sweep; the sweep by nothing.
-        sweep = REQUESTED.load(Relaxed);
-        if sweep {
+        // A requested pass is followed by a sweep; a sweep by another only if it found
+        // something (the burst is still going on).
+        let requested = REQUESTED.load(Relaxed);
+        if requested {
             task::sleep(Duration::from_millis(tunables::REPORTING_DELAY_MS.get()));
         }
+        let reports_before = REPORTS.load(Relaxed);
+        sweep = false;
         // Active before the request is cleared: `is_idle` never sees a gap.
         ACTIVE.store(true, Relaxed);
         REQUESTED.store(false, Relaxed);
@@ -196,7 +200,10 @@ fn worker() {
         };
         PASSES.fetch_add(1, Relaxed);
         match run_pass(sink.as_mut()) {
-            Ok(PassEnd::Done) => *SINK.lock() = Some(sink),
+            Ok(PassEnd::Done) => {
+                *SINK.lock() = Some(sink);
+                sweep = requested || REPORTS.load(Relaxed) > reports_before;
+            }
             Ok(PassEnd::BudgetSpent) => {
                 *SINK.lock() = Some(sink);
                 request();
