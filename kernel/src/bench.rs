@@ -30,6 +30,7 @@ pub const RUNS: usize = 5;
 
 /// Names of the benchmarks `run` knows.
 pub const NAMES: &[&str] = &[
+    "boot",
     "alloc",
     "reporting",
     "compaction_overhead",
@@ -40,6 +41,16 @@ pub const NAMES: &[&str] = &[
 /// Runs benchmark `name`: `None` if there is no such benchmark, otherwise whether it ran to
 /// its end (a benchmark whose workload fails says why and fails the run).
 pub fn run(name: &str) -> Option<crate::ExitCode> {
+    if name == "boot" {
+        boot_benchmark();
+        return Some(crate::ExitCode::Success);
+    }
+    if !NAMES.contains(&name) {
+        return None;
+    }
+    // Benchmarks measure a settled kernel: every frame record written (and no pgdatinit
+    // sharing the CPU).
+    crate::mm::deferred_init::wait_until_done(core::time::Duration::from_secs(600));
     match name {
         "alloc" => alloc_benchmark(),
         "reporting" => reporting_benchmark(),
@@ -57,6 +68,46 @@ pub fn run(name: &str) -> Option<crate::ExitCode> {
         _ => return None,
     }
     Some(crate::ExitCode::Success)
+}
+
+/// `bench=boot`: how long boot took to reach the main thread (from the PVH entry), how much of
+/// the frame database it wrote on the way and what that cost, then when deferred
+/// initialisation finished (`mm::deferred_init`) and what the rest cost. One `BENCH` line:
+/// `tests/host/boot_bench.py` boots it several times per memory size and takes medians.
+fn boot_benchmark() {
+    let main_ns = crate::main_entered_ns();
+    let at_boot = crate::mm::deferred_init::stats();
+    let done = crate::mm::deferred_init::wait_until_done(core::time::Duration::from_secs(600));
+    let stats = crate::mm::deferred_init::stats();
+    let later_frames = stats.worker_frames + stats.on_demand_frames;
+    let later_ns = stats.worker_ns + stats.on_demand_ns;
+    let per_gib = crate::mm::deferred_init::per_gib_us;
+    report(
+        "boot",
+        &[
+            ("managed_mib", (page_alloc::managed_pages() >> 8) as f64),
+            (
+                "deferred_init",
+                crate::tunables::MM_DEFERRED_INIT.get() as f64,
+            ),
+            ("main_thread_ms", main_ns as f64 / 1e6),
+            ("boot_frames_mib", (at_boot.boot_frames >> 8) as f64),
+            ("boot_init_ms", at_boot.boot_ns as f64 / 1e6),
+            (
+                "boot_init_us_per_gib",
+                per_gib(at_boot.boot_ns, at_boot.boot_frames) as f64,
+            ),
+            ("deferred_mib", (at_boot.deferred_at_boot >> 8) as f64),
+            ("deferred_done", u8::from(done) as f64),
+            ("deferred_done_ms", stats.done_at_ns as f64 / 1e6),
+            ("deferred_work_ms", later_ns as f64 / 1e6),
+            (
+                "deferred_us_per_gib",
+                per_gib(later_ns, later_frames) as f64,
+            ),
+            ("on_demand_mib", (stats.on_demand_pages >> 8) as f64),
+        ],
+    );
 }
 
 /// Prints one machine-readable line: `BENCH {"name":...,...}` with the given numeric fields.
@@ -92,11 +143,12 @@ struct Ours;
 
 impl Frames for Ours {
     fn alloc(&mut self, order: u8) -> Option<u64> {
-        page_alloc::alloc(AllocRequest::new(order).kind(MigrateType::Movable))
-            .map(|pages| pages.pfn)
+        page_alloc::alloc(AllocRequest::new(order).kind(MigrateType::Movable)).map(Pages::into_raw)
     }
     fn free(&mut self, pfn: u64, order: u8) {
-        page_alloc::free(Pages { pfn, order }).expect("benchmark frees what it allocated");
+        // SAFETY: the sequences free exactly the blocks `alloc` gave them, each once.
+        let pages = unsafe { Pages::from_raw(pfn, order) };
+        page_alloc::free(pages).expect("benchmark frees what it allocated");
     }
 }
 
@@ -460,7 +512,7 @@ fn time_migrations(limit: usize) -> (u64, u64, u64) {
     use crate::mm::migrate;
     let mut candidates = Vec::with_capacity(limit);
     'zones: for zone in page_alloc::all_zones() {
-        for pfn in zone.start_pfn..zone.end_pfn {
+        for pfn in zone.start_pfn..zone.initialised_end_pfn() {
             let frame = zone.frame(pfn);
             if frame.state() == FrameState::Allocated && frame.owner() == Owner::UserAnon {
                 candidates.push(pfn);
@@ -495,12 +547,11 @@ fn time_migrations(limit: usize) -> (u64, u64, u64) {
                 ticks.push(spent);
                 total += spent;
             }
-            Err(_) => targets.push(target),
+            Err((_, target)) => targets.push(target),
         }
     }
-    for target in targets {
-        let _ = page_alloc::free(target);
-    }
+    // Targets not used go back.
+    drop(targets);
     let moved = ticks.len() as u64;
     if moved == 0 {
         return (0, 0, 0);

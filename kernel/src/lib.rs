@@ -37,7 +37,7 @@ pub use boot::{self, BootInfo};
 pub use qemu::ExitCode;
 
 use core::panic::PanicInfo;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// What boot measured, for the demo and the tests.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +48,12 @@ pub struct BootFacts {
 }
 
 static BOOT_FACTS: spin::Once<BootFacts> = spin::Once::new();
+static MAIN_ENTERED_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Nanoseconds from the PVH entry to the call of the binary's main function (boot's length).
+pub fn main_entered_ns() -> u64 {
+    MAIN_ENTERED_NS.load(Ordering::Relaxed)
+}
 static BOOT_INFO: spin::Once<&'static BootInfo> = spin::Once::new();
 
 /// What the boot protocol passed (memory map, command line), for code that is not `main`.
@@ -127,14 +133,18 @@ pub fn start(info: &'static BootInfo, main: fn(&'static BootInfo) -> ExitCode) -
     mm::heap::init();
     cmdline::init(info.cmdline_bytes(), info.cmdline_truncated);
     let memory = mm::page_alloc::init(info.memory_map(), image);
+    let deferred = mm::deferred_init::stats();
     log::info!(
-        "memory: {} MiB managed, frame database {} KiB at {:#x} ({} B per 4 KiB frame), set up in {} us ({} us per GiB)",
+        "memory: {} MiB managed, frame database {} KiB at {:#x} ({} B per 4 KiB frame), set up in {} us: {} MiB of frames initialised at boot in {} us ({} us per GiB), {} MiB deferred to pgdatinit",
         memory.managed_pages >> 8,
         memory.database_bytes >> 10,
         memory.database_phys,
         size_of::<mm::frame::Frame>(),
         memory.setup_ns / 1000,
-        memory.setup_ns / 1000 * 262_144 / memory.managed_pages.max(1)
+        memory.initialised_frames >> 8,
+        deferred.boot_ns / 1000,
+        mm::deferred_init::per_gib_us(deferred.boot_ns, deferred.boot_frames),
+        memory.deferred_pages >> 8,
     );
     let direct_mapped = mm::paging::init(info.memory_map());
     arch::memory_type::log_at_boot(info.memory_map());
@@ -161,6 +171,8 @@ pub fn start(info: &'static BootInfo, main: fn(&'static BootInfo) -> ExitCode) -
     let _ = drivers::balloon::init();
     mm::compaction::start();
     mm::ksm::start();
+    mm::deferred_init::start();
+    MAIN_ENTERED_NS.store(time::uptime_ns().unwrap_or(0), Ordering::Relaxed);
     let code = main(info);
     log::info!("main returned {code:?}: exiting");
     qemu::exit(code)

@@ -73,6 +73,21 @@ fn show_memory(info: &'static BootInfo) {
         "Direct map covers {} MiB of physical memory",
         facts.direct_mapped >> 20
     );
+    // The zones and the census below show every frame: let pgdatinit finish first.
+    let main_at = kernel::main_entered_ns();
+    kernel::mm::deferred_init::wait_until_done(Duration::from_secs(60));
+    let deferred = kernel::mm::deferred_init::stats();
+    let per_gib = kernel::mm::deferred_init::per_gib_us;
+    println!(
+        "Frame database: main thread {} ms after the PVH entry; {} MiB of records written at boot ({} us per GiB), {} MiB by pgdatinit after it ({} us per GiB of work, done at {} ms), {} MiB on demand",
+        main_at / 1_000_000,
+        deferred.boot_frames >> 8,
+        per_gib(deferred.boot_ns, deferred.boot_frames),
+        deferred.worker_frames >> 8,
+        per_gib(deferred.worker_ns, deferred.worker_frames),
+        deferred.done_at_ns / 1_000_000,
+        deferred.on_demand_frames >> 8,
+    );
     println!("Zones (managed, free and watermarks in pages):");
     let mut text = alloc::string::String::new();
     let _ = kernel::mm::page_alloc::write_zoneinfo(&mut text);

@@ -56,6 +56,11 @@ pub const NAMES: &[&str] = &[
 
 /// Runs the scenario `name`; `None` if there is no such scenario.
 pub fn run(name: &str) -> Option<ExitCode> {
+    if !NAMES.contains(&name) {
+        return None;
+    }
+    // Scenarios start from a settled kernel: every frame record written.
+    crate::mm::deferred_init::wait_until_done(core::time::Duration::from_secs(600));
     let outcome = match name {
         "reclaim" => reclaim(),
         "balloon" => follow_balloon(),

@@ -60,6 +60,22 @@ pub fn run_tests(tests: &[&'static dyn Testable]) -> ! {
         .filter(|test| skip.is_none_or(|text| !test.name().contains(text)))
         .collect();
     let skipped = tests.len() - selected.len();
+    // Tests start on initialised memory, with no background thread writing records (which
+    // would share the CPU with tests that time things), unless the kernel holds the worker to
+    // test deferred memory itself.
+    if !crate::mm::deferred_init::is_held() {
+        if !crate::mm::deferred_init::wait_until_done(core::time::Duration::from_secs(60)) {
+            log::warn!("deferred init not done after 60 s: tests start anyway");
+        }
+        // Its end asks free page reporting for a pass over the new memory: let it finish too,
+        // as the kernels' mains do for the first pass.
+        let start = crate::time::Instant::now();
+        while !crate::mm::reporting::is_idle()
+            && start.elapsed() < core::time::Duration::from_secs(10)
+        {
+            crate::task::sleep(core::time::Duration::from_millis(5));
+        }
+    }
     crate::println!("running {} tests ({skipped} filtered out)", selected.len());
 
     let (mut passed, mut failed) = (0, 0);

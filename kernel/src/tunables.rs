@@ -371,9 +371,21 @@ pub static SCENARIO_KSM_INTERLEAVE: Tunable = Tunable::new(
      between the pages that stay (compaction must move KSM pages for the host to see it)",
 );
 
+pub static MM_DEFERRED_INIT: Tunable = Tunable::new(
+    "mm.deferred_init",
+    1,
+    0,
+    1,
+    "1: boot initialises each zone's frame records only until it has 32 MiB free above its high \
+     watermark and the thread pgdatinit does the rest after boot (allocations that find a zone \
+     short initialise more at once); 0: all at boot, before the main thread (boot time grows \
+     with memory). Read once, at boot",
+);
+
 /// All tunables, for the command line and the console.
 pub static ALL: &[&Tunable] = &[
     &SCHED_TIMESLICE_MS,
+    &MM_DEFERRED_INIT,
     &TEST_TIME_LIMIT_S,
     &REPORTING_ENABLED,
     &REPORTING_MIN_ORDER,

@@ -160,11 +160,12 @@ fn a_ballooned_page_moves_with_the_host_told_and_the_balloon_never_shrinks() {
     assert_eq!(pages.len(), 300);
     let old = pages[pages.len() / 2];
     let new = page_alloc::alloc(AllocRequest::new(0)).expect("a page");
-    balloon::migrate_page(old, new).expect("moved");
+    let new_pfn = new.pfn();
+    assert!(balloon::migrate_page(old, new).is_ok(), "not moved");
     let after = balloon::stats();
     assert_eq!(after.actual_pages, before.actual_pages, "actual changed");
     let now = ballooned_single_pages();
-    assert!(now.contains(&new.pfn) && !now.contains(&old), "not swapped");
+    assert!(now.contains(&new_pfn) && !now.contains(&old), "not swapped");
     let old_frame = page_alloc::zone_of(old).expect("zone").frame(old);
     assert_ne!(
         old_frame.owner(),
@@ -175,9 +176,15 @@ fn a_ballooned_page_moves_with_the_host_told_and_the_balloon_never_shrinks() {
     // A page the balloon does not hold is refused, and the caller keeps its page.
     let stranger = page_alloc::alloc(AllocRequest::new(0)).expect("a page");
     let spare = page_alloc::alloc(AllocRequest::new(0)).expect("a page");
+    let spare_pfn = spare.pfn();
+    let Err((balloon::MoveError::NotMoved, spare)) = balloon::migrate_page(stranger.pfn(), spare)
+    else {
+        panic!("a page the balloon does not hold was moved");
+    };
     assert_eq!(
-        balloon::migrate_page(stranger.pfn, spare),
-        Err(balloon::MoveError::NotMoved)
+        spare.pfn(),
+        spare_pfn,
+        "the refused move handed the page back"
     );
     page_alloc::free(stranger).expect("freed");
     page_alloc::free(spare).expect("still the caller's");

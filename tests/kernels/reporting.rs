@@ -79,11 +79,10 @@ fn memory_the_host_was_told_about_reads_back_as_zero() {
         // SAFETY: our block, direct-mapped, `words` long.
         unsafe { base.add(word).write_volatile(0xabab_abab_abab_abab) };
     }
+    let pfn = block.pfn();
     page_alloc::free(block).expect("free");
     reporting::request();
-    let frame = page_alloc::zone_of(block.pfn)
-        .expect("zone")
-        .frame(block.pfn);
+    let frame = page_alloc::zone_of(pfn).expect("zone").frame(pfn);
     let start = Instant::now();
     while !(frame.state() == FrameState::Free && frame.flags().contains(FrameFlags::REPORTED)) {
         assert!(
@@ -109,14 +108,13 @@ fn memory_the_host_was_told_about_reads_back_as_zero() {
 #[test_case]
 fn allocation_takes_warm_unreported_blocks_before_reported_ones() {
     wait_for_worker();
-    let block = |pfn: u64, order: u8| Pages { pfn, order };
     // A 2 MiB block split from a 4 MiB one, so that its buddy is a free 2 MiB block; once
     // reported, every free 2 MiB block is reported.
     let request = AllocRequest::new(9).kind(MigrateType::Movable);
     let mut others = Vec::new();
     let half = loop {
         let candidate = page_alloc::alloc(request).expect("2 MiB block");
-        let buddy = candidate.pfn ^ 512;
+        let buddy = candidate.pfn() ^ 512;
         let frame = page_alloc::zone_of(buddy).expect("zone").frame(buddy);
         if frame.state() == FrameState::Free && frame.order() == 9 {
             break candidate;
@@ -130,7 +128,7 @@ fn allocation_takes_warm_unreported_blocks_before_reported_ones() {
     reporting::request();
     task::sleep(Duration::from_millis(100));
     wait_for_worker();
-    let buddy = half.pfn ^ 512;
+    let buddy = half.pfn() ^ 512;
     let buddy_frame = page_alloc::zone_of(buddy).expect("zone").frame(buddy);
     assert!(
         buddy_frame.state() == FrameState::Free
@@ -142,17 +140,17 @@ fn allocation_takes_warm_unreported_blocks_before_reported_ones() {
     set(&tunables::REPORTING_ENABLED, 0);
     reporting::refresh_triggers();
     let warm = page_alloc::alloc(AllocRequest::new(MAX_ORDER).kind(MigrateType::Movable))
-        .expect("4 MiB block");
-    page_alloc::free(warm).expect("free");
+        .expect("4 MiB block")
+        .pfn();
     // A 2 MiB request: the warm 4 MiB block is split rather than a reported 2 MiB block taken.
     let got =
         page_alloc::alloc(AllocRequest::new(9).kind(MigrateType::Movable)).expect("2 MiB block");
     assert!(
-        (warm.pfn..warm.pfn + 1024).contains(&got.pfn),
-        "got {got:?}, a reported block, while the warm block {warm:?} was free"
+        (warm..warm + 1024).contains(&got.pfn()),
+        "got {got:?}, a reported block, while the warm block at {warm:#x} was free"
     );
     page_alloc::free(got).expect("free");
-    page_alloc::free(block(half.pfn, 9)).expect("free");
+    page_alloc::free(half).expect("free");
     set(&tunables::REPORTING_ENABLED, 1);
     reporting::refresh_triggers();
     reporting::request();
@@ -177,11 +175,12 @@ fn the_tail_of_a_burst_of_frees_below_the_trigger_is_reported_a_moment_later() {
     task::sleep(Duration::from_millis(100));
     wait_for_worker();
     let reports = reporting::stats().reports;
-    for &block in &tail {
+    let tail_pfns: Vec<u64> = tail.iter().map(Pages::pfn).collect();
+    for block in tail {
         page_alloc::free(block).expect("free");
     }
     let start = Instant::now();
-    while !tail.iter().all(|block| is_reported(block.pfn)) {
+    while !tail_pfns.iter().all(|&pfn| is_reported(pfn)) {
         assert!(
             start.elapsed() < Duration::from_secs(3),
             "the tail of the burst was not reported within 3 s"
@@ -196,12 +195,12 @@ fn the_tail_of_a_burst_of_frees_below_the_trigger_is_reported_a_moment_later() {
     check();
 }
 
-fn signature(pages: Pages, page: u64) -> u64 {
-    (pages.pfn + page).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+fn signature(pages: &Pages, page: u64) -> u64 {
+    (pages.pfn() + page).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
 }
 
 /// Writes a signature into the first word of every page of the block.
-fn sign(pages: Pages) {
+fn sign(pages: &Pages) {
     for page in 0..pages.page_count() {
         let word = (pages.virt() + page * PAGE_SIZE) as *mut u64;
         // SAFETY: our block, direct-mapped.
@@ -210,7 +209,7 @@ fn sign(pages: Pages) {
 }
 
 /// A block handed out while the host could discard it would read back zero here.
-fn verify(pages: Pages) {
+fn verify(pages: &Pages) {
     for page in 0..pages.page_count() {
         let word = (pages.virt() + page * PAGE_SIZE) as *const u64;
         // SAFETY: our block, direct-mapped.
@@ -247,13 +246,13 @@ fn boundaries_hold_under_a_random_workload_with_the_worker_running() {
             let kind = MigrateType::ALLOCATABLE[rng.below(3) as usize];
             let request = AllocRequest::new(order).kind(kind).owner(Owner::Kernel);
             if let Some(pages) = page_alloc::alloc(request) {
-                sign(pages);
+                sign(&pages);
                 live_pages += pages.page_count();
                 live.push(pages);
             }
         } else if !live.is_empty() {
             let pages = live.swap_remove(rng.below(live.len() as u64) as usize);
-            verify(pages);
+            verify(&pages);
             live_pages -= pages.page_count();
             page_alloc::free(pages).expect("free");
         }
@@ -269,7 +268,7 @@ fn boundaries_hold_under_a_random_workload_with_the_worker_running() {
         }
     }
     for pages in live.drain(..) {
-        verify(pages);
+        verify(&pages);
         page_alloc::free(pages).expect("free");
     }
     reporting::request();
@@ -316,13 +315,12 @@ impl reporting::ReportSink for FailingSink {
 fn free_something_and_wait() -> bool {
     let block = page_alloc::alloc(AllocRequest::new(MAX_ORDER).kind(MigrateType::Movable))
         .expect("4 MiB block");
+    let pfn = block.pfn();
     page_alloc::free(block).expect("free");
     reporting::request();
     task::sleep(Duration::from_millis(100));
     wait_for_worker();
-    let frame = page_alloc::zone_of(block.pfn)
-        .expect("zone")
-        .frame(block.pfn);
+    let frame = page_alloc::zone_of(pfn).expect("zone").frame(pfn);
     frame.state() == FrameState::Free && frame.flags().contains(FrameFlags::REPORTED)
 }
 
@@ -400,27 +398,30 @@ fn reporting_turned_off_and_on_at_run_time_takes_effect_at_once() {
         // SAFETY: our block, direct-mapped, `words` long.
         unsafe { base.add(word).write_volatile(0xabab_abab_abab_abab) };
     }
-    for block in &blocks {
-        page_alloc::free(*block).expect("free");
-    }
+    // From here the test watches the freed blocks by their frame numbers.
+    let blocks: Vec<u64> = blocks
+        .into_iter()
+        .map(|block| {
+            let pfn = block.pfn();
+            page_alloc::free(block).expect("free");
+            pfn
+        })
+        .collect();
     task::sleep(Duration::from_millis(
         2 * tunables::REPORTING_DELAY_MS.get() + 100,
     ));
     wait_for_worker();
-    let off = blocks.iter().filter(|block| is_reported(block.pfn)).count();
+    let off = blocks.iter().filter(|block| is_reported(**block)).count();
     assert_eq!(off, 0, "{off} blocks reported while reporting was off");
     // On again: the memory freed meanwhile goes to the host without another free.
     let before = reporting::stats();
     console_set("1");
     let start = Instant::now();
-    while blocks.iter().any(|block| !is_reported(block.pfn)) {
+    while blocks.iter().any(|block| !is_reported(*block)) {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "{} of {} blocks freed while reporting was off were not reported within 10 s of turning it on",
-            blocks
-                .iter()
-                .filter(|block| !is_reported(block.pfn))
-                .count(),
+            blocks.iter().filter(|block| !is_reported(**block)).count(),
             blocks.len()
         );
         task::sleep(Duration::from_millis(5));

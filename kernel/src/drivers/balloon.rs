@@ -167,18 +167,23 @@ static TARGET_REFUSED: AtomicU64 = AtomicU64::new(0);
 static TRANSPORT: IrqMutex<Option<PciTransport>> = IrqMutex::new(None);
 /// Blocks in the balloon (allocated, owner Balloon), last inflated last.
 static BALLOON: IrqMutex<Vec<Pages>> = IrqMutex::with_class(Vec::new(), LockClass::Balloon);
-/// Blocks deflated on OOM, freed already, not yet told to the host (no allocation needed).
-static PENDING: IrqMutex<([Option<Pages>; PENDING_CAPACITY], usize)> =
-    IrqMutex::with_class(([None; PENDING_CAPACITY], 0), LockClass::Balloon);
+/// Blocks deflated on OOM, freed already, not yet told to the host (no allocation needed):
+/// (first pfn, pages), a record of freed memory, not a block anyone owns.
+static PENDING: IrqMutex<([(u64, u64); PENDING_CAPACITY], usize)> =
+    IrqMutex::with_class(([(0, 0); PENDING_CAPACITY], 0), LockClass::Balloon);
 
 /// A move of one ballooned page asked for by compaction (see [`migrate_page`]). The worker
 /// does it: it owns the queues.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum MoveSlot {
     Empty,
-    Asked { old: u64, new: Pages },
+    Asked {
+        old: u64,
+        new: Pages,
+    },
     Working,
-    Done(bool),
+    /// `Err` hands the new page back to the asker.
+    Done(Result<(), Pages>),
 }
 static MOVE: IrqMutex<MoveSlot> = IrqMutex::new(MoveSlot::Empty);
 static MOVE_BUSY: AtomicBool = AtomicBool::new(false);
@@ -293,18 +298,18 @@ pub enum MoveError {
 /// Moves the ballooned page `old` (an order-0 block of the balloon) to `new` (an allocated
 /// order-0 page), as Linux's balloon compaction does: the host is told that `new` is inflated
 /// before `old` is deflated, so the balloon's size never drops. On success `new` belongs to the
-/// balloon and `old` is freed; on failure nothing changed and `new` is still the caller's.
+/// balloon and `old` is freed; on failure nothing changed and `new` comes back.
 /// Blocks until the balloon worker has done it (it owns the queues): not for the worker itself,
 /// nor under a lock.
-pub fn migrate_page(old: u64, new: Pages) -> Result<(), MoveError> {
+pub fn migrate_page(old: u64, new: Pages) -> Result<(), (MoveError, Pages)> {
     if !PRESENT.load(Relaxed) || LOST.load(Relaxed) {
-        return Err(MoveError::NoDevice);
+        return Err((MoveError::NoDevice, new));
     }
-    if new.order != 0 {
-        return Err(MoveError::NotMoved);
+    if new.order() != 0 {
+        return Err((MoveError::NotMoved, new));
     }
     if MOVE_BUSY.swap(true, Relaxed) {
-        return Err(MoveError::Busy);
+        return Err((MoveError::Busy, new));
     }
     *MOVE.lock() = MoveSlot::Asked { old, new };
     kick_worker();
@@ -312,22 +317,15 @@ pub fn migrate_page(old: u64, new: Pages) -> Result<(), MoveError> {
     let outcome = loop {
         let _ = MOVE_DONE.wait_until_timeout(finished, Duration::from_secs(1));
         let mut slot = MOVE.lock();
-        match *slot {
-            MoveSlot::Done(moved) => {
-                *slot = MoveSlot::Empty;
-                break if moved {
-                    Ok(())
-                } else {
-                    Err(MoveError::NotMoved)
-                };
-            }
-            MoveSlot::Asked { .. } => {
+        match core::mem::replace(&mut *slot, MoveSlot::Empty) {
+            MoveSlot::Done(moved) => break moved.map_err(|new| (MoveError::NotMoved, new)),
+            MoveSlot::Asked { new, .. } => {
                 // Not started: take the request back (the worker will not see it).
-                *slot = MoveSlot::Empty;
-                break Err(MoveError::TimedOut);
+                break Err((MoveError::TimedOut, new));
             }
+            MoveSlot::Empty => {}
             // Started: its waits on the device are bounded by balloon.timeout_ms.
-            MoveSlot::Working | MoveSlot::Empty => {}
+            MoveSlot::Working => *slot = MoveSlot::Working,
         }
     };
     MOVE_BUSY.store(false, Relaxed);
@@ -765,9 +763,8 @@ impl BalloonWorker {
         };
         let pending = {
             let mut pending = PENDING.lock();
-            let (slots, len) = &mut *pending;
-            let untold = slots[..*len].iter_mut().filter_map(Option::take).count();
-            *len = 0;
+            let untold = pending.1;
+            pending.1 = 0;
             untold
         };
         let pages: u64 = blocks.iter().map(|block| block.page_count()).sum();
@@ -777,7 +774,12 @@ impl BalloonWorker {
             }
         }
         // Its own pages: the device was reset and no longer reads or writes them.
-        for page in [self.pfn_page, self.stats_page] {
+        let BalloonWorker {
+            pfn_page,
+            stats_page,
+            ..
+        } = self;
+        for page in [pfn_page, stats_page] {
             if let Err(error) = page_alloc::free(page) {
                 log::error!("virtio-balloon: freeing a buffer page: {error:?}");
             }
@@ -793,61 +795,63 @@ impl BalloonWorker {
     fn move_page(&mut self) {
         let (old, new) = {
             let mut slot = MOVE.lock();
-            let MoveSlot::Asked { old, new } = *slot else {
-                return;
-            };
-            *slot = MoveSlot::Working;
-            (old, new)
+            match core::mem::replace(&mut *slot, MoveSlot::Working) {
+                MoveSlot::Asked { old, new } => (old, new),
+                other => {
+                    *slot = other;
+                    return;
+                }
+            }
         };
         let moved = self.move_page_now(old, new);
-        if moved {
+        if moved.is_ok() {
             PAGES_MOVED.fetch_add(1, Relaxed);
         }
         *MOVE.lock() = MoveSlot::Done(moved);
         MOVE_DONE.wake_all();
     }
 
-    fn move_page_now(&mut self, old: u64, new: Pages) -> bool {
+    /// `Err` gives the new page back (nothing changed).
+    fn move_page_now(&mut self, old: u64, new: Pages) -> Result<(), Pages> {
         let in_balloon = |balloon: &Vec<Pages>| {
             balloon
                 .iter()
-                .position(|block| block.pfn == old && block.order == 0)
+                .position(|block| block.pfn() == old && block.order() == 0)
         };
         if in_balloon(&BALLOON.lock()).is_none() {
-            return false;
+            return Err(new);
         }
-        self.pfn_slots()[0] = new.pfn as u32;
-        if Self::send_pfns(&mut self.inflate, self.pfn_page, 1, "inflate").is_err() {
-            return false;
+        self.pfn_slots()[0] = new.pfn() as u32;
+        if Self::send_pfns(&mut self.inflate, &self.pfn_page, 1, "inflate").is_err() {
+            return Err(new);
         }
-        page_alloc::set_owner(new, Owner::Balloon);
-        let still_there = {
+        page_alloc::set_owner(new.pfn(), Owner::Balloon);
+        let replaced = {
             let mut balloon = BALLOON.lock();
             match in_balloon(&balloon) {
-                Some(at) => {
-                    balloon[at] = new;
-                    true
-                }
+                Some(at) => Some(core::mem::replace(&mut balloon[at], new)),
                 None => {
                     // Deflate-on-OOM took the old page meanwhile: the new one simply joins
                     // the balloon (the host has it already), and the move is done.
                     balloon.push(new);
                     ACTUAL.fetch_add(1, Relaxed);
-                    false
+                    None
                 }
             }
         };
-        if still_there {
-            self.pfn_slots()[0] = old as u32;
-            // A lost device resets: the old page is the guest's again either way.
-            let _ = Self::send_pfns(&mut self.deflate, self.pfn_page, 1, "deflate");
-            if let Err(error) = page_alloc::free(Pages { pfn: old, order: 0 }) {
-                log::error!("virtio-balloon: freeing a moved page: {error:?}");
+        match replaced {
+            Some(old_page) => {
+                self.pfn_slots()[0] = old as u32;
+                // A lost device resets: the old page is the guest's again either way. Freed
+                // only once the host was told it is deflated.
+                let _ = Self::send_pfns(&mut self.deflate, &self.pfn_page, 1, "deflate");
+                if let Err(error) = page_alloc::free(old_page) {
+                    log::error!("virtio-balloon: freeing a moved page: {error:?}");
+                }
             }
-        } else {
-            self.write_actual();
+            None => self.write_actual(),
         }
-        true
+        Ok(())
     }
 
     fn write_actual(&self) {
@@ -866,7 +870,7 @@ impl BalloonWorker {
     /// when the device is lost (reset: the pages named are the caller's again).
     fn send_pfns(
         queue: &mut Queue,
-        page: Pages,
+        page: &Pages,
         count: usize,
         what: &str,
     ) -> Result<(), DeviceLost> {
@@ -942,7 +946,7 @@ impl BalloonWorker {
                 let first = count;
                 let slots = self.pfn_slots();
                 for page in 0..block.page_count() {
-                    slots[first + page as usize] = (block.pfn + page) as u32;
+                    slots[first + page as usize] = (block.pfn() + page) as u32;
                 }
                 count += block.page_count() as usize;
                 blocks.push(block);
@@ -950,7 +954,7 @@ impl BalloonWorker {
             if count == 0 {
                 break;
             }
-            if Self::send_pfns(&mut self.inflate, self.pfn_page, count, "inflate").is_err() {
+            if Self::send_pfns(&mut self.inflate, &self.pfn_page, count, "inflate").is_err() {
                 // The reset device never took them: the guest's again.
                 for block in blocks {
                     if let Err(error) = page_alloc::free(block) {
@@ -1019,19 +1023,20 @@ impl BalloonWorker {
                                 balloon.push(low);
                                 block = high;
                             }
-                            Err(error)
-                                if block.page_count() as usize <= PFNS_PER_REQUEST - count =>
+                            Err((error, whole))
+                                if whole.page_count() as usize <= PFNS_PER_REQUEST - count =>
                             {
                                 log::error!(
-                                    "virtio-balloon: cannot split balloon block {block:?}: {error:?}; deflating it whole"
+                                    "virtio-balloon: cannot split balloon block {whole:?}: {error:?}; deflating it whole"
                                 );
+                                block = whole;
                                 break;
                             }
-                            Err(error) => {
+                            Err((error, whole)) => {
                                 log::error!(
-                                    "virtio-balloon: cannot split balloon block {block:?}: {error:?}; it waits for the next request"
+                                    "virtio-balloon: cannot split balloon block {whole:?}: {error:?}; it waits for the next request"
                                 );
-                                balloon.push(block);
+                                balloon.push(whole);
                                 break 'request;
                             }
                         }
@@ -1047,12 +1052,12 @@ impl BalloonWorker {
             let mut at = 0;
             for block in &blocks {
                 for page in 0..block.page_count() {
-                    slots[at] = (block.pfn + page) as u32;
+                    slots[at] = (block.pfn() + page) as u32;
                     at += 1;
                 }
             }
             // Lost or not, these pages leave the balloon (a reset device holds nothing).
-            let sent = Self::send_pfns(&mut self.deflate, self.pfn_page, count, "deflate");
+            let sent = Self::send_pfns(&mut self.deflate, &self.pfn_page, count, "deflate");
             for block in blocks {
                 if let Err(error) = page_alloc::free(block) {
                     log::error!("virtio-balloon: freeing a deflated block: {error:?}");
@@ -1072,21 +1077,21 @@ impl BalloonWorker {
 
     /// Tells the host about blocks deflated on OOM (already back in the allocator).
     fn tell_oom_deflations(&mut self) {
-        let blocks: Vec<Pages> = {
+        let blocks: Vec<(u64, u64)> = {
             let mut pending = PENDING.lock();
             let (slots, len) = &mut *pending;
-            let taken = slots[..*len].iter_mut().filter_map(Option::take).collect();
+            let taken = slots[..*len].to_vec();
             *len = 0;
             taken
         };
         // Every PFN goes to the host, in requests of at most one page of PFNs.
         let pfns: Vec<u32> = blocks
             .iter()
-            .flat_map(|block| (0..block.page_count()).map(move |page| (block.pfn + page) as u32))
+            .flat_map(|&(pfn, pages)| (pfn..pfn + pages).map(|pfn| pfn as u32))
             .collect();
         for chunk in pfns.chunks(PFNS_PER_REQUEST) {
             self.pfn_slots()[..chunk.len()].copy_from_slice(chunk);
-            if Self::send_pfns(&mut self.deflate, self.pfn_page, chunk.len(), "deflate").is_err() {
+            if Self::send_pfns(&mut self.deflate, &self.pfn_page, chunk.len(), "deflate").is_err() {
                 // Already back in the allocator; a reset device needs no telling.
                 return;
             }
@@ -1135,8 +1140,8 @@ impl BalloonWorker {
         entries.len() * 10
     }
 
-    fn stats_buffer(page: Pages, len: usize) -> &'static [u8] {
-        // SAFETY: the worker's page, which lives as long as the driver (never freed).
+    fn stats_buffer(page: &Pages, len: usize) -> &[u8] {
+        // SAFETY: the worker's own page of 4 KiB (`len` <= 4096), borrowed as long as `page`.
         unsafe { core::slice::from_raw_parts(page.virt() as *const u8, len) }
     }
 
@@ -1146,11 +1151,12 @@ impl BalloonWorker {
             return;
         }
         let len = self.fill_statistics();
-        let buffer = [Self::stats_buffer(self.stats_page, len)];
+        let buffer = [Self::stats_buffer(&self.stats_page, len)];
         let Some(queue) = self.stats.as_mut() else {
             return;
         };
-        // SAFETY: the buffer is the worker's page, valid until popped.
+        // SAFETY: the buffer is the worker's page, valid until popped (the worker frees it only
+        // in `shut_down`, after the device was reset).
         match unsafe { queue.ring.add(&buffer, &mut []) } {
             Ok(token) => {
                 self.stats_token = Some(token);
@@ -1175,7 +1181,7 @@ impl BalloonWorker {
             return;
         }
         let len = 100;
-        let buffer = [Self::stats_buffer(self.stats_page, len)];
+        let buffer = [Self::stats_buffer(&self.stats_page, len)];
         // SAFETY: the same buffer as queued.
         if let Err(error) = unsafe { queue.ring.pop_used(token, &buffer, &mut []) } {
             log::error!("virtio-balloon: statistics came back wrong: {error:?}");
@@ -1200,7 +1206,7 @@ pub fn deflate_on_oom(pages: u64) -> u64 {
         return 0;
     };
     let goal = pages.max(OOM_DEFLATE_PAGES);
-    let mut taken: [Option<Pages>; PENDING_CAPACITY] = [None; PENDING_CAPACITY];
+    let mut taken: [Option<Pages>; PENDING_CAPACITY] = [const { None }; PENDING_CAPACITY];
     let mut freed = 0;
     let mut count = 0;
     while freed < goal && pending.1 < PENDING_CAPACITY {
@@ -1208,11 +1214,11 @@ pub fn deflate_on_oom(pages: u64) -> u64 {
             break;
         };
         let slot = pending.1;
-        pending.0[slot] = Some(block);
+        pending.0[slot] = (block.pfn(), block.page_count());
         pending.1 += 1;
+        freed += block.page_count();
         taken[count] = Some(block);
         count += 1;
-        freed += block.page_count();
     }
     // Counted before the lock is dropped: under it, ACTUAL always matches the balloon.
     actual_sub(freed);

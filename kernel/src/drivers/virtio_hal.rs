@@ -41,14 +41,14 @@ unsafe impl Hal for KernelHal {
             panic!("virtio: no memory for {pages} DMA pages");
         };
         let virt = NonNull::new(block.virt() as *mut u8).expect("direct-map address");
-        (block.phys(), virt)
+        // virtio-drivers owns the region until `dma_dealloc`.
+        (block.into_raw() * PAGE_SIZE, virt)
     }
 
     unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
-        let block = Pages {
-            pfn: paddr / PAGE_SIZE,
-            order: order_for(pages),
-        };
+        // SAFETY: the trait's contract: `paddr` and `pages` are what `dma_alloc` returned,
+        // whose handle it gave up, and the region is no longer used by the driver or device.
+        let block = unsafe { Pages::from_raw(paddr / PAGE_SIZE, order_for(pages)) };
         match page_alloc::free(block) {
             Ok(()) => 0,
             Err(_) => -1,

@@ -5,7 +5,9 @@
 //! aligned, inside the zone, with consistent links, on exactly one list; list counts and the
 //! zone's free count match the lists; every frame of the zone is reserved, or covered by
 //! exactly one block (free, cached, isolated or allocated) whose other frames are all tails;
-//! every cached frame is in a per-CPU cache and vice versa.
+//! every cached frame is in a per-CPU cache and vice versa; and every managed page is free,
+//! cached, isolated, allocated or deferred (its record not yet initialised), exactly. Only the
+//! initialised records are walked (up to each zone's boundary: see `mm::deferred_init`).
 //!
 //! Reads only. It takes the allocator's locks so the picture is consistent, and allocates
 //! nothing while holding them (the heap may need pages, which would take the same locks): its
@@ -35,6 +37,10 @@ pub struct FrameCensus {
     /// User pages being moved by compaction whose mappings already went to the new frame (the
     /// mover frees them next).
     pub migrated_unmapped: u64,
+    /// Managed pages whose records are not initialised yet (deferred, free).
+    pub deferred: u64,
+    /// Records not initialised yet (deferred pages and the holes among them).
+    pub uninitialised: u64,
 }
 
 /// An inconsistency, described without allocating (formatted once the locks are released).
@@ -136,7 +142,9 @@ fn check_zone(
     census: &mut FrameCensus,
 ) -> Result<(), Problem> {
     let area = zone.lock();
-    let frames = area.frames();
+    // The boundary moves only under the zone's lock: this picture is consistent.
+    let frames = zone.frames();
+    let in_buddy_before = census.free + census.cached + census.isolated + census.allocated;
     let problem = |pfn: u64, what: &'static str, figures: [u64; 2]| Problem {
         zone: zone.kind,
         pfn,
@@ -353,5 +361,17 @@ fn check_zone(
             [cached_pfns.len() as u64, marked_cached],
         ));
     }
+    let in_buddy =
+        census.free + census.cached + census.isolated + census.allocated - in_buddy_before;
+    let deferred = zone.deferred_pages();
+    if in_buddy + deferred != zone.managed_pages {
+        return Err(problem(
+            0,
+            "managed pages are not the allocator's plus the deferred (allocator's + deferred, managed)",
+            [in_buddy + deferred, zone.managed_pages],
+        ));
+    }
+    census.deferred += deferred;
+    census.uninitialised += zone.end_pfn - zone.start_pfn - frames.len() as u64;
     Ok(())
 }

@@ -8,9 +8,10 @@
 //!
 //! A pass over a zone (Linux's shape): a migrate scanner climbs from the zone's start through
 //! movable pageblocks and isolates up to 32 user pages at a time; a free scanner descends from
-//! the zone's end and claims free blocks smaller than a pageblock (never whole free 2 MiB
-//! blocks: filling one to empty another gains nothing) from movable pageblocks as targets,
-//! unreported ones first (a reported target is memory the host must fault back in: counted as
+//! the zone's end (its initialised boundary while `mm::deferred_init` has records left to
+//! write) and claims free blocks smaller than a pageblock (never whole free 2 MiB blocks:
+//! filling one to empty another gains nothing) from movable pageblocks as targets, unreported
+//! ones first (a reported target is memory the host must fault back in: counted as
 //! `compact_reported_targets`). Each isolated page moves to a target; the pass ends when the
 //! scanners meet. Blocks isolated for reporting are never taken (only free heads on the lists
 //! are claimed), and claimed targets are off the lists, so reporting never sees them.
@@ -224,19 +225,13 @@ fn claim_targets(zone: &Zone, slot: usize, wanted: usize, targets: &mut Vec<Page
                 count(&counter::compact_free_scanned, 1);
                 let reported = frame.flags().contains(FrameFlags::REPORTED);
                 // Room for the whole block (the target list never grows under the lock).
-                if reported == take_reported && targets.len() + (1 << order) <= targets.capacity() {
-                    let pfn = area.pfn(index);
-                    if let Some((order, reported)) =
-                        area.claim_free_block(index, Owner::Kernel as u8)
-                    {
-                        if reported {
-                            count(&counter::compact_reported_targets, 1 << order);
-                        }
-                        targets.extend((0..1u64 << order).map(|page| Pages {
-                            pfn: pfn + page,
-                            order: 0,
-                        }));
-                    }
+                if reported == take_reported
+                    && targets.len() + (1 << order) <= targets.capacity()
+                    && let Some((order, reported)) =
+                        page_alloc::claim_free_block(&mut area, index, Owner::Kernel, targets)
+                    && reported
+                {
+                    count(&counter::compact_reported_targets, 1 << order);
                 }
                 index += 1 << order;
             } else if frame.state() == FrameState::Free {
@@ -356,7 +351,9 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
     let mut ballooned: Vec<u64> = Vec::with_capacity(CLUSTER);
     let move_balloon = mode != Mode::Async && crate::drivers::balloon::is_present();
     let mut targets: Vec<Pages> = Vec::with_capacity(CLUSTER + (1 << PAGEBLOCK_ORDER));
-    let mut free_slot = blocks;
+    // The free scanner starts at the initialised boundary (records beyond it are not written
+    // yet: see `mm::deferred_init`); memory initialised during the pass waits for the next one.
+    let mut free_slot = zone.initialised_pageblocks().min(blocks);
     let mut migrate_slot = 0;
     let mut since_yield = Instant::now();
     // The background task empties only blocks cheap to empty (`compaction.max_used_pct`).
@@ -419,14 +416,17 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
             {
                 let moved = match targets.pop() {
                     Some(target) => {
-                        let moved = if user {
-                            migrate::migrate_user_page(pfn, target).is_ok()
+                        let unused = if user {
+                            migrate::migrate_user_page(pfn, target)
+                                .err()
+                                .map(|(_, t)| t)
                         } else {
-                            crate::drivers::balloon::migrate_page(pfn, target).is_ok()
+                            crate::drivers::balloon::migrate_page(pfn, target)
+                                .err()
+                                .map(|(_, t)| t)
                         };
-                        if !moved {
-                            targets.push(target);
-                        }
+                        let moved = unused.is_none();
+                        targets.extend(unused);
                         moved
                     }
                     None => false,
@@ -471,11 +471,8 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
             since_yield = Instant::now();
         }
     }
-    for target in targets.drain(..) {
-        if let Err(error) = page_alloc::free(target) {
-            log::error!("compaction: returning a target page: {error:?}");
-        }
-    }
+    // Targets not used go back.
+    drop(targets);
     page_alloc::drain_per_cpu_caches();
     report.huge_blocks_after = huge_blocks(zone);
     if report.huge_blocks_after > report.huge_blocks_before {

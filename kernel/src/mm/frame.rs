@@ -121,8 +121,13 @@ const _: () = assert!(size_of::<Frame>() == 32);
 
 impl Frame {
     pub const fn reserved() -> Frame {
+        Frame::blank(FrameState::Reserved)
+    }
+
+    /// A fresh record in `state`: no links, counts, flags or owner's data.
+    pub const fn blank(state: FrameState) -> Frame {
         Frame {
-            state: AtomicU8::new(FrameState::Reserved as u8),
+            state: AtomicU8::new(state as u8),
             order: AtomicU8::new(0),
             list: AtomicU8::new(0),
             flags: AtomicU8::new(0),
@@ -266,12 +271,39 @@ impl Frame {
 /// # Safety
 /// `[phys, phys + count * 32)` must be RAM, direct-mapped, used by nothing else, now or later.
 pub unsafe fn build_database(phys: u64, count: usize) -> &'static [Frame] {
-    let records = super::phys_to_virt(phys) as *mut Frame;
-    for index in 0..count {
-        // SAFETY: the caller gives us this memory for good; each write is inside it and
-        // properly aligned (phys is page-aligned, records are 32 bytes).
-        unsafe { records.add(index).write(Frame::reserved()) };
-    }
-    // SAFETY: all `count` records were just initialised, and the memory is never freed.
+    // SAFETY: the caller's promise is exactly `database_at`'s.
+    let records = unsafe { database_at(phys, count) };
+    // SAFETY: the records were just handed to us and nobody else uses them yet.
+    unsafe { init_records(records, FrameState::Reserved) };
+    records
+}
+
+/// The records of `count` frames at physical `phys`, as they are: nothing is written, so a
+/// record holds whatever the memory held until [`init_records`] writes it (deferred
+/// initialisation: see `mm::deferred_init`). Every bit pattern is a valid `Frame` (all fields
+/// are atomic integers), so reading an unwritten record is meaningless but not undefined.
+///
+/// # Safety
+/// `[phys, phys + count * 32)` must be RAM, direct-mapped, used by nothing else, now or later.
+pub unsafe fn database_at(phys: u64, count: usize) -> &'static [Frame] {
+    let records = super::phys_to_virt(phys) as *const Frame;
+    // SAFETY: the caller gives us this memory for good; it is properly aligned (phys is
+    // page-aligned, records are 32 bytes) and any content is a valid `Frame`.
     unsafe { core::slice::from_raw_parts(records, count) }
+}
+
+/// Writes every record of `records` as a fresh record in `state` (links `NONE`, counts and
+/// flags zero), in bulk: one plain 32-byte store per record instead of ten atomic ones.
+///
+/// # Safety
+/// Nothing else may read or write these records while this runs (they lie beyond their zone's
+/// initialised boundary, or the database is being built).
+pub unsafe fn init_records(records: &[Frame], state: FrameState) {
+    let first = records.as_ptr() as *mut Frame;
+    for index in 0..records.len() {
+        // SAFETY: inside `records`, aligned; every field of a `Frame` is an atomic (interior
+        // mutability), so writing through a pointer derived from a shared reference is allowed,
+        // and the caller guarantees no concurrent access. `Frame` has no drop glue.
+        unsafe { first.add(index).write(Frame::blank(state)) };
+    }
 }

@@ -158,11 +158,12 @@ impl GrownHeap {
             }) else {
                 break;
             };
-            if super::paging::map_kernel_pages(start + mapped, block).is_err() {
-                let _ = page_alloc::free(block);
+            if super::paging::map_kernel_pages(start + mapped, &block).is_err() {
                 break;
             }
             mapped += block.bytes();
+            // The heap's range owns the block now: `unmap_and_free` gives it back.
+            block.into_raw();
         }
         if mapped < bytes {
             unmap_and_free(start, mapped);
@@ -296,10 +297,9 @@ fn unmap_and_free(start: u64, bytes: u64) {
         if head.state() != super::frame::FrameState::Allocated {
             return; // a tail of a block freed by its head
         }
-        let block = page_alloc::Pages {
-            pfn,
-            order: head.order(),
-        };
+        // SAFETY: the head of a block the heap mapped here and gave up its handle for (see
+        // `grow`); the range is unmapped now, so nothing else reaches or owns it.
+        let block = unsafe { page_alloc::Pages::from_raw(pfn, head.order()) };
         if let Err(error) = page_alloc::free(block) {
             log::error!("kernel heap: giving back block {pfn:#x}: {error:?}");
         }

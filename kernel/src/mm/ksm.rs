@@ -263,22 +263,20 @@ fn zero_page() -> Option<u64> {
         return Some(pfn);
     }
     let pages = page_alloc::alloc(AllocRequest::new(0).zeroed().owner(Owner::KsmShared))?;
-    if let Some(record) = frame(pages.pfn) {
+    // Kept for the kernel's life, by its frame number.
+    let pfn = pages.into_raw();
+    if let Some(record) = frame(pfn) {
         record.private.store(zero_checksum(), Relaxed);
     }
-    ZERO_PFN.store(pages.pfn, Relaxed);
-    Some(pages.pfn)
+    ZERO_PFN.store(pfn, Relaxed);
+    Some(pfn)
 }
 
 fn zero_checksum() -> u32 {
     *ZERO_CHECKSUM.call_once(|| {
         // Any zeroed page gives it; take one for a moment.
         match page_alloc::alloc(AllocRequest::new(0).zeroed()) {
-            Some(pages) => {
-                let sum = checksum(pages.pfn);
-                let _ = page_alloc::free(pages);
-                sum
-            }
+            Some(pages) => checksum(pages.pfn()),
             None => 0,
         }
     })
@@ -330,7 +328,10 @@ fn put_page(pfn: u64) {
     };
     if record.put() {
         page_freeing(pfn);
-        if let Err(error) = page_alloc::free(Pages { pfn, order: 0 }) {
+        // SAFETY: that was the last reference: no mapping and no other holder owns the page,
+        // so the reference this scanner held is the ownership of the page.
+        let page = unsafe { Pages::from_raw(pfn, 0) };
+        if let Err(error) = page_alloc::free(page) {
             log::error!("ksm: freeing {pfn:#x}: {error:?}");
         }
     }
@@ -451,7 +452,6 @@ pub fn measure_page_costs(rounds: u64) -> (u64, u64) {
         return (0, 0);
     };
     let Some(b) = page_alloc::alloc(AllocRequest::new(0)) else {
-        let _ = page_alloc::free(a);
         return (0, 0);
     };
     // SAFETY: two pages just allocated for this measurement, direct-mapped RAM.
@@ -462,18 +462,16 @@ pub fn measure_page_costs(rounds: u64) -> (u64, u64) {
     let started = Instant::now();
     let mut sink = 0u32;
     for _ in 0..rounds {
-        sink ^= checksum(a.pfn);
+        sink ^= checksum(a.pfn());
     }
     let checksum_ns = started.elapsed().as_nanos() as u64 / rounds.max(1);
     let started = Instant::now();
     let mut equal = 0;
     for _ in 0..rounds {
-        equal += u64::from(same_content(a.pfn, b.pfn));
+        equal += u64::from(same_content(a.pfn(), b.pfn()));
     }
     let compare_ns = started.elapsed().as_nanos() as u64 / rounds.max(1);
     log::debug!("ksm: measured ({sink:#x}, {equal})");
-    let _ = page_alloc::free(a);
-    let _ = page_alloc::free(b);
     (checksum_ns, compare_ns)
 }
 
@@ -698,13 +696,7 @@ fn merge(
             return Err(MergeError::Differs);
         }
         if target_new {
-            page_alloc::set_owner(
-                Pages {
-                    pfn: target,
-                    order: 0,
-                },
-                Owner::KsmShared,
-            );
+            page_alloc::set_owner(target, Owner::KsmShared);
             target_record.private.store(key, Relaxed);
         }
         for &mapping in &page_maps {

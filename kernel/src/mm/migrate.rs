@@ -46,14 +46,27 @@ pub enum MigrateError {
 
 /// Moves the user page `pfn` into `target`. The caller holds a reference to `pfn` (step 1 of
 /// the protocol) and keeps it; `target` is a freshly allocated order-0 page with one reference.
-/// On success `target` holds the page; on failure the caller still owns `target`.
-pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), MigrateError> {
-    if target.order != 0 {
-        return Err(MigrateError::BadTarget);
+/// On success `target` holds the page, owned by its mappings; on failure the target comes back.
+pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), (MigrateError, Pages)> {
+    if target.order() != 0 {
+        return Err((MigrateError::BadTarget, target));
     }
-    if let Some(mapping) = rmap::single_mapping(pfn) {
-        return migrate_single(pfn, target, mapping);
+    let moved = match rmap::single_mapping(pfn) {
+        Some(mapping) => migrate_single(pfn, &target, mapping),
+        None => migrate_mapped_often(pfn, &target),
+    };
+    match moved {
+        Ok(()) => {
+            // The mappings own the new frame now (the reverse map records them).
+            target.into_raw();
+            Ok(())
+        }
+        Err(error) => Err((error, target)),
     }
+}
+
+/// A page mapped more than once: every mapping space locked, in id order.
+fn migrate_mapped_often(pfn: u64, target: &Pages) -> Result<(), MigrateError> {
     let mut mappings = rmap::mappings(pfn);
     if mappings.is_empty() {
         return Err(MigrateError::Unmapped);
@@ -112,13 +125,13 @@ pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), MigrateError> {
                 .find(|guard| guard.id() == space)
                 .ok_or(MigrateError::Changed)?;
             // Checked above under the same locks: it still maps `pfn`.
-            let replaced = guard.replace_page(address, pfn, target.pfn);
+            let replaced = guard.replace_page(address, pfn, target.pfn());
             debug_assert!(replaced);
         }
-        page_alloc::set_owner(target, owner);
-        rmap::move_mappings(pfn, target.pfn);
+        page_alloc::set_owner(target.pfn(), owner);
+        rmap::move_mappings(pfn, target.pfn());
         if ksm_page {
-            super::ksm::page_moved(pfn, target.pfn);
+            super::ksm::page_moved(pfn, target.pfn());
         }
         Ok(())
     })();
@@ -131,7 +144,7 @@ pub fn migrate_user_page(pfn: u64, target: Pages) -> Result<(), MigrateError> {
 }
 
 /// The common case, a page mapped once: the same steps with one space and nothing allocated.
-fn migrate_single(pfn: u64, target: Pages, mapping: Mapping) -> Result<(), MigrateError> {
+fn migrate_single(pfn: u64, target: &Pages, mapping: Mapping) -> Result<(), MigrateError> {
     let shared = space::find_space(mapping.space).ok_or(MigrateError::Changed)?;
     let mut guard = shared.lock();
     if rmap::single_mapping(pfn) != Some(mapping) {
@@ -147,17 +160,17 @@ fn migrate_single(pfn: u64, target: Pages, mapping: Mapping) -> Result<(), Migra
         return Err(MigrateError::Changed);
     }
     copy_page(pfn, target);
-    if !guard.replace_page(mapping.address, pfn, target.pfn) {
+    if !guard.replace_page(mapping.address, pfn, target.pfn()) {
         return Err(MigrateError::Changed);
     }
-    page_alloc::set_owner(target, record.owner());
-    rmap::move_mappings(pfn, target.pfn);
+    page_alloc::set_owner(target.pfn(), record.owner());
+    rmap::move_mappings(pfn, target.pfn());
     drop(guard);
     Ok(())
 }
 
 /// Copies the page `pfn` into `target`.
-fn copy_page(pfn: u64, target: Pages) {
+fn copy_page(pfn: u64, target: &Pages) {
     // SAFETY: the caller holds the lock of every space mapping `pfn` (nobody can write it
     // while we copy) and owns `target`; both are direct-mapped RAM of 4 KiB.
     unsafe {
@@ -200,7 +213,10 @@ pub fn release_user_page(pfn: u64) {
         // A KSM page whose mappings all went meanwhile leaves the stable tree first (after a
         // move the tree already names the new frame: nothing to do).
         super::ksm::page_freeing(pfn);
-        if let Err(error) = page_alloc::free(Pages { pfn, order: 0 }) {
+        // SAFETY: that was the last reference: the page has no mapping left (they moved to
+        // the new frame, or went meanwhile) and no other holder, so the mover owns it.
+        let page = unsafe { Pages::from_raw(pfn, 0) };
+        if let Err(error) = page_alloc::free(page) {
             log::error!("migration: freeing the old frame {pfn:#x}: {error:?}");
         }
     }

@@ -5,6 +5,7 @@ pub mod boot_memory;
 pub mod buddy;
 pub mod checker;
 pub mod compaction;
+pub mod deferred_init;
 pub mod fault;
 pub mod frame;
 pub mod heap;

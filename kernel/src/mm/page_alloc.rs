@@ -5,8 +5,8 @@
 //! Owns the zone set and the per-CPU caches. Mechanisms (the heap, page tables, user spaces,
 //! reporting, compaction, KSM) allocate and free only through these functions.
 
-use super::buddy::{MAX_ORDER, MigrateType};
-use super::frame::{self, FrameState, Owner};
+use super::buddy::{FreeArea, MAX_ORDER, MigrateType};
+use super::frame::{self, FrameIndex, FrameState, Owner};
 use super::zone::{Watermarks, Zone};
 use super::zones::{self, ZoneKind};
 use super::{PAGE_SIZE, phys_to_virt};
@@ -106,26 +106,86 @@ impl AllocRequest {
     }
 }
 
-/// An allocated block: `2^order` pages from `pfn`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An allocated block, `2^order` pages from `pfn`, and the right to free it.
+///
+/// The handle owns the block: it is neither `Copy` nor `Clone`, so two owners of one block
+/// cannot arise by accident, and dropping it frees the block (through [`free`], which refuses
+/// and logs a block that is not allocated with this order, so nothing is corrupted even then).
+/// An owner that keeps the block by its frame number instead (a page-table entry, the balloon's
+/// pfn array, the reverse map) gives the handle up with [`Pages::into_raw`] and gets it back
+/// with [`Pages::from_raw`] when it frees or hands the block on: that pair is the one place
+/// where ownership passes through a plain number, and `from_raw` is `unsafe` so every such
+/// place says why it owns the block.
+#[must_use = "dropping a block frees it; keep it, or give it up with `into_raw`"]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Pages {
-    pub pfn: u64,
-    pub order: u8,
+    pfn: u64,
+    order: u8,
 }
 
 impl Pages {
-    pub fn phys(self) -> u64 {
+    /// Takes back the ownership of a block given up with [`Pages::into_raw`].
+    ///
+    /// # Safety
+    /// The caller owns the allocated block of `2^order` pages at `pfn`: it was given up with
+    /// `into_raw` (or is a page the caller's mappings own, a user page whose last mapping the
+    /// caller just removed), and no other `Pages` for it exists nor will be made. Breaking this
+    /// cannot corrupt the allocator ([`free`] refuses a block that is not allocated), but the
+    /// other owner would go on using memory that is free or reused.
+    pub unsafe fn from_raw(pfn: u64, order: u8) -> Pages {
+        Pages { pfn, order }
+    }
+
+    /// Gives up the handle without freeing the block: the caller now keeps it by its frame
+    /// number (and knows its order) and must free it through [`Pages::from_raw`].
+    pub fn into_raw(self) -> u64 {
+        let pfn = self.pfn;
+        core::mem::forget(self);
+        pfn
+    }
+
+    pub fn pfn(&self) -> u64 {
+        self.pfn
+    }
+    pub fn order(&self) -> u8 {
+        self.order
+    }
+    pub fn phys(&self) -> u64 {
         self.pfn * PAGE_SIZE
     }
     /// Its address in the direct map.
-    pub fn virt(self) -> u64 {
+    pub fn virt(&self) -> u64 {
         phys_to_virt(self.phys())
     }
-    pub fn bytes(self) -> u64 {
+    pub fn bytes(&self) -> u64 {
         PAGE_SIZE << self.order
     }
-    pub fn page_count(self) -> u64 {
+    pub fn page_count(&self) -> u64 {
         1 << self.order
+    }
+}
+
+/// A compile-time test that `Pages` is neither `Copy` nor `Clone`: were it either, one of
+/// these item lookups would match two impls and the kernel would not build.
+const _: () = {
+    trait AmbiguousIfCopy<Marker> {
+        const CHECK: () = ();
+    }
+    impl<T: ?Sized> AmbiguousIfCopy<()> for T {}
+    impl<T: Copy> AmbiguousIfCopy<u8> for T {}
+    trait AmbiguousIfClone<Marker> {
+        const CHECK: () = ();
+    }
+    impl<T: ?Sized> AmbiguousIfClone<()> for T {}
+    impl<T: Clone> AmbiguousIfClone<u8> for T {}
+    let () = <Pages as AmbiguousIfCopy<_>>::CHECK;
+    let () = <Pages as AmbiguousIfClone<_>>::CHECK;
+};
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        // `free` logs a refusal; a handle has nothing more to do with its block either way.
+        let _ = free_block(self.pfn, self.order);
     }
 }
 
@@ -177,9 +237,13 @@ pub fn is_initialised() -> bool {
     ZONES.get().is_some()
 }
 
-/// The zone holding `pfn`.
+/// The zone holding `pfn`, if its record is initialised (a frame beyond a zone's initialised
+/// boundary has no record yet: nothing can have been allocated there).
 pub fn zone_of(pfn: u64) -> Option<&'static Zone> {
-    zones().iter().find(|zone| zone.contains(pfn))
+    zones()
+        .iter()
+        .find(|zone| zone.contains(pfn))
+        .filter(|zone| zone.has_record(pfn))
 }
 
 /// What boot set up, for the log and the demo.
@@ -188,6 +252,10 @@ pub struct InitReport {
     pub database_bytes: u64,
     pub database_phys: u64,
     pub managed_pages: u64,
+    /// Records written at boot (the rest are deferred: see `mm::deferred_init`).
+    pub initialised_frames: u64,
+    /// Managed pages left for later.
+    pub deferred_pages: u64,
     pub setup_ns: u64,
 }
 
@@ -215,7 +283,9 @@ pub fn subtract(ranges: &[(u64, u64)], holes: &[(u64, u64)]) -> Vec<(u64, u64)> 
 }
 
 /// Builds the zones from the memory map: reserves low memory, the kernel image and the frame
-/// database itself, and gives everything else to the buddy allocator.
+/// database itself, and gives everything else to the buddy allocator: at once what each zone
+/// needs to run on, the rest as `mm::deferred_init` initialises it (all of it at once with
+/// `mm.deferred_init=0`).
 pub fn init(map: &[MemoryRegion], kernel_image: AddrRange) -> InitReport {
     let started = crate::time::Instant::now();
     let spans = zones::zone_spans(map);
@@ -246,53 +316,43 @@ pub fn init(map: &[MemoryRegion], kernel_image: AddrRange) -> InitReport {
         .expect("no free RAM range below 4 GiB can hold the page-frame database");
     reserved.push((database_phys, database_phys + database_bytes));
     let free_ranges = subtract(&ram, &reserved);
+    let free_pfns: Vec<(u64, u64)> = free_ranges
+        .iter()
+        .map(|&(start, end)| (start / PAGE_SIZE, end / PAGE_SIZE))
+        .collect();
 
+    // The zones and their records: only the database's place is decided here; its records
+    // are written chunk by chunk (see `deferred_init`), most of them after boot.
     let mut zone_list = Vec::new();
     let mut offset = database_phys;
     for span in &spans {
         let count = (span.end_pfn - span.start_pfn) as usize;
         // SAFETY: [database_phys, +database_bytes) is RAM, below 4 GiB (direct-mapped), and was
         // just reserved: no free list will ever hand it out. Zones take disjoint slices of it.
-        let records = unsafe { frame::build_database(offset, count) };
+        let records = unsafe { frame::database_at(offset, count) };
         offset += count as u64 * size_of::<frame::Frame>() as u64;
         let mut zone = Zone::new(span.kind, span.start_pfn, span.present_pages, records);
-        let (zone_start, zone_end) = (span.start_pfn * PAGE_SIZE, span.end_pfn * PAGE_SIZE);
-        let mut managed = 0;
-        {
-            let mut area = zone.lock();
-            for &(start, end) in &free_ranges {
-                let (start, end) = (
-                    start.max(zone_start) / PAGE_SIZE,
-                    end.min(zone_end) / PAGE_SIZE,
-                );
-                let mut pfn = start;
-                while pfn < end {
-                    // The largest naturally aligned block that starts at pfn and fits.
-                    let mut order = (pfn.trailing_zeros() as u8).min(MAX_ORDER);
-                    while pfn + (1 << order) > end {
-                        order -= 1;
-                    }
-                    let index = (pfn - span.start_pfn) as u32;
-                    for tail in 1..(1u32 << order) {
-                        area.frame(index + tail).set_state(FrameState::Tail);
-                    }
-                    area.add_initial_block(index, order);
-                    managed += 1 << order;
-                    pfn += 1 << order;
-                }
-            }
-        }
-        zone.managed_pages = managed;
+        zone.managed_pages =
+            super::deferred_init::managed_pages_in(span.start_pfn, span.end_pfn, &free_pfns);
+        zone.set_deferred_pages(zone.managed_pages);
         zone_list.push(zone);
     }
     set_watermarks(&mut zone_list);
     let managed_pages = zone_list.iter().map(|zone| zone.managed_pages).sum();
     ZONES.call_once(|| ZoneSet { zones: zone_list });
+    super::deferred_init::set_free_ranges(free_pfns);
+    let everything = crate::tunables::MM_DEFERRED_INIT.get() == 0;
+    let initialised_frames = zones()
+        .iter()
+        .map(|zone| super::deferred_init::init_at_boot(zone, everything))
+        .sum();
     BOOT_FREE_PAGES.store(free_pages(), Relaxed);
     InitReport {
         database_bytes,
         database_phys,
         managed_pages,
+        initialised_frames,
+        deferred_pages: super::deferred_init::deferred_pages(),
         setup_ns: started.elapsed().as_nanos() as u64,
     }
 }
@@ -507,6 +567,19 @@ fn alloc_from_zone(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
     Some(area.pfn(index))
 }
 
+/// [`alloc_from_zone`], but a zone short of memory that still has deferred memory initialises
+/// more of it first (Linux's `deferred_grow_zone`), before a lower zone is tried.
+fn alloc_from_zone_or_grow(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
+    loop {
+        if let Some(pfn) = alloc_from_zone(zone, request) {
+            return Some(pfn);
+        }
+        if !super::deferred_init::grow_zone(zone, request.order, watermark(zone, request)) {
+            return None;
+        }
+    }
+}
+
 /// Allocates `2^order` contiguous pages, or `None` when no allowed zone can give them without
 /// going below its watermark.
 pub fn alloc(request: AllocRequest) -> Option<Pages> {
@@ -519,7 +592,7 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
         return None;
     }
     let found = candidate_zones(request.limit)
-        .find_map(|zone| Some((zone, alloc_from_zone(zone, &request)?)));
+        .find_map(|zone| Some((zone, alloc_from_zone_or_grow(zone, &request)?)));
     let found = found.or_else(|| {
         // Pages sitting in per-CPU caches may complete a larger block: drain and retry once.
         if request.order > 0 && drain_per_cpu_caches() > 0 {
@@ -565,24 +638,54 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
     Some(pages)
 }
 
-/// Gives an allocated block a new owner (a compaction target becoming a user page).
-pub fn set_owner(pages: Pages, owner: Owner) {
-    if let Some(zone) = zone_of(pages.pfn) {
-        let head = zone.frame(pages.pfn);
+/// Takes the free block whose head is `index` in a locked zone as allocated order-0 pages of
+/// `owner` (compaction's targets: the free scanner takes free memory where it finds it),
+/// appended to `into` (the caller made room: nothing is allocated under the zone's lock).
+/// Returns the block's order and whether it had been reported, or `None` if `index` is not
+/// the head of a free block.
+pub fn claim_free_block(
+    area: &mut FreeArea,
+    index: FrameIndex,
+    owner: Owner,
+    into: &mut Vec<Pages>,
+) -> Option<(u8, bool)> {
+    let pfn = area.pfn(index);
+    let (order, reported) = area.claim_free_block(index, owner as u8)?;
+    debug_assert!(into.capacity() - into.len() >= 1 << order);
+    // Each page is now an allocated order-0 block of its own, with one handle each.
+    into.extend((0..1u64 << order).map(|page| Pages {
+        pfn: pfn + page,
+        order: 0,
+    }));
+    Some((order, reported))
+}
+
+/// Labels the allocated block at `pfn` with a new owner (a compaction target becoming a user
+/// page, a user page becoming a KSM page): the label only, not the right to free it.
+pub fn set_owner(pfn: u64, owner: Owner) {
+    if let Some(zone) = zone_of(pfn) {
+        let head = zone.frame(pfn);
         debug_assert_eq!(head.state(), FrameState::Allocated);
         head.set_list(owner as u8);
     }
 }
 
-/// Frees a block allocated by [`alloc`] with the same order. A double free, a free of a
-/// reserved frame or of the wrong order is refused with a logged error; nothing changes.
+/// Frees a block allocated by [`alloc`] (dropping the handle does the same, without the
+/// result). A block that is not allocated with this order (a double free through a wrong
+/// [`Pages::from_raw`], a reserved frame) is refused with a logged error; nothing changes.
 pub fn free(pages: Pages) -> Result<(), FreeError> {
+    let (pfn, order) = (pages.pfn, pages.order);
+    core::mem::forget(pages);
+    free_block(pfn, order)
+}
+
+fn free_block(pfn: u64, order: u8) -> Result<(), FreeError> {
     // One atomic transition claims the block (a double free racing this one is refused), and
     // interrupts stay off until it is on a list, so this CPU never shows it in transit.
     let result = x86_64::instructions::interrupts::without_interrupts(|| {
-        let zone = zone_of(pages.pfn).ok_or(FreeError::NoSuchFrame)?;
-        let head = zone.frame(pages.pfn);
-        head.begin_free(pages.order).map_err(|state| match state {
+        let zone = zone_of(pfn).ok_or(FreeError::NoSuchFrame)?;
+        let head = zone.frame(pfn);
+        head.begin_free(order).map_err(|state| match state {
             FrameState::Allocated => FreeError::WrongOrder {
                 allocated: head.order(),
             },
@@ -591,24 +694,20 @@ pub fn free(pages: Pages) -> Result<(), FreeError> {
         head.refcount.store(0, Relaxed);
         head.mapcount.store(0, Relaxed);
         head.rmap.store(0, Relaxed);
-        if pages.order == 0 {
+        if order == 0 {
             // The pageblock's type decides the list (as Linux), not the type it was allocated
             // as.
-            free_order0_cached(zone, pages.pfn, zone.pageblock_type(pages.pfn));
+            free_order0_cached(zone, pfn, zone.pageblock_type(pfn));
         } else {
-            free_to_zone(zone, pages.pfn, pages.order);
+            free_to_zone(zone, pfn, order);
         }
         Ok(())
     });
-    if result.is_ok() {
-        super::compaction::note_freed(pages.page_count());
-    }
-    if let Err(error) = result {
-        log::error!(
-            "page allocator: refused to free pfn {:#x} order {}: {error:?}",
-            pages.pfn,
-            pages.order
-        );
+    match result {
+        Ok(()) => super::compaction::note_freed(1 << order),
+        Err(error) => {
+            log::error!("page allocator: refused to free pfn {pfn:#x} order {order}: {error:?}")
+        }
     }
     result
 }
@@ -628,40 +727,49 @@ pub enum SplitError {
 /// allocated block of one order less with the block's owner and a reference count of 1; the
 /// caller frees each half on its own. Nothing else changes: allocated pages per owner stay
 /// the same and the frame-state checker sees two allocated blocks (the balloon deflates part
-/// of a 2 MiB block this way). Refused with nothing changed otherwise.
-pub fn split_allocated(pages: Pages) -> Result<[Pages; 2], SplitError> {
-    check_allocated(pages).map_err(SplitError::NotAllocated)?;
-    if pages.order == 0 {
-        return Err(SplitError::OrderZero);
+/// of a 2 MiB block this way). Refused with nothing changed otherwise, the block handed back.
+pub fn split_allocated(pages: Pages) -> Result<[Pages; 2], (SplitError, Pages)> {
+    if let Err(error) = check_allocated(&pages) {
+        return Err((SplitError::NotAllocated(error), pages));
     }
-    let zone = zone_of(pages.pfn).ok_or(SplitError::NotAllocated(FreeError::NoSuchFrame))?;
+    if pages.order == 0 {
+        return Err((SplitError::OrderZero, pages));
+    }
+    let Some(zone) = zone_of(pages.pfn) else {
+        return Err((SplitError::NotAllocated(FreeError::NoSuchFrame), pages));
+    };
     let head = zone.frame(pages.pfn);
     if head.mapcount.load(Relaxed) != 0 {
-        return Err(SplitError::Mapped);
+        return Err((SplitError::Mapped, pages));
     }
     let half = pages.order - 1;
-    let low = Pages {
-        pfn: pages.pfn,
-        order: half,
-    };
-    let high = Pages {
-        pfn: pages.pfn + (1 << half),
-        order: half,
-    };
+    let pfn = pages.into_raw();
+    let (low, high) = (pfn, pfn + (1 << half));
     // Under the zone's lock, which the checker holds while it walks the frames: it sees the
     // block whole or split, never half split. The upper half's head was a tail until now.
-    let _area = zone.lock();
-    let upper = zone.frame(high.pfn);
+    let area = zone.lock();
+    let upper = zone.frame(high);
     upper.make_head(FrameState::Allocated, half, head.list());
     upper.refcount.store(1, Relaxed);
     upper.mapcount.store(0, Relaxed);
     upper.rmap.store(0, Relaxed);
     head.set_order(half);
-    Ok([low, high])
+    drop(area);
+    // The one handle became two, each owning its half.
+    Ok([
+        Pages {
+            pfn: low,
+            order: half,
+        },
+        Pages {
+            pfn: high,
+            order: half,
+        },
+    ])
 }
 
 /// Whether `pages` names the head of an allocated block of that order (what [`free`] accepts).
-fn check_allocated(pages: Pages) -> Result<(), FreeError> {
+fn check_allocated(pages: &Pages) -> Result<(), FreeError> {
     let zone = zone_of(pages.pfn).ok_or(FreeError::NoSuchFrame)?;
     let head = zone.frame(pages.pfn);
     match head.state() {
@@ -682,11 +790,13 @@ fn free_to_zone(zone: &Zone, pfn: u64, order: u8) {
 
 // ---- Statistics ----------------------------------------------------------------------------
 
-/// Free pages on all buddy lists plus the per-CPU caches.
+/// Free pages on all buddy lists plus the per-CPU caches plus the deferred ones (free memory
+/// whose records are not initialised yet: an allocation that needs it initialises it). The sum
+/// does not move while deferred memory is initialised.
 pub fn free_pages() -> u64 {
     zones()
         .iter()
-        .map(|zone| zone.free_pages() + cached_pages(zone))
+        .map(|zone| zone.free_pages() + cached_pages(zone) + zone.deferred_pages())
         .sum()
 }
 
@@ -734,18 +844,32 @@ pub fn write_buddyinfo(out: &mut dyn core::fmt::Write) -> core::fmt::Result {
 pub fn write_zoneinfo(out: &mut dyn core::fmt::Write) -> core::fmt::Result {
     writeln!(
         out,
-        "{:<7} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>6} {:>9} {:>8}",
-        "zone", "start_pfn", "present", "managed", "free", "min", "low", "high", "pcp", "stolen"
+        "{:<7} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>6} {:>9} {:>8} {:>9}",
+        "zone",
+        "start_pfn",
+        "present",
+        "managed",
+        "free",
+        "min",
+        "low",
+        "high",
+        "pcp",
+        "stolen",
+        "deferred"
     )?;
     for zone in zones() {
-        let (free, stolen) = {
+        let (free, stolen, deferred) = {
             let area = zone.lock();
-            (area.free_pages, area.counters.pageblocks_stolen)
+            (
+                area.free_pages,
+                area.counters.pageblocks_stolen,
+                zone.deferred_pages(),
+            )
         };
         let mark = zone.watermarks;
         writeln!(
             out,
-            "{:<7} {:>#10x} {:>10} {:>10} {:>8} {:>6} {:>6} {:>6} {:>9} {:>8}",
+            "{:<7} {:>#10x} {:>10} {:>10} {:>8} {:>6} {:>6} {:>6} {:>9} {:>8} {:>9}",
             zone.kind.name(),
             zone.start_pfn,
             zone.present_pages,
@@ -755,7 +879,8 @@ pub fn write_zoneinfo(out: &mut dyn core::fmt::Write) -> core::fmt::Result {
             mark.low,
             mark.high,
             cached_pages(zone),
-            stolen
+            stolen,
+            deferred
         )?;
     }
     Ok(())

@@ -43,7 +43,11 @@ unsafe impl FrameAllocator<Size4KiB> for TableFrames {
                 .owner(Owner::PageTable)
                 .use_reserves(),
         )?;
-        Some(PhysFrame::containing_address(PhysAddr::new(pages.phys())))
+        // The kernel's tables own it from now on (they are never torn down).
+        let pfn = pages.into_raw();
+        Some(PhysFrame::containing_address(PhysAddr::new(
+            pfn * PAGE_SIZE,
+        )))
     }
 }
 
@@ -114,8 +118,10 @@ fn map_4k(
 /// new tables are written through the early direct map.
 pub fn init(map: &[MemoryRegion]) -> u64 {
     let pml4 = page_alloc::alloc(AllocRequest::new(0).zeroed().owner(Owner::PageTable))
-        .expect("memory for the PML4");
-    let mut tables = mapper(pml4.phys());
+        .expect("memory for the PML4")
+        .into_raw()
+        * PAGE_SIZE;
+    let mut tables = mapper(pml4);
     let huge_1g = arch::has_1gib_pages();
     let data = Flags::PRESENT | Flags::WRITABLE | Flags::NO_EXECUTE | Flags::GLOBAL;
     let mut mapped = 0;
@@ -151,7 +157,7 @@ pub fn init(map: &[MemoryRegion]) -> u64 {
     // so that user spaces, which copy these entries, see every later kernel mapping too.
     {
         // SAFETY: the new PML4 is ours, reachable through the direct map.
-        let table = unsafe { &mut *(phys_to_virt(pml4.phys()) as *mut PageTable) };
+        let table = unsafe { &mut *(phys_to_virt(pml4) as *mut PageTable) };
         for entry in table.iter_mut().skip(256) {
             if entry.is_unused() {
                 let pdpt = TableFrames
@@ -181,15 +187,13 @@ pub fn init(map: &[MemoryRegion]) -> u64 {
         }
     }
 
-    *KERNEL_TABLES.lock() = Some(KernelTables {
-        pml4_phys: pml4.phys(),
-    });
-    KERNEL_PML4.store(pml4.phys(), Relaxed);
+    *KERNEL_TABLES.lock() = Some(KernelTables { pml4_phys: pml4 });
+    KERNEL_PML4.store(pml4, Relaxed);
     // Device registers the kernel already uses, at their direct-map addresses, uncached.
     for device in [arch::apic::registers_phys(), arch::hpet::HPET_PHYS] {
         map_mmio(device, PAGE_SIZE).expect("memory to map device registers");
     }
-    let frame = PhysFrame::containing_address(PhysAddr::new(pml4.phys()));
+    let frame = PhysFrame::containing_address(PhysAddr::new(pml4));
     // SAFETY: the new tables map everything the kernel uses from now on at the same virtual
     // addresses as the early tables (image, direct map of RAM, device registers); the early
     // identity map of low memory is dropped on purpose.
@@ -221,8 +225,9 @@ pub fn map_mmio(phys: u64, size: u64) -> Result<u64, MapError> {
     Ok(phys_to_virt(phys))
 }
 
-/// Maps pages of RAM at `virt` (kernel half), writable, not executable.
-pub fn map_kernel_pages(virt: u64, pages: Pages) -> Result<(), MapError> {
+/// Maps pages of RAM at `virt` (kernel half), writable, not executable. The caller keeps the
+/// block's ownership (and unmaps before it frees).
+pub fn map_kernel_pages(virt: u64, pages: &Pages) -> Result<(), MapError> {
     let guard = KERNEL_TABLES.lock();
     let mut tables = mapper(guard.as_ref().ok_or(MapError::NotReady)?.pml4_phys);
     let flags = Flags::PRESENT | Flags::WRITABLE | Flags::NO_EXECUTE | Flags::GLOBAL;

@@ -131,7 +131,11 @@ unsafe impl FrameAllocator<Size4KiB> for UserTableFrames<'_> {
     fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
         let pages = page_alloc::alloc(AllocRequest::new(0).zeroed().owner(Owner::PageTable))?;
         *self.tables += 1;
-        Some(PhysFrame::containing_address(PhysAddr::new(pages.phys())))
+        // From here the page table owns the page; teardown frees it by its frame number.
+        let pfn = pages.into_raw();
+        Some(PhysFrame::containing_address(PhysAddr::new(
+            pfn * PAGE_SIZE,
+        )))
     }
 }
 
@@ -146,7 +150,8 @@ enum Access {
 
 pub struct AddressSpace {
     id: SpaceId,
-    pml4: Pages,
+    /// The top-level table: `None` only while the space is being dropped.
+    pml4: Option<Pages>,
     regions: BTreeMap<u64, Region>,
     pub counters: SpaceCounters,
     /// Every anonymous region, present and future, is mergeable (Linux's
@@ -224,7 +229,7 @@ impl AddressSpace {
         }
         let mut space = AddressSpace {
             id: 0,
-            pml4,
+            pml4: Some(pml4),
             regions: BTreeMap::new(),
             counters: SpaceCounters::default(),
             merge_any: false,
@@ -266,7 +271,10 @@ impl AddressSpace {
 
     /// Physical address of the top-level table (for CR3).
     pub fn pml4_phys(&self) -> u64 {
-        self.pml4.phys()
+        self.pml4
+            .as_ref()
+            .expect("a space has its PML4 until it is dropped")
+            .phys()
     }
 
     pub fn regions(&self) -> impl Iterator<Item = &Region> {
@@ -274,11 +282,11 @@ impl AddressSpace {
     }
 
     fn is_active(&self) -> bool {
-        Cr3::read().0.start_address().as_u64() == self.pml4.phys()
+        Cr3::read().0.start_address().as_u64() == self.pml4_phys()
     }
 
     fn tables(&self) -> OffsetPageTable<'static> {
-        let pml4 = phys_to_virt(self.pml4.phys()) as *mut PageTable;
+        let pml4 = phys_to_virt(self.pml4_phys()) as *mut PageTable;
         // SAFETY: the PML4 is this space's own page, reachable through the direct map; `&self`
         // or `&mut self` on the space (under its lock) is held while the mapper lives, so no
         // other mapper of this table exists at the same time.
@@ -318,7 +326,7 @@ impl AddressSpace {
         if address >= USER_END {
             return None;
         }
-        let mut phys = self.pml4.phys();
+        let mut phys = self.pml4_phys();
         for shift in [39u64, 30, 21] {
             // SAFETY: a table of this space (the PML4 or one reached from a present entry),
             // direct-mapped RAM; `&mut self` holds the space's lock, so no other reference.
@@ -388,7 +396,7 @@ impl AddressSpace {
             }
             any_region = true;
             let result = walk_user_tables(
-                self.pml4.phys(),
+                self.pml4_phys(),
                 region.start.max(from),
                 region.end(),
                 None,
@@ -412,7 +420,7 @@ impl AddressSpace {
     /// private and the rest still merged (nothing lost). Returns how many were unmerged.
     pub fn unmerge(&mut self, start: u64, end: u64) -> Result<u64, SpaceError> {
         let mut merged = Vec::new();
-        let _ = walk_user_tables(self.pml4.phys(), start, end, None, |address, entry| {
+        let _ = walk_user_tables(self.pml4_phys(), start, end, None, |address, entry| {
             let pfn = entry.addr().as_u64() / PAGE_SIZE;
             if page_alloc::zone_of(pfn)
                 .is_some_and(|zone| zone.frame(pfn).owner() == Owner::KsmShared)
@@ -550,7 +558,7 @@ impl AddressSpace {
         let (id, active) = (self.id, self.is_active());
         let mut unmapped = 0;
         let pruned = walk_user_tables(
-            self.pml4.phys(),
+            self.pml4_phys(),
             start,
             end,
             Some(&mut self.counters.table_pages),
@@ -736,14 +744,19 @@ impl AddressSpace {
                 let pages = page_alloc::alloc(request).ok_or(FaultError::OutOfMemory)?;
                 let writable = region.flags.contains(RegionFlags::WRITE);
                 if self
-                    .map_page(page_address, pages.pfn, user_flags(region.flags, writable))
+                    .map_page(
+                        page_address,
+                        pages.pfn(),
+                        user_flags(region.flags, writable),
+                    )
                     .is_err()
                 {
-                    let _ = page_alloc::free(pages);
                     return Err(FaultError::OutOfMemory);
                 }
+                // The mapping owns the page now (the reverse map records it).
+                let pfn = pages.into_raw();
                 rmap::add_new(
-                    pages.pfn,
+                    pfn,
                     Mapping {
                         space: self.id,
                         address: page_address,
@@ -811,10 +824,12 @@ impl AddressSpace {
             .unmap(page)
             .map_err(|_| FaultError::Unmapped)?;
         flush.ignore();
-        self.map_page(address, copy.pfn, user_flags(flags, writable))
+        self.map_page(address, copy.pfn(), user_flags(flags, writable))
             .map_err(|_| FaultError::OutOfMemory)?;
+        // The mapping owns the copy now (the reverse map records it).
+        let copy = copy.into_raw();
         rmap::add_new(
-            copy.pfn,
+            copy,
             Mapping {
                 space: self.id,
                 address,
@@ -848,7 +863,7 @@ impl AddressSpace {
         };
         let mut shared = 0u64;
         let result = walk_user_tables(
-            self.pml4.phys(),
+            self.pml4_phys(),
             USER_START,
             USER_END,
             None,
@@ -892,7 +907,7 @@ impl AddressSpace {
     pub fn present_pages(&self) -> Vec<(u64, u64, bool)> {
         let mut pages = Vec::new();
         let _ = walk_user_tables(
-            self.pml4.phys(),
+            self.pml4_phys(),
             USER_START,
             USER_END,
             None,
@@ -977,10 +992,10 @@ impl AddressSpace {
 
     fn free_tables(&mut self) {
         let free = |phys: PhysAddr| {
-            if let Err(error) = page_alloc::free(Pages {
-                pfn: phys.as_u64() / PAGE_SIZE,
-                order: 0,
-            }) {
+            // SAFETY: a lower-half table page of this space, owned by it since
+            // `UserTableFrames` gave up its handle, unlinked by this teardown and freed once.
+            let page = unsafe { Pages::from_raw(phys.as_u64() / PAGE_SIZE, 0) };
+            if let Err(error) = page_alloc::free(page) {
                 log::error!("freeing a page-table page: {error:?}");
             }
         };
@@ -990,7 +1005,7 @@ impl AddressSpace {
         let table =
             |phys: PhysAddr| unsafe { &mut *(phys_to_virt(phys.as_u64()) as *mut PageTable) };
         {
-            for e4 in table(PhysAddr::new(self.pml4.phys())).iter_mut().take(256) {
+            for e4 in table(PhysAddr::new(self.pml4_phys())).iter_mut().take(256) {
                 if !e4.flags().contains(Flags::PRESENT) {
                     continue;
                 }
@@ -1029,7 +1044,10 @@ fn release_mapping(space: SpaceId, pfn: u64, address: u64) {
             ..
         }) => {
             super::ksm::page_freeing(pfn);
-            if let Err(error) = page_alloc::free(Pages { pfn, order: 0 }) {
+            // SAFETY: the reverse map just dropped the page's last mapping and reference: the
+            // mappings owned it (the fault path gave up its handle), and nothing else does.
+            let page = unsafe { Pages::from_raw(pfn, 0) };
+            if let Err(error) = page_alloc::free(page) {
                 log::error!("space {space}: freeing user page {pfn:#x}: {error:?}");
             }
         }
@@ -1062,10 +1080,10 @@ fn walk_user_tables<E>(
             let phys = entry.addr().as_u64();
             if table(phys).iter().all(|e| e.is_unused()) {
                 entry.set_unused();
-                if let Err(error) = page_alloc::free(Pages {
-                    pfn: phys / PAGE_SIZE,
-                    order: 0,
-                }) {
+                // SAFETY: a table page of this space (see `UserTableFrames`), just unlinked
+                // from its parent entry: nothing reaches it any more.
+                let page = unsafe { Pages::from_raw(phys / PAGE_SIZE, 0) };
+                if let Err(error) = page_alloc::free(page) {
                     log::error!("freeing an empty page-table page: {error:?}");
                 }
                 *tables -= 1;
@@ -1118,7 +1136,8 @@ impl Drop for AddressSpace {
         // tables it empties; `free_tables` takes whatever is left.
         self.drop_pages(USER_START, USER_END);
         self.free_tables();
-        let _ = page_alloc::free(self.pml4);
+        // Before the space leaves the registry, as every other page of it.
+        drop(self.pml4.take());
         REGISTRY.lock().remove(&self.id);
         LIVE_SPACES.fetch_sub(1, Relaxed);
         TEARDOWNS.fetch_sub(1, Relaxed);
@@ -1147,7 +1166,7 @@ pub fn check_reverse_map() -> Result<Option<usize>, alloc::string::String> {
         let space = shared.lock();
         let id = space.id;
         let walked = walk_user_tables(
-            space.pml4.phys(),
+            space.pml4_phys(),
             USER_START,
             USER_END,
             None,

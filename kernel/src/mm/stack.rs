@@ -53,11 +53,10 @@ impl KernelStack {
         };
         let Some(slot) = slot else {
             log::error!("kernel stack: all {MAX_SLOTS} stack slots in use");
-            let _ = page_alloc::free(pages);
             return None;
         };
         let stack = KernelStack { slot, pages };
-        if let Err(error) = paging::map_kernel_pages(stack.bottom(), pages) {
+        if let Err(error) = paging::map_kernel_pages(stack.bottom(), &stack.pages) {
             log::error!("kernel stack: cannot map: {error:?}");
             return None;
         }
@@ -84,10 +83,8 @@ impl KernelStack {
 impl Drop for KernelStack {
     fn drop(&mut self) {
         paging::unmap_kernel_pages(self.bottom(), self.pages.page_count());
-        if let Err(error) = page_alloc::free(self.pages) {
-            log::error!("kernel stack: freeing its pages: {error:?}");
-        }
         SLOTS.lock().free.push(self.slot);
+        // `self.pages` is freed when the fields drop, right after: unmapped already.
     }
 }
 

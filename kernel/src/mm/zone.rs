@@ -1,11 +1,20 @@
 //! A zone: a range of physical memory with its own lock, buddy allocator, watermarks and frame
 //! records. Zones are built once at boot from the firmware map and live forever.
+//!
+//! A zone's records are initialised from its start up to its *initialised boundary*
+//! ([`Zone::initialised_end_pfn`]); beyond it they hold whatever the memory held, and their
+//! free pages are counted as [`Zone::deferred_pages`] until `mm::deferred_init` writes them
+//! and gives them to the buddy allocator (under the zone's lock). Code that walks records
+//! ([`Zone::frames`], the checker, compaction's scanners) stops at the boundary.
 
 use super::buddy::{FreeArea, MigrateType, PAGEBLOCK_ORDER};
 use super::frame::Frame;
 use super::zones::ZoneKind;
 use crate::sync::{IrqMutex, IrqMutexGuard, LockClass};
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicU8, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 /// Free-page thresholds of a zone, in pages. Below `min` only allocations allowed to use
 /// reserves succeed; `low` and `high` steer background reclaim (the balloon, compaction).
@@ -23,7 +32,8 @@ pub struct Zone {
     pub end_pfn: u64,
     /// RAM pages in the span.
     pub present_pages: u64,
-    /// Pages handed to the allocator at boot (present minus reserved).
+    /// Pages the allocator manages (present minus reserved), from the memory map at boot:
+    /// those on its lists, in caches or allocated, plus the deferred ones.
     pub managed_pages: u64,
     pub watermarks: Watermarks,
     frames: &'static [Frame],
@@ -31,6 +41,11 @@ pub struct Zone {
     area: IrqMutex<FreeArea>,
     /// Free pages on the lists, readable without the lock (updated under it).
     free_pages: AtomicU64,
+    /// Records below this pfn are initialised (only grows, under the zone's lock, in whole
+    /// max-order blocks of absolute pfns, so a buddy of an initialised block is initialised).
+    initialised_end: AtomicU64,
+    /// Managed pages beyond the boundary: free, but not yet on the lists.
+    deferred_pages: AtomicU64,
 }
 
 impl Zone {
@@ -52,6 +67,8 @@ impl Zone {
             frames,
             area: IrqMutex::with_class(area, LockClass::Zone),
             free_pages: AtomicU64::new(0),
+            initialised_end: AtomicU64::new(start_pfn),
+            deferred_pages: AtomicU64::new(0),
         }
     }
 
@@ -59,13 +76,60 @@ impl Zone {
         (self.start_pfn..self.end_pfn).contains(&pfn)
     }
 
-    /// The record of `pfn`, which must be in the zone.
+    /// The record of `pfn`, which must be in the zone, below its initialised boundary.
     pub fn frame(&self, pfn: u64) -> &'static Frame {
+        debug_assert!(
+            pfn < self.initialised_end_pfn(),
+            "record of pfn {pfn:#x}, beyond the initialised boundary"
+        );
         &self.frames[(pfn - self.start_pfn) as usize]
     }
 
+    /// The initialised records (from the zone's start up to its boundary).
     pub fn frames(&self) -> &'static [Frame] {
+        &self.frames[..(self.initialised_end_pfn() - self.start_pfn) as usize]
+    }
+
+    /// Every record of the span, initialised or not: for `mm::deferred_init` only.
+    pub(super) fn all_records(&self) -> &'static [Frame] {
         self.frames
+    }
+
+    /// Records below this pfn are initialised; `end_pfn` once all are.
+    pub fn initialised_end_pfn(&self) -> u64 {
+        // Acquire: the records below it were written before it was published.
+        self.initialised_end.load(Acquire)
+    }
+
+    /// Whether `pfn` is in the zone and its record initialised.
+    pub fn has_record(&self, pfn: u64) -> bool {
+        pfn >= self.start_pfn && pfn < self.initialised_end_pfn()
+    }
+
+    /// Managed pages not yet initialised (free, but not yet on the lists).
+    pub fn deferred_pages(&self) -> u64 {
+        self.deferred_pages.load(Relaxed)
+    }
+
+    /// Pageblocks wholly initialised, from the zone's first (scanners stop there).
+    pub fn initialised_pageblocks(&self) -> usize {
+        let end = self.initialised_end_pfn();
+        if end <= self.start_pfn {
+            return 0;
+        }
+        (((end - 1) >> PAGEBLOCK_ORDER) + 1 - (self.start_pfn >> PAGEBLOCK_ORDER)) as usize
+    }
+
+    /// Sets the deferred pages before any is initialised (boot).
+    pub(super) fn set_deferred_pages(&mut self, pages: u64) {
+        *self.deferred_pages.get_mut() = pages;
+    }
+
+    /// Moves the boundary to `end_pfn` after the records below it were written and `freed`
+    /// deferred pages went on the lists. The caller holds the zone's lock.
+    pub(super) fn advance_initialised(&self, _locked: &ZoneGuard<'_>, end_pfn: u64, freed: u64) {
+        self.deferred_pages.fetch_sub(freed, Relaxed);
+        self.initialised_end.store(end_pfn, Release);
     }
 
     /// The migratetype of the pageblock holding `pfn` (no lock needed).

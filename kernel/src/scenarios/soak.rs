@@ -131,7 +131,12 @@ impl Accounting {
     }
     fn total(&self) -> u64 {
         let census = &self.census;
-        census.reserved + census.free + census.cached + census.isolated + census.allocated
+        census.reserved
+            + census.free
+            + census.cached
+            + census.isolated
+            + census.allocated
+            + census.uninitialised
     }
 }
 
