@@ -728,6 +728,7 @@ const SETTLE: Duration = Duration::from_secs(1);
 fn drain_if_stranded() {
     if stranded_pages() > mib_to_pages(tunables::COMPACTION_STRANDED_LOW_MIB.get())
         && page_alloc::drain_per_cpu_caches() > 0
+        && super::reporting::is_registered()
     {
         // The merges may have made whole blocks, fewer than the reporting trigger counts and
         // after its last pass (the footprint benchmark kept 23 MiB so after its churn): the
