@@ -10,7 +10,8 @@ fall, against what the guest's tasks hold.
 Boots `scenario=phased` (kernel/src/footprint.rs: grow, fragmenting shrink, regrow, full shrink,
 churn, idle, each marked by an EVENT line, the tasks' resident memory printed as a HELD line
 every 200 ms) with free page reporting on, and samples the QEMU process's resident memory
-(VmRSS) every 100 ms. With --linux DIR (built by `python3 tests/host/linux_guest.py DIR`), a
+(VmRSS) every 100 ms, its memory by mapping (guest RAM, TCG's translated code, the rest) every
+500 ms, and the host memory hidden in split huge pages every 2 s. With --linux DIR (built by `python3 tests/host/linux_guest.py DIR`), a
 Debian Linux 6.1 guest runs the same phases (tests/host/phased.c) on the same QEMU line.
 
 Per phase and over phases 1-6: the footprint (integral of RSS, GiB*s), the held integral, their
@@ -18,8 +19,10 @@ ratio, the excess (integral of RSS - idle baseline - held), the RSS and held mem
 the phase's hold; the idle baseline is the mean RSS of the idle guest over the last 2 units
 before phase 1. Then the three targets: footprint/held over phases 1-6 at most 1.5; the RSS at
 the end of the idle phase (after the churn) within 10% of the baseline; the RSS at the end of
-the fragmenting shrink's hold within 15% of held + baseline. Writes DIR/footprint.csv and
-DIR/footprint.svg (RSS solid, held dashed, per guest, time from the grow mark). Figures, not a
+the fragmenting shrink's hold within 15% of held + baseline; and the first two again on what
+the guest controls (QEMU's own memory held at its level before the grow; the guest RAM's
+share). Writes DIR/footprint.json (the raw samples: --again redoes the rest from it),
+DIR/footprint.csv and DIR/footprint.svg (RSS solid, held dashed, per guest, time from the grow mark). Figures, not a
 test (tests/host/host_checks.py runs a small version and checks the computations).
 """
 

@@ -751,8 +751,12 @@ fn daemon() {
             continue;
         }
         drain_if_stranded();
-        if stranded_pages() <= mib_to_pages(tunables::COMPACTION_STRANDED_LOW_MIB.get()) {
-            // What was waited for has merged or been allocated: start afresh.
+        if !settle || stranded_pages() <= mib_to_pages(tunables::COMPACTION_STRANDED_LOW_MIB.get())
+        {
+            // A quiet second after the frees (this is the look SETTLE after the last event),
+            // or what was waited for has merged or been allocated: start afresh. The frees
+            // may have ended short of the stranded memory waited for, leaving blocks that are
+            // cheap to empty now (KSM merging interleaved duplicates does).
             WAIT_FOR_STRANDED.store(0, Relaxed);
         }
         if Instant::now().as_nanos() < BACKOFF_UNTIL_NS.load(Relaxed)
@@ -787,11 +791,12 @@ fn daemon() {
             && (made_blocks || stranded_pages() < stranded_before || node_score() < score_before);
         if progress {
             BACKOFF_UNTIL_NS.store(0, Relaxed);
-        } else if migrated == 0 && cheap_blocks == 0 && too_full > 0 {
-            // Every piece lies in blocks still too full to empty cheaply (none cheap was tried
-            // and failed): while a task frees in a random order they empty as it goes on. No
+        } else if too_full > cheap_blocks {
+            // The pieces lie mostly in blocks still too full to empty cheaply (the few cheap
+            // ones held little or nothing movable: a kernel page, a page pinned for a moment):
+            // while a task frees in a random order, or KSM merges, they empty as it goes on. No
             // back-off; look again once another `compaction.stranded_high_mib` is stranded (a
-            // pass walks every pageblock).
+            // pass walks every pageblock), or a quiet second after the frees.
             WAIT_FOR_STRANDED.store(
                 stranded_pages() + mib_to_pages(tunables::COMPACTION_STRANDED_HIGH_MIB.get()),
                 Relaxed,
