@@ -414,7 +414,8 @@ def ksm_interleaved_duplicates_reach_the_host_through_compaction(kernel):
     print(f"  interleaved: QEMU resident memory fell by {dropped / MIB:.0f} MiB of "
           f"{duplicates / MIB:.0f} MiB duplicated ({dropped / duplicates:.0%})")
     check(run["status"] == 0, f"guest exit status {run['status']}")
-    # Measured 77% (compaction stops once less than compaction.stranded_low_mib is stranded).
+    # Measured 92-98% (compaction stops once less than compaction.stranded_low_mib is
+    # stranded; 6% in a run where kcompactd backed off from blocks KSM was still merging).
     check(dropped >= 0.6 * duplicates,
           f"only {dropped / MIB:.0f} MiB of {duplicates / MIB:.0f} MiB left the QEMU process")
 
