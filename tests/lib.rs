@@ -62,23 +62,9 @@ impl core::fmt::Write for MessageBuffer {
     }
 }
 
-/// xorshift64*: a small seeded generator for the randomized tests, so a failing run can be
-/// replayed from its seed.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A value in `0..bound`.
-    pub fn below(&mut self, bound: u64) -> u64 {
-        self.next_u64() % bound
-    }
-}
+/// The randomized tests' seeded generator (xorshift64*), shared with the buddy core's model
+/// test, so a failing run can be replayed from its seed.
+pub use buddy_core::model::Rng;
 
 /// The main function of a test kernel that needs the virtio-balloon device: runs `tests` if the
 /// device is there, and otherwise says so and fails as a test run would (`0 passed, 1 failed`).

@@ -2,7 +2,9 @@
 //!
 //! `alloc`: the page allocator against the `buddy_system_allocator` crate's `FrameAllocator`
 //! (max order 10 like ours) on the same operation sequences in the same boot, alternating runs,
-//! medians of [`RUNS`]. The baseline runs behind the crate's own `LockedFrameAllocator` (a spin
+//! medians of [`RUNS`]. The sequences (order-0 pairs, batches of 10,000, mixed orders 0..9,
+//! batches of 256 order-9 blocks) are `buddy_core::workload`'s, which the native benchmark
+//! ([`NATIVE_COMMAND`]) runs on the host. The baseline runs behind the crate's own `LockedFrameAllocator` (a spin
 //! lock); ours takes its interrupt-safe per-CPU and zone locks, which also save and restore the
 //! interrupt flag: under TCG those instructions are slow, so the ratios there understate ours.
 //! Times come from the TSC.
@@ -24,9 +26,14 @@ use crate::mm::buddy::MigrateType;
 use crate::mm::page_alloc::{self, AllocRequest, Pages};
 use crate::time::{self, Instant};
 use alloc::vec::Vec;
+use buddy_core::workload::{self, Frames};
 use buddy_system_allocator::LockedFrameAllocator;
 
 pub const RUNS: usize = 5;
+
+/// The native benchmark of the same sequences (the buddy core on the host, against the same
+/// baseline): `bench=alloc` prints it so that both can be compared.
+pub const NATIVE_COMMAND: &str = "cargo bench -p buddy-core --bench native";
 
 /// Names of the benchmarks `run` knows.
 pub const NAMES: &[&str] = &[
@@ -133,13 +140,8 @@ pub fn report_labelled(name: &str, labels: &[(&str, &str)], fields: &[(&str, f64
     crate::println!("{line}");
 }
 
-/// One operation sequence, expressed against an allocator-neutral interface.
-trait Frames {
-    fn alloc(&mut self, order: u8) -> Option<u64>;
-    fn free(&mut self, pfn: u64, order: u8);
-}
-
-struct Ours;
+/// Our allocator; batches go through its batch interface (`alloc_bulk`, `free_bulk`).
+struct Ours(Vec<Pages>);
 
 impl Frames for Ours {
     fn alloc(&mut self, order: u8) -> Option<u64> {
@@ -149,6 +151,18 @@ impl Frames for Ours {
         // SAFETY: the sequences free exactly the blocks `alloc` gave them, each once.
         let pages = unsafe { Pages::from_raw(pfn, order) };
         page_alloc::free(pages).expect("benchmark frees what it allocated");
+    }
+    fn alloc_batch(&mut self, order: u8, count: usize, out: &mut Vec<(u64, u8)>) {
+        let request = AllocRequest::new(order).kind(MigrateType::Movable);
+        page_alloc::alloc_bulk(request, count, &mut self.0);
+        out.extend(self.0.drain(..).map(|pages| (pages.into_raw(), order)));
+    }
+    fn free_batch(&mut self, blocks: &[(u64, u8)]) {
+        self.0.extend(blocks.iter().map(|&(pfn, order)| {
+            // SAFETY: the sequences free exactly the blocks `alloc_batch` gave them, each once.
+            unsafe { Pages::from_raw(pfn, order) }
+        }));
+        page_alloc::free_bulk(&mut self.0).expect("benchmark frees what it allocated");
     }
 }
 
@@ -163,56 +177,17 @@ impl Frames for Baseline {
     }
 }
 
-/// Order-0 allocation immediately freed, `count` times.
-fn order0_pairs(frames: &mut dyn Frames, count: u64) -> u64 {
+/// The TSC ticks one run of `case` takes.
+fn timed(case: usize, frames: &mut dyn Frames, held: &mut Vec<(u64, u8)>) -> u64 {
     let start = rdtsc();
-    for _ in 0..count {
-        let pfn = frames.alloc(0).expect("memory");
-        frames.free(pfn, 0);
-    }
+    workload::run_case(case, frames, held);
     rdtsc() - start
 }
 
-/// `count` order-0 allocations, then all freed (in allocation order).
-fn batch(frames: &mut dyn Frames, held: &mut Vec<u64>, count: usize) -> u64 {
-    held.clear();
-    let start = rdtsc();
-    for _ in 0..count {
-        held.push(frames.alloc(0).expect("memory"));
-    }
-    for &pfn in held.iter() {
-        frames.free(pfn, 0);
-    }
-    rdtsc() - start
-}
-
-/// A seeded random mix of allocations of orders 0..=9 and frees of random live blocks.
+/// The mixed sequence (see [`workload::mixed`]), timed.
 fn mixed(frames: &mut dyn Frames, held: &mut Vec<(u64, u8)>, operations: u64, seed: u64) -> u64 {
-    held.clear();
-    let mut state = seed;
-    let mut random = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
     let start = rdtsc();
-    for _ in 0..operations {
-        let roll = random();
-        if held.len() < 64 || (held.len() < 4096 && roll % 2 == 0) {
-            // Orders weighted toward small blocks, as real workloads are.
-            let order = ((roll >> 8) % 10).min((roll >> 16) % 10) as u8;
-            if let Some(pfn) = frames.alloc(order) {
-                held.push((pfn, order));
-            }
-        } else {
-            let (pfn, order) = held.swap_remove(((roll >> 24) % held.len() as u64) as usize);
-            frames.free(pfn, order);
-        }
-    }
-    for &(pfn, order) in held.iter() {
-        frames.free(pfn, order);
-    }
+    workload::mixed(frames, held, operations, seed);
     rdtsc() - start
 }
 
@@ -235,31 +210,18 @@ fn alloc_benchmark() {
         .0
         .lock()
         .add_frame(zone.start_pfn as usize, zone.end_pfn as usize);
-    let mut ours = Ours;
-    let mut held = Vec::with_capacity(10_000);
-    let mut held_mixed = Vec::with_capacity(4096);
-    const PAIRS: u64 = 100_000;
-    const BATCH: usize = 10_000;
-    const MIXED: u64 = 100_000;
-    type Case<'a> = (&'static str, u64, &'a mut dyn FnMut(&mut dyn Frames) -> u64);
-    let mut pairs = |frames: &mut dyn Frames| order0_pairs(frames, PAIRS);
-    let mut batched = |frames: &mut dyn Frames| batch(frames, &mut held, BATCH);
-    let mut mixed_case =
-        |frames: &mut dyn Frames| mixed(frames, &mut held_mixed, MIXED, 0x1234_5678);
-    let cases: [Case; 3] = [
-        ("alloc_order0_pairs", PAIRS * 2, &mut pairs),
-        ("alloc_order0_batch_10000", BATCH as u64 * 2, &mut batched),
-        ("alloc_mixed_orders_0_9", MIXED, &mut mixed_case),
-    ];
-    for (name, operations, case) in cases {
+    let mut ours = Ours(Vec::with_capacity(workload::BATCH));
+    let mut held = Vec::with_capacity(workload::BATCH);
+    crate::println!("native figures of the same sequences: {NATIVE_COMMAND}");
+    for (case, (name, operations)) in workload::CASES.into_iter().enumerate() {
         let mut ours_ticks = [0u64; RUNS];
         let mut baseline_ticks = [0u64; RUNS];
         // A warm-up run of each, then alternating measured runs.
-        case(&mut ours);
-        case(&mut baseline);
+        timed(case, &mut ours, &mut held);
+        timed(case, &mut baseline, &mut held);
         for run in 0..RUNS {
-            ours_ticks[run] = case(&mut ours);
-            baseline_ticks[run] = case(&mut baseline);
+            ours_ticks[run] = timed(case, &mut ours, &mut held);
+            baseline_ticks[run] = timed(case, &mut baseline, &mut held);
         }
         let ours_ns = time::tsc_delta_to_ns(median(&mut ours_ticks)) as f64 / operations as f64;
         let baseline_ns =
@@ -293,7 +255,7 @@ fn mixed_on_and_off(
     mut during_on: impl FnMut() -> u64,
 ) -> (f64, f64, u64) {
     const MIXED: u64 = 200_000;
-    let mut ours = Ours;
+    let mut ours = Ours(Vec::new());
     let mut held = Vec::with_capacity(4096);
     let mut on_ticks = [0u64; RUNS];
     let mut off_ticks = [0u64; RUNS];

@@ -142,7 +142,10 @@ fn note_acquire(class: LockClass) {
             innermost_held()
         );
     }
-    HELD_DEPTH[bit as usize].fetch_add(1, Relaxed);
+    // Plain loads and stores, not read-modify-writes: interrupts are off (the lock's caller
+    // disabled them) and there is one CPU, so nothing else touches these meanwhile.
+    let depth = &HELD_DEPTH[bit as usize];
+    depth.store(depth.load(Relaxed) + 1, Relaxed);
     HELD_CLASSES.store(held | (1 << bit), Relaxed);
 }
 
@@ -151,7 +154,8 @@ fn note_release(class: LockClass) {
     let depth = HELD_DEPTH[bit as usize].load(Relaxed).saturating_sub(1);
     HELD_DEPTH[bit as usize].store(depth, Relaxed);
     if depth == 0 {
-        HELD_CLASSES.fetch_and(!(1 << bit), Relaxed);
+        // As in note_acquire: interrupts are still off here.
+        HELD_CLASSES.store(HELD_CLASSES.load(Relaxed) & !(1 << bit), Relaxed);
     }
 }
 

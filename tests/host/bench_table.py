@@ -5,17 +5,23 @@
     python3 tests/host/bench_table.py serial.log
 
 Every key of every BENCH object becomes a column (name first); lines that are not BENCH lines
-are ignored, so the whole console can be piped in.
+are ignored, so the whole console can be piped in, except the line `bench=alloc` prints with the
+native benchmark's command, which follows the table.
 """
 import json
 import sys
 
 
-def bench_records(lines):
+NOTE_PREFIX = "native figures of the same sequences:"
+
+
+def bench_records(lines, notes=None):
     for line in lines:
         line = line.rstrip("\r\n")
         if line.startswith("BENCH "):
             yield json.loads(line[len("BENCH "):])
+        elif notes is not None and line.startswith(NOTE_PREFIX):
+            notes.append(line)
 
 
 def table(records):
@@ -35,7 +41,10 @@ def table(records):
 
 def main():
     source = open(sys.argv[1]) if len(sys.argv) > 1 else sys.stdin
-    sys.stdout.write(table(bench_records(source)))
+    notes = []
+    sys.stdout.write(table(bench_records(source, notes)))
+    for note in notes:
+        sys.stdout.write(f"\n{note}\n")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 extern crate alloc;
 
 use alloc::vec::Vec;
+use buddy_core::model::{Limit, ModelTarget};
 use kernel::mm::buddy::{MAX_ORDER, MigrateType, PAGEBLOCK_ORDER};
 use kernel::mm::frame::{FrameState, Owner};
 use kernel::mm::page_alloc::{self, AllocRequest, FreeError, Pages, ZoneLimit};
@@ -25,35 +26,6 @@ fn main(_info: &'static BootInfo) -> ExitCode {
     kernel::mm::reporting::unregister();
     test_main();
     ExitCode::Success
-}
-
-fn signature(pages: &Pages, seed: u64) -> u64 {
-    pages.pfn().wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed ^ pages.order() as u64
-}
-
-fn sign(pages: &Pages, seed: u64) {
-    let value = signature(pages, seed);
-    let first = pages.virt() as *mut u64;
-    let last = (pages.virt() + pages.bytes() - 8) as *mut u64;
-    // SAFETY: the block is ours (just allocated) and direct-mapped; both words are inside it.
-    unsafe {
-        first.write_volatile(value);
-        last.write_volatile(!value);
-    }
-}
-
-fn verify(pages: &Pages, seed: u64) {
-    let value = signature(pages, seed);
-    let first = pages.virt() as *const u64;
-    let last = (pages.virt() + pages.bytes() - 8) as *const u64;
-    // SAFETY: the block is still ours (not yet freed) and direct-mapped.
-    let (a, b) = unsafe { (first.read_volatile(), last.read_volatile()) };
-    assert!(
-        a == value && b == !value,
-        "block pfn {:#x} order {} was overwritten",
-        pages.pfn(),
-        pages.order()
-    );
 }
 
 fn settled_free_pages() -> u64 {
@@ -79,83 +51,79 @@ fn limit_end_pfn(limit: ZoneLimit) -> u64 {
     }
 }
 
-#[test_case]
-fn randomized_million_operations_match_the_model() {
-    const OPERATIONS: u64 = 1_000_000;
-    const PHASES: u64 = 10;
-    let seed = 0x05ee_d0fa_110c;
-    let mut rng = Rng(seed);
-    let start_free = settled_free_pages();
-    // Keep at most about half of memory allocated so the workload mixes allocs and frees.
-    let budget = start_free / 2;
-    let mut live: Vec<(Pages, MigrateType)> = Vec::with_capacity(1 << 16);
-    let mut live_pages = 0u64;
-    let (mut allocations, mut failures) = (0u64, 0u64);
-    for phase in 0..PHASES {
-        for _ in 0..OPERATIONS / PHASES {
-            let allocate = live.is_empty() || (live_pages < budget && rng.below(100) < 52);
-            if allocate {
-                let order = match rng.below(100) {
-                    0..=59 => 0,
-                    60..=84 => 1 + rng.below(3) as u8,
-                    _ => 4 + rng.below(MAX_ORDER as u64 - 3) as u8,
-                };
-                let kind = MigrateType::ALLOCATABLE[rng.below(3) as usize];
-                let limit = match rng.below(100) {
-                    0..=4 => ZoneLimit::Dma,
-                    5..=19 => ZoneLimit::Dma32,
-                    _ => ZoneLimit::Any,
-                };
-                let request = AllocRequest::new(order)
-                    .kind(kind)
-                    .limit(limit)
-                    .owner(Owner::Kernel);
-                match page_alloc::alloc(request) {
-                    Some(pages) => {
-                        assert_eq!(pages.order(), order);
-                        assert_eq!(
-                            pages.pfn() % (1 << order),
-                            0,
-                            "block not aligned to its order"
-                        );
-                        assert!(
-                            pages.pfn() + (1 << order) <= limit_end_pfn(limit),
-                            "{limit:?} violated: {pages:?}"
-                        );
-                        sign(&pages, seed);
-                        live.push((pages, kind));
-                        live_pages += 1 << order;
-                        allocations += 1;
-                    }
-                    None => failures += 1,
-                }
-            } else {
-                let victim = rng.below(live.len() as u64) as usize;
-                let (pages, _) = live.swap_remove(victim);
-                verify(&pages, seed);
-                live_pages -= 1 << pages.order();
-                page_alloc::free(pages).expect("freeing a live block succeeds");
-            }
-        }
-        let census = check_state();
-        assert_eq!(
-            kernel_owned(&census),
-            live_pages,
-            "phase {phase}: allocated pages differ from the model"
-        );
+/// The kernel's allocator as the shared model test's target (`buddy_core::model`): zone limits
+/// for its limits, signatures in the blocks' memory, the frame-state checker for its check.
+struct Guest;
+
+impl ModelTarget for Guest {
+    fn alloc(&mut self, order: u8, kind: MigrateType, limit: Limit) -> Option<u64> {
+        let request = AllocRequest::new(order)
+            .kind(kind)
+            .limit(zone_limit(limit))
+            .owner(Owner::Kernel);
+        let pages = page_alloc::alloc(request)?;
+        assert_eq!(pages.order(), order);
+        // The model keeps the block by its frame number (and order) until it frees it.
+        Some(pages.into_raw())
     }
-    for (pages, _) in live.drain(..) {
-        verify(&pages, seed);
+    fn free(&mut self, pfn: u64, order: u8) {
+        // SAFETY: the model gave this block up with `into_raw` in `alloc` and frees it once.
+        let pages = unsafe { Pages::from_raw(pfn, order) };
         page_alloc::free(pages).expect("freeing a live block succeeds");
     }
-    check_state();
-    assert_eq!(
-        settled_free_pages(),
-        start_free,
-        "free memory did not return to its starting figure"
-    );
+    fn limit_end_pfn(&self, limit: Limit) -> u64 {
+        limit_end_pfn(zone_limit(limit))
+    }
+    fn sign(&mut self, pfn: u64, order: u8, value: u64) {
+        let (virt, bytes) = block_memory(pfn, order);
+        let first = virt as *mut u64;
+        let last = (virt + bytes - 8) as *mut u64;
+        // SAFETY: the block is ours (just allocated) and direct-mapped; both words are inside it.
+        unsafe {
+            first.write_volatile(value);
+            last.write_volatile(!value);
+        }
+    }
+    fn signature(&self, pfn: u64, order: u8) -> u64 {
+        let (virt, bytes) = block_memory(pfn, order);
+        let first = virt as *const u64;
+        let last = (virt + bytes - 8) as *const u64;
+        // SAFETY: the block is still ours (not yet freed) and direct-mapped.
+        let (a, b) = unsafe { (first.read_volatile(), last.read_volatile()) };
+        if b == !a { a } else { !a }
+    }
+    fn check(&mut self) -> u64 {
+        kernel_owned(&check_state())
+    }
+    fn settled_free_pages(&mut self) -> u64 {
+        settled_free_pages()
+    }
+}
+
+/// A block's address in the direct map and its size in bytes.
+fn block_memory(pfn: u64, order: u8) -> (u64, u64) {
+    (
+        kernel::mm::phys_to_virt(pfn * kernel::mm::PAGE_SIZE),
+        kernel::mm::PAGE_SIZE << order,
+    )
+}
+
+fn zone_limit(limit: Limit) -> ZoneLimit {
+    match limit {
+        Limit::Lowest => ZoneLimit::Dma,
+        Limit::Low => ZoneLimit::Dma32,
+        Limit::Any => ZoneLimit::Any,
+    }
+}
+
+#[test_case]
+fn randomized_million_operations_match_the_model() {
+    // The same model test the buddy core runs on the host (`cargo test -p buddy-core`).
+    const OPERATIONS: u64 = 1_000_000;
+    let summary = buddy_core::model::run(&mut Guest, 0x05ee_d0fa_110c, OPERATIONS, 10);
     println!(
-        "    {OPERATIONS} operations: {allocations} allocations, {failures} refused (DMA is small)"
+        "    {OPERATIONS} operations: {} allocations, {} refused (DMA is small)",
+        summary.allocations, summary.refused
     );
 }
 
@@ -394,4 +362,53 @@ fn zeroed_allocations_are_zero() {
         unsafe { core::slice::from_raw_parts(again.virt() as *const u8, again.bytes() as usize) };
     assert!(bytes.iter().all(|&byte| byte == 0));
     page_alloc::free(again).expect("free");
+}
+
+#[test_case]
+fn bulk_allocation_and_free_keep_every_invariant_at_orders_0_3_and_9() {
+    let start_free = settled_free_pages();
+    let mut blocks = Vec::new();
+    let mut pages = 0;
+    for (order, count) in [(0u8, 10_000usize), (3, 1000), (PAGEBLOCK_ORDER, 20)] {
+        let request = AllocRequest::new(order).kind(MigrateType::Movable);
+        let before = blocks.len();
+        assert_eq!(page_alloc::alloc_bulk(request, count, &mut blocks), count);
+        for pages in &blocks[before..] {
+            assert_eq!(pages.order(), order);
+            assert_eq!(
+                pages.pfn() % (1 << order),
+                0,
+                "block not aligned to its order"
+            );
+        }
+        pages += (count as u64) << order;
+    }
+    let mut pfns: Vec<u64> = blocks.iter().map(|pages| pages.pfn()).collect();
+    pfns.sort_unstable();
+    pfns.dedup();
+    assert_eq!(pfns.len(), blocks.len(), "a block handed out twice");
+    assert_eq!(kernel_owned(&check_state()), pages);
+    // A double free inside a batch is refused, and the rest of the batch is freed.
+    let twice = blocks[5].pfn();
+    page_alloc::free_bulk(&mut blocks).expect("a batch of live blocks frees");
+    assert!(blocks.is_empty());
+    // SAFETY: deliberately false (the page was just freed): the allocator must refuse it, which
+    // it can without harm; free_bulk gives the handle up either way.
+    let mut again = alloc::vec![unsafe { Pages::from_raw(twice, 0) }];
+    assert!(matches!(
+        page_alloc::free_bulk(&mut again),
+        Err(FreeError::NotAllocated(_))
+    ));
+    check_state();
+    assert_eq!(settled_free_pages(), start_free);
+    // Zeroed bulk allocations are zero.
+    let request = AllocRequest::new(0).zeroed();
+    page_alloc::alloc_bulk(request, 64, &mut blocks);
+    for pages in &blocks {
+        // SAFETY: our page, direct-mapped, 4 KiB.
+        let bytes = unsafe { core::slice::from_raw_parts(pages.virt() as *const u8, 4096) };
+        assert!(bytes.iter().all(|&byte| byte == 0));
+    }
+    page_alloc::free_bulk(&mut blocks).expect("free");
+    assert_eq!(settled_free_pages(), start_free);
 }

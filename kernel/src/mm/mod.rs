@@ -2,12 +2,10 @@
 //! layout (the buddy allocator, reporting, compaction, KSM and user spaces come here next).
 
 pub mod boot_memory;
-pub mod buddy;
 pub mod checker;
 pub mod compaction;
 pub mod deferred_init;
 pub mod fault;
-pub mod frame;
 pub mod heap;
 pub mod ksm;
 pub mod migrate;
@@ -20,6 +18,35 @@ pub mod space;
 pub mod stack;
 pub mod zone;
 pub mod zones;
+
+/// The buddy core (frame records, one zone's free lists) lives in its own crate, which also
+/// builds and tests on the host (`kernel/buddy`).
+pub use buddy_core::buddy;
+
+/// The page-frame database: the records are [`buddy_core::frame`]'s; this adds the direct map.
+pub mod frame {
+    pub use buddy_core::frame::*;
+
+    /// Turns `count` frames' worth of memory at physical `phys` into a database of records, all
+    /// [`FrameState::Reserved`].
+    ///
+    /// # Safety
+    /// `[phys, phys + count * 32)` must be RAM, direct-mapped, used by nothing else, now or later.
+    pub unsafe fn build_database(phys: u64, count: usize) -> &'static [Frame] {
+        // SAFETY: the caller's promise, through the direct map (phys is page-aligned).
+        unsafe { buddy_core::frame::build_database(super::phys_to_virt(phys) as *mut Frame, count) }
+    }
+
+    /// The records of `count` frames at physical `phys`, as they are (see
+    /// [`buddy_core::frame::database_at`]).
+    ///
+    /// # Safety
+    /// `[phys, phys + count * 32)` must be RAM, direct-mapped, used by nothing else, now or later.
+    pub unsafe fn database_at(phys: u64, count: usize) -> &'static [Frame] {
+        // SAFETY: the caller's promise, through the direct map (phys is page-aligned).
+        unsafe { buddy_core::frame::database_at(super::phys_to_virt(phys) as *mut Frame, count) }
+    }
+}
 
 /// Size of a base page.
 pub const PAGE_SIZE: u64 = 4096;

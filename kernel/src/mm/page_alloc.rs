@@ -394,29 +394,17 @@ fn candidate_zones(limit: ZoneLimit) -> impl Iterator<Item = &'static Zone> {
 
 // ---- The per-CPU cache of order-0 pages -------------------------------------------------
 
-/// Pages moved between a per-CPU list and its zone at a time.
-pub const PCP_BATCH: usize = 32;
-/// A per-CPU list holding more than this drains a batch back to its zone.
-pub const PCP_HIGH: usize = 4 * PCP_BATCH;
-
-struct PcpList {
-    pfns: [u64; PCP_HIGH + 1],
-    len: usize,
-}
+use buddy_core::pcp::PcpList;
+pub use buddy_core::pcp::{PCP_BATCH, PCP_HIGH};
 
 /// One CPU's cache: a list per zone and allocatable migratetype.
 struct PerCpuCache {
     lists: [[PcpList; 3]; 3],
 }
 
-const EMPTY_PCP_LIST: PcpList = PcpList {
-    pfns: [0; PCP_HIGH + 1],
-    len: 0,
-};
-
 static PCP: IrqMutex<PerCpuCache> = IrqMutex::with_class(
     PerCpuCache {
-        lists: [const { [EMPTY_PCP_LIST; 3] }; 3],
+        lists: [const { [PcpList::EMPTY; 3] }; 3],
     },
     LockClass::PerCpuCache,
 );
@@ -448,26 +436,12 @@ fn alloc_order0_cached(zone: &'static Zone, request: &AllocRequest) -> Option<u6
     let type_slot = pcp_type_slot(request.kind)?;
     let mut pcp = PCP.lock();
     let list = &mut pcp.lists[zone_slot(zone)][type_slot];
-    if list.len == 0 {
+    if list.is_empty() {
         // Refill a batch under the zone lock, keeping the zone above its watermark.
         let mut area = zone.lock();
-        let mark = watermark(zone, request);
-        while list.len < PCP_BATCH && area.free_pages > mark {
-            let Some(index) = area.allocate(0, request.kind) else {
-                break;
-            };
-            let pfn = area.pfn(index);
-            area.frame(index)
-                .make_head(FrameState::Cached, 0, request.kind as u8);
-            list.pfns[list.len] = pfn;
-            list.len += 1;
-        }
+        list.refill(&mut area, request.kind, watermark(zone, request));
     }
-    if list.len == 0 {
-        return None;
-    }
-    list.len -= 1;
-    let pfn = list.pfns[list.len];
+    let pfn = list.pop()?;
     // Labelled before the lock goes: no checker ever sees it cached yet in no cache.
     label_allocated(zone.frame(pfn), request);
     Some(pfn)
@@ -479,30 +453,6 @@ fn label_allocated(head: &frame::Frame, request: &AllocRequest) {
     head.refcount.store(1, Relaxed);
 }
 
-/// Returns an order-0 page to the per-CPU cache; drains a batch to the zone when it is full.
-fn free_order0_cached(zone: &'static Zone, pfn: u64, kind: MigrateType) {
-    let Some(type_slot) = pcp_type_slot(kind) else {
-        free_to_zone(zone, pfn, 0);
-        return;
-    };
-    let mut pcp = PCP.lock();
-    let list = &mut pcp.lists[zone_slot(zone)][type_slot];
-    zone.frame(pfn).make_head(FrameState::Cached, 0, kind as u8);
-    list.pfns[list.len] = pfn;
-    list.len += 1;
-    if list.len > PCP_HIGH {
-        let mut area = zone.lock();
-        // The oldest pages (bottom of the stack) go back; the warm ones stay.
-        for &cached in &list.pfns[..PCP_BATCH] {
-            let index = area.index_of(cached).expect("cached pfn is in its zone");
-            area.frame(index).set_state(FrameState::Tail);
-            area.free(index, 0);
-        }
-        list.pfns.copy_within(PCP_BATCH..list.len, 0);
-        list.len -= PCP_BATCH;
-    }
-}
-
 /// Gives every page in the per-CPU caches back to the buddy lists (before an allocation that
 /// needs contiguous memory fails, before compaction, and for exact accounting in tests).
 pub fn drain_per_cpu_caches() -> u64 {
@@ -511,13 +461,7 @@ pub fn drain_per_cpu_caches() -> u64 {
     for zone in zones() {
         let mut area = zone.lock();
         for list in pcp.lists[zone_slot(zone)].iter_mut() {
-            for &pfn in &list.pfns[..list.len] {
-                let index = area.index_of(pfn).expect("cached pfn is in its zone");
-                area.frame(index).set_state(FrameState::Tail);
-                area.free(index, 0);
-            }
-            drained += list.len as u64;
-            list.len = 0;
+            drained += list.drain_all(&mut area) as u64;
         }
     }
     drained
@@ -530,7 +474,7 @@ pub fn with_caches_locked<R>(f: impl FnOnce(&dyn Fn(&Zone, &mut Vec<u64>)) -> R)
     let pcp = PCP.lock();
     let cached_of = |zone: &Zone, out: &mut Vec<u64>| {
         for list in &pcp.lists[zone_slot(zone)] {
-            out.extend_from_slice(&list.pfns[..list.len]);
+            out.extend_from_slice(list.pfns());
         }
     };
     f(&cached_of)
@@ -543,7 +487,7 @@ pub const PCP_CAPACITY_PER_ZONE: usize = 3 * (PCP_HIGH + 1);
 pub fn cached_pages(zone: &Zone) -> u64 {
     PCP.lock().lists[zone_slot(zone)]
         .iter()
-        .map(|list| list.len as u64)
+        .map(|list| list.len() as u64)
         .sum()
 }
 
@@ -638,6 +582,116 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
     Some(pages)
 }
 
+/// Allocates up to `count` blocks as [`alloc`] would each, appending them to `out`, whose room
+/// is made first (nothing allocates under a zone's lock). Each zone's lock is taken once for the
+/// batch and free blocks are cut into blocks of the order in place
+/// (`FreeArea::allocate_batch`: one list operation per free block, not per page), past the
+/// per-CPU cache; what the zones cannot give that way is tried one by one through [`alloc`]
+/// (which may compact or deflate the balloon). Returns how many blocks it added.
+pub fn alloc_bulk(request: AllocRequest, count: usize, out: &mut Vec<Pages>) -> usize {
+    if request.order > MAX_ORDER || request.kind == MigrateType::Isolate {
+        log::error!(
+            "page allocator: refused a bulk request for order {} {:?}",
+            request.order,
+            request.kind
+        );
+        return 0;
+    }
+    out.reserve(count);
+    let start = out.len();
+    for zone in candidate_zones(request.limit) {
+        let wanted = count - (out.len() - start);
+        if wanted == 0 {
+            break;
+        }
+        let (frames, base) = (zone.frames(), zone.start_pfn);
+        let mut area = zone.lock();
+        area.allocate_batch(
+            request.order,
+            request.kind,
+            wanted,
+            watermark(zone, &request),
+            |index| {
+                label_allocated(&frames[index as usize], &request);
+                out.push(Pages {
+                    pfn: base + index as u64,
+                    order: request.order,
+                });
+            },
+        );
+    }
+    let batched = out.len();
+    if request.zeroed {
+        for pages in &out[start..batched] {
+            // SAFETY: each block was just allocated to us and is direct-mapped RAM of its size.
+            unsafe { core::ptr::write_bytes(pages.virt() as *mut u8, 0, pages.bytes() as usize) };
+        }
+    }
+    while out.len() - start < count {
+        match alloc(request) {
+            Some(pages) => out.push(pages),
+            None => break,
+        }
+    }
+    out.len() - start
+}
+
+/// Frees every block of `pages` (emptying it) as [`free`] would each, but with each zone's lock
+/// taken once per run of blocks in that zone, adjacent blocks given back together
+/// (`FreeArea::free_batch`: pages that were one block go back as that block) and the per-CPU
+/// cache left alone. A block [`free`] would refuse is left out and logged; the first refusal is
+/// returned.
+pub fn free_bulk(pages: &mut Vec<Pages>) -> Result<(), FreeError> {
+    let mut result = Ok(());
+    let mut freed = 0;
+    let mut rest = &pages[..];
+    while let Some(first) = rest.first() {
+        let Some(zone) = zone_of(first.pfn) else {
+            log::error!(
+                "page allocator: refused to free pfn {:#x} order {}: no such frame",
+                first.pfn,
+                first.order
+            );
+            result = result.and(Err(FreeError::NoSuchFrame));
+            rest = &rest[1..];
+            continue;
+        };
+        let inside = rest
+            .iter()
+            .position(|block| !zone.contains(block.pfn))
+            .unwrap_or(rest.len());
+        let (run, next) = rest.split_at(inside);
+        let mut refusal = None;
+        {
+            // Under the zone's lock (interrupts off) from the claim to the lists: the checker
+            // never sees a block in transit.
+            let mut area = zone.lock();
+            area.free_batch(run.iter().filter_map(|block| {
+                let head = zone.frame(block.pfn);
+                if let Err(error) = claim(head, block.order) {
+                    refusal = refusal.or(Some((block.pfn, block.order, error)));
+                    return None;
+                }
+                head.set_state(FrameState::Tail);
+                freed += block.page_count();
+                Some(((block.pfn - zone.start_pfn) as u32, block.order))
+            }));
+        }
+        if let Some((pfn, order, error)) = refusal {
+            log::error!("page allocator: refused to free pfn {pfn:#x} order {order}: {error:?}");
+            result = result.and(Err(error));
+        }
+        rest = next;
+    }
+    // Every handle's block is freed now (or was refused): give the handles up without their
+    // drop freeing them again.
+    for block in pages.drain(..) {
+        block.into_raw();
+    }
+    super::compaction::note_freed(freed);
+    result
+}
+
 /// Takes the free block whose head is `index` in a locked zone as allocated order-0 pages of
 /// `owner` (compaction's targets: the free scanner takes free memory where it finds it),
 /// appended to `into` (the caller made room: nothing is allocated under the zone's lock).
@@ -680,29 +734,7 @@ pub fn free(pages: Pages) -> Result<(), FreeError> {
 }
 
 fn free_block(pfn: u64, order: u8) -> Result<(), FreeError> {
-    // One atomic transition claims the block (a double free racing this one is refused), and
-    // interrupts stay off until it is on a list, so this CPU never shows it in transit.
-    let result = x86_64::instructions::interrupts::without_interrupts(|| {
-        let zone = zone_of(pfn).ok_or(FreeError::NoSuchFrame)?;
-        let head = zone.frame(pfn);
-        head.begin_free(order).map_err(|state| match state {
-            FrameState::Allocated => FreeError::WrongOrder {
-                allocated: head.order(),
-            },
-            other => FreeError::NotAllocated(other),
-        })?;
-        head.refcount.store(0, Relaxed);
-        head.mapcount.store(0, Relaxed);
-        head.rmap.store(0, Relaxed);
-        if order == 0 {
-            // The pageblock's type decides the list (as Linux), not the type it was allocated
-            // as.
-            free_order0_cached(zone, pfn, zone.pageblock_type(pfn));
-        } else {
-            free_to_zone(zone, pfn, order);
-        }
-        Ok(())
-    });
+    let result = free_to_lists(pfn, order);
     match result {
         Ok(()) => super::compaction::note_freed(1 << order),
         Err(error) => {
@@ -710,6 +742,51 @@ fn free_block(pfn: u64, order: u8) -> Result<(), FreeError> {
         }
     }
     result
+}
+
+/// Claims the block under the lock of the list it goes to (the per-CPU cache for a single page,
+/// Claims the block under the lock of the list it goes to (the per-CPU cache for a single page,
+/// its zone otherwise) and puts it there: one atomic transition claims it (a double free
+/// racing this one is refused), and interrupts stay off from the claim until it is on a list,
+/// so this CPU never shows it in transit, with one interrupts-off section instead of two.
+fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
+    let zone = zone_of(pfn).ok_or(FreeError::NoSuchFrame)?;
+    let head = zone.frame(pfn);
+    // The pageblock's type decides the list (as Linux), not the type it was allocated as.
+    let kind = zone.pageblock_type(pfn);
+    if order == 0
+        && let Some(type_slot) = pcp_type_slot(kind)
+    {
+        let mut pcp = PCP.lock();
+        claim(head, 0)?;
+        head.make_head(FrameState::Cached, 0, kind as u8);
+        let list = &mut pcp.lists[zone_slot(zone)][type_slot];
+        if list.push(pfn) {
+            // The oldest pages (bottom of the stack) go back; the warm ones stay.
+            list.drain_batch(&mut zone.lock());
+        }
+    } else {
+        let mut area = zone.lock();
+        claim(head, order)?;
+        head.set_state(FrameState::Tail);
+        area.free((pfn - zone.start_pfn) as u32, order);
+    }
+    Ok(())
+}
+
+/// The transition that starts a free ([`frame::Frame::begin_free`]), and the owner's counts
+/// cleared.
+fn claim(head: &frame::Frame, order: u8) -> Result<(), FreeError> {
+    head.begin_free(order).map_err(|state| match state {
+        FrameState::Allocated => FreeError::WrongOrder {
+            allocated: head.order(),
+        },
+        other => FreeError::NotAllocated(other),
+    })?;
+    head.refcount.store(0, Relaxed);
+    head.mapcount.store(0, Relaxed);
+    head.rmap.store(0, Relaxed);
+    Ok(())
 }
 
 /// Why [`split_allocated`] refused.
@@ -779,13 +856,6 @@ fn check_allocated(pages: &Pages) -> Result<(), FreeError> {
         }),
         other => Err(FreeError::NotAllocated(other)),
     }
-}
-
-fn free_to_zone(zone: &Zone, pfn: u64, order: u8) {
-    let mut area = zone.lock();
-    let index = area.index_of(pfn).expect("pfn is in its zone");
-    area.frame(index).set_state(FrameState::Tail);
-    area.free(index, order);
 }
 
 // ---- Statistics ----------------------------------------------------------------------------

@@ -265,30 +265,32 @@ impl Frame {
     }
 }
 
-/// Turns `count` frames' worth of memory at physical `phys` into a database of records, all
-/// [`FrameState::Reserved`].
+/// Turns `count` frames' worth of memory at `records` into a database of records, all
+/// [`FrameState::Reserved`]. With [`database_at`], the one place where raw memory becomes frame
+/// records.
 ///
 /// # Safety
-/// `[phys, phys + count * 32)` must be RAM, direct-mapped, used by nothing else, now or later.
-pub unsafe fn build_database(phys: u64, count: usize) -> &'static [Frame] {
+/// `records` must point to `count * 32` bytes of writable memory, aligned for a `Frame`, used by
+/// nothing else, now or later (the kernel: RAM it reserved, through the direct map).
+pub unsafe fn build_database(records: *mut Frame, count: usize) -> &'static [Frame] {
     // SAFETY: the caller's promise is exactly `database_at`'s.
-    let records = unsafe { database_at(phys, count) };
+    let records = unsafe { database_at(records, count) };
     // SAFETY: the records were just handed to us and nobody else uses them yet.
     unsafe { init_records(records, FrameState::Reserved) };
     records
 }
 
-/// The records of `count` frames at physical `phys`, as they are: nothing is written, so a
-/// record holds whatever the memory held until [`init_records`] writes it (deferred
-/// initialisation: see `mm::deferred_init`). Every bit pattern is a valid `Frame` (all fields
-/// are atomic integers), so reading an unwritten record is meaningless but not undefined.
+/// The records of `count` frames at `records`, as they are: nothing is written, so a record
+/// holds whatever the memory held until [`init_records`] writes it (deferred initialisation:
+/// see the kernel's `mm::deferred_init`). Every bit pattern is a valid `Frame` (all fields are
+/// atomic integers), so reading an unwritten record is meaningless but not undefined.
 ///
 /// # Safety
-/// `[phys, phys + count * 32)` must be RAM, direct-mapped, used by nothing else, now or later.
-pub unsafe fn database_at(phys: u64, count: usize) -> &'static [Frame] {
-    let records = super::phys_to_virt(phys) as *const Frame;
-    // SAFETY: the caller gives us this memory for good; it is properly aligned (phys is
-    // page-aligned, records are 32 bytes) and any content is a valid `Frame`.
+/// `records` must point to `count * 32` bytes of memory, aligned for a `Frame`, used by nothing
+/// else, now or later.
+pub unsafe fn database_at(records: *mut Frame, count: usize) -> &'static [Frame] {
+    // SAFETY: the caller gives us this memory for good; it is properly aligned and any content
+    // is a valid `Frame`.
     unsafe { core::slice::from_raw_parts(records, count) }
 }
 

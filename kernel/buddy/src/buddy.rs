@@ -3,7 +3,7 @@
 //! the reported-page boundary of every list.
 //!
 //! Owns a zone's [`FreeArea`]: the free lists and the list fields of the zone's frame records.
-//! It is always used under the zone's lock ([`super::zone::Zone`]); nothing else touches the
+//! It is always used under the zone's lock (the kernel's `mm::zone::Zone`); nothing else touches the
 //! lists. Free lists are intrusive doubly linked lists through the frame records; blocks can be
 //! inserted and taken at either end, and removed from the middle, all in O(1).
 //!
@@ -14,7 +14,7 @@
 //! move, isolation) loses its flag and its count. The reporting worker takes the unreported
 //! block just in front of the boundary, so a pass only ever visits what is new.
 
-use super::frame::{Frame, FrameFlags, FrameIndex, FrameState, NONE};
+use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, NONE};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
@@ -621,5 +621,116 @@ impl FreeArea {
             }
         }
         block
+    }
+}
+
+// ---- Batches: whole blocks in and out, no per-page list work -------------------------------
+
+impl FreeArea {
+    /// Takes up to `count` blocks of `order` for `kind` in one go, calling `take` with each
+    /// one's head index (for the caller to label; the other frames are tails). Blocks come from
+    /// the smallest free blocks first, as single allocations would (fragments before whole
+    /// blocks, warm before reported), but each free block is taken off its list once and cut
+    /// into blocks of `order` in place: a batch of 32 pages from a free 2 MiB block unlinks one
+    /// block and pushes the unused halves, instead of one list operation per page. When `kind`'s
+    /// own lists run dry it falls back like [`FreeArea::allocate`] (stealing pageblocks).
+    /// Stops early if `keep` free pages would not be left. Returns the blocks taken.
+    pub fn allocate_batch(
+        &mut self,
+        order: u8,
+        kind: MigrateType,
+        count: usize,
+        keep: u64,
+        mut take: impl FnMut(FrameIndex),
+    ) -> usize {
+        let mut taken = 0;
+        while taken < count && self.free_pages >= keep + (1 << order) {
+            let affordable = ((self.free_pages - keep) >> order) as usize;
+            let wanted = (count - taken).min(affordable);
+            // The largest block whose every block of `order` we can use.
+            let fit = (order + wanted.ilog2() as u8).min(MAX_ORDER);
+            let (index, got) = match self.take_smallest_up_to(order, fit, kind) {
+                Some(found) => found,
+                None => match self.take_fallback(order, kind) {
+                    Some(index) => (index, order),
+                    None => break,
+                },
+            };
+            self.frame(index).set_flags(FrameFlags::empty());
+            for block in 0..1u32 << (got - order) {
+                take(index + (block << order));
+            }
+            taken += 1 << (got - order);
+        }
+        taken
+    }
+
+    /// Like `take_smallest`, but a block of any order from `order` up to `fit` is taken whole
+    /// (a larger one is split down to `fit`). Returns its head and order.
+    fn take_smallest_up_to(
+        &mut self,
+        order: u8,
+        fit: u8,
+        kind: MigrateType,
+    ) -> Option<(FrameIndex, u8)> {
+        let lists = &self.lists;
+        let first = (order..=MAX_ORDER)
+            .find(|current| lists[*current as usize][kind as usize].head != NONE)?;
+        let list = &lists[first as usize][kind as usize];
+        let current = if list.head != list.boundary {
+            first
+        } else {
+            (first + 1..=MAX_ORDER)
+                .find(|higher| {
+                    let list = &lists[*higher as usize][kind as usize];
+                    list.head != NONE && list.head != list.boundary
+                })
+                .unwrap_or(first)
+        };
+        let index = self.lists[current as usize][kind as usize].head;
+        self.unlink(index);
+        let got = current.min(fit);
+        self.split(index, current, got, kind);
+        Some((index, got))
+    }
+
+    /// Frees a batch of blocks, given as (head, order), each head already in state `Tail` (as
+    /// for [`FreeArea::free`]). Runs of adjacent blocks of one order, one after the other in
+    /// ascending order (as a batch allocation hands them out, or sorted), are freed as the
+    /// largest naturally aligned blocks they form, so pages that were one block go back with
+    /// one free (and its merges) instead of one per page.
+    pub fn free_batch(&mut self, blocks: impl IntoIterator<Item = (FrameIndex, u8)>) {
+        // The pending run: its first head, its pages and the order of its blocks.
+        let mut run: Option<(FrameIndex, u64, u8)> = None;
+        for (index, order) in blocks {
+            match &mut run {
+                Some((start, pages, run_order))
+                    if *run_order == order && index as u64 == *start as u64 + *pages =>
+                {
+                    *pages += 1 << order;
+                }
+                _ => {
+                    if let Some((start, pages, _)) = run {
+                        self.free_run(start, pages);
+                    }
+                    run = Some((index, 1 << order, order));
+                }
+            }
+        }
+        if let Some((start, pages, _)) = run {
+            self.free_run(start, pages);
+        }
+    }
+
+    /// Frees `pages` pages from `index` (every frame a tail) as the largest aligned blocks.
+    fn free_run(&mut self, mut index: FrameIndex, mut pages: u64) {
+        while pages > 0 {
+            let block = (self.pfn(index).trailing_zeros() as u8)
+                .min(pages.ilog2() as u8)
+                .min(MAX_ORDER);
+            self.free(index, block);
+            index += 1 << block;
+            pages -= 1 << block;
+        }
     }
 }
