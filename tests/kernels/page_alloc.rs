@@ -322,7 +322,9 @@ fn double_free_wrong_order_and_reserved_frees_are_refused() {
     assert_eq!(page_alloc::free(unsafe { Pages::from_raw(pfn, 2) }), Ok(()));
     assert!(matches!(
         page_alloc::free(unsafe { Pages::from_raw(pfn, 2) }),
-        Err(FreeError::NotAllocated(FrameState::Free | FrameState::Tail))
+        Err(FreeError::NotAllocated(
+            FrameState::Free | FrameState::Tail | FrameState::Cached
+        ))
     ));
     let single = page_alloc::alloc(AllocRequest::new(0))
         .expect("memory")
@@ -410,5 +412,58 @@ fn bulk_allocation_and_free_keep_every_invariant_at_orders_0_3_and_9() {
         assert!(bytes.iter().all(|&byte| byte == 0));
     }
     page_alloc::free_bulk(&mut blocks).expect("free");
+    assert_eq!(settled_free_pages(), start_free);
+}
+
+/// Cached blocks of the orders above 0 in every zone: (pages, the highest order seen).
+fn high_order_cached() -> (u64, u8) {
+    // Room made first: nothing allocates under the caches' lock.
+    let mut blocks = Vec::with_capacity(page_alloc::PCP_CAPACITY_PER_ZONE);
+    page_alloc::with_caches_locked(|cached_of| {
+        let (mut pages, mut highest) = (0, 0);
+        for zone in page_alloc::all_zones() {
+            blocks.clear();
+            cached_of(zone, &mut blocks);
+            for &(_, order) in blocks.iter().filter(|&&(_, order)| order > 0) {
+                pages += 1u64 << order;
+                highest = highest.max(order);
+            }
+        }
+        (pages, highest)
+    })
+}
+
+#[test_case]
+fn high_order_blocks_wait_in_per_cpu_lists_counted_checked_and_drained() {
+    let start_free = settled_free_pages();
+    assert_eq!(high_order_cached(), (0, 0), "a drain empties every list");
+    // Blocks of every order with a list (1..=3 and the pageblock order), freed one by one.
+    let mut blocks = Vec::new();
+    for order in [1u8, 2, 3, PAGEBLOCK_ORDER] {
+        for _ in 0..4 {
+            let request = AllocRequest::new(order).kind(MigrateType::Movable);
+            blocks.push(page_alloc::alloc(request).expect("memory"));
+        }
+    }
+    drop(blocks);
+    let (cached, highest) = high_order_cached();
+    assert_eq!(highest, PAGEBLOCK_ORDER, "a 2 MiB block waits in its list");
+    // The checker sees each cached block whole, with its order, counted in pages; the free
+    // count includes them exactly.
+    let census = check_state();
+    assert!(census.cached >= cached, "{} < {cached}", census.cached);
+    assert_eq!(page_alloc::free_pages(), start_free);
+    // The reporting worker's drain takes the pageblock order's lists only.
+    assert!(page_alloc::drain_per_cpu_caches_from(PAGEBLOCK_ORDER) >= 1 << PAGEBLOCK_ORDER);
+    let (small, highest) = high_order_cached();
+    assert!(
+        highest <= 3 && small > 0 && small < cached,
+        "{small} of {cached}"
+    );
+    check_state();
+    // A compaction pass drains every list (cached blocks merge before it measures).
+    kernel::mm::compaction::compact_all();
+    assert_eq!(high_order_cached(), (0, 0), "compaction drained the lists");
+    check_state();
     assert_eq!(settled_free_pages(), start_free);
 }

@@ -457,3 +457,45 @@ fn reporting_turned_off_and_on_at_run_time_takes_effect_at_once() {
     wait_for_worker();
     check();
 }
+
+#[test_case]
+fn a_2mib_block_waiting_in_a_per_cpu_list_is_drained_and_reported() {
+    wait_for_worker();
+    // Two halves of a 4 MiB block: the lower one freed while the upper is allocated waits in
+    // the pageblock order's per-CPU list, where no pass would see it.
+    let block = page_alloc::alloc(AllocRequest::new(MAX_ORDER).kind(MigrateType::Movable))
+        .expect("a 4 MiB block");
+    let [low, high] = page_alloc::split_allocated(block)
+        .unwrap_or_else(|(error, _)| panic!("split refused: {error:?}"));
+    let (low_pfn, high_pfn) = (low.pfn(), high.pfn());
+    page_alloc::free(low).expect("free");
+    let zone = page_alloc::zone_of(low_pfn).expect("zone");
+    let frame = zone.frame(low_pfn);
+    assert_eq!(
+        frame.state(),
+        FrameState::Cached,
+        "it waits in a per-CPU list"
+    );
+    assert_eq!(frame.order(), 9);
+    check();
+    // A pass drains the list first: the block is reported whole.
+    reporting::request();
+    let start = Instant::now();
+    while !(frame.state() == FrameState::Free && frame.flags().contains(FrameFlags::REPORTED)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the cached block was not reported within 10 s (state {:?}, flags {:?})",
+            frame.state(),
+            frame.flags()
+        );
+        task::sleep(Duration::from_millis(5));
+    }
+    wait_for_worker();
+    check();
+    // Its buddy's free completes a 4 MiB block: it goes to the zone and merges, not to a list.
+    page_alloc::free(high).expect("free");
+    assert_ne!(zone.frame(high_pfn).state(), FrameState::Cached);
+    assert_eq!(zone.frame(low_pfn).state(), FrameState::Free);
+    assert_eq!(zone.frame(low_pfn).order(), MAX_ORDER);
+    check();
+}

@@ -109,8 +109,11 @@ impl FreeArea {
                     continue;
                 }
                 FrameState::Tail => return fail("tail frame outside any block", index as u64),
-                FrameState::Cached if frame.order() != 0 => {
-                    return fail("cached page of order > 0", index as u64);
+                FrameState::Cached if crate::pcp::pcp_order_slot(frame.order()).is_none() => {
+                    return fail(
+                        "cached block of an order with no per-CPU list",
+                        index as u64,
+                    );
                 }
                 _ => 1usize << frame.order(),
             };

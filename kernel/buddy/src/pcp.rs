@@ -1,69 +1,149 @@
-//! One list of the per-CPU cache of order-0 pages: the pages themselves, and moving them
+//! One list of the per-CPU cache: blocks of one order (order 0, the small high orders 1..=3
+//! and the pageblock order 9, as Linux's per-CPU lists since 5.13 and 5.19), and moving them
 //! between the list and a zone's [`FreeArea`] a batch at a time.
 //!
-//! Owns the list's slots (frame numbers of pages in state [`FrameState::Cached`]). The caller
-//! holds the cache's lock for the list, and the zone's lock for the area it passes in; the
-//! kernel's `mm::page_alloc` decides when to refill and drain.
+//! Owns the list's slots (frame numbers of block heads in state [`FrameState::Cached`], with
+//! the list's order). The caller holds the cache's lock for the list, and the zone's lock for
+//! the area it passes in; the kernel's `mm::page_alloc` decides when to refill and drain.
 
-use crate::buddy::{FreeArea, MigrateType};
+use crate::buddy::{FreeArea, MigrateType, PAGEBLOCK_ORDER};
 use crate::frame::{FrameIndex, FrameState};
 
-/// Pages moved between a per-CPU list and its zone at a time.
+/// Order-0 pages moved between a per-CPU list and its zone at a time.
 pub const PCP_BATCH: usize = 32;
-/// A per-CPU list holding more than this drains a batch back to its zone.
+/// An order-0 per-CPU list holding more than this drains a batch back to its zone.
 pub const PCP_HIGH: usize = 4 * PCP_BATCH;
 
-/// A stack of cached order-0 pages (frame numbers); the top is the warmest.
+/// The orders with a per-CPU list, and the slot of each: 0, 1..=3 (Linux's
+/// `PAGE_ALLOC_COSTLY_ORDER`) and the pageblock order (Linux's THP list).
+pub const PCP_ORDERS: [u8; 5] = [0, 1, 2, 3, PAGEBLOCK_ORDER];
+
+/// The slot in [`PCP_ORDERS`] of `order`, if it has a per-CPU list.
+#[inline]
+pub const fn pcp_order_slot(order: u8) -> Option<usize> {
+    match order {
+        0..=3 => Some(order as usize),
+        PAGEBLOCK_ORDER => Some(4),
+        _ => None,
+    }
+}
+
+/// The high mark of a list of `order`, in pages (as Linux's `pcp->high`): more than this and
+/// the oldest [`pcp_batch`] blocks go back. Small for the high orders: what they hold neither
+/// merges nor reaches the host until it is drained.
+pub const fn pcp_high_pages(order: u8) -> usize {
+    match order {
+        0 => PCP_HIGH,
+        1 | 2 => 32,
+        3 => 64,
+        _ => 1 << order,
+    }
+}
+
+/// Blocks moved between a list of `order` and its zone at a time (a quarter of the high
+/// mark, at least one block).
+pub const fn pcp_batch(order: u8) -> usize {
+    if order == 0 {
+        PCP_BATCH
+    } else {
+        let blocks = (pcp_high_pages(order) >> order) / 4;
+        if blocks == 0 { 1 } else { blocks }
+    }
+}
+
+/// Most blocks a list holds at once (one over its high mark, before it drains).
+const SLOTS: usize = PCP_HIGH + 1;
+
+/// A stack of cached blocks of one order (frame numbers of their heads); the top is the
+/// warmest.
 pub struct PcpList {
-    pfns: [u64; PCP_HIGH + 1],
     len: usize,
+    /// The high mark in blocks, and the batch (both fixed by the order: kept here so that the
+    /// hot path reads them next to `len`).
+    high: usize,
+    batch: usize,
+    order: u8,
+    pfns: [u64; SLOTS],
 }
 
 impl PcpList {
-    pub const EMPTY: PcpList = PcpList {
-        pfns: [0; PCP_HIGH + 1],
-        len: 0,
-    };
+    /// An empty list of order-0 pages.
+    pub const EMPTY: PcpList = PcpList::new(0);
 
+    /// An empty list of blocks of `order` (one of [`PCP_ORDERS`]).
+    pub const fn new(order: u8) -> PcpList {
+        assert!(pcp_order_slot(order).is_some());
+        PcpList {
+            len: 0,
+            high: pcp_high_pages(order) >> order,
+            batch: pcp_batch(order),
+            order,
+            pfns: [0; SLOTS],
+        }
+    }
+
+    /// The lists of one zone and migratetype, one per order of [`PCP_ORDERS`].
+    pub const fn per_order() -> [PcpList; PCP_ORDERS.len()] {
+        [
+            PcpList::new(PCP_ORDERS[0]),
+            PcpList::new(PCP_ORDERS[1]),
+            PcpList::new(PCP_ORDERS[2]),
+            PcpList::new(PCP_ORDERS[3]),
+            PcpList::new(PCP_ORDERS[4]),
+        ]
+    }
+
+    pub fn order(&self) -> u8 {
+        self.order
+    }
+
+    /// Blocks on the list.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Pages on the list.
+    pub fn pages(&self) -> u64 {
+        (self.len as u64) << self.order
     }
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// The cached pages, oldest first.
+    /// The cached blocks' heads, oldest first.
     pub fn pfns(&self) -> &[u64] {
         &self.pfns[..self.len]
     }
 
-    /// Takes the warmest page; its record is still `Cached` for the caller to relabel.
+    /// Takes the warmest block; its record is still `Cached` for the caller to relabel.
     pub fn pop(&mut self) -> Option<u64> {
         self.len = self.len.checked_sub(1)?;
         Some(self.pfns[self.len])
     }
 
-    /// Adds a page whose record the caller has made `Cached`. True when the list now holds more
-    /// than [`PCP_HIGH`] pages: the caller should [`PcpList::drain_batch`] under the zone lock.
+    /// Adds a block whose head the caller has made `Cached` with this list's order. True when
+    /// the list now holds more than its high mark ([`pcp_high_pages`]): the caller should
+    /// [`PcpList::drain_batch`] under the zone lock.
     pub fn push(&mut self, pfn: u64) -> bool {
         self.pfns[self.len] = pfn;
         self.len += 1;
-        self.len > PCP_HIGH
+        self.len > self.high
     }
 
-    /// Refills up to [`PCP_BATCH`] pages of `kind` from `area` (whose zone this list caches),
-    /// keeping more than `mark` pages free there. Each page comes out `Cached`. Returns the
-    /// pages added.
+    /// Refills up to a batch ([`pcp_batch`]) of blocks of `kind` from `area` (whose zone this
+    /// list caches), keeping more than `mark` pages free there. Each block comes out `Cached`.
+    /// Returns the blocks added.
     pub fn refill(&mut self, area: &mut FreeArea, kind: MigrateType, mark: u64) -> usize {
         let before = self.len;
         let base_pfn = area.pfn(0);
         let frames = area.frames();
+        let order = self.order;
         let (pfns, len) = (&mut self.pfns, &mut self.len);
-        // In one batch (whole blocks cut into pages), pushed so that the lowest page is on top.
-        let wanted = PCP_BATCH.saturating_sub(*len);
-        let taken = area.allocate_batch(0, kind, wanted, mark, |index| {
-            frames[index as usize].make_head(FrameState::Cached, 0, kind as u8);
+        // In one batch (whole blocks cut in place), pushed so that the lowest block is on top.
+        let wanted = self.batch.saturating_sub(*len);
+        let taken = area.allocate_batch(order, kind, wanted, mark, |index| {
+            frames[index as usize].make_head(FrameState::Cached, order, kind as u8);
             pfns[*len] = base_pfn + index as u64;
             *len += 1;
         });
@@ -71,26 +151,28 @@ impl PcpList {
         taken
     }
 
-    /// Gives the oldest [`PCP_BATCH`] pages (the bottom of the stack) back to `area`; the warm
+    /// Gives the oldest batch of blocks (the bottom of the stack) back to `area`; the warm
     /// ones stay.
     pub fn drain_batch(&mut self, area: &mut FreeArea) {
-        let count = PCP_BATCH.min(self.len);
-        free_cached(area, &self.pfns[..count]);
+        let count = self.batch.min(self.len);
+        free_cached(area, &self.pfns[..count], self.order);
         self.pfns.copy_within(count..self.len, 0);
         self.len -= count;
     }
 
-    /// Gives every page back to `area`; returns how many.
-    pub fn drain_all(&mut self, area: &mut FreeArea) -> usize {
-        free_cached(area, &self.pfns[..self.len]);
-        core::mem::take(&mut self.len)
+    /// Gives every block back to `area`; returns how many pages.
+    pub fn drain_all(&mut self, area: &mut FreeArea) -> u64 {
+        free_cached(area, &self.pfns[..self.len], self.order);
+        let pages = self.pages();
+        self.len = 0;
+        pages
     }
 }
 
-/// Frees cached pages of `area`'s zone back to its lists, in one batch: sorted, so that pages
-/// that were one block go back as that block.
-fn free_cached(area: &mut FreeArea, pfns: &[u64]) {
-    let mut indices = [0 as FrameIndex; PCP_HIGH + 1];
+/// Frees cached blocks of `order` of `area`'s zone back to its lists, in one batch: sorted, so
+/// that blocks that were one larger block go back as that block.
+fn free_cached(area: &mut FreeArea, pfns: &[u64], order: u8) {
+    let mut indices = [0 as FrameIndex; SLOTS];
     let indices = &mut indices[..pfns.len()];
     for (slot, &pfn) in indices.iter_mut().zip(pfns) {
         let index = area.index_of(pfn).expect("cached pfn is in its zone");
@@ -98,5 +180,5 @@ fn free_cached(area: &mut FreeArea, pfns: &[u64]) {
         *slot = index;
     }
     indices.sort_unstable();
-    area.free_batch(indices.iter().map(|&index| (index, 0)));
+    area.free_batch(indices.iter().map(|&index| (index, order)));
 }

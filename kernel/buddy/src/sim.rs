@@ -1,7 +1,7 @@
 //! A host-side stand-in for the kernel's page allocator (`mm::page_alloc`), built from this
 //! crate's parts the way the kernel builds it: zones (lowest first) each with a [`FreeArea`]
 //! and a min watermark, allocation from the highest zone a limit allows, the per-CPU cache
-//! ([`PcpList`]) in front of order 0 with the same refill and drain, the one compare-and-swap
+//! ([`PcpList`]) in front of orders 0..=3 and 9 with the same refill and drain, the one compare-and-swap
 //! that claims a block being freed, and the labels the kernel gives allocated heads.
 //!
 //! Owns its zones' frame records (leaked: they live as long as the program, as the kernel's
@@ -14,7 +14,7 @@
 use crate::buddy::{FreeArea, MAX_ORDER, MigrateType};
 use crate::check::{AreaCensus, CheckError};
 use crate::frame::{Frame, FrameIndex, FrameState, Owner};
-use crate::pcp::PcpList;
+use crate::pcp::{PCP_ORDERS, PcpList, pcp_order_slot};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -44,8 +44,8 @@ pub struct SimZone {
     lock: CostLock,
 }
 
-/// The per-CPU lists of one zone, per allocatable migratetype.
-type ZoneCache = [PcpList; 3];
+/// The per-CPU lists of one zone, per allocatable migratetype and order of [`PCP_ORDERS`].
+type ZoneCache = [[PcpList; PCP_ORDERS.len()]; 3];
 
 pub struct Sim {
     zones: Vec<SimZone>,
@@ -113,7 +113,13 @@ impl Sim {
             });
         }
         let pcp = (0..zones.len())
-            .map(|_| [PcpList::EMPTY, PcpList::EMPTY, PcpList::EMPTY])
+            .map(|_| {
+                [
+                    PcpList::per_order(),
+                    PcpList::per_order(),
+                    PcpList::per_order(),
+                ]
+            })
             .collect();
         Sim {
             zones,
@@ -144,8 +150,8 @@ impl Sim {
     }
 
     /// Allocates `2^order` pages of `kind` from zones `0..zones` (the highest first), as the
-    /// kernel's `page_alloc::alloc`: order 0 through the per-CPU cache; before failing an order
-    /// above 0, the caches are drained and the zones tried once more.
+    /// kernel's `page_alloc::alloc`: orders 0..=3 and 9 through the per-CPU cache; before
+    /// failing an order above 0, the caches are drained and the zones tried once more.
     pub fn alloc(&mut self, order: u8, kind: MigrateType, zones: usize) -> Option<u64> {
         let zones = zones.min(self.zones.len());
         let found = (0..zones)
@@ -163,11 +169,11 @@ impl Sim {
     }
 
     fn alloc_from(&mut self, zone: usize, order: u8, kind: MigrateType) -> Option<u64> {
-        if order == 0
+        if let Some(order_slot) = pcp_order_slot(order)
             && let Some(slot) = pcp_slot(kind)
         {
             self.pcp_lock.take();
-            let list = &mut self.pcp[zone][slot];
+            let list = &mut self.pcp[zone][slot][order_slot];
             if list.is_empty() {
                 let zone = &mut self.zones[zone];
                 zone.lock.take();
@@ -210,12 +216,13 @@ impl Sim {
         head.mapcount.store(0, Ordering::Relaxed);
         head.rmap.store(0, Ordering::Relaxed);
         let kind = zone.area.pageblock_type(index);
-        if order == 0
+        if let Some(order_slot) = pcp_order_slot(order)
             && let Some(slot) = pcp_slot(kind)
+            && !completes_max_order(&zone.area, index, order)
         {
             self.pcp_lock.take();
-            head.make_head(FrameState::Cached, 0, kind as u8);
-            let list = &mut self.pcp[zone_index][slot];
+            head.make_head(FrameState::Cached, order, kind as u8);
+            let list = &mut self.pcp[zone_index][slot][order_slot];
             if list.push(pfn) {
                 zone.lock.take();
                 list.drain_batch(&mut zone.area);
@@ -309,14 +316,22 @@ impl Sim {
         refused
     }
 
-    /// Gives every cached page back to its zone; returns how many.
+    /// Gives every cached block back to its zone; returns how many pages.
     pub fn drain(&mut self) -> u64 {
+        self.drain_from(0)
+    }
+
+    /// Gives every cached block of `min_order` and up back to its zone (what the reporting
+    /// worker does before a pass); returns how many pages.
+    pub fn drain_from(&mut self, min_order: u8) -> u64 {
         let mut drained = 0;
         self.pcp_lock.take();
         for (zone, lists) in self.zones.iter_mut().zip(self.pcp.iter_mut()) {
             zone.lock.take();
-            for list in lists.iter_mut() {
-                drained += list.drain_all(&mut zone.area) as u64;
+            for list in lists.iter_mut().flatten() {
+                if list.order() >= min_order {
+                    drained += list.drain_all(&mut zone.area);
+                }
             }
             zone.lock.give();
         }
@@ -326,12 +341,21 @@ impl Sim {
 
     /// Free pages: on the lists and in the caches.
     pub fn free_pages(&self) -> u64 {
-        let cached: usize = self.pcp.iter().flatten().map(PcpList::len).sum();
         self.zones
             .iter()
             .map(|zone| zone.area.free_pages)
             .sum::<u64>()
-            + cached as u64
+            + self.cached_pages()
+    }
+
+    /// Free pages in the per-CPU caches.
+    pub fn cached_pages(&self) -> u64 {
+        self.pcp
+            .iter()
+            .flatten()
+            .flatten()
+            .map(PcpList::pages)
+            .sum()
     }
 
     /// Checks every zone ([`FreeArea::check`]) and that the caches hold exactly the cached
@@ -341,7 +365,11 @@ impl Sim {
         for (zone, lists) in self.zones.iter().zip(&self.pcp) {
             let census = zone.area.check()?;
             let mut cached = 0;
-            for (slot, list) in lists.iter().enumerate() {
+            for (slot, list) in lists
+                .iter()
+                .enumerate()
+                .flat_map(|(slot, lists)| lists.iter().map(move |list| (slot, list)))
+            {
                 for &pfn in list.pfns() {
                     let frame = self
                         .frame(pfn)
@@ -349,7 +377,8 @@ impl Sim {
                     match frame {
                         Some(frame)
                             if frame.state() == FrameState::Cached
-                                && frame.list() == slot as u8 => {}
+                                && frame.list() == slot as u8
+                                && frame.order() == list.order() => {}
                         _ => {
                             return Err(CheckError {
                                 what: "a cached pfn is not a cached frame of its zone and list",
@@ -357,7 +386,7 @@ impl Sim {
                             });
                         }
                     }
-                    cached += 1;
+                    cached += 1u64 << list.order();
                 }
             }
             if cached != census.cached {
@@ -376,6 +405,22 @@ impl Sim {
         }
         Ok(total)
     }
+}
+
+/// Whether freeing the block of `order` at `index` would merge it into a max-order block (its
+/// buddy is a free block of its order): such a block goes to the zone, not to a per-CPU list,
+/// so that whole max-order blocks form (and reach the host) as the kernel's do. Read without
+/// the zone's lock, as a hint: only the pageblock order is asked, the one below the largest.
+#[inline]
+pub fn completes_max_order(area: &FreeArea, index: FrameIndex, order: u8) -> bool {
+    if order + 1 != MAX_ORDER {
+        return false;
+    }
+    let buddy = area.pfn(index) ^ (1 << order);
+    area.index_of(buddy).is_some_and(|buddy| {
+        let frame = area.frame(buddy);
+        frame.state() == FrameState::Free && frame.order() == order
+    })
 }
 
 /// Makes a block just taken off a list the head of an allocated block, as the kernel does.

@@ -456,7 +456,7 @@ fn the_per_cpu_list_refills_a_batch_and_drains_the_oldest() {
     list.drain_batch(&mut area);
     assert_eq!(list.pfns(), &oldest[..], "the warm pages stay, in order");
     check(&area);
-    assert_eq!(list.drain_all(&mut area), PCP_HIGH + 1 - PCP_BATCH);
+    assert_eq!(list.drain_all(&mut area), (PCP_HIGH + 1 - PCP_BATCH) as u64);
     assert_eq!(area.free_pages, 1 << MAX_ORDER);
     assert_eq!(shape(&area), shape(&self::area(0, 1 << MAX_ORDER)));
     check(&area);
@@ -690,4 +690,230 @@ fn build_database_turns_raw_memory_into_reserved_records() {
     add_free_range(&mut area, 0, count as u32);
     let census = check(&area);
     assert_eq!(census.free, count as u64);
+}
+
+/// One zone of 8 max-order blocks (32 MiB), no reserve, for the high-order per-CPU lists.
+fn pcp_sim() -> Sim {
+    Sim::new(&[(0, 8 << MAX_ORDER)], &[], 0)
+}
+
+fn sim_check(sim: &Sim) -> crate::check::AreaCensus {
+    sim.check()
+        .unwrap_or_else(|error| panic!("check failed: {error:?}"))
+}
+
+#[test]
+fn high_order_per_cpu_lists_cache_blocks_with_exact_counts_and_drain_whole() {
+    use crate::pcp::{PCP_ORDERS, pcp_high_pages};
+    let mut sim = pcp_sim();
+    let total = sim.free_pages();
+    let fresh = shape(&sim.zones()[0].area);
+    // Every order with a list: allocate a few, free them: they wait in the lists, counted free.
+    let mut blocks = Vec::new();
+    for order in PCP_ORDERS {
+        for _ in 0..3 {
+            let pfn = sim.alloc(order, MigrateType::Movable, 1).expect("memory");
+            assert_eq!(pfn % (1 << order), 0);
+            blocks.push((pfn, order));
+        }
+    }
+    let census = sim_check(&sim);
+    let held: u64 = blocks.iter().map(|&(_, order)| 1u64 << order).sum();
+    assert_eq!(census.allocated, held);
+    assert_eq!(
+        sim.free_pages(),
+        total - held,
+        "free pages exact while allocated"
+    );
+    for &(pfn, order) in &blocks {
+        sim.free(pfn, order).expect("free");
+        // A block in a list is cached with its order (and a second free is refused).
+        let head = sim.frame(pfn).expect("frame");
+        if head.state() == FrameState::Cached {
+            assert_eq!(head.order(), order);
+            assert_eq!(sim.free(pfn, order), Err(FrameState::Cached));
+        }
+        sim_check(&sim);
+        assert_eq!(
+            sim.free_pages(),
+            total - {
+                held - blocks
+                    .iter()
+                    .take_while(|&&(done, _)| done != pfn)
+                    .map(|&(_, order)| 1u64 << order)
+                    .sum::<u64>()
+                    - (1 << order)
+            }
+        );
+    }
+    let census = sim_check(&sim);
+    assert_eq!(sim.free_pages(), total);
+    assert_eq!(census.cached, sim.cached_pages());
+    assert!(
+        sim.cached_pages() > 1 << PAGEBLOCK_ORDER,
+        "high-order blocks were cached ({} pages)",
+        sim.cached_pages()
+    );
+    // No list is above its high mark.
+    assert!(sim.cached_pages() <= PCP_ORDERS.iter().map(|&o| pcp_high_pages(o) as u64).sum());
+    // Drained, the zone is whole again: every cached block merged back.
+    assert_eq!(sim.drain(), census.cached);
+    assert_eq!(sim.cached_pages(), 0);
+    assert_eq!(sim_check(&sim).cached, 0);
+    assert_eq!(shape(&sim.zones()[0].area), fresh);
+}
+
+#[test]
+fn a_list_over_its_high_mark_drains_its_oldest_blocks() {
+    use crate::pcp::{pcp_batch, pcp_high_pages};
+    for order in [1u8, 3, PAGEBLOCK_ORDER] {
+        let mut area = area(0, 8 << MAX_ORDER);
+        let mut list = PcpList::new(order);
+        let high_blocks = pcp_high_pages(order) >> order;
+        let mut over = false;
+        while !over {
+            let index = area.allocate(order, MigrateType::Movable).expect("memory");
+            area.frame(index)
+                .make_head(FrameState::Cached, order, MigrateType::Movable as u8);
+            over = list.push(area.pfn(index));
+            assert_eq!(over, list.len() > high_blocks);
+            assert_eq!(check(&area).cached, list.pages());
+        }
+        let warm: Vec<u64> = list.pfns()[pcp_batch(order)..].to_vec();
+        list.drain_batch(&mut area);
+        assert_eq!(
+            list.pfns(),
+            &warm[..],
+            "order {order}: the warm blocks stay"
+        );
+        assert_eq!(check(&area).cached, list.pages());
+        assert_eq!(list.drain_all(&mut area), (warm.len() as u64) << order);
+        assert_eq!(area.free_pages, 8 << MAX_ORDER);
+        assert_eq!(shape(&area), shape(&self::area(0, 8 << MAX_ORDER)));
+    }
+}
+
+#[test]
+fn a_pageblock_free_that_completes_a_max_order_block_goes_to_the_zone() {
+    let mut sim = pcp_sim();
+    // Two buddies of the pageblock order: the first free is cached (its buddy is allocated),
+    // the second one's buddy is then cached, not free: it is cached too and the older one
+    // drains (the list holds one block). Freed alone, a block whose buddy is free merges.
+    let low = sim
+        .alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1)
+        .expect("memory");
+    let high = low ^ (1 << PAGEBLOCK_ORDER);
+    let high_head = sim.frame(high).expect("frame");
+    assert_eq!(high_head.state(), FrameState::Free, "its buddy stayed free");
+    sim.free(low, PAGEBLOCK_ORDER).expect("free");
+    assert_eq!(
+        sim.cached_pages(),
+        0,
+        "it completed a max-order block: to the zone"
+    );
+    assert_eq!(sim.frame(low).expect("frame").state(), FrameState::Free);
+    assert_eq!(sim.frame(low).expect("frame").order(), MAX_ORDER);
+    // Both halves allocated, one freed: its buddy is allocated, so it is cached.
+    let a = sim
+        .alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1)
+        .expect("memory");
+    let b = sim
+        .alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1)
+        .expect("memory");
+    assert_eq!(a ^ b, 1 << PAGEBLOCK_ORDER, "buddies");
+    sim.free(a, PAGEBLOCK_ORDER).expect("free");
+    assert_eq!(sim.cached_pages(), 1 << PAGEBLOCK_ORDER);
+    sim_check(&sim);
+    sim.free(b, PAGEBLOCK_ORDER).expect("free");
+    // b's buddy was cached (not free): b is cached, a drains (the list holds one block).
+    assert_eq!(sim.cached_pages(), 1 << PAGEBLOCK_ORDER);
+    sim_check(&sim);
+    sim.drain();
+    assert_eq!(sim.frame(a.min(b)).expect("frame").order(), MAX_ORDER);
+    sim_check(&sim);
+}
+
+#[test]
+fn an_allocation_that_finds_memory_only_in_cached_blocks_drains_them() {
+    // One max-order block of memory: cache it as order-1 blocks (16 of them at most), then
+    // take everything else, and ask for a block only the cached pieces can make.
+    let mut sim = Sim::new(&[(0, 1 << MAX_ORDER)], &[], 0);
+    let mut held = Vec::new();
+    while let Some(pfn) = sim.alloc(1, MigrateType::Movable, 1) {
+        held.push(pfn);
+    }
+    for &pfn in held.iter().take(16) {
+        sim.free(pfn, 1).expect("free");
+    }
+    let cached = sim.cached_pages();
+    assert!(cached > 0, "order-1 blocks are cached");
+    assert_eq!(sim.zones()[0].area.free_pages, 32 - cached);
+    // The first 16 order-1 blocks were one order-5 block: only a drain can give it.
+    let pfn = sim
+        .alloc(5, MigrateType::Movable, 1)
+        .expect("drained and merged");
+    assert_eq!(sim.cached_pages(), 0);
+    sim_check(&sim);
+    sim.free(pfn, 5).expect("free");
+    for &pfn in &held[16..] {
+        sim.free(pfn, 1).expect("free");
+    }
+    sim.drain();
+    assert_eq!(sim.free_pages(), 1 << MAX_ORDER);
+    assert_eq!(sim_check(&sim).free_blocks, 1);
+}
+
+#[test]
+fn a_reporting_drain_takes_the_pageblock_lists_and_leaves_the_small_orders() {
+    let mut sim = pcp_sim();
+    let big = sim
+        .alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1)
+        .expect("memory");
+    let pin = sim
+        .alloc(PAGEBLOCK_ORDER, MigrateType::Movable, 1)
+        .expect("memory");
+    let small = sim.alloc(2, MigrateType::Movable, 1).expect("memory");
+    assert_eq!(
+        big ^ pin,
+        1 << PAGEBLOCK_ORDER,
+        "buddies: the free of one is cached"
+    );
+    // The order-2 list's refill took a batch: some of it is cached already.
+    let refilled = sim.cached_pages();
+    sim.free(small, 2).expect("free");
+    sim.free(big, PAGEBLOCK_ORDER).expect("free");
+    let before = sim.cached_pages();
+    assert_eq!(before, refilled + 4 + (1 << PAGEBLOCK_ORDER));
+    assert_eq!(sim.drain_from(PAGEBLOCK_ORDER), 1 << PAGEBLOCK_ORDER);
+    assert_eq!(sim.cached_pages(), refilled + 4);
+    sim_check(&sim);
+    sim.free(pin, PAGEBLOCK_ORDER).expect("free");
+    sim.drain();
+    assert_eq!(sim.free_pages(), 8 << MAX_ORDER);
+}
+
+#[test]
+fn the_checks_refuse_a_cached_block_of_the_wrong_order() {
+    let mut sim = pcp_sim();
+    let pfn = sim.alloc(2, MigrateType::Movable, 1).expect("memory");
+    sim.free(pfn, 2).expect("free");
+    sim_check(&sim);
+    // Its record says order 1 while its list is of order 2: the stand-in's check sees it.
+    let head = sim.frame(pfn).expect("frame");
+    head.set_order(1);
+    assert!(
+        sim.check().is_err(),
+        "a cached block's order differs from its list's"
+    );
+    head.set_order(2);
+    sim_check(&sim);
+    // An order with no per-CPU list cannot be cached: the zone's check sees it.
+    let other = sim.alloc(5, MigrateType::Movable, 1).expect("memory");
+    let frame = sim.frame(other).expect("frame");
+    frame.make_head(FrameState::Cached, 5, MigrateType::Movable as u8);
+    assert!(sim.zones()[0].area.check().is_err());
+    frame.make_head(FrameState::Allocated, 5, Owner::Kernel as u8);
+    sim.free(other, 5).expect("free");
+    sim.drain();
+    assert_eq!(sim.free_pages(), 8 << MAX_ORDER);
 }

@@ -138,7 +138,7 @@ fn check_zone(
     zone: &super::zone::Zone,
     listed: &mut Bitmap,
     cached: &mut Bitmap,
-    cached_pfns: &[u64],
+    cached_pfns: &[(u64, u8)],
     census: &mut FrameCensus,
 ) -> Result<(), Problem> {
     let area = zone.lock();
@@ -268,12 +268,20 @@ fn check_zone(
             [listed_pages, area.free_pages],
         ));
     }
-    for &pfn in cached_pfns {
+    for &(pfn, list_order) in cached_pfns {
         let Some(index) = area.index_of(pfn) else {
-            return Err(problem(pfn, "cached page outside the zone", [0, 0]));
+            return Err(problem(pfn, "cached block outside the zone", [0, 0]));
         };
         if !cached.set(index as usize) {
-            return Err(problem(pfn, "page cached twice", [0, 0]));
+            return Err(problem(pfn, "block cached twice", [0, 0]));
+        }
+        let order = area.frame(index).order();
+        if order != list_order {
+            return Err(problem(
+                pfn,
+                "cached block's order is not its list's (order, list order)",
+                [order as u64, list_order as u64],
+            ));
         }
     }
     let mut index = 0usize;
@@ -304,14 +312,14 @@ fn check_zone(
                 census.free_blocks += 1;
             }
             FrameState::Cached => {
-                if order != 0 || !cached.get(index) {
+                if !cached.get(index) {
                     return Err(problem(
                         pfn,
-                        "marked cached but in no per-CPU cache",
-                        [0, 0],
+                        "marked cached but in no per-CPU cache (order, -)",
+                        [order as u64, 0],
                     ));
                 }
-                census.cached += 1;
+                census.cached += span as u64;
                 marked_cached += 1;
             }
             FrameState::Isolated => census.isolated += span as u64,
@@ -357,7 +365,7 @@ fn check_zone(
     if marked_cached != cached_pfns.len() as u64 {
         return Err(problem(
             0,
-            "cached pages differ (in caches, marked)",
+            "cached blocks differ (in caches, marked)",
             [cached_pfns.len() as u64, marked_cached],
         ));
     }

@@ -392,19 +392,19 @@ fn candidate_zones(limit: ZoneLimit) -> impl Iterator<Item = &'static Zone> {
         .filter(move |zone| allowed(zone.kind) && is_direct_mapped(zone))
 }
 
-// ---- The per-CPU cache of order-0 pages -------------------------------------------------
+// ---- The per-CPU cache of orders 0..=3 and 9 -------------------------------------------
 
 use buddy_core::pcp::PcpList;
-pub use buddy_core::pcp::{PCP_BATCH, PCP_HIGH};
+pub use buddy_core::pcp::{PCP_BATCH, PCP_HIGH, PCP_ORDERS, pcp_high_pages, pcp_order_slot};
 
-/// One CPU's cache: a list per zone and allocatable migratetype.
+/// One CPU's cache: a list per zone, allocatable migratetype and order of [`PCP_ORDERS`].
 struct PerCpuCache {
-    lists: [[PcpList; 3]; 3],
+    lists: [[[PcpList; PCP_ORDERS.len()]; 3]; 3],
 }
 
 static PCP: IrqMutex<PerCpuCache> = IrqMutex::with_class(
     PerCpuCache {
-        lists: [const { [PcpList::EMPTY; 3] }; 3],
+        lists: [const { [const { PcpList::per_order() }; 3] }; 3],
     },
     LockClass::PerCpuCache,
 );
@@ -431,11 +431,12 @@ fn watermark(zone: &Zone, request: &AllocRequest) -> u64 {
     }
 }
 
-/// Order-0 allocation through the per-CPU cache (the common case touches no zone lock).
-fn alloc_order0_cached(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
+/// Allocation of an order with a per-CPU list (0..=3, 9) through the per-CPU cache (the common
+/// case touches no zone lock).
+fn alloc_cached(zone: &'static Zone, request: &AllocRequest, order_slot: usize) -> Option<u64> {
     let type_slot = pcp_type_slot(request.kind)?;
     let mut pcp = PCP.lock();
-    let list = &mut pcp.lists[zone_slot(zone)][type_slot];
+    let list = &mut pcp.lists[zone_slot(zone)][type_slot][order_slot];
     if list.is_empty() {
         // Refill a batch under the zone lock, keeping the zone above its watermark.
         let mut area = zone.lock();
@@ -453,41 +454,69 @@ fn label_allocated(head: &frame::Frame, request: &AllocRequest) {
     head.refcount.store(1, Relaxed);
 }
 
-/// Gives every page in the per-CPU caches back to the buddy lists (before an allocation that
-/// needs contiguous memory fails, before compaction, and for exact accounting in tests).
+/// Gives every block in the per-CPU caches back to the buddy lists (before an allocation that
+/// needs contiguous memory fails, before compaction, and for exact accounting in tests);
+/// returns how many pages.
 pub fn drain_per_cpu_caches() -> u64 {
+    drain_per_cpu_caches_from(0)
+}
+
+/// Gives the blocks of `min_order` and up in the per-CPU caches back to the buddy lists (the
+/// reporting worker, before a pass: the pageblock-order lists hold whole 2 MiB blocks it would
+/// report); returns how many pages.
+pub fn drain_per_cpu_caches_from(min_order: u8) -> u64 {
     let mut pcp = PCP.lock();
     let mut drained = 0;
     for zone in zones() {
+        let lists = &mut pcp.lists[zone_slot(zone)];
+        if !lists
+            .iter()
+            .flatten()
+            .any(|list| list.order() >= min_order && !list.is_empty())
+        {
+            continue;
+        }
         let mut area = zone.lock();
-        for list in pcp.lists[zone_slot(zone)].iter_mut() {
-            drained += list.drain_all(&mut area) as u64;
+        for list in lists.iter_mut().flatten() {
+            if list.order() >= min_order {
+                drained += list.drain_all(&mut area);
+            }
         }
     }
     drained
 }
 
 /// Runs `f` with the per-CPU caches locked (so they cannot change), giving it a way to list
-/// the pfns cached for each zone. Zone locks may be taken inside (the usual order: cache, then
-/// zone).
-pub fn with_caches_locked<R>(f: impl FnOnce(&dyn Fn(&Zone, &mut Vec<u64>)) -> R) -> R {
+/// the blocks cached for each zone (head pfn and the order of its list). Zone locks may be
+/// taken inside (the usual order: cache, then zone).
+pub fn with_caches_locked<R>(f: impl FnOnce(&dyn Fn(&Zone, &mut Vec<(u64, u8)>)) -> R) -> R {
     let pcp = PCP.lock();
-    let cached_of = |zone: &Zone, out: &mut Vec<u64>| {
-        for list in &pcp.lists[zone_slot(zone)] {
-            out.extend_from_slice(list.pfns());
+    let cached_of = |zone: &Zone, out: &mut Vec<(u64, u8)>| {
+        for list in pcp.lists[zone_slot(zone)].iter().flatten() {
+            out.extend(list.pfns().iter().map(|&pfn| (pfn, list.order())));
         }
     };
     f(&cached_of)
 }
 
-/// Most pages the per-CPU caches can hold for one zone (a buffer this large never grows).
-pub const PCP_CAPACITY_PER_ZONE: usize = 3 * (PCP_HIGH + 1);
+/// Most blocks the per-CPU caches can hold for one zone (a buffer this large never grows): per
+/// migratetype and order, one over the list's high mark.
+pub const PCP_CAPACITY_PER_ZONE: usize = {
+    let mut blocks = 0;
+    let mut slot = 0;
+    while slot < PCP_ORDERS.len() {
+        blocks += (pcp_high_pages(PCP_ORDERS[slot]) >> PCP_ORDERS[slot]) + 1;
+        slot += 1;
+    }
+    3 * blocks
+};
 
 /// Pages held in per-CPU caches, per zone kind.
 pub fn cached_pages(zone: &Zone) -> u64 {
     PCP.lock().lists[zone_slot(zone)]
         .iter()
-        .map(|list| list.len() as u64)
+        .flatten()
+        .map(PcpList::pages)
         .sum()
 }
 
@@ -496,8 +525,8 @@ pub fn cached_pages(zone: &Zone) -> u64 {
 static ALLOC_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 fn alloc_from_zone(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
-    if request.order == 0
-        && let Some(pfn) = alloc_order0_cached(zone, request)
+    if let Some(order_slot) = pcp_order_slot(request.order)
+        && let Some(pfn) = alloc_cached(zone, request, order_slot)
     {
         return Some(pfn);
     }
@@ -744,23 +773,24 @@ fn free_block(pfn: u64, order: u8) -> Result<(), FreeError> {
     result
 }
 
-/// Claims the block under the lock of the list it goes to (the per-CPU cache for a single page,
-/// Claims the block under the lock of the list it goes to (the per-CPU cache for a single page,
-/// its zone otherwise) and puts it there: one atomic transition claims it (a double free
-/// racing this one is refused), and interrupts stay off from the claim until it is on a list,
-/// so this CPU never shows it in transit, with one interrupts-off section instead of two.
+/// Claims the block under the lock of the list it goes to (the per-CPU cache for a block of an
+/// order with a list, unless it would complete a 4 MiB block; its zone otherwise) and puts it
+/// there: one atomic transition claims it (a double free racing this one is refused), and
+/// interrupts stay off from the claim until it is on a list, so this CPU never shows it in
+/// transit, with one interrupts-off section instead of two.
 fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
     let zone = zone_of(pfn).ok_or(FreeError::NoSuchFrame)?;
     let head = zone.frame(pfn);
     // The pageblock's type decides the list (as Linux), not the type it was allocated as.
     let kind = zone.pageblock_type(pfn);
-    if order == 0
+    if let Some(order_slot) = pcp_order_slot(order)
         && let Some(type_slot) = pcp_type_slot(kind)
+        && !completes_max_order(zone, pfn, order)
     {
         let mut pcp = PCP.lock();
-        claim(head, 0)?;
-        head.make_head(FrameState::Cached, 0, kind as u8);
-        let list = &mut pcp.lists[zone_slot(zone)][type_slot];
+        claim(head, order)?;
+        head.make_head(FrameState::Cached, order, kind as u8);
+        let list = &mut pcp.lists[zone_slot(zone)][type_slot][order_slot];
         if list.push(pfn) {
             // The oldest pages (bottom of the stack) go back; the warm ones stay.
             list.drain_batch(&mut zone.lock());
@@ -772,6 +802,22 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
         area.free((pfn - zone.start_pfn) as u32, order);
     }
     Ok(())
+}
+
+/// Whether freeing the block of `order` at `pfn` would merge it into a max-order block (its
+/// buddy is a free block of its order, read without the zone's lock, as a hint): such a block
+/// goes to the zone rather than a per-CPU list, so that whole 4 MiB blocks form (and the
+/// reporting worker gives them to the host) as before. Only the pageblock order is asked.
+fn completes_max_order(zone: &Zone, pfn: u64, order: u8) -> bool {
+    if order + 1 != MAX_ORDER {
+        return false;
+    }
+    let buddy = pfn ^ (1 << order);
+    zone.contains(buddy)
+        && zone
+            .frames()
+            .get((buddy - zone.start_pfn) as usize)
+            .is_some_and(|frame| frame.state() == FrameState::Free && frame.order() == order)
 }
 
 /// The transition that starts a free ([`frame::Frame::begin_free`]), and the owner's counts

@@ -242,6 +242,11 @@ fn run_pass(sink: &mut dyn ReportSink) -> Result<PassEnd, ReportError> {
     let mut batch: Vec<(u32, u8)> = Vec::with_capacity(capacity);
     let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(capacity);
     let mut reports = 0;
+    // Blocks of the reported orders waiting in per-CPU lists (the pageblock order's) are free
+    // memory this pass would not see: they go back to the zones first, to merge and be
+    // reported as whole blocks. The small orders' lists stay (they strand no more than the
+    // order-0 lists, which compaction drains when free memory is stranded).
+    page_alloc::drain_per_cpu_caches_from(min_order);
     for zone in page_alloc::all_zones() {
         loop {
             if tunables::REPORTING_ENABLED.get() == 0 {
