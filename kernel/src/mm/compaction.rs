@@ -477,8 +477,11 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
     report.huge_blocks_after = huge_blocks(zone);
     if report.huge_blocks_after > report.huge_blocks_before {
         count(&counter::compact_success, 1);
-        // Whole 2 MiB blocks are new: the reporting worker gives them to the host.
-        super::reporting::request();
+        // Whole 2 MiB blocks are new: the reporting worker gives them to the host (if there
+        // is one: a request nobody takes would keep reporting from ever looking idle).
+        if super::reporting::is_registered() {
+            super::reporting::request();
+        }
     } else {
         count(&counter::compact_fail, 1);
     }
