@@ -2,10 +2,11 @@
 //! ([`crate::user::programs::phased`]) runs six phases whose needs rise and fall, marking each
 //! with an `EVENT` line (`grow`, `fragment`, `regrow`, `shrink`, `churn`, `idle`, `done`); this
 //! side prints what the task holds every 200 ms as
-//! `HELD {"t_ns":T,"held_kib":K,"free_kib":F,"reported_kib":R,"stranded_kib":S}` (its resident
-//! pages, the allocator's free memory, how much of it the host was told it may discard, and how
-//! much lies in pieces below 2 MiB in movable pageblocks, which only compaction can give back),
-//! so that a host tool
+//! `HELD {"t_ns":T,"held_kib":K,"free_kib":F,"reported_kib":R,"stranded_kib":S,...}` (its
+//! resident pages, the allocator's free memory, how much of it the host was told it may discard,
+//! how much lies in pieces below the reporting order in movable pageblocks, which only
+//! compaction can give back, and the running totals of reports, memory reported, pages migrated
+//! and kcompactd's wakes and CPU time, with whether it is backing off), so that a host tool
 //! (`tests/host/footprint_bench.py`) can set the QEMU process's resident memory against it.
 //!
 //! Sizes: `scenario.phased_mib` is the grow (the fragmenting shrink keeps a quarter of it, the
@@ -32,17 +33,22 @@ fn now_ns() -> u64 {
 
 fn held_line(held_pages: u64) {
     let free_kib = page_alloc::free_pages() * PAGE_SIZE / 1024;
-    let reported: u64 = crate::mm::reporting::stats()
-        .reported_pages_now
-        .iter()
-        .sum();
+    let reporting = crate::mm::reporting::stats();
+    let reported: u64 = reporting.reported_pages_now.iter().sum();
     let stranded = crate::mm::compaction::stranded_pages();
+    let compaction = crate::mm::compaction::stats();
     println!(
-        "HELD {{\"t_ns\":{},\"held_kib\":{},\"free_kib\":{free_kib},\"reported_kib\":{},\"stranded_kib\":{}}}",
+        "HELD {{\"t_ns\":{},\"held_kib\":{},\"free_kib\":{free_kib},\"reported_kib\":{},\"stranded_kib\":{},\"reports\":{},\"reported_total_kib\":{},\"migrated\":{},\"compact_wakes\":{},\"compact_backoff\":{},\"kcompactd_cpu_us\":{}}}",
         now_ns(),
         held_pages * PAGE_SIZE / 1024,
         reported * PAGE_SIZE / 1024,
-        stranded * PAGE_SIZE / 1024
+        stranded * PAGE_SIZE / 1024,
+        reporting.reports,
+        reporting.bytes_reported / 1024,
+        compaction.pgmigrate_success,
+        compaction.compact_daemon_wake,
+        u8::from(crate::mm::compaction::backing_off()),
+        crate::mm::compaction::daemon_cpu_ns() / 1000,
     );
 }
 

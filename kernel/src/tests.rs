@@ -854,6 +854,79 @@ fn proactive_compaction_works_in_the_background_and_not_at_proactiveness_zero() 
 }
 
 #[test_case]
+fn proactive_compaction_leaves_blocks_too_full_to_empty_cheaply_and_waits_without_backing_off() {
+    use crate::mm::compaction;
+    use crate::mm::space::{AddressSpace, RegionFlags};
+    // Four spaces fault 8192 pages each in turn; two go: every 2 MiB block is half used
+    // (above compaction.max_used_pct), 64 MiB stranded in single pages.
+    let pages = 8 * 1024u64;
+    let flags = RegionFlags::READ | RegionFlags::WRITE;
+    let mut spaces: Vec<_> = with_proactiveness(0, || {
+        let spaces: Vec<_> = (0..4)
+            .map(|_| AddressSpace::new().expect("a space"))
+            .collect();
+        let start = 0x1000_0000_0000;
+        for shared in &spaces {
+            shared
+                .lock()
+                .map_anonymous(Some(start), pages * 4096, flags)
+                .expect("region");
+        }
+        for page in 0..pages {
+            for shared in &spaces {
+                shared
+                    .lock()
+                    .write_user(start + page * 4096, &page.to_le_bytes())
+                    .expect("write");
+            }
+        }
+        spaces
+    });
+    let before = compaction::stats();
+    drop(spaces.drain(2..));
+    crate::mm::page_alloc::drain_per_cpu_caches();
+    compaction::poke();
+    task::sleep(Duration::from_millis(300));
+    let after = compaction::stats();
+    assert!(
+        compaction::stranded_pages() > tunables::COMPACTION_STRANDED_HIGH_MIB.get() * 256,
+        "memory is fragmented: {} pages stranded",
+        compaction::stranded_pages()
+    );
+    assert!(
+        after.compact_daemon_wake > before.compact_daemon_wake,
+        "the task looked"
+    );
+    assert!(
+        after.pgmigrate_success - before.pgmigrate_success < 1024,
+        "copied {} pages out of half-full blocks",
+        after.pgmigrate_success - before.pgmigrate_success
+    );
+    assert!(
+        !compaction::backing_off(),
+        "backed off from blocks still emptying"
+    );
+    // One more space goes: the blocks are a quarter used, cheap to empty, and the task
+    // empties them.
+    spaces.truncate(1);
+    compaction::poke();
+    let low = tunables::COMPACTION_STRANDED_LOW_MIB.get() * 256;
+    let begun = Instant::now();
+    while compaction::stranded_pages() > low && begun.elapsed() < Duration::from_secs(20) {
+        task::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        compaction::stranded_pages() <= low,
+        "{} pages still stranded after {:?}",
+        compaction::stranded_pages(),
+        begun.elapsed()
+    );
+    assert!(compaction::stats().pgmigrate_success > after.pgmigrate_success + 1024);
+    drop(spaces);
+    crate::mm::checker::check().expect("frame states");
+}
+
+#[test_case]
 fn a_reported_block_put_back_on_an_isolated_pageblock_keeps_the_counts_right() {
     use crate::mm::buddy::{End, MigrateType};
     use crate::mm::frame::FrameFlags;

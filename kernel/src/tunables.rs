@@ -230,6 +230,19 @@ pub static COMPACTION_STRANDED_LOW_MIB: Tunable = Tunable::new(
 // Takes effect at once: the background task looks again with the new value.
 .on_change(crate::mm::compaction::poke);
 
+pub static COMPACTION_MAX_USED_PCT: Tunable = Tunable::new(
+    "compaction.max_used_pct",
+    30,
+    1,
+    100,
+    "the background task moves pages only out of 2 MiB pageblocks at most this full (emptying a \
+     quarter-full block copies 128 pages per 2 MiB given back; a fuller block, still being \
+     freed, would be copied only to be freed); 100: any block. Direct compaction and the \
+     console's compact take any block",
+)
+// Takes effect at once: the background task looks again with the new value.
+.on_change(crate::mm::compaction::poke);
+
 pub static COMPACTION_EXTFRAG_THRESHOLD: Tunable = Tunable::new(
     "compaction.extfrag_threshold",
     500,
@@ -399,6 +412,7 @@ pub static ALL: &[&Tunable] = &[
     &COMPACTION_PROACTIVENESS,
     &COMPACTION_STRANDED_HIGH_MIB,
     &COMPACTION_STRANDED_LOW_MIB,
+    &COMPACTION_MAX_USED_PCT,
     &COMPACTION_EXTFRAG_THRESHOLD,
     &SCENARIO_FRAGMENT_MIB,
     &SCENARIO_FRAGMENT_IDLE_MS,

@@ -505,7 +505,18 @@ def footprint_bench_computations_are_exact(_kernel):
         h = held_of.get(phase, 0)
         samples.append((t, 100 * MIB + h + extra_of.get(phase, 0)))
         held.append((t, h))
-    figures = analyse({"samples": samples, "held": held, "marks": marks, "unit_s": 1.0})
+    # QEMU's memory by mapping every 0.5 s: its own memory (code + other) 40 MiB, 50 MiB from
+    # the churn on (10 MiB of growth over 20 s); guest RAM 60 MiB at the start and the end;
+    # 30 MiB in split huge pages during the idle phase (10 s).
+    parts = []
+    for i in range(int((marks["done"] + 6) * 2)):
+        t = -5 + 0.5 * i
+        own = 50 * MIB if t >= marks["churn"] else 40 * MIB
+        parts.append((t, {"ram": 60 * MIB, "ram_thp": 60 * MIB, "code": 10 * MIB,
+                          "other": own - 10 * MIB,
+                          "split": 30 * MIB if t >= marks["idle"] else 0}))
+    figures = analyse({"samples": samples, "held": held, "marks": marks, "unit_s": 1.0,
+                       "qemu_parts": parts, "ram": [(t, p["ram"]) for t, p in parts]})
     by_phase = {p["phase"]: p for p in figures["phases"]}
     def near(a, b, what):
         check(abs(a - b) <= 0.02 * abs(b) + 0.5 * MIB, f"{what}: {a / MIB:.1f} MiB, not {b / MIB:.1f}")
@@ -524,6 +535,15 @@ def footprint_bench_computations_are_exact(_kernel):
     check(abs(targets["idle_after_churn_over_baseline"] - 1) < 0.01, f"targets {targets}")
     check(abs(targets["fragment_end_over_held_plus_baseline"] - 190 / 140) < 0.01,
           f"targets {targets}")
+    # QEMU's own growth (10 MiB over churn and idle, 20 s) comes off the guest's figure; the
+    # split huge pages (30 MiB over the idle phase's 10 s) are added to the host's.
+    near(figures["total"]["own_growth"], 20 * 10 * MIB, "QEMU's own growth")
+    footprint = 60 * 100 * MIB + 10 * 200 * MIB + 10 * 90 * MIB
+    check(abs(targets["guest_footprint_over_held"] - (footprint - 200 * MIB) / (2400 * MIB))
+          < 0.02, f"guest footprint/held {targets['guest_footprint_over_held']:.3f}")
+    check(abs(targets["footprint_with_split_over_held"] - (footprint + 300 * MIB) / (2400 * MIB))
+          < 0.02, f"footprint with split/held {targets['footprint_with_split_over_held']:.3f}")
+    check(abs(targets["idle_guest_ram_over_baseline"] - 1) < 0.01, f"targets {targets}")
 
 
 CHECKS = [

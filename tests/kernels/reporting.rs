@@ -158,6 +158,43 @@ fn allocation_takes_warm_unreported_blocks_before_reported_ones() {
     check();
 }
 
+#[test_case]
+fn the_tail_of_a_burst_of_frees_below_the_trigger_is_reported_a_moment_later() {
+    wait_for_worker();
+    // The trigger at 64 MiB: a 64 MiB burst of frees wakes the worker; 8 MiB freed after its
+    // pass raise no trigger, and would stay with the host without the sweep that follows.
+    set(&tunables::REPORTING_HIGH_WATER_MIB, 64);
+    let request = AllocRequest::new(MAX_ORDER).kind(MigrateType::Movable);
+    let mut blocks: Vec<Pages> = (0..18)
+        .map(|_| page_alloc::alloc(request).expect("a 4 MiB block"))
+        .collect();
+    let tail = blocks.split_off(16);
+    for block in blocks {
+        page_alloc::free(block).expect("free");
+    }
+    task::sleep(Duration::from_millis(100));
+    wait_for_worker();
+    let reports = reporting::stats().reports;
+    let tail_pfns: Vec<u64> = tail.iter().map(Pages::pfn).collect();
+    for block in tail {
+        page_alloc::free(block).expect("free");
+    }
+    let start = Instant::now();
+    while !tail_pfns.iter().all(|&pfn| is_reported(pfn)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the tail of the burst was not reported within 3 s"
+        );
+        task::sleep(Duration::from_millis(10));
+    }
+    assert!(reporting::stats().reports > reports);
+    set(
+        &tunables::REPORTING_HIGH_WATER_MIB,
+        tunables::REPORTING_HIGH_WATER_MIB.default,
+    );
+    check();
+}
+
 fn signature(pages: &Pages, page: u64) -> u64 {
     (pages.pfn() + page).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
 }

@@ -44,6 +44,10 @@ pub enum Mode {
 /// Pages isolated by the migrate scanner at a time (Linux's COMPACT_CLUSTER_MAX).
 const CLUSTER: usize = 32;
 
+/// How long a background pass works before it yields to other ready threads (it yields only
+/// between pageblocks): against a task that keeps the CPU busy, about 2 ms of every 12.
+const WORK_BETWEEN_YIELDS: Duration = Duration::from_millis(2);
+
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {
         /// Compaction counters since boot, with Linux's names.
@@ -182,6 +186,10 @@ pub struct PassReport {
     /// Free blocks of the pageblock order and up, before and after.
     pub huge_blocks_before: u64,
     pub huge_blocks_after: u64,
+    /// Pageblocks the background task left because they were too full to empty cheaply
+    /// (`compaction.max_used_pct`), and those it tried (cheap, not empty).
+    pub too_full: u64,
+    pub cheap_blocks: u64,
 }
 
 fn huge_blocks(zone: &Zone) -> u64 {
@@ -233,6 +241,47 @@ fn claim_targets(zone: &Zone, slot: usize, wanted: usize, targets: &mut Vec<Page
             }
         }
     }
+}
+
+/// Whether pageblock `slot` lies inside a free block larger than a pageblock (its first frame
+/// is then a tail, which the scanners would otherwise step over one frame at a time: 512 reads
+/// for nothing in every second pageblock of free memory).
+fn in_larger_free_block(zone: &Zone, slot: usize) -> bool {
+    let (start, _) = zone.lock().pageblock_range(slot);
+    let head = start & !((1u32 << MAX_ORDER) - 1);
+    if head == start {
+        return false;
+    }
+    let frame = zone.frame(zone.start_pfn + u64::from(head));
+    matches!(frame.state(), FrameState::Free | FrameState::Isolated)
+        && head + (1u32 << frame.order()) > start
+}
+
+/// Pages of pageblock `slot` in allocated or reserved blocks, counted up to `limit + 1` (a
+/// glance without the zone's lock: a hint; a block whose head lies in an earlier pageblock is
+/// not counted). Stops past `limit`: a full block costs a third of a walk.
+fn used_pages_up_to(zone: &Zone, slot: usize, limit: u64) -> u64 {
+    let (start, end) = zone.lock().pageblock_range(slot);
+    let mut index = start;
+    let mut used = 0;
+    while index < end && used <= limit {
+        let frame = zone.frame(zone.start_pfn + u64::from(index));
+        let step = match frame.state() {
+            FrameState::Free | FrameState::Isolated => 1 << frame.order(),
+            FrameState::Allocated => {
+                let pages = (1u32 << frame.order()).min(end - index);
+                used += u64::from(pages);
+                pages
+            }
+            FrameState::Reserved => {
+                used += 1;
+                1
+            }
+            FrameState::Tail | FrameState::Cached => 1,
+        };
+        index += step;
+    }
+    used
 }
 
 /// The migrate scanner: isolates up to [`CLUSTER`] user pages of pageblock `slot`, from frame
@@ -306,6 +355,9 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
     // yet: see `mm::deferred_init`); memory initialised during the pass waits for the next one.
     let mut free_slot = zone.initialised_pageblocks().min(blocks);
     let mut migrate_slot = 0;
+    let mut since_yield = Instant::now();
+    // The background task empties only blocks cheap to empty (`compaction.max_used_pct`).
+    let max_used = (tunables::COMPACTION_MAX_USED_PCT.get() << PAGEBLOCK_ORDER) / 100;
     'pass: while migrate_slot < free_slot {
         let movable = {
             let area = zone.lock();
@@ -315,6 +367,21 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
         if !movable || (mode == Mode::Async && hints[migrate_slot].load(Relaxed)) {
             migrate_slot += 1;
             continue;
+        }
+        if in_larger_free_block(zone, migrate_slot) {
+            migrate_slot += 1;
+            continue;
+        }
+        if mode == Mode::SyncLight {
+            match used_pages_up_to(zone, migrate_slot, max_used) {
+                0 => {}
+                used if used > max_used => {
+                    report.too_full += 1;
+                    migrate_slot += 1;
+                    continue;
+                }
+                _ => report.cheap_blocks += 1,
+            }
         }
         let mut from = 0;
         let mut isolated_any = false;
@@ -394,9 +461,14 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
                 break;
             }
         }
-        // Let others run between pageblocks (the proactive thread must not hog the CPU).
-        if mode != Mode::Async {
+        // Let others run between pageblocks once the pass has worked for a while (the
+        // proactive thread must not hog the CPU); a pageblock with nothing to move costs a few
+        // microseconds and yields nothing: yielding after each gave a busy task a whole time
+        // slice per pageblock, and a pass that had to walk 800 MiB of free pageblocks reached
+        // the freed pieces only after the task had stopped freeing.
+        if mode != Mode::Async && since_yield.elapsed() >= WORK_BETWEEN_YIELDS {
             task::yield_now();
+            since_yield = Instant::now();
         }
     }
     // Targets not used go back.
@@ -405,8 +477,11 @@ pub fn compact_zone(zone: &'static Zone, mode: Mode, goal: Option<u8>) -> PassRe
     report.huge_blocks_after = huge_blocks(zone);
     if report.huge_blocks_after > report.huge_blocks_before {
         count(&counter::compact_success, 1);
-        // Whole 2 MiB blocks are new: the reporting worker gives them to the host.
-        super::reporting::request();
+        // Whole 2 MiB blocks are new: the reporting worker gives them to the host (if there
+        // is one: a request nobody takes would keep reporting from ever looking idle).
+        if super::reporting::is_registered() {
+            super::reporting::request();
+        }
     } else {
         count(&counter::compact_fail, 1);
     }
@@ -553,11 +628,15 @@ const CHECK_EVERY_PAGES: u64 = 4096;
 /// No-progress back-off (Linux: 500 ms << 6).
 const BACKOFF: Duration = Duration::from_secs(32);
 static BACKOFF_UNTIL_NS: AtomicU64 = AtomicU64::new(0);
+/// Stranded memory (pages) below which a wake does not start a pass: after a pass that found
+/// every piece in blocks too full to empty cheaply (0: none).
+static WAIT_FOR_STRANDED: AtomicU64 = AtomicU64::new(0);
 
 /// Asks the background task to look at the fragmentation now, ending a back-off (a changed
 /// tunable, the console, tests: someone wants it to try again).
 pub fn poke() {
     BACKOFF_UNTIL_NS.store(0, Relaxed);
+    WAIT_FOR_STRANDED.store(0, Relaxed);
     wake();
 }
 
@@ -663,8 +742,14 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// stranded, they go back to the zones first: the merges that follow raise the reporting
 /// trigger, and often nothing is left to migrate. Cheap: the cache holds a few hundred pages.
 fn drain_if_stranded() {
-    if stranded_pages() > mib_to_pages(tunables::COMPACTION_STRANDED_LOW_MIB.get()) {
-        page_alloc::drain_per_cpu_caches();
+    if stranded_pages() > mib_to_pages(tunables::COMPACTION_STRANDED_LOW_MIB.get())
+        && page_alloc::drain_per_cpu_caches() > 0
+        && super::reporting::is_registered()
+    {
+        // The merges may have made whole blocks, fewer than the reporting trigger counts and
+        // after its last pass (the footprint benchmark kept 23 MiB so after its churn): the
+        // reporting worker looks now.
+        super::reporting::request();
     }
 }
 
@@ -682,31 +767,68 @@ fn daemon() {
             continue;
         }
         drain_if_stranded();
+        if !settle || stranded_pages() <= mib_to_pages(tunables::COMPACTION_STRANDED_LOW_MIB.get())
+        {
+            // A quiet second after the frees (this is the look SETTLE after the last event),
+            // or what was waited for has merged or been allocated: start afresh. The frees
+            // may have ended short of the stranded memory waited for, leaving blocks that are
+            // cheap to empty now (KSM merging interleaved duplicates does).
+            WAIT_FOR_STRANDED.store(0, Relaxed);
+        }
+        // The look a quiet second after the frees finishes the job down to the low mark: a
+        // burst that ended with less than `compaction.stranded_high_mib` stranded, and passes
+        // that lagged behind it, would otherwise leave that much with the host for as long as
+        // the guest stays idle (29 MiB after the footprint benchmark's fragmenting shrink).
+        let finish = !settle
+            && tunables::COMPACTION_PROACTIVENESS.get() > 0
+            && stranded_pages() > mib_to_pages(tunables::COMPACTION_STRANDED_LOW_MIB.get());
+        // KSM asks for one consolidation down to the low marks when its pass ends
+        // (`ksm::consolidate`); while it merges, the frees (its duplicates) start nothing.
         let asked = CONSOLIDATE.swap(false, Relaxed)
             && page_alloc::all_zones().iter().any(|zone| !done_with(zone));
-        // KSM merging: it asks for this when its pass ends (`ksm::consolidate`).
-        let by_frees = should_compact() && !super::ksm::consolidation_pending();
-        if Instant::now().as_nanos() < BACKOFF_UNTIL_NS.load(Relaxed) || !(asked || by_frees) {
+        let by_frees = !super::ksm::consolidation_pending() && (should_compact() || finish);
+        if Instant::now().as_nanos() < BACKOFF_UNTIL_NS.load(Relaxed)
+            || !(asked || by_frees)
+            || (!asked && stranded_pages() < WAIT_FOR_STRANDED.load(Relaxed))
+        {
             continue;
         }
+        WAIT_FOR_STRANDED.store(0, Relaxed);
         count(&counter::compact_daemon_wake, 1);
         let stranded_before = stranded_pages();
         let score_before = node_score();
         let mut migrated = 0;
+        let mut made_blocks = false;
+        let (mut too_full, mut cheap_blocks) = (0, 0);
         for zone in page_alloc::all_zones() {
             clear_skip_hints(zone);
             while !done_with(zone) && !under_pressure() {
                 let report = counted_pass(zone, Mode::SyncLight, None);
                 migrated += report.migrated;
+                too_full += report.too_full;
+                cheap_blocks += report.cheap_blocks;
                 if report.migrated == 0 || report.huge_blocks_after <= report.huge_blocks_before {
                     break;
                 }
+                made_blocks = true;
             }
         }
-        let progress =
-            migrated > 0 && (stranded_pages() < stranded_before || node_score() < score_before);
+        // Progress: whole blocks made, or less stranded (or a lower score) than before. While a
+        // task is still freeing, stranded memory can grow during a pass that made blocks.
+        let progress = migrated > 0
+            && (made_blocks || stranded_pages() < stranded_before || node_score() < score_before);
         if progress {
             BACKOFF_UNTIL_NS.store(0, Relaxed);
+        } else if too_full > cheap_blocks {
+            // The pieces lie mostly in blocks still too full to empty cheaply (the few cheap
+            // ones held little or nothing movable: a kernel page, a page pinned for a moment):
+            // while a task frees in a random order, or KSM merges, they empty as it goes on. No
+            // back-off; look again once another `compaction.stranded_high_mib` is stranded (a
+            // pass walks every pageblock), or a quiet second after the frees.
+            WAIT_FOR_STRANDED.store(
+                stranded_pages() + mib_to_pages(tunables::COMPACTION_STRANDED_HIGH_MIB.get()),
+                Relaxed,
+            );
         } else {
             // Unmovable pages fragment memory: no point in trying again soon. The first event
             // after the back-off starts it again (no timer).

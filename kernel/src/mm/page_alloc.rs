@@ -454,6 +454,17 @@ fn label_allocated(head: &frame::Frame, request: &AllocRequest) {
     head.refcount.store(1, Relaxed);
 }
 
+/// Drains the per-CPU lists that could serve `request` once back in the zone: every list for
+/// a block of order > 0 (pieces may complete it), the lists of higher orders for a single page
+/// (the order-0 lists were looked at already). Returns the pages drained.
+fn drain_for(request: &AllocRequest) -> u64 {
+    if request.order > 0 {
+        drain_per_cpu_caches()
+    } else {
+        drain_per_cpu_caches_from(1)
+    }
+}
+
 /// Gives every block in the per-CPU caches back to the buddy lists (before an allocation that
 /// needs contiguous memory fails, before compaction, and for exact accounting in tests);
 /// returns how many pages.
@@ -567,8 +578,9 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
     let found = candidate_zones(request.limit)
         .find_map(|zone| Some((zone, alloc_from_zone_or_grow(zone, &request)?)));
     let found = found.or_else(|| {
-        // Pages sitting in per-CPU caches may complete a larger block: drain and retry once.
-        if request.order > 0 && drain_per_cpu_caches() > 0 {
+        // Pages sitting in per-CPU caches may complete a larger block, and a cached block of
+        // a higher order can serve a smaller request: drain and retry once.
+        if drain_for(&request) > 0 {
             candidate_zones(request.limit)
                 .find_map(|zone| Some((zone, alloc_from_zone(zone, &request)?)))
         } else {
@@ -587,9 +599,12 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
         })
     });
     let found = found.or_else(|| {
-        // Deflate-on-OOM: pages the balloon holds come back before the allocation fails.
+        // Deflate-on-OOM: pages the balloon holds come back before the allocation fails. Its
+        // 2 MiB blocks are freed like any (a pageblock-order one may wait in a per-CPU list):
+        // drained before the retry.
         if request.deflate_on_oom && crate::drivers::balloon::deflate_on_oom(1 << request.order) > 0
         {
+            drain_for(&request);
             candidate_zones(request.limit)
                 .find_map(|zone| Some((zone, alloc_from_zone(zone, &request)?)))
         } else {

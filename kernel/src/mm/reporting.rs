@@ -11,7 +11,9 @@
 //! cannot be allocated while the host looks at them), reports them in one request, waits for
 //! the host's acknowledgement, and puts them back behind the boundary as reported. It never
 //! takes a zone below its high watermark, and after `reporting.budget` reports it starts a new
-//! pass later instead of going on.
+//! pass later instead of going on. A second later it looks once more unasked (a sweep, repeated
+//! while sweeps find something), so the tail of a burst of frees, too small to raise the
+//! trigger, does not stay with the host.
 
 use super::buddy::{End, MAX_ORDER, MigrateType, ORDERS};
 use super::frame::FrameFlags;
@@ -162,10 +164,28 @@ pub fn tunables_changed() {
     }
 }
 
+/// How long after a requested pass the worker looks once more without a request: what was
+/// freed after that pass, below `reporting.high_water_mib`, raises no trigger, and would stay
+/// with the host until the next large free (the tail of a burst of frees: up to the high-water
+/// mark per zone, for as long as the guest stays idle).
+const SWEEP_AFTER: Duration = Duration::from_secs(1);
+
 fn worker() {
+    let mut sweep = false;
     loop {
-        WAKE.wait_until(|| REQUESTED.load(Relaxed));
-        task::sleep(Duration::from_millis(tunables::REPORTING_DELAY_MS.get()));
+        if sweep {
+            let _ = WAKE.wait_until_timeout(|| REQUESTED.load(Relaxed), SWEEP_AFTER);
+        } else {
+            WAKE.wait_until(|| REQUESTED.load(Relaxed));
+        }
+        // A requested pass is followed by a sweep; a sweep by another only if it found
+        // something (the burst is still going on).
+        let requested = REQUESTED.load(Relaxed);
+        if requested {
+            task::sleep(Duration::from_millis(tunables::REPORTING_DELAY_MS.get()));
+        }
+        let reports_before = REPORTS.load(Relaxed);
+        sweep = false;
         // Active before the request is cleared: `is_idle` never sees a gap.
         ACTIVE.store(true, Relaxed);
         REQUESTED.store(false, Relaxed);
@@ -180,7 +200,10 @@ fn worker() {
         };
         PASSES.fetch_add(1, Relaxed);
         match run_pass(sink.as_mut()) {
-            Ok(PassEnd::Done) => *SINK.lock() = Some(sink),
+            Ok(PassEnd::Done) => {
+                *SINK.lock() = Some(sink);
+                sweep = requested || REPORTS.load(Relaxed) > reports_before;
+            }
             Ok(PassEnd::BudgetSpent) => {
                 *SINK.lock() = Some(sink);
                 request();
