@@ -703,6 +703,7 @@ fn sim_check(sim: &Sim) -> crate::check::AreaCensus {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
 fn high_order_per_cpu_lists_cache_blocks_with_exact_counts_and_drain_whole() {
     use crate::pcp::{PCP_ORDERS, pcp_high_pages};
     let mut sim = pcp_sim();
@@ -764,6 +765,7 @@ fn high_order_per_cpu_lists_cache_blocks_with_exact_counts_and_drain_whole() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
 fn a_list_over_its_high_mark_drains_its_oldest_blocks() {
     use crate::pcp::{pcp_batch, pcp_high_pages};
     for order in [1u8, 3, PAGEBLOCK_ORDER] {
@@ -794,6 +796,7 @@ fn a_list_over_its_high_mark_drains_its_oldest_blocks() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
 fn a_pageblock_free_that_completes_a_max_order_block_goes_to_the_zone() {
     let mut sim = pcp_sim();
     // Two buddies of the pageblock order: the first free is cached (its buddy is allocated),
@@ -834,6 +837,7 @@ fn a_pageblock_free_that_completes_a_max_order_block_goes_to_the_zone() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
 fn an_allocation_that_finds_memory_only_in_cached_blocks_drains_them() {
     // One max-order block of memory: cache it as order-1 blocks (16 of them at most), then
     // take everything else, and ask for a block only the cached pieces can make.
@@ -864,6 +868,7 @@ fn an_allocation_that_finds_memory_only_in_cached_blocks_drains_them() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
 fn a_reporting_drain_takes_the_pageblock_lists_and_leaves_the_small_orders() {
     let mut sim = pcp_sim();
     let big = sim
@@ -893,6 +898,7 @@ fn a_reporting_drain_takes_the_pageblock_lists_and_leaves_the_small_orders() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
 fn the_checks_refuse_a_cached_block_of_the_wrong_order() {
     let mut sim = pcp_sim();
     let pfn = sim.alloc(2, MigrateType::Movable, 1).expect("memory");
