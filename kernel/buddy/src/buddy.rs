@@ -457,26 +457,30 @@ impl FreeArea {
     /// before cold: an unreported block of any order before a reported one (whose pages the
     /// host must fault in again).
     fn take_smallest(&mut self, order: u8, kind: MigrateType) -> Option<FrameIndex> {
+        self.take_smallest_up_to(order, order, kind)
+            .map(|(index, _)| index)
+    }
+
+    /// The order whose list `take_smallest` takes from: the smallest with a block, unless
+    /// that list holds only reported blocks and a higher one has a warm block.
+    fn warmest_order(&self, order: u8, kind: MigrateType) -> Option<u8> {
         let lists = &self.lists;
         let first = (order..=MAX_ORDER)
             .find(|current| lists[*current as usize][kind as usize].head != NONE)?;
         let list = &lists[first as usize][kind as usize];
         // The common case: the smallest block there is, is warm.
-        let current = if list.head != list.boundary {
-            first
-        } else {
-            // Only reported blocks at that order: a warm block of a higher order, if any.
+        if list.head != list.boundary {
+            return Some(first);
+        }
+        // Only reported blocks at that order: a warm block of a higher order, if any.
+        Some(
             (first + 1..=MAX_ORDER)
                 .find(|higher| {
                     let list = &lists[*higher as usize][kind as usize];
                     list.head != NONE && list.head != list.boundary
                 })
-                .unwrap_or(first)
-        };
-        let index = self.lists[current as usize][kind as usize].head;
-        self.unlink(index);
-        self.split(index, current, order, kind);
-        Some(index)
+                .unwrap_or(first),
+        )
     }
 
     /// Moves every free block inside pageblock `slot` to `kind`'s lists; returns the free pages
@@ -673,20 +677,7 @@ impl FreeArea {
         fit: u8,
         kind: MigrateType,
     ) -> Option<(FrameIndex, u8)> {
-        let lists = &self.lists;
-        let first = (order..=MAX_ORDER)
-            .find(|current| lists[*current as usize][kind as usize].head != NONE)?;
-        let list = &lists[first as usize][kind as usize];
-        let current = if list.head != list.boundary {
-            first
-        } else {
-            (first + 1..=MAX_ORDER)
-                .find(|higher| {
-                    let list = &lists[*higher as usize][kind as usize];
-                    list.head != NONE && list.head != list.boundary
-                })
-                .unwrap_or(first)
-        };
+        let current = self.warmest_order(order, kind)?;
         let index = self.lists[current as usize][kind as usize].head;
         self.unlink(index);
         let got = current.min(fit);
