@@ -530,6 +530,13 @@ fn start() -> Result<(), BalloonError> {
         }
     };
     let pfn_page = alloc_page().ok_or(BalloonError::NoMemory)?;
+    // The blocks of one request, reused: the worker allocates nothing from the heap while it
+    // inflates or deflates (memory may be exhausted then, and the heap's growth would need
+    // the balloon's own lock for deflate-on-OOM).
+    let mut blocks = Vec::new();
+    blocks
+        .try_reserve_exact(PFNS_PER_REQUEST)
+        .map_err(|_| BalloonError::NoMemory)?;
     let stats_page = alloc_page().ok_or(BalloonError::NoMemory)?;
     transport.finish_init();
     log::info!(
@@ -557,6 +564,7 @@ fn start() -> Result<(), BalloonError> {
         stats: stats_queue,
         pfn_page,
         stats_page,
+        blocks,
         stats_token: None,
         refused_logged: false,
     };
@@ -685,6 +693,8 @@ struct BalloonWorker {
     pfn_page: Pages,
     /// The statistics buffer (10-byte entries).
     stats_page: Pages,
+    /// The blocks of the request in flight: room for a whole request, kept from the start.
+    blocks: Vec<Pages>,
     stats_token: Option<u16>,
     refused_logged: bool,
 }
@@ -911,7 +921,15 @@ impl BalloonWorker {
             if missing == 0 {
                 break;
             }
-            let mut blocks = Vec::new();
+            // Room in the balloon's list for the whole request before any page is taken: the
+            // list must not grow later, under its lock, with memory exhausted.
+            if BALLOON.lock().try_reserve(PFNS_PER_REQUEST).is_err() {
+                log::warn!("virtio-balloon: no memory to track more ballooned pages");
+                refused = true;
+                break;
+            }
+            let mut blocks = core::mem::take(&mut self.blocks);
+            blocks.clear();
             let mut count = 0usize;
             while count < PFNS_PER_REQUEST {
                 let wanted = missing.saturating_sub(count as u64);
@@ -952,24 +970,28 @@ impl BalloonWorker {
                 blocks.push(block);
             }
             if count == 0 {
+                self.blocks = blocks;
                 break;
             }
             if Self::send_pfns(&mut self.inflate, &self.pfn_page, count, "inflate").is_err() {
                 // The reset device never took them: the guest's again.
-                for block in blocks {
+                for block in blocks.drain(..) {
                     if let Err(error) = page_alloc::free(block) {
                         log::error!("virtio-balloon: freeing an unsent inflate block: {error:?}");
                     }
                 }
+                self.blocks = blocks;
                 return;
             }
             {
                 // The blocks and their count together: deflate-on-OOM must never find blocks
-                // in the balloon that ACTUAL does not count yet.
+                // in the balloon that ACTUAL does not count yet. The room was reserved above
+                // (only deflate-on-OOM ran meanwhile, which only shrinks the list).
                 let mut balloon = BALLOON.lock();
-                balloon.extend(blocks);
+                balloon.extend(blocks.drain(..));
                 ACTUAL.fetch_add(count as u64, Relaxed);
             }
+            self.blocks = blocks;
             INFLATED.fetch_add(count as u64, Relaxed);
             self.write_actual();
             if refused {
@@ -1003,7 +1025,8 @@ impl BalloonWorker {
                     "virtio-balloon: fault injection: a deflate-on-OOM of {taken} pages inside a deflate"
                 );
             }
-            let mut blocks = Vec::new();
+            let mut blocks = core::mem::take(&mut self.blocks);
+            blocks.clear();
             let mut count = 0usize;
             {
                 let mut balloon = BALLOON.lock();
@@ -1046,6 +1069,7 @@ impl BalloonWorker {
                 }
             }
             if count == 0 {
+                self.blocks = blocks;
                 break;
             }
             let slots = self.pfn_slots();
@@ -1058,11 +1082,12 @@ impl BalloonWorker {
             }
             // Lost or not, these pages leave the balloon (a reset device holds nothing).
             let sent = Self::send_pfns(&mut self.deflate, &self.pfn_page, count, "deflate");
-            for block in blocks {
+            for block in blocks.drain(..) {
                 if let Err(error) = page_alloc::free(block) {
                     log::error!("virtio-balloon: freeing a deflated block: {error:?}");
                 }
             }
+            self.blocks = blocks;
             {
                 let _balloon = BALLOON.lock();
                 actual_sub(count as u64);
@@ -1076,27 +1101,33 @@ impl BalloonWorker {
     }
 
     /// Tells the host about blocks deflated on OOM (already back in the allocator).
+    /// Allocates nothing: it runs right after memory ran out.
     fn tell_oom_deflations(&mut self) {
-        let blocks: Vec<(u64, u64)> = {
+        let (blocks, len) = {
             let mut pending = PENDING.lock();
-            let (slots, len) = &mut *pending;
-            let taken = slots[..*len].to_vec();
-            *len = 0;
+            let taken = *pending;
+            pending.1 = 0;
             taken
         };
         // Every PFN goes to the host, in requests of at most one page of PFNs.
-        let pfns: Vec<u32> = blocks
+        let mut pfns = blocks[..len]
             .iter()
             .flat_map(|&(pfn, pages)| (pfn..pfn + pages).map(|pfn| pfn as u32))
-            .collect();
-        for chunk in pfns.chunks(PFNS_PER_REQUEST) {
-            self.pfn_slots()[..chunk.len()].copy_from_slice(chunk);
-            if Self::send_pfns(&mut self.deflate, &self.pfn_page, chunk.len(), "deflate").is_err() {
+            .peekable();
+        let told = pfns.peek().is_some();
+        while pfns.peek().is_some() {
+            let slots = self.pfn_slots();
+            let mut count = 0;
+            for (slot, pfn) in slots.iter_mut().zip(pfns.by_ref()) {
+                *slot = pfn;
+                count += 1;
+            }
+            if Self::send_pfns(&mut self.deflate, &self.pfn_page, count, "deflate").is_err() {
                 // Already back in the allocator; a reset device needs no telling.
                 return;
             }
         }
-        if !pfns.is_empty() {
+        if told {
             self.write_actual();
         }
     }
