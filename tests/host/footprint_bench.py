@@ -374,7 +374,9 @@ def analyse(run):
     before = [f for t, f in run.get("guest_figures", []) if t <= 0]
     unreported_before = ((before[-1]["free_kib"] - before[-1]["reported_kib"]) * 1024
                          if before and "reported_kib" in before[-1] else None)
-    ram_before = [v for t, v in run.get("ram", []) if t <= 0]
+    # Samples of the guest RAM's share before the grow; one taken before QEMU had touched any
+    # of it (a short run samples the start) says nothing about the baseline.
+    ram_before = [v for t, v in run.get("ram", []) if t <= 0 and v > 0]
     parts_before = [p for t, p in parts if t <= 0]
     ram_idle_end = by_name["idle"]["ram_end"]
     if ram_before and ram_idle_end is not None:
