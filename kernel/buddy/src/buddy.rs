@@ -390,6 +390,21 @@ impl FreeArea {
         frame.set_state(FrameState::Tail);
     }
 
+    /// Adds the free frames `[start, end)` as the largest naturally aligned blocks that fit
+    /// (boot and deferred initialisation). Their frames other than the heads must already be
+    /// tails, and no neighbouring free block may be a buddy of one of them.
+    pub fn add_free_run(&mut self, start: FrameIndex, end: FrameIndex) {
+        let mut index = start;
+        while index < end {
+            let mut order = (self.pfn(index).trailing_zeros() as u8).min(MAX_ORDER);
+            while index as u64 + (1 << order) > end as u64 {
+                order -= 1;
+            }
+            self.add_initial_block(index, order);
+            index += 1 << order;
+        }
+    }
+
     /// Adds a naturally aligned block that is known not to have a free buddy (boot time).
     pub fn add_initial_block(&mut self, index: FrameIndex, order: u8) {
         let kind = self.pageblock_type(index);

@@ -61,19 +61,10 @@ fn pcp_slot(kind: MigrateType) -> Option<usize> {
 /// Adds frames `start..end` (indices of `area`'s zone) to the free lists as the largest naturally
 /// aligned blocks that fit, as the kernel's boot does.
 pub fn add_free_range(area: &mut FreeArea, start: u32, end: u32) {
-    let mut index = start;
-    while index < end {
-        let pfn = area.pfn(index);
-        let mut order = (pfn.trailing_zeros() as u8).min(MAX_ORDER);
-        while index as u64 + (1 << order) > end as u64 {
-            order -= 1;
-        }
-        for tail in 1..(1u32 << order) {
-            area.frame(index + tail).set_state(FrameState::Tail);
-        }
-        area.add_initial_block(index, order);
-        index += 1 << order;
+    for index in start..end {
+        area.frame(index).set_state(FrameState::Tail);
     }
+    area.add_free_run(start, end);
 }
 
 impl Sim {

@@ -156,16 +156,10 @@ fn init_next_chunk(zone: &Zone) -> (u64, u64) {
             frame::init_records(slice(at, free_start), FrameState::Reserved);
             frame::init_records(slice(free_start, free_end), FrameState::Tail);
         }
-        let mut pfn = free_start;
-        while pfn < free_end {
-            // The largest naturally aligned block that starts at pfn and fits.
-            let mut order = (pfn.trailing_zeros() as u8).min(MAX_ORDER);
-            while pfn + (1 << order) > free_end {
-                order -= 1;
-            }
-            area.add_initial_block((pfn - zone.start_pfn) as u32, order);
-            pfn += 1 << order;
-        }
+        area.add_free_run(
+            (free_start - zone.start_pfn) as u32,
+            (free_end - zone.start_pfn) as u32,
+        );
         freed += free_end - free_start;
         at = free_end;
     }

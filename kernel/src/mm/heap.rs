@@ -277,16 +277,6 @@ impl GrownHeap {
             _ => self.release_chunk(first),
         }
     }
-
-    /// Free bytes in all chunks. Walks the live chunks only: a walk of all 2048 slots cost
-    /// ~10 us under TCG, and [`reserve`] (which KSM called on every merge) calls this.
-    fn free_bytes(&self) -> u64 {
-        self.live[..self.live_count]
-            .iter()
-            .filter_map(|&first| self.chunks[first as usize].as_ref())
-            .map(|c| c.heap.free() as u64)
-            .sum()
-    }
 }
 
 /// Unmaps `bytes` of the heap from `start` and frees their blocks (each once, by its head).
@@ -338,20 +328,6 @@ unsafe impl GlobalAlloc for KernelHeap {
             }
         }
     }
-}
-
-/// Makes sure at least `bytes` of heap are free (growing it if needed), so that a path that
-/// must not fail halfway (cloning an address space, recording its reverse map) can refuse
-/// cleanly up front instead. Free bytes may be split among chunks: ask with headroom.
-pub fn reserve(bytes: u64) -> Result<(), HeapError> {
-    let bootstrap_free = KERNEL_HEAP.bootstrap.lock().free() as u64;
-    let mut grown = KERNEL_HEAP.grown.lock();
-    if bootstrap_free + grown.free_bytes() >= bytes {
-        return Ok(());
-    }
-    let first = grown.make_chunk(bytes + CHUNK_SLACK)?;
-    grown.hint = Some(first);
-    Ok(())
 }
 
 /// Heap usage in bytes (both regions).
