@@ -427,13 +427,12 @@ fn unmapping_and_tearing_down_a_space_allocate_nothing() {
     crate::mm::checker::check().expect("frame states");
 }
 
-#[test_case]
-fn the_reverse_maps_side_table_takes_no_heap_per_mapping_and_gives_its_chunks_back() {
+/// A fresh space with one read-write region of `pages` pages, each holding its own number in
+/// its first word (every page resident); returns the space and the region's start.
+fn space_with_numbered_pages(pages: u64) -> (crate::mm::space::SharedSpace, u64) {
     use crate::mm::space::{AddressSpace, RegionFlags};
-    use crate::mm::{heap, rmap};
     let space = AddressSpace::new().expect("a space");
     let mut guard = space.lock();
-    let pages = 4096u64;
     let start = guard
         .map_anonymous(None, pages * 4096, RegionFlags::READ | RegionFlags::WRITE)
         .expect("a region");
@@ -442,6 +441,16 @@ fn the_reverse_maps_side_table_takes_no_heap_per_mapping_and_gives_its_chunks_ba
             .write_user(start + page * 4096, &page.to_le_bytes())
             .expect("writable");
     }
+    drop(guard);
+    (space, start)
+}
+
+#[test_case]
+fn the_reverse_maps_side_table_takes_no_heap_per_mapping_and_gives_its_chunks_back() {
+    use crate::mm::{heap, rmap};
+    let pages = 4096u64;
+    let (space, start) = space_with_numbered_pages(pages);
+    let mut guard = space.lock();
     let before = rmap::table_nodes();
     let allocations = heap::stats().allocations;
     let child = guard.fork().expect("a clone");
@@ -476,18 +485,10 @@ fn the_reverse_maps_side_table_takes_no_heap_per_mapping_and_gives_its_chunks_ba
 #[test_case]
 fn cloning_without_memory_fails_cleanly_and_loses_nothing() {
     use crate::mm::page_alloc;
-    use crate::mm::space::{AddressSpace, RegionFlags, SpaceError};
-    let space = AddressSpace::new().expect("a space");
-    let mut guard = space.lock();
+    use crate::mm::space::SpaceError;
     let pages = 1024u64;
-    let start = guard
-        .map_anonymous(None, pages * 4096, RegionFlags::READ | RegionFlags::WRITE)
-        .expect("a region");
-    for page in 0..pages {
-        guard
-            .write_user(start + page * 4096, &page.to_le_bytes())
-            .expect("writable");
-    }
+    let (space, start) = space_with_numbered_pages(pages);
+    let mut guard = space.lock();
     // Take every free page.
     let held = crate::testing::take_free_memory(8192);
     let result = guard.fork();
