@@ -220,6 +220,10 @@ boot_gdt_end:
 boot_gdt_pointer:
     .word boot_gdt_end - boot_gdt - 1
     .long boot_gdt
+
+    /* Back to 64-bit mode: with link-time optimisation every crate's global assembly is one
+       file, and the code that follows this block is 64-bit. */
+    .code64
     "#,
     stack_size = const BOOT_STACK_SIZE,
     failure = const EXIT_FAILURE,
