@@ -7,7 +7,7 @@
 //! the area it passes in; the kernel's `mm::page_alloc` decides when to refill and drain.
 
 use crate::buddy::{FreeArea, MigrateType, PAGEBLOCK_ORDER};
-use crate::frame::{FrameIndex, FrameState};
+use crate::frame::{FrameFlags, FrameIndex, FrameState, HeadWord};
 
 /// Order-0 pages moved between a per-CPU list and its zone at a time.
 pub const PCP_BATCH: usize = 32;
@@ -143,7 +143,14 @@ impl PcpList {
         // In one batch (whole blocks cut in place), pushed so that the lowest block is on top.
         let wanted = self.batch.saturating_sub(*len);
         let taken = area.allocate_batch(order, kind, wanted, mark, |index| {
-            frames[index as usize].make_head(FrameState::Cached, order, kind as u8);
+            // Off the lists and not on any: one store of the head word (a cached block's links
+            // are never read).
+            frames[index as usize].relabel(HeadWord::new(
+                FrameState::Cached,
+                order,
+                kind as u8,
+                FrameFlags::empty(),
+            ));
             pfns[*len] = base_pfn + index as u64;
             *len += 1;
         });
@@ -176,7 +183,9 @@ fn free_cached(area: &mut FreeArea, pfns: &[u64], order: u8) {
     let indices = &mut indices[..pfns.len()];
     for (slot, &pfn) in indices.iter_mut().zip(pfns) {
         let index = area.index_of(pfn).expect("cached pfn is in its zone");
-        area.frame(index).set_state(FrameState::Tail);
+        // The cache's holder, under the zone lock: the word is ours to write whole.
+        let frame = area.frame(index);
+        frame.relabel(frame.head_word().with_state(FrameState::Tail));
         *slot = index;
     }
     indices.sort_unstable();

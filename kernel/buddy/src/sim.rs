@@ -13,7 +13,7 @@
 
 use crate::buddy::{FreeArea, MAX_ORDER, MigrateType};
 use crate::check::{AreaCensus, CheckError};
-use crate::frame::{Frame, FrameIndex, FrameState, Owner};
+use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, HeadWord, Owner};
 use crate::pcp::{PCP_ORDERS, PcpList, pcp_order_slot};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -223,7 +223,12 @@ impl Sim {
             return Ok(());
         }
         zone.lock.take();
-        head.set_state(FrameState::Tail);
+        head.relabel(HeadWord::new(
+            FrameState::Tail,
+            order,
+            0,
+            FrameFlags::empty(),
+        ));
         zone.area.free(index, order);
         zone.lock.give();
         Ok(())
@@ -298,7 +303,12 @@ impl Sim {
                     head.refcount.store(0, Ordering::Relaxed);
                     head.mapcount.store(0, Ordering::Relaxed);
                     head.rmap.store(0, Ordering::Relaxed);
-                    head.set_state(FrameState::Tail);
+                    head.relabel(HeadWord::new(
+                        FrameState::Tail,
+                        order,
+                        0,
+                        FrameFlags::empty(),
+                    ));
                     Some((index, order))
                 }));
             zone.lock.give();
