@@ -460,15 +460,16 @@ impl FreeArea {
     /// the counts; its record is left as it was, for the caller to write.
     #[inline(always)]
     fn detach(&mut self, index: FrameIndex, word: HeadWord) {
-        self.unlist(index, word);
+        self.unlist(self.frames, index, word);
         self.free_pages -= 1 << word.order();
     }
 
     /// [`FreeArea::detach`] but for the free page count, which the caller keeps.
+    /// `frames` is this area's records (passed in so that a caller's loop keeps them in a
+    /// register).
     #[inline(always)]
-    fn unlist(&mut self, index: FrameIndex, word: HeadWord) {
+    fn unlist(&mut self, frames: &[Frame], index: FrameIndex, word: HeadWord) {
         debug_assert_eq!(word.state(), FrameState::Free);
-        let frames = self.frames;
         let (order, kind) = (word.order(), word.list());
         let frame = &frames[index as usize];
         let (prev, next) = (frame.prev(), frame.next());
@@ -529,17 +530,18 @@ impl FreeArea {
 
     /// Frees a block, merging it with free buddies; returns the merged block. The block's
     /// frames must be tails except its head (as allocation left them).
+    #[inline(always)]
     pub fn free(&mut self, index: FrameIndex, order: u8) -> Block {
         let first_order = order;
         let (mut index, mut order) = (index, order);
-        let frames = self.frames;
+        let (frames, base_pfn) = (self.frames, self.base_pfn);
         let zone_frames = frames.len() as u64;
         // What to write into `index`'s record should it become the upper half of a merge:
         // read when needed for the caller's head, known for a merged buddy.
         let mut index_word: Option<HeadWord> = None;
         while order < MAX_ORDER {
             let size = 1u64 << order;
-            let buddy = (self.pfn(index) ^ size).wrapping_sub(self.base_pfn);
+            let buddy = ((base_pfn + index as u64) ^ size).wrapping_sub(base_pfn);
             // The whole buddy block must lie in the zone (below the base, `buddy` wrapped
             // around to a huge number).
             if buddy >= zone_frames || zone_frames - buddy < size {
@@ -557,7 +559,7 @@ impl FreeArea {
                 break;
             }
             // The free page count and merge counter are settled once, after the loop.
-            self.unlist(buddy, buddy_word);
+            self.unlist(frames, buddy, buddy_word);
             // The buddy leaves its list as `unlink` leaves a block: a tail, unflagged.
             let buddy_tail = buddy_word
                 .with_state(FrameState::Tail)
@@ -637,6 +639,7 @@ impl FreeArea {
     /// Takes a block of `order` from `kind`'s own lists, smallest order first, and warm memory
     /// before cold: an unreported block of any order before a reported one (whose pages the
     /// host must fault in again).
+    #[inline(always)]
     fn take_smallest(&mut self, order: u8, kind: MigrateType) -> Option<FrameIndex> {
         self.take_smallest_up_to(order, order, kind)
             .map(|(index, _)| index)
@@ -863,6 +866,7 @@ impl FreeArea {
 
     /// Like `take_smallest`, but a block of any order from `order` up to `fit` is taken whole
     /// (a larger one is split down to `fit`). Returns its head and order.
+    #[inline(always)]
     fn take_smallest_up_to(
         &mut self,
         order: u8,
