@@ -31,6 +31,7 @@ pub const fn pcp_order_slot(order: u8) -> Option<usize> {
 /// The high mark of a list of `order`, in pages (as Linux's `pcp->high`): more than this and
 /// the oldest [`pcp_batch`] blocks go back. Small for the high orders: what they hold neither
 /// merges nor reaches the host until it is drained.
+#[inline]
 pub const fn pcp_high_pages(order: u8) -> usize {
     match order {
         0 => PCP_HIGH,
@@ -42,6 +43,7 @@ pub const fn pcp_high_pages(order: u8) -> usize {
 
 /// Blocks moved between a list of `order` and its zone at a time (a quarter of the high
 /// mark, at least one block).
+#[inline]
 pub const fn pcp_batch(order: u8) -> usize {
     if order == 0 {
         PCP_BATCH
@@ -93,30 +95,36 @@ impl PcpList {
         ]
     }
 
+    #[inline]
     pub fn order(&self) -> u8 {
         self.order
     }
 
     /// Blocks on the list.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Pages on the list.
+    #[inline]
     pub fn pages(&self) -> u64 {
         (self.len as u64) << self.order
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// The cached blocks' heads, oldest first.
+    #[inline]
     pub fn pfns(&self) -> &[u64] {
         &self.pfns[..self.len]
     }
 
     /// Takes the warmest block; its record is still `Cached` for the caller to relabel.
+    #[inline]
     pub fn pop(&mut self) -> Option<u64> {
         self.len = self.len.checked_sub(1)?;
         Some(self.pfns[self.len])
@@ -125,6 +133,7 @@ impl PcpList {
     /// Adds a block whose head the caller has made `Cached` with this list's order. True when
     /// the list now holds more than its high mark ([`pcp_high_pages`]): the caller should
     /// [`PcpList::drain_batch`] under the zone lock.
+    #[inline]
     pub fn push(&mut self, pfn: u64) -> bool {
         self.pfns[self.len] = pfn;
         self.len += 1;
