@@ -140,7 +140,8 @@ pub fn report_labelled(name: &str, labels: &[(&str, &str)], fields: &[(&str, f64
     crate::println!("{line}");
 }
 
-/// Our allocator; batches go through its batch interface (`alloc_bulk`, `free_bulk`).
+/// Our allocator; batches go through its batch interface (`alloc_bulk`, `free_bulk`), kept in
+/// their owning handles meanwhile.
 struct Ours(Vec<Pages>);
 
 impl Frames for Ours {
@@ -152,16 +153,12 @@ impl Frames for Ours {
         let pages = unsafe { Pages::from_raw(pfn, order) };
         page_alloc::free(pages).expect("benchmark frees what it allocated");
     }
-    fn alloc_batch(&mut self, order: u8, count: usize, out: &mut Vec<(u64, u8)>) {
+    fn alloc_batch(&mut self, order: u8, count: usize, _held: &mut Vec<(u64, u8)>) -> usize {
+        // The blocks stay in their owning handles until `free_batch`.
         let request = AllocRequest::new(order).kind(MigrateType::Movable);
-        page_alloc::alloc_bulk(request, count, &mut self.0);
-        out.extend(self.0.drain(..).map(|pages| (pages.into_raw(), order)));
+        page_alloc::alloc_bulk(request, count, &mut self.0)
     }
-    fn free_batch(&mut self, blocks: &[(u64, u8)]) {
-        self.0.extend(blocks.iter().map(|&(pfn, order)| {
-            // SAFETY: the sequences free exactly the blocks `alloc_batch` gave them, each once.
-            unsafe { Pages::from_raw(pfn, order) }
-        }));
+    fn free_batch(&mut self, _held: &mut Vec<(u64, u8)>) {
         page_alloc::free_bulk(&mut self.0).expect("benchmark frees what it allocated");
     }
 }

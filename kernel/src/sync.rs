@@ -4,7 +4,9 @@
 //! [`IrqMutex`] is a spin lock (correct across CPUs) that also disables interrupts on the
 //! holding CPU while held, so that neither an interrupt handler nor a preempting thread on the
 //! same CPU can spin forever on a lock its own CPU holds. This is what every lock in the kernel
-//! that may be taken with preemption enabled must be.
+//! that may be taken with preemption enabled must be, unless no interrupt handler ever takes it
+//! outside a thread switch: then [`PreemptMutex`] (preemption off, interrupts on) does, as for
+//! the page allocator's zones and per-CPU lists, where `cli`/`sti` cost more than the work.
 //!
 //! # The lock order
 //!
@@ -20,8 +22,8 @@
 //! | `Balloon` | the balloon's page list | yes |
 //! | `Heap` | the kernel heap (it maps and frees pages) | (it is the heap) |
 //! | `KernelTables` | the kernel half of the page tables | no |
-//! | `PerCpuCache` | the per-CPU order-0 lists | no |
-//! | `Zone` | one zone's free lists | no |
+//! | `PerCpuCache` | the per-CPU lists (a `PreemptMutex`) | no |
+//! | `Zone` | one zone's free lists (a `PreemptMutex`) | no |
 //! | `Scheduler` | threads, ready queue, timers, every wait queue's waiters | no |
 //! | `Serial` | COM1 | no |
 //!
@@ -40,15 +42,20 @@
 //! builds check all of it: taking a lock whose class is not after every held class, or
 //! switching threads with one held, panics with both classes named (a deadlock found at the
 //! first run instead of a hang under load). `try_lock` is not checked: it cannot deadlock.
-//! The record of held classes is global because the kernel runs on one CPU (interrupts are off
-//! while any `IrqMutex` is held, so no other code runs on it meanwhile); with more CPUs it
-//! becomes per-CPU data.
+//! The record of held classes is global because the kernel runs on one CPU (no other thread
+//! runs while any of these locks is held: interrupts or preemption are off, and an interrupt
+//! handler's own locks are released before it returns); with more CPUs it becomes per-CPU data.
+//! [`PreemptMutex`]es are recorded in debug builds only (see there).
 //!
 //! Locks without a class (`IrqMutex::new`) guard data no allocator path touches (task tables,
 //! test bookkeeping, device registers).
 
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU32,
+    Ordering::{Relaxed, SeqCst},
+    compiler_fence,
+};
 use x86_64::instructions::interrupts;
 
 /// Where a lock sits in the kernel's lock order (see the module documentation).
@@ -142,8 +149,9 @@ fn note_acquire(class: LockClass) {
             innermost_held()
         );
     }
-    // Plain loads and stores, not read-modify-writes: interrupts are off (the lock's caller
-    // disabled them) and there is one CPU, so nothing else touches these meanwhile.
+    // Plain loads and stores, not read-modify-writes: there is one CPU, and an interrupt
+    // handler that lands between a load and its store releases what it takes before returning
+    // (it switches threads only when no lock is held), so the value stored is still right.
     let depth = &HELD_DEPTH[bit as usize];
     depth.store(depth.load(Relaxed) + 1, Relaxed);
     HELD_CLASSES.store(held | (1 << bit), Relaxed);
@@ -285,5 +293,105 @@ impl<T> Drop for IrqMutexGuard<'_, T> {
         if self.interrupts_were_enabled {
             interrupts::enable();
         }
+    }
+}
+
+// ---- Preemption-only locks ------------------------------------------------------------------
+
+/// Sections of this CPU that must not be preempted: one per [`PreemptMutex`] held. While it is
+/// non-zero the timer's tick switches no thread (it tries again shortly: see
+/// `task::scheduler::timer_tick`), so a holder is never switched away from its lock.
+///
+/// Plain loads and stores, no read-modify-write: only this CPU touches it, and an interrupt that
+/// lands between a load and its store either changes nothing or switches threads, which it does
+/// only at zero, and every other thread is back at zero before it can be switched away from.
+/// With more CPUs it becomes per-CPU data.
+static PREEMPT_OFF: AtomicU32 = AtomicU32::new(0);
+
+/// Whether the timer may switch threads now (no [`PreemptMutex`] is held on this CPU).
+#[inline]
+pub fn preemptible() -> bool {
+    PREEMPT_OFF.load(Relaxed) == 0
+}
+
+#[inline]
+fn preempt_disable() {
+    PREEMPT_OFF.store(PREEMPT_OFF.load(Relaxed) + 1, Relaxed);
+    // The interrupt handler is the only other reader: keep the section after the store.
+    compiler_fence(SeqCst);
+}
+
+#[inline]
+fn preempt_enable() {
+    compiler_fence(SeqCst);
+    PREEMPT_OFF.store(PREEMPT_OFF.load(Relaxed) - 1, Relaxed);
+}
+
+/// A spin lock that keeps its holder from being preempted but leaves interrupts on: for data
+/// that no interrupt handler touches except through a thread switch, which a held lock rules out
+/// (the allocator's zones and per-CPU lists: the timer's tick frees a dead thread's stack only
+/// after switching threads, and it switches none while one of these is held).
+///
+/// Cheaper than [`IrqMutex`] where it counts: no saving, clearing and restoring of the interrupt
+/// flag, which under QEMU's TCG ends a translation block every time interrupts come back on
+/// (about 30 ns a lock). Debug builds check its place in the lock order ([`LockClass`]) like an
+/// `IrqMutex`'s; release builds do not record it in [`held_classes`] (its classes are the
+/// allocator's innermost ones, under which nothing allocates: ask [`preemptible`] instead).
+pub struct PreemptMutex<T> {
+    inner: spin::Mutex<T>,
+    class: LockClass,
+}
+
+/// Proof that a [`PreemptMutex`] is held; preemption comes back when it drops.
+pub struct PreemptMutexGuard<'a, T> {
+    guard: core::mem::ManuallyDrop<spin::MutexGuard<'a, T>>,
+    class: LockClass,
+}
+
+impl<T> PreemptMutex<T> {
+    pub const fn with_class(value: T, class: LockClass) -> Self {
+        Self {
+            inner: spin::Mutex::new(value),
+            class,
+        }
+    }
+
+    #[inline]
+    pub fn lock(&self) -> PreemptMutexGuard<'_, T> {
+        preempt_disable();
+        if cfg!(debug_assertions) {
+            note_acquire(self.class);
+        }
+        PreemptMutexGuard {
+            guard: core::mem::ManuallyDrop::new(self.inner.lock()),
+            class: self.class,
+        }
+    }
+}
+
+impl<T> Deref for PreemptMutexGuard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> DerefMut for PreemptMutexGuard<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+impl<T> Drop for PreemptMutexGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: dropped exactly once, here; `self.guard` is not used after.
+        unsafe { core::mem::ManuallyDrop::drop(&mut self.guard) };
+        if cfg!(debug_assertions) {
+            note_release(self.class);
+        }
+        preempt_enable();
     }
 }

@@ -150,7 +150,7 @@ fn run_one(test: &'static dyn Testable) -> bool {
 pub fn absorb_test_panic(info: &PanicInfo) {
     // A thread that panicked holding a lock can never release it: going on would hang the
     // next user of that lock (and recording the failure allocates). Such a panic is fatal.
-    if crate::sync::held_classes() != 0 {
+    if crate::sync::held_classes() != 0 || !crate::sync::preemptible() {
         return;
     }
     let Some(current) = crate::task::scheduler::try_current_id() else {

@@ -35,14 +35,15 @@ impl Frames for Ours {
             .free(pfn, order)
             .expect("the benchmark frees what it allocated");
     }
-    fn alloc_batch(&mut self, order: u8, count: usize, out: &mut Vec<(u64, u8)>) {
+    fn alloc_batch(&mut self, order: u8, count: usize, held: &mut Vec<(u64, u8)>) -> usize {
         self.0
-            .alloc_bulk(order, MigrateType::Movable, usize::MAX, count, out);
+            .alloc_bulk(order, MigrateType::Movable, usize::MAX, count, held)
     }
-    fn free_batch(&mut self, blocks: &[(u64, u8)]) {
+    fn free_batch(&mut self, held: &mut Vec<(u64, u8)>) {
         self.0
-            .free_bulk(blocks)
+            .free_bulk(held)
             .expect("the benchmark frees what it allocated");
+        held.clear();
     }
 }
 

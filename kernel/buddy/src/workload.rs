@@ -11,16 +11,19 @@ pub trait Frames {
     /// Allocates `2^order` pages; the first pfn.
     fn alloc(&mut self, order: u8) -> Option<u64>;
     fn free(&mut self, pfn: u64, order: u8);
-    /// Allocates `count` blocks of `order`, appending them to `out` (one by one unless the
-    /// allocator has a batch interface).
-    fn alloc_batch(&mut self, order: u8, count: usize, out: &mut Vec<(u64, u8)>) {
+    /// Allocates `count` blocks of `order` and keeps them until [`Frames::free_batch`]: by
+    /// default one by one, in `held`; an allocator with a batch interface uses it, and may keep
+    /// the blocks in its own handles instead (as the kernel's owning `Pages`), so that no
+    /// conversion is timed. Returns how many blocks it got.
+    fn alloc_batch(&mut self, order: u8, count: usize, held: &mut Vec<(u64, u8)>) -> usize {
         for _ in 0..count {
-            out.push((self.alloc(order).expect("memory"), order));
+            held.push((self.alloc(order).expect("memory"), order));
         }
+        count
     }
-    /// Frees every block of `blocks`.
-    fn free_batch(&mut self, blocks: &[(u64, u8)]) {
-        for &(pfn, order) in blocks.iter() {
+    /// Frees every block the last [`Frames::alloc_batch`] kept (leaving `held` empty).
+    fn free_batch(&mut self, held: &mut Vec<(u64, u8)>) {
+        for (pfn, order) in held.drain(..) {
             self.free(pfn, order);
         }
     }
@@ -64,8 +67,8 @@ pub fn order0_pairs(frames: &mut dyn Frames, count: u64) {
 /// allocator's batch interface where it has one.
 pub fn batch(frames: &mut dyn Frames, held: &mut Vec<(u64, u8)>, order: u8, count: usize) {
     held.clear();
-    frames.alloc_batch(order, count, held);
-    assert_eq!(held.len(), count, "memory for the batch");
+    let got = frames.alloc_batch(order, count, held);
+    assert_eq!(got, count, "memory for the batch");
     frames.free_batch(held);
 }
 

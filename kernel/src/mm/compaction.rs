@@ -581,6 +581,7 @@ fn success(zone: &Zone, order: u8) {
 pub fn compact_for_allocation(zone: &'static Zone, order: u8) -> bool {
     if order == 0
         || crate::sync::held_classes() != 0
+        || !crate::sync::preemptible()
         || !x86_64::instructions::interrupts::are_enabled()
         || PASSES_RUNNING.load(Relaxed) != 0
     {

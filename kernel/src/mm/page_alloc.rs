@@ -10,7 +10,7 @@ use super::frame::{self, FrameIndex, FrameState, Owner};
 use super::zone::{Watermarks, Zone};
 use super::zones::{self, ZoneKind};
 use super::{PAGE_SIZE, phys_to_virt};
-use crate::sync::{IrqMutex, LockClass};
+use crate::sync::{LockClass, PreemptMutex};
 use alloc::vec::Vec;
 use boot::{AddrRange, MemoryRegion};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -402,7 +402,7 @@ struct PerCpuCache {
     lists: [[[PcpList; PCP_ORDERS.len()]; 3]; 3],
 }
 
-static PCP: IrqMutex<PerCpuCache> = IrqMutex::with_class(
+static PCP: PreemptMutex<PerCpuCache> = PreemptMutex::with_class(
     PerCpuCache {
         lists: [const { [const { PcpList::per_order() }; 3] }; 3],
     },
@@ -707,7 +707,7 @@ pub fn free_bulk(pages: &mut Vec<Pages>) -> Result<(), FreeError> {
         let (run, next) = rest.split_at(inside);
         let mut refusal = None;
         {
-            // Under the zone's lock (interrupts off) from the claim to the lists: the checker
+            // Under the zone's lock (no preemption) from the claim to the lists: the checker
             // never sees a block in transit.
             let mut area = zone.lock();
             area.free_batch(run.iter().filter_map(|block| {
@@ -791,8 +791,8 @@ fn free_block(pfn: u64, order: u8) -> Result<(), FreeError> {
 /// Claims the block under the lock of the list it goes to (the per-CPU cache for a block of an
 /// order with a list, unless it would complete a 4 MiB block; its zone otherwise) and puts it
 /// there: one atomic transition claims it (a double free racing this one is refused), and
-/// interrupts stay off from the claim until it is on a list, so this CPU never shows it in
-/// transit, with one interrupts-off section instead of two.
+/// the lock is held from the claim until it is on a list (no other thread runs on this CPU
+/// meanwhile), so the checker never sees it in transit.
 fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
     let zone = zone_of(pfn).ok_or(FreeError::NoSuchFrame)?;
     let head = zone.frame(pfn);

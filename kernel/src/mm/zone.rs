@@ -10,7 +10,7 @@
 use super::buddy::{FreeArea, MigrateType, PAGEBLOCK_ORDER};
 use super::frame::Frame;
 use super::zones::ZoneKind;
-use crate::sync::{IrqMutex, IrqMutexGuard, LockClass};
+use crate::sync::{LockClass, PreemptMutex, PreemptMutexGuard};
 use core::sync::atomic::{
     AtomicU8, AtomicU64,
     Ordering::{Acquire, Relaxed, Release},
@@ -38,7 +38,7 @@ pub struct Zone {
     pub watermarks: Watermarks,
     frames: &'static [Frame],
     pageblock_types: &'static [AtomicU8],
-    area: IrqMutex<FreeArea>,
+    area: PreemptMutex<FreeArea>,
     /// Free pages on the lists, readable without the lock (updated under it).
     free_pages: AtomicU64,
     /// Records below this pfn are initialised (only grows, under the zone's lock, in whole
@@ -65,7 +65,7 @@ impl Zone {
             managed_pages: 0,
             watermarks: Watermarks::default(),
             frames,
-            area: IrqMutex::with_class(area, LockClass::Zone),
+            area: PreemptMutex::with_class(area, LockClass::Zone),
             free_pages: AtomicU64::new(0),
             initialised_end: AtomicU64::new(start_pfn),
             deferred_pages: AtomicU64::new(0),
@@ -156,7 +156,7 @@ impl Zone {
 /// passes a reporting request on once the lock is released.
 pub struct ZoneGuard<'a> {
     zone: &'a Zone,
-    area: core::mem::ManuallyDrop<IrqMutexGuard<'a, FreeArea>>,
+    area: core::mem::ManuallyDrop<PreemptMutexGuard<'a, FreeArea>>,
 }
 
 impl core::ops::Deref for ZoneGuard<'_> {

@@ -705,10 +705,18 @@ pub(crate) fn wake_queue(queue: QueueKey, all: bool) -> usize {
 }
 
 /// Called by the timer interrupt: wakes expired sleepers and preempts a thread whose slice is
-/// used up when another is ready. If the scheduler's lock is taken (another CPU, or a holder on
+/// used up when another is ready. Inside a preemption-only section (`sync::PreemptMutex` held)
+/// it does nothing but come back shortly. If the scheduler's lock is taken (another CPU, or a holder on
 /// this one that an interrupt could not have reached: a bug this keeps from becoming a hang),
 /// the tick is not lost: the one-shot timer is re-armed to try again shortly.
 pub fn timer_tick() {
+    // A thread holding a preemption-only lock (the allocator's) must not be switched away from
+    // it: the tick comes back once the lock is surely released.
+    if !crate::sync::preemptible() {
+        TICKS_DEFERRED.fetch_add(1, Relaxed);
+        arch::apic::arm_oneshot(TICK_RETRY_NS);
+        return;
+    }
     let Some(mut guard) = SCHEDULER.try_lock() else {
         TICKS_DEFERRED.fetch_add(1, Relaxed);
         arch::apic::arm_oneshot(TICK_RETRY_NS);
