@@ -223,6 +223,7 @@ impl Sim {
             return Ok(());
         }
         zone.lock.take();
+        // The claim's winner owns the head word: one store (a tail's other fields mean nothing).
         head.relabel(HeadWord::new(
             FrameState::Tail,
             order,
@@ -303,6 +304,7 @@ impl Sim {
                     head.refcount.store(0, Ordering::Relaxed);
                     head.mapcount.store(0, Ordering::Relaxed);
                     head.rmap.store(0, Ordering::Relaxed);
+                    // Claimed: the head word is ours, one store.
                     head.relabel(HeadWord::new(
                         FrameState::Tail,
                         order,
