@@ -183,6 +183,7 @@ const _: () = {
 };
 
 impl Drop for Pages {
+    #[inline]
     fn drop(&mut self) {
         // `free` logs a refusal; a handle has nothing more to do with its block either way.
         let _ = free_block(self.pfn, self.order);
@@ -220,10 +221,12 @@ pub fn set_direct_map_end(end: u64) {
 }
 
 /// Whether every page of `zone` is reachable through the direct map now.
+#[inline]
 fn is_direct_mapped(zone: &Zone) -> bool {
     zone.end_pfn * PAGE_SIZE <= DIRECT_MAP_END.load(Relaxed)
 }
 
+#[inline]
 fn zones() -> &'static [Zone] {
     &ZONES.get().expect("page allocator initialised").zones
 }
@@ -239,9 +242,12 @@ pub fn is_initialised() -> bool {
 
 /// The zone holding `pfn`, if its record is initialised (a frame beyond a zone's initialised
 /// boundary has no record yet: nothing can have been allocated there).
+#[inline]
 pub fn zone_of(pfn: u64) -> Option<&'static Zone> {
+    // Highest first: most memory, and most allocations, are there.
     zones()
         .iter()
+        .rev()
         .find(|zone| zone.contains(pfn))
         .filter(|zone| zone.has_record(pfn))
 }
@@ -380,6 +386,7 @@ pub fn boot_free_pages() -> u64 {
 
 /// The zones a request may use, in the order to try them (highest allowed first). Zones the
 /// direct map does not reach yet are left out (see [`DIRECT_MAP_END`]).
+#[inline]
 fn candidate_zones(limit: ZoneLimit) -> impl Iterator<Item = &'static Zone> {
     let allowed = move |kind: ZoneKind| match limit {
         ZoneLimit::Any => true,
@@ -409,10 +416,12 @@ static PCP: PreemptMutex<PerCpuCache> = PreemptMutex::with_class(
     LockClass::PerCpuCache,
 );
 
+#[inline]
 fn zone_slot(zone: &Zone) -> usize {
     zone.kind as usize
 }
 
+#[inline]
 fn pcp_type_slot(kind: MigrateType) -> Option<usize> {
     match kind {
         MigrateType::Isolate => None,
@@ -449,6 +458,7 @@ fn alloc_cached(zone: &'static Zone, request: &AllocRequest, order_slot: usize) 
 }
 
 /// Makes a block just taken off a list (under its list's lock) the head of an allocated block.
+#[inline]
 fn label_allocated(head: &frame::Frame, request: &AllocRequest) {
     head.make_head(FrameState::Allocated, request.order, request.owner as u8);
     head.refcount.store(1, Relaxed);
@@ -541,6 +551,12 @@ fn alloc_from_zone(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
     {
         return Some(pfn);
     }
+    take_from_zone(zone, request)
+}
+
+/// A block from `zone`'s free lists, keeping the zone above the request's watermark.
+#[inline(always)]
+fn take_from_zone(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
     let mut area = zone.lock();
     let mark = watermark(zone, request);
     if area.free_pages < mark + (1 << request.order) {
@@ -566,7 +582,44 @@ fn alloc_from_zone_or_grow(zone: &'static Zone, request: &AllocRequest) -> Optio
 
 /// Allocates `2^order` contiguous pages, or `None` when no allowed zone can give them without
 /// going below its watermark.
+///
+/// The common case is a short path: the first zone the request may use gives the block at
+/// once, from its per-CPU list (orders with one) or its free lists (under TCG every call's
+/// saved registers are memory traffic: the fast path saves few). Everything else (refill, other
+/// zones, draining, compaction, deflate-on-OOM, zeroing) is [`alloc_slow`].
+#[inline(never)]
 pub fn alloc(request: AllocRequest) -> Option<Pages> {
+    match alloc_fast(&request) {
+        Some(pfn) => Some(Pages {
+            pfn,
+            order: request.order,
+        }),
+        None => alloc_slow(request),
+    }
+}
+
+/// The block the first zone `request` may use gives without more ado: the top of its per-CPU
+/// list (for an order with one), or from its free lists above the watermark (for the others).
+/// No refill, no other zone: those are [`alloc_slow`]'s.
+#[inline(always)]
+fn alloc_fast(request: &AllocRequest) -> Option<u64> {
+    if request.zeroed || request.kind == MigrateType::Isolate || request.order > MAX_ORDER {
+        return None;
+    }
+    let zone = candidate_zones(request.limit).next()?;
+    let Some(order_slot) = pcp_order_slot(request.order) else {
+        return take_from_zone(zone, request);
+    };
+    let type_slot = pcp_type_slot(request.kind)?;
+    let mut pcp = PCP.lock();
+    let pfn = pcp.lists[zone_slot(zone)][type_slot][order_slot].pop()?;
+    // Labelled before the lock goes: no checker ever sees it cached yet in no cache.
+    label_allocated(zone.frame(pfn), request);
+    Some(pfn)
+}
+
+#[inline(never)]
+fn alloc_slow(request: AllocRequest) -> Option<Pages> {
     if request.order > MAX_ORDER || request.kind == MigrateType::Isolate {
         log::error!(
             "page allocator: refused a request for order {} {:?}",
@@ -771,21 +824,26 @@ pub fn set_owner(pfn: u64, owner: Owner) {
 /// Frees a block allocated by [`alloc`] (dropping the handle does the same, without the
 /// result). A block that is not allocated with this order (a double free through a wrong
 /// [`Pages::from_raw`], a reserved frame) is refused with a logged error; nothing changes.
+#[inline]
 pub fn free(pages: Pages) -> Result<(), FreeError> {
     let (pfn, order) = (pages.pfn, pages.order);
     core::mem::forget(pages);
     free_block(pfn, order)
 }
 
+#[inline]
 fn free_block(pfn: u64, order: u8) -> Result<(), FreeError> {
     let result = free_to_lists(pfn, order);
-    match result {
-        Ok(()) => super::compaction::note_freed(1 << order),
-        Err(error) => {
-            log::error!("page allocator: refused to free pfn {pfn:#x} order {order}: {error:?}")
-        }
+    if let Err(error) = result {
+        refused(pfn, order, error);
     }
     result
+}
+
+#[cold]
+#[inline(never)]
+fn refused(pfn: u64, order: u8, error: FreeError) {
+    log::error!("page allocator: refused to free pfn {pfn:#x} order {order}: {error:?}")
 }
 
 /// Claims the block under the lock of the list it goes to (the per-CPU cache for a block of an
@@ -793,6 +851,10 @@ fn free_block(pfn: u64, order: u8) -> Result<(), FreeError> {
 /// there: one atomic transition claims it (a double free racing this one is refused), and
 /// the lock is held from the claim until it is on a list (no other thread runs on this CPU
 /// meanwhile), so the checker never sees it in transit.
+///
+/// Pages that reach the zone's lists (not those that stay cached) count towards waking the
+/// compaction task ([`super::compaction::note_freed`]).
+#[inline]
 fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
     let zone = zone_of(pfn).ok_or(FreeError::NoSuchFrame)?;
     let head = zone.frame(pfn);
@@ -807,22 +869,33 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
         head.make_head(FrameState::Cached, order, kind as u8);
         let list = &mut pcp.lists[zone_slot(zone)][type_slot][order_slot];
         if list.push(pfn) {
-            // The oldest pages (bottom of the stack) go back; the warm ones stay.
-            list.drain_batch(&mut zone.lock());
+            drain_batch(zone, list);
         }
     } else {
         let mut area = zone.lock();
         claim(head, order)?;
         head.set_state(FrameState::Tail);
         area.free((pfn - zone.start_pfn) as u32, order);
+        drop(area);
+        super::compaction::note_freed(1 << order);
     }
     Ok(())
+}
+
+/// Gives the oldest batch of a per-CPU list over its high mark (the bottom of the stack) back to
+/// its zone; the warm ones stay.
+#[inline(never)]
+fn drain_batch(zone: &Zone, list: &mut PcpList) {
+    let before = list.pages();
+    list.drain_batch(&mut zone.lock());
+    super::compaction::note_freed(before - list.pages());
 }
 
 /// Whether freeing the block of `order` at `pfn` would merge it into a max-order block (its
 /// buddy is a free block of its order, read without the zone's lock, as a hint): such a block
 /// goes to the zone rather than a per-CPU list, so that whole 4 MiB blocks form (and the
 /// reporting worker gives them to the host) as before. Only the pageblock order is asked.
+#[inline]
 fn completes_max_order(zone: &Zone, pfn: u64, order: u8) -> bool {
     if order + 1 != MAX_ORDER {
         return false;
@@ -837,6 +910,7 @@ fn completes_max_order(zone: &Zone, pfn: u64, order: u8) -> bool {
 
 /// The transition that starts a free ([`frame::Frame::begin_free`]), and the owner's counts
 /// cleared.
+#[inline]
 fn claim(head: &frame::Frame, order: u8) -> Result<(), FreeError> {
     head.begin_free(order).map_err(|state| match state {
         FrameState::Allocated => FreeError::WrongOrder {

@@ -72,11 +72,13 @@ impl Zone {
         }
     }
 
+    #[inline]
     pub fn contains(&self, pfn: u64) -> bool {
         (self.start_pfn..self.end_pfn).contains(&pfn)
     }
 
     /// The record of `pfn`, which must be in the zone, below its initialised boundary.
+    #[inline]
     pub fn frame(&self, pfn: u64) -> &'static Frame {
         debug_assert!(
             pfn < self.initialised_end_pfn(),
@@ -102,6 +104,7 @@ impl Zone {
     }
 
     /// Whether `pfn` is in the zone and its record initialised.
+    #[inline]
     pub fn has_record(&self, pfn: u64) -> bool {
         pfn >= self.start_pfn && pfn < self.initialised_end_pfn()
     }
@@ -133,12 +136,14 @@ impl Zone {
     }
 
     /// The migratetype of the pageblock holding `pfn` (no lock needed).
+    #[inline]
     pub fn pageblock_type(&self, pfn: u64) -> MigrateType {
         let slot = (pfn >> PAGEBLOCK_ORDER) - (self.start_pfn >> PAGEBLOCK_ORDER);
         MigrateType::from_u8(self.pageblock_types[slot as usize].load(Relaxed))
     }
 
     /// Locks the zone's allocator.
+    #[inline]
     pub fn lock(&self) -> ZoneGuard<'_> {
         ZoneGuard {
             zone: self,

@@ -148,7 +148,8 @@ pub struct SchedulerStats {
     /// Timer interrupts taken (the timer is one-shot: it fires only for a deadline or the end
     /// of a time slice, never while the kernel is idle with nothing to wake).
     pub timer_interrupts: u64,
-    /// Timer interrupts that found the scheduler's lock taken and were retried shortly after.
+    /// Timer interrupts that found the scheduler's lock taken, or a preemption-only lock held
+    /// (`sync::PreemptMutex`), and were retried shortly after.
     pub ticks_deferred: u64,
     pub context_switches: u64,
     /// Switches forced by the timer tick on a thread that had used up its time slice.
