@@ -14,7 +14,7 @@
 //! move, isolation) loses its flag and its count. The reporting worker takes the unreported
 //! block just in front of the boundary, so a pass only ever visits what is new.
 
-use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, NONE};
+use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, HeadWord, NONE};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
@@ -51,11 +51,14 @@ impl MigrateType {
         MigrateType::Reclaimable,
     ];
 
+    #[inline]
     pub fn from_u8(value: u8) -> MigrateType {
-        MigrateType::ALL
-            .get(value as usize)
-            .copied()
-            .unwrap_or(MigrateType::Movable)
+        match value {
+            0 => MigrateType::Unmovable,
+            2 => MigrateType::Reclaimable,
+            3 => MigrateType::Isolate,
+            _ => MigrateType::Movable,
+        }
     }
 
     pub fn short_name(self) -> &'static str {
@@ -134,10 +137,20 @@ pub struct Block {
     pub order: u8,
 }
 
+/// The bit of `order` in [`FreeArea`]'s masks of non-empty lists.
+const NONEMPTY: u32 = 1;
+/// The bit of `order` in [`FreeArea`]'s masks of lists with a warm head.
+const WARM: u32 = 1 << 16;
+
 pub struct FreeArea {
     base_pfn: u64,
     frames: &'static [Frame],
     lists: [[FreeList; MIGRATE_TYPES]; ORDERS],
+    /// Per migratetype, a bit per order whose list is not empty (bits 0..16, [`NONEMPTY`]) and
+    /// a bit per order whose list has an unreported (warm) block at its head (bits 16..32,
+    /// [`WARM`]): the order searches read one word instead of walking the lists. Kept whenever
+    /// a list's head or boundary changes.
+    masks: [u32; MIGRATE_TYPES],
     /// One migratetype per pageblock; atomic so that it can be read without the zone lock
     /// (written only under it).
     pageblock_types: &'static [AtomicU8],
@@ -163,6 +176,7 @@ impl FreeArea {
             base_pfn,
             frames,
             lists: [[FreeList::EMPTY; MIGRATE_TYPES]; ORDERS],
+            masks: [0; MIGRATE_TYPES],
             pageblock_types: Vec::leak(
                 (first_block..last_block)
                     .map(|_| AtomicU8::new(MigrateType::Movable as u8))
@@ -176,27 +190,33 @@ impl FreeArea {
         }
     }
 
+    #[inline]
     pub fn frame(&self, index: FrameIndex) -> &'static Frame {
         &self.frames[index as usize]
     }
 
+    #[inline]
     pub fn frames(&self) -> &'static [Frame] {
         self.frames
     }
 
+    #[inline]
     pub fn pfn(&self, index: FrameIndex) -> u64 {
         self.base_pfn + index as u64
     }
 
+    #[inline]
     pub fn index_of(&self, pfn: u64) -> Option<FrameIndex> {
         let index = pfn.checked_sub(self.base_pfn)?;
         (index < self.frames.len() as u64).then_some(index as FrameIndex)
     }
 
+    #[inline]
     fn pageblock_slot(&self, index: FrameIndex) -> usize {
         ((self.pfn(index) >> PAGEBLOCK_ORDER) - (self.base_pfn >> PAGEBLOCK_ORDER)) as usize
     }
 
+    #[inline]
     pub fn pageblock_type(&self, index: FrameIndex) -> MigrateType {
         MigrateType::from_u8(self.pageblock_types[self.pageblock_slot(index)].load(Relaxed))
     }
@@ -304,7 +324,21 @@ impl FreeArea {
 
     /// Links a block into a list as an unreported free head: at the head, or at the tail end of
     /// the unreported blocks (just in front of the reported run).
+    #[inline]
     pub fn push(&mut self, index: FrameIndex, order: u8, kind: MigrateType, end: End) {
+        self.push_flagged(index, order, kind, end, FrameFlags::empty());
+    }
+
+    /// [`FreeArea::push`] with `flags` (never `REPORTED`) on the new head.
+    #[inline]
+    fn push_flagged(
+        &mut self,
+        index: FrameIndex,
+        order: u8,
+        kind: MigrateType,
+        end: End,
+        flags: FrameFlags,
+    ) {
         let list = &self.lists[order as usize][kind as usize];
         let place = match end {
             End::Head => Place::Head,
@@ -312,82 +346,165 @@ impl FreeArea {
             End::Tail if list.boundary != NONE => Place::Before(list.boundary),
             End::Tail => Place::Tail,
         };
-        self.link(index, order, kind, place);
+        self.link(index, order, kind, place, flags);
     }
 
     /// Links a block that the host has just been told about at the tail of its list, in the
-    /// reported run, flagged `REPORTED`.
-    fn push_reported(&mut self, index: FrameIndex, order: u8, kind: MigrateType) {
-        self.link(index, order, kind, Place::Tail);
-        self.frame(index).set_flags(FrameFlags::REPORTED);
+    /// reported run, with `flags` and `REPORTED`.
+    fn push_reported(
+        &mut self,
+        index: FrameIndex,
+        order: u8,
+        kind: MigrateType,
+        flags: FrameFlags,
+    ) {
+        self.link(
+            index,
+            order,
+            kind,
+            Place::Tail,
+            flags | FrameFlags::REPORTED,
+        );
         let list = &mut self.lists[order as usize][kind as usize];
         if list.boundary == NONE {
             list.boundary = index;
         }
         list.reported += 1;
         self.reported_pages[order as usize] += 1 << order;
+        self.refresh(order, kind as usize);
     }
 
-    /// Makes `index` a free head of `order` and links it into its list at `place`.
-    fn link(&mut self, index: FrameIndex, order: u8, kind: MigrateType, place: Place) {
-        let frame = self.frame(index);
-        frame.make_head(FrameState::Free, order, kind as u8);
+    /// Sets the bits of `order` in the masks of `kind` from its list (see
+    /// [`FreeArea::masks`]).
+    #[inline]
+    fn refresh(&mut self, order: u8, kind: usize) {
+        let list = &self.lists[order as usize][kind];
+        let mut bits = 0;
+        if list.head != NONE {
+            bits |= NONEMPTY;
+            if list.head != list.boundary {
+                bits |= WARM;
+            }
+        }
+        let mask = &mut self.masks[kind];
+        *mask = *mask & !((NONEMPTY | WARM) << order) | bits << order;
+    }
+
+    /// Makes `index` a free head of `order` with `flags` and links it into its list at `place`:
+    /// one store of its head word, two of its links, one of each neighbour's.
+    #[inline]
+    fn link(
+        &mut self,
+        index: FrameIndex,
+        order: u8,
+        kind: MigrateType,
+        place: Place,
+        flags: FrameFlags,
+    ) {
+        let frames = self.frames;
+        let frame = &frames[index as usize];
         let list = &mut self.lists[order as usize][kind as usize];
         let (prev, next) = match place {
             Place::Head => (NONE, list.head),
             Place::Tail => (list.tail, NONE),
-            Place::Before(at) => (self.frames[at as usize].prev(), at),
+            Place::Before(at) => (frames[at as usize].prev(), at),
         };
+        frame.relabel(HeadWord::new(FrameState::Free, order, kind as u8, flags));
         frame.set_prev(prev);
         frame.set_next(next);
         if prev != NONE {
-            self.frames[prev as usize].set_next(index);
+            frames[prev as usize].set_next(index);
         } else {
             list.head = index;
         }
         if next != NONE {
-            self.frames[next as usize].set_prev(index);
+            frames[next as usize].set_prev(index);
         } else {
             list.tail = index;
         }
         list.count += 1;
         self.free_pages += 1 << order;
+        if prev == NONE {
+            // A new head: the list is not empty, and its head is warm (a reported block is
+            // linked at the tail, and `push_reported` sets the bits again).
+            self.masks[kind as usize] |= (NONEMPTY | WARM) << order;
+        }
     }
 
     /// Unlinks a free block from whatever list it is on; it keeps its order and is left in
     /// state `Tail` for the caller to re-label. A reported block loses its flag: it leaves the
-    /// reported run, and whoever gets it next may not assume anything of its memory.
+    /// reported run, and whoever gets it next may not assume anything of its memory. Its links
+    /// are left as they were (meaningless off a list).
     pub fn unlink(&mut self, index: FrameIndex) {
-        let frame = self.frame(index);
-        if frame.flags().contains(FrameFlags::REPORTED) {
-            let (order, kind) = (frame.order(), frame.list());
-            let list = &mut self.lists[order as usize][kind as usize];
+        let word = self.frame(index).head_word();
+        self.detach(index, word);
+        self.frame(index).relabel(
+            word.with_state(FrameState::Tail)
+                .with_flags(word.flags() - FrameFlags::REPORTED),
+        );
+    }
+
+    /// Unlinks a free block for allocation: as [`FreeArea::unlink`], but its flags are all
+    /// cleared (whoever gets it may assume nothing of its memory), in the same store.
+    #[inline(always)]
+    fn take(&mut self, index: FrameIndex) {
+        let word = self.frame(index).head_word();
+        self.detach(index, word);
+        self.frame(index).relabel(
+            word.with_state(FrameState::Tail)
+                .with_flags(FrameFlags::empty()),
+        );
+    }
+
+    /// Takes the free block at `index`, whose head word is `word`, off its list, and out of
+    /// the counts; its record is left as it was, for the caller to write.
+    #[inline(always)]
+    fn detach(&mut self, index: FrameIndex, word: HeadWord) {
+        self.unlist(self.frames, index, word);
+        self.free_pages -= 1 << word.order();
+    }
+
+    /// [`FreeArea::detach`] but for the free page count, which the caller keeps.
+    /// `frames` is this area's records (passed in so that a caller's loop keeps them in a
+    /// register).
+    #[inline(always)]
+    fn unlist(&mut self, frames: &[Frame], index: FrameIndex, word: HeadWord) {
+        debug_assert_eq!(word.state(), FrameState::Free);
+        let (order, kind) = (word.order(), word.list());
+        let frame = &frames[index as usize];
+        let (prev, next) = (frame.prev(), frame.next());
+        let list = &mut self.lists[order as usize][kind as usize];
+        if word.flags().contains(FrameFlags::REPORTED) {
             if list.boundary == index {
-                list.boundary = frame.next();
+                list.boundary = next;
             }
             list.reported -= 1;
             self.reported_pages[order as usize] -= 1 << order;
-            frame.set_flags(frame.flags() - FrameFlags::REPORTED);
         }
-        debug_assert_eq!(frame.state(), FrameState::Free);
-        let (order, kind) = (frame.order(), frame.list());
-        let list = &mut self.lists[order as usize][kind as usize];
-        let (prev, next) = (frame.prev(), frame.next());
         if prev != NONE {
-            self.frames[prev as usize].set_next(next);
+            frames[prev as usize].set_next(next);
         } else {
             list.head = next;
         }
         if next != NONE {
-            self.frames[next as usize].set_prev(prev);
+            frames[next as usize].set_prev(prev);
         } else {
             list.tail = prev;
         }
         list.count -= 1;
-        self.free_pages -= 1 << order;
-        frame.set_next(NONE);
-        frame.set_prev(NONE);
-        frame.set_state(FrameState::Tail);
+        if prev == NONE {
+            // Only a new head changes the masks (a boundary that moves past a block with a
+            // predecessor leaves the head as it was, warm).
+            let mut bits = 0;
+            if next != NONE {
+                bits |= NONEMPTY;
+                if next != list.boundary {
+                    bits |= WARM;
+                }
+            }
+            let mask = &mut self.masks[kind as usize];
+            *mask = *mask & !((NONEMPTY | WARM) << order) | bits << order;
+        }
     }
 
     /// Adds the free frames `[start, end)` as the largest naturally aligned blocks that fit
@@ -413,38 +530,59 @@ impl FreeArea {
 
     /// Frees a block, merging it with free buddies; returns the merged block. The block's
     /// frames must be tails except its head (as allocation left them).
+    #[inline(always)]
     pub fn free(&mut self, index: FrameIndex, order: u8) -> Block {
+        let first_order = order;
         let (mut index, mut order) = (index, order);
-        let isolated =
-            |area: &FreeArea, at: FrameIndex| area.pageblock_type(at) == MigrateType::Isolate;
+        let (frames, base_pfn) = (self.frames, self.base_pfn);
+        let zone_frames = frames.len() as u64;
+        // What to write into `index`'s record should it become the upper half of a merge:
+        // read when needed for the caller's head, known for a merged buddy.
+        let mut index_word: Option<HeadWord> = None;
         while order < MAX_ORDER {
-            let pfn = self.pfn(index);
-            let buddy_pfn = pfn ^ (1 << order);
-            let Some(buddy) = self.index_of(buddy_pfn) else {
-                break;
-            };
-            // The whole buddy block must lie in the zone.
-            if self.index_of(buddy_pfn + (1 << order) - 1).is_none() {
+            let size = 1u64 << order;
+            let buddy = ((base_pfn + index as u64) ^ size).wrapping_sub(base_pfn);
+            // The whole buddy block must lie in the zone (below the base, `buddy` wrapped
+            // around to a huge number).
+            if buddy >= zone_frames || zone_frames - buddy < size {
                 break;
             }
-            let buddy_frame = self.frame(buddy);
-            if buddy_frame.state() != FrameState::Free || buddy_frame.order() != order {
+            let buddy = buddy as FrameIndex;
+            let buddy_word = frames[buddy as usize].head_word();
+            if !buddy_word.is(FrameState::Free, order) {
                 break;
             }
-            if order >= PAGEBLOCK_ORDER && isolated(self, index) != isolated(self, buddy) {
+            if order >= PAGEBLOCK_ORDER
+                && (self.pageblock_type(index) == MigrateType::Isolate)
+                    != (self.pageblock_type(buddy) == MigrateType::Isolate)
+            {
                 break;
             }
-            self.unlink(buddy);
-            self.counters.merges += 1;
-            let (low, high) = if buddy < index {
-                (buddy, index)
+            // The free page count and merge counter are settled once, after the loop.
+            self.unlist(frames, buddy, buddy_word);
+            // The buddy leaves its list as `unlink` leaves a block: a tail, unflagged.
+            let buddy_tail = buddy_word
+                .with_state(FrameState::Tail)
+                .with_flags(buddy_word.flags() - FrameFlags::REPORTED);
+            if buddy < index {
+                let upper = index_word.unwrap_or_else(|| {
+                    frames[index as usize]
+                        .head_word()
+                        .with_state(FrameState::Tail)
+                });
+                frames[index as usize].relabel(upper);
+                // The buddy's record still says free: the final push (or its own turn as the
+                // upper half) writes it.
+                index_word = Some(buddy_tail);
+                index = buddy;
             } else {
-                (index, buddy)
-            };
-            self.frame(high).set_state(FrameState::Tail);
-            index = low;
+                frames[buddy as usize].relabel(buddy_tail);
+            }
             order += 1;
         }
+        // The buddies taken off the lists held every page of the block but the freed ones.
+        self.free_pages -= (1 << order) - (1 << first_order);
+        self.counters.merges += u64::from(order - first_order);
         let kind = self.pageblock_type(index);
         self.push(index, order, kind, End::Head);
         if let Some((min_order, pages)) = self.report_trigger
@@ -459,43 +597,73 @@ impl FreeArea {
 
     /// Splits the free block at `index` (already unlinked) of order `from` down to `to`, putting
     /// the upper halves back on `kind`'s lists; the lower block of order `to` is the caller's.
+    /// Each upper half is pushed at the head of its list, as [`FreeArea::push`] would; the
+    /// counts and masks, the same for every half, are written once.
+    #[inline(always)]
     fn split(&mut self, index: FrameIndex, from: u8, to: u8, kind: MigrateType) {
+        if from == to {
+            return;
+        }
+        let frames = self.frames;
         let mut order = from;
         while order > to {
             order -= 1;
-            self.push(index + (1 << order), order, kind, End::Head);
-            self.counters.splits += 1;
+            let upper = index + (1 << order);
+            let list = &mut self.lists[order as usize][kind as usize];
+            let next = list.head;
+            let frame = &frames[upper as usize];
+            frame.relabel(HeadWord::new(
+                FrameState::Free,
+                order,
+                kind as u8,
+                FrameFlags::empty(),
+            ));
+            frame.set_prev(NONE);
+            frame.set_next(next);
+            if next != NONE {
+                frames[next as usize].set_prev(upper);
+            } else {
+                list.tail = upper;
+            }
+            list.head = upper;
+            list.count += 1;
         }
+        // The halves hold 2^to + .. + 2^(from - 1) pages; the same bits are the orders whose
+        // lists now have a (warm) head.
+        let halves = (1u32 << from) - (1u32 << to);
+        self.masks[kind as usize] |= halves * (NONEMPTY | WARM);
+        self.free_pages += u64::from(halves);
+        self.counters.splits += u64::from(from - to);
     }
 
     /// Takes a block of `order` from `kind`'s own lists, smallest order first, and warm memory
     /// before cold: an unreported block of any order before a reported one (whose pages the
     /// host must fault in again).
+    #[inline(always)]
     fn take_smallest(&mut self, order: u8, kind: MigrateType) -> Option<FrameIndex> {
         self.take_smallest_up_to(order, order, kind)
             .map(|(index, _)| index)
     }
 
     /// The order whose list `take_smallest` takes from: the smallest with a block, unless
-    /// that list holds only reported blocks and a higher one has a warm block.
+    /// that list holds only reported blocks and a higher one has a warm block. Two masks, no
+    /// list walk.
+    #[inline]
     fn warmest_order(&self, order: u8, kind: MigrateType) -> Option<u8> {
-        let lists = &self.lists;
-        let first = (order..=MAX_ORDER)
-            .find(|current| lists[*current as usize][kind as usize].head != NONE)?;
-        let list = &lists[first as usize][kind as usize];
-        // The common case: the smallest block there is, is warm.
-        if list.head != list.boundary {
-            return Some(first);
+        let mask = self.masks[kind as usize];
+        let nonempty = mask as u16 & (!0u16 << order);
+        if nonempty == 0 {
+            return None;
         }
-        // Only reported blocks at that order: a warm block of a higher order, if any.
-        Some(
-            (first + 1..=MAX_ORDER)
-                .find(|higher| {
-                    let list = &lists[*higher as usize][kind as usize];
-                    list.head != NONE && list.head != list.boundary
-                })
-                .unwrap_or(first),
-        )
+        let first = nonempty.trailing_zeros() as u8;
+        let warm = (mask >> 16) as u16 & (!0u16 << first);
+        // The smallest block there is, if it is warm; else a warm block of a higher order;
+        // else the smallest (reported) one.
+        Some(if warm == 0 {
+            first
+        } else {
+            warm.trailing_zeros() as u8
+        })
     }
 
     /// Moves every free block inside pageblock `slot` to `kind`'s lists; returns the free pages
@@ -512,8 +680,7 @@ impl FreeArea {
                     let flags = frame.flags() - FrameFlags::REPORTED;
                     if frame.list() != kind as u8 {
                         self.unlink(index);
-                        self.push(index, order, kind, End::Head);
-                        self.frame(index).set_flags(flags);
+                        self.push_flagged(index, order, kind, End::Head, flags);
                     }
                     moved += 1 << order;
                     index += 1 << order;
@@ -529,11 +696,25 @@ impl FreeArea {
     /// whole pageblocks move to the new type, as Linux), claiming its pageblock where the rules
     /// allow, then allocates normally.
     fn take_fallback(&mut self, order: u8, kind: MigrateType) -> Option<FrameIndex> {
-        for current in (order..=MAX_ORDER).rev() {
-            for other in kind.fallbacks() {
-                let Some(index) = self.list_end(current, other, End::Head) else {
-                    continue;
-                };
+        // The largest order with a block on either fallback list, the first fallback's first.
+        let [first, second] = kind.fallbacks();
+        let (in_first, in_second) = (
+            self.masks[first as usize] as u16,
+            self.masks[second as usize] as u16,
+        );
+        let either = (in_first | in_second) & (!0u16 << order);
+        if either == 0 {
+            return None;
+        }
+        let current = (15 - either.leading_zeros()) as u8;
+        let other = if in_first & 1 << current != 0 {
+            first
+        } else {
+            second
+        };
+        {
+            {
+                let index = self.lists[current as usize][other as usize].head;
                 self.counters.fallbacks += 1;
                 let claim_whole = current >= PAGEBLOCK_ORDER / 2 || kind != MigrateType::Movable;
                 if current >= PAGEBLOCK_ORDER {
@@ -544,8 +725,7 @@ impl FreeArea {
                     self.counters.pageblocks_stolen += 1 << (current - PAGEBLOCK_ORDER);
                     let flags = self.frame(index).flags() - FrameFlags::REPORTED;
                     self.unlink(index);
-                    self.push(index, current, kind, End::Head);
-                    self.frame(index).set_flags(flags);
+                    self.push_flagged(index, current, kind, End::Head, flags);
                 } else if claim_whole {
                     let slot = self.pageblock_slot(index);
                     let free = self.move_pageblock_free_blocks(slot, kind);
@@ -555,23 +735,21 @@ impl FreeArea {
                     }
                 } else {
                     // A small movable request takes the block without claiming the pageblock.
-                    self.unlink(index);
+                    self.take(index);
                     self.split(index, current, order, other);
                     return Some(index);
                 }
-                return self.take_smallest(order, kind);
+                self.take_smallest(order, kind)
             }
         }
-        None
     }
 
     /// Allocates a block of `order` for `kind`: own lists first, then fallback. The block's head
-    /// is left for the caller to label.
+    /// is left for the caller to label (a tail without flags).
     pub fn allocate(&mut self, order: u8, kind: MigrateType) -> Option<FrameIndex> {
         let index = self
             .take_smallest(order, kind)
             .or_else(|| self.take_fallback(order, kind))?;
-        self.frame(index).set_flags(FrameFlags::empty());
         Some(index)
     }
 
@@ -605,13 +783,16 @@ impl FreeArea {
         if frame.state() != FrameState::Free {
             return None;
         }
-        let (order, kind) = (frame.order(), frame.list());
+        let word = frame.head_word();
         // Unlinking clears a reported block's flag: isolated blocks are never reported.
-        self.unlink(index);
-        let flags = frame.flags();
-        frame.make_head(FrameState::Isolated, order, kind);
-        frame.set_flags(flags);
-        Some(order)
+        self.detach(index, word);
+        frame.relabel(
+            word.with_state(FrameState::Isolated)
+                .with_flags(word.flags() - FrameFlags::REPORTED),
+        );
+        frame.set_next(NONE);
+        frame.set_prev(NONE);
+        Some(word.order())
     }
 
     /// Returns an isolated block to the lists, at `end`, merging with free buddies. With
@@ -620,8 +801,10 @@ impl FreeArea {
     pub fn put_back_isolated(&mut self, index: FrameIndex, end: End, flags: FrameFlags) -> Block {
         let frame = self.frame(index);
         debug_assert_eq!(frame.state(), FrameState::Isolated);
-        let order = frame.order();
-        frame.set_state(FrameState::Tail);
+        let word = frame.head_word();
+        let order = word.order();
+        // In transit, under the zone lock: the word is ours.
+        frame.relabel(word.with_state(FrameState::Tail));
         let trigger = self.report_trigger.take();
         let block = self.free(index, order);
         self.report_trigger = trigger;
@@ -632,11 +815,9 @@ impl FreeArea {
             // An isolated pageblock's list keeps no reported run (its blocks are counted
             // nowhere reporting looks): the block goes back unreported.
             if flags.contains(FrameFlags::REPORTED) && kind != MigrateType::Isolate {
-                self.push_reported(index, order, kind);
-                self.frame(index).set_flags(flags | FrameFlags::REPORTED);
+                self.push_reported(index, order, kind, flags);
             } else {
-                self.push(index, order, kind, end);
-                self.frame(index).set_flags(flags - FrameFlags::REPORTED);
+                self.push_flagged(index, order, kind, end, flags - FrameFlags::REPORTED);
             }
         }
         block
@@ -675,7 +856,6 @@ impl FreeArea {
                     None => break,
                 },
             };
-            self.frame(index).set_flags(FrameFlags::empty());
             for block in 0..1u32 << (got - order) {
                 take(index + (block << order));
             }
@@ -686,6 +866,7 @@ impl FreeArea {
 
     /// Like `take_smallest`, but a block of any order from `order` up to `fit` is taken whole
     /// (a larger one is split down to `fit`). Returns its head and order.
+    #[inline(always)]
     fn take_smallest_up_to(
         &mut self,
         order: u8,
@@ -694,7 +875,7 @@ impl FreeArea {
     ) -> Option<(FrameIndex, u8)> {
         let current = self.warmest_order(order, kind)?;
         let index = self.lists[current as usize][kind as usize].head;
-        self.unlink(index);
+        self.take(index);
         let got = current.min(fit);
         self.split(index, current, got, kind);
         Some((index, got))

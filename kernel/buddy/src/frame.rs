@@ -3,15 +3,17 @@
 //! Owns the records' layout and the one place where raw memory becomes the database. Every
 //! field is atomic, so a record can be read and written through a shared reference from any
 //! context without `unsafe`; which code may write which field is a protocol, not a lock:
-//! - `state`, `order`, `list`, `flags`, `next`, `prev`: the zone's allocator, under its lock
-//!   (and the per-CPU cache for the frames it holds);
+//! - the head word (`state`, `order`, `list`, `flags`) and `next`, `prev`: the zone's
+//!   allocator, under its lock (and the per-CPU cache for the frames it holds); of an allocated
+//!   head, also its owner, a freeing thread and compaction, each with an atomic
+//!   read-modify-write of the word (see [`Frame`]);
 //! - `refcount`, `mapcount`, `rmap`: the owner of an allocated frame (user spaces, KSM).
 //!
 //! Only the head frame of a block describes it: the other frames of a free or allocated block
 //! of order > 0 are in state [`FrameState::Tail`]. That keeps allocation and freeing O(1) in
 //! the size of the block; the state checker proves every tail is covered by its head.
 
-use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// Index of a frame inside its zone's database (list links use it; `NONE` ends a list).
 pub type FrameIndex = u32;
@@ -36,6 +38,7 @@ pub enum FrameState {
 }
 
 impl FrameState {
+    #[inline]
     fn from_u8(value: u8) -> FrameState {
         match value {
             1 => FrameState::Free,
@@ -97,15 +100,24 @@ bitflags::bitflags! {
     }
 }
 
-/// One frame's record. 32 bytes: 4 of state, 8 of list links, 8 of counts, 12 for the
-/// reverse map and owners' data.
+/// One frame's record. 32 bytes: 4 of head word (state, order, list, flags), 8 of list links,
+/// 8 of counts, 12 for the reverse map and owners' data.
+///
+/// The head word packs what describes a block into one atomic, so that labelling a head is one
+/// store and reading its state and order one load. Two ways to write it:
+/// - the single-field setters ([`Frame::set_state`], [`Frame::set_order`], [`Frame::set_list`],
+///   [`Frame::set_flags`]) are atomic read-modify-writes of the word: on an allocated head
+///   several writers may race (a freeing thread's [`Frame::begin_free`], compaction's
+///   `MIGRATING` flag, an owner change), and none may undo another's write;
+/// - the whole-word writes ([`Frame::make_head`], [`Frame::relabel`] and the zone's own list
+///   work) are plain stores, for frames nobody else writes: free, tail and cached frames (the
+///   zone lock's or the per-CPU cache's holder) and blocks in transit (the winner of
+///   `begin_free`, or a block just taken off the lists).
 #[repr(C)]
 pub struct Frame {
-    state: AtomicU8,
-    order: AtomicU8,
-    /// Free: the migratetype of the list it is on. Allocated: its [`Owner`].
-    list: AtomicU8,
-    flags: AtomicU8,
+    /// State (bits 0..8), order (8..16), list (16..24: free, the migratetype of its list;
+    /// allocated, its [`Owner`]) and flags (24..32).
+    head: AtomicU32,
     next: AtomicU32,
     prev: AtomicU32,
     pub refcount: AtomicU32,
@@ -119,6 +131,62 @@ pub struct Frame {
 
 const _: () = assert!(size_of::<Frame>() == 32);
 
+const ORDER_SHIFT: u32 = 8;
+const LIST_SHIFT: u32 = 16;
+const FLAGS_SHIFT: u32 = 24;
+const STATE_MASK: u32 = 0xff;
+const ORDER_MASK: u32 = 0xff << ORDER_SHIFT;
+const LIST_MASK: u32 = 0xff << LIST_SHIFT;
+const FLAGS_MASK: u32 = 0xff << FLAGS_SHIFT;
+
+/// A frame's head word, as read at once (see [`Frame`]): its fields without further loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadWord(u32);
+
+impl HeadWord {
+    /// The word of a head in `state` of `order` on `list` with `flags`.
+    #[inline]
+    pub const fn new(state: FrameState, order: u8, list: u8, flags: FrameFlags) -> HeadWord {
+        HeadWord(
+            state as u32
+                | (order as u32) << ORDER_SHIFT
+                | (list as u32) << LIST_SHIFT
+                | (flags.bits() as u32) << FLAGS_SHIFT,
+        )
+    }
+    #[inline]
+    pub fn state(self) -> FrameState {
+        FrameState::from_u8(self.0 as u8)
+    }
+    #[inline]
+    pub fn order(self) -> u8 {
+        (self.0 >> ORDER_SHIFT) as u8
+    }
+    #[inline]
+    pub fn list(self) -> u8 {
+        (self.0 >> LIST_SHIFT) as u8
+    }
+    #[inline]
+    pub fn flags(self) -> FrameFlags {
+        FrameFlags::from_bits_truncate((self.0 >> FLAGS_SHIFT) as u8)
+    }
+    /// Whether this is the word of a head in `state` of `order` (one comparison).
+    #[inline]
+    pub fn is(self, state: FrameState, order: u8) -> bool {
+        self.0 & (STATE_MASK | ORDER_MASK) == state as u32 | (order as u32) << ORDER_SHIFT
+    }
+    /// The same word in `state`.
+    #[inline]
+    pub fn with_state(self, state: FrameState) -> HeadWord {
+        HeadWord(self.0 & !STATE_MASK | state as u32)
+    }
+    /// The same word with `flags`.
+    #[inline]
+    pub fn with_flags(self, flags: FrameFlags) -> HeadWord {
+        HeadWord(self.0 & !FLAGS_MASK | (flags.bits() as u32) << FLAGS_SHIFT)
+    }
+}
+
 impl Frame {
     pub const fn reserved() -> Frame {
         Frame::blank(FrameState::Reserved)
@@ -127,10 +195,7 @@ impl Frame {
     /// A fresh record in `state`: no links, counts, flags or owner's data.
     pub const fn blank(state: FrameState) -> Frame {
         Frame {
-            state: AtomicU8::new(state as u8),
-            order: AtomicU8::new(0),
-            list: AtomicU8::new(0),
-            flags: AtomicU8::new(0),
+            head: AtomicU32::new(state as u32),
             next: AtomicU32::new(NONE),
             prev: AtomicU32::new(NONE),
             refcount: AtomicU32::new(0),
@@ -140,42 +205,88 @@ impl Frame {
         }
     }
 
+    /// The head word, in one load.
+    #[inline]
+    pub fn head_word(&self) -> HeadWord {
+        HeadWord(self.head.load(Relaxed))
+    }
+
+    /// Writes the whole head word in one store. Only for a frame nobody else may write (see
+    /// [`Frame`]): free, tail, cached, or a block in transit.
+    #[inline]
+    pub fn relabel(&self, word: HeadWord) {
+        self.head.store(word.0, Relaxed)
+    }
+
+    /// Replaces the bits of `mask` with `bits` in one atomic read-modify-write.
+    #[inline]
+    fn update(&self, mask: u32, bits: u32) {
+        let mut current = self.head.load(Relaxed);
+        loop {
+            let new = current & !mask | bits;
+            match self
+                .head
+                .compare_exchange_weak(current, new, Relaxed, Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    #[inline]
     pub fn state(&self) -> FrameState {
-        FrameState::from_u8(self.state.load(Relaxed))
+        self.head_word().state()
     }
+    /// Sets the state alone (an atomic read-modify-write of the head word).
+    #[inline]
     pub fn set_state(&self, state: FrameState) {
-        self.state.store(state as u8, Relaxed)
+        self.update(STATE_MASK, state as u32)
     }
+    #[inline]
     pub fn order(&self) -> u8 {
-        self.order.load(Relaxed)
+        self.head_word().order()
     }
+    /// Sets the order alone (an atomic read-modify-write of the head word).
+    #[inline]
     pub fn set_order(&self, order: u8) {
-        self.order.store(order, Relaxed)
+        self.update(ORDER_MASK, (order as u32) << ORDER_SHIFT)
     }
+    #[inline]
     pub fn list(&self) -> u8 {
-        self.list.load(Relaxed)
+        self.head_word().list()
     }
+    /// Sets the list (or owner) alone (an atomic read-modify-write of the head word).
+    #[inline]
     pub fn set_list(&self, list: u8) {
-        self.list.store(list, Relaxed)
+        self.update(LIST_MASK, (list as u32) << LIST_SHIFT)
     }
+    #[inline]
     pub fn owner(&self) -> Owner {
         Owner::from_u8(self.list())
     }
+    #[inline]
     pub fn flags(&self) -> FrameFlags {
-        FrameFlags::from_bits_truncate(self.flags.load(Relaxed))
+        self.head_word().flags()
     }
+    /// Sets the flags alone (an atomic read-modify-write of the head word).
+    #[inline]
     pub fn set_flags(&self, flags: FrameFlags) {
-        self.flags.store(flags.bits(), Relaxed)
+        self.update(FLAGS_MASK, (flags.bits() as u32) << FLAGS_SHIFT)
     }
+    #[inline]
     pub fn next(&self) -> FrameIndex {
         self.next.load(Relaxed)
     }
+    #[inline]
     pub fn set_next(&self, next: FrameIndex) {
         self.next.store(next, Relaxed)
     }
+    #[inline]
     pub fn prev(&self) -> FrameIndex {
         self.prev.load(Relaxed)
     }
+    #[inline]
     pub fn set_prev(&self, prev: FrameIndex) {
         self.prev.store(prev, Relaxed)
     }
@@ -234,34 +345,43 @@ impl Frame {
     }
 
     /// The one transition that starts freeing an allocated block: `Allocated` (with `order`)
-    /// becomes `Isolated` (in transit to the free lists) in a single compare-and-swap, so of two
-    /// frees of the same block racing each other exactly one wins; the other sees the state the
-    /// winner left and is refused. Returns the state found when the swap did not happen.
+    /// becomes `Isolated` (in transit to the free lists) in a single compare-and-swap of the head
+    /// word, so of two frees of the same block racing each other exactly one wins; the other sees
+    /// the state the winner left and is refused. Returns the state found when the swap did not
+    /// happen.
+    #[inline]
     pub fn begin_free(&self, order: u8) -> Result<(), FrameState> {
         // Acquire on success: the winner sees everything the allocation's owner wrote before
-        // it freed. A wrong order is refused before the swap (the state is left alone).
-        if self.state() == FrameState::Allocated && self.order() != order {
-            return Err(FrameState::Allocated);
-        }
-        self.state
-            .compare_exchange(
-                FrameState::Allocated as u8,
-                FrameState::Isolated as u8,
+        // it freed. A wrong order is refused before the swap (the state is left alone); a word
+        // that changed meanwhile (flags, owner) is read again.
+        let mut current = self.head_word();
+        loop {
+            if current.state() != FrameState::Allocated {
+                return Err(current.state());
+            }
+            if current.order() != order {
+                return Err(FrameState::Allocated);
+            }
+            match self.head.compare_exchange_weak(
+                current.0,
+                current.with_state(FrameState::Isolated).0,
                 core::sync::atomic::Ordering::Acquire,
                 Relaxed,
-            )
-            .map(|_| ())
-            .map_err(FrameState::from_u8)
+            ) {
+                Ok(_) => return Ok(()),
+                Err(now) => current = HeadWord(now),
+            }
+        }
     }
 
-    /// Makes this frame the head of a block in `state`.
+    /// Makes this frame the head of a block in `state`, with no flags and no links: one store
+    /// of the head word and two of the links. Only for a frame nobody else may write (see
+    /// [`Frame`]): a block just taken off the lists, a tail becoming a head, a block in transit.
+    #[inline]
     pub fn make_head(&self, state: FrameState, order: u8, list: u8) {
-        self.set_order(order);
-        self.set_list(list);
-        self.set_flags(FrameFlags::empty());
+        self.relabel(HeadWord::new(state, order, list, FrameFlags::empty()));
         self.set_next(NONE);
         self.set_prev(NONE);
-        self.set_state(state);
     }
 }
 

@@ -7,7 +7,7 @@
 //! the area it passes in; the kernel's `mm::page_alloc` decides when to refill and drain.
 
 use crate::buddy::{FreeArea, MigrateType, PAGEBLOCK_ORDER};
-use crate::frame::{FrameIndex, FrameState};
+use crate::frame::{FrameFlags, FrameIndex, FrameState, HeadWord};
 
 /// Order-0 pages moved between a per-CPU list and its zone at a time.
 pub const PCP_BATCH: usize = 32;
@@ -31,6 +31,7 @@ pub const fn pcp_order_slot(order: u8) -> Option<usize> {
 /// The high mark of a list of `order`, in pages (as Linux's `pcp->high`): more than this and
 /// the oldest [`pcp_batch`] blocks go back. Small for the high orders: what they hold neither
 /// merges nor reaches the host until it is drained.
+#[inline]
 pub const fn pcp_high_pages(order: u8) -> usize {
     match order {
         0 => PCP_HIGH,
@@ -42,6 +43,7 @@ pub const fn pcp_high_pages(order: u8) -> usize {
 
 /// Blocks moved between a list of `order` and its zone at a time (a quarter of the high
 /// mark, at least one block).
+#[inline]
 pub const fn pcp_batch(order: u8) -> usize {
     if order == 0 {
         PCP_BATCH
@@ -93,30 +95,36 @@ impl PcpList {
         ]
     }
 
+    #[inline]
     pub fn order(&self) -> u8 {
         self.order
     }
 
     /// Blocks on the list.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Pages on the list.
+    #[inline]
     pub fn pages(&self) -> u64 {
         (self.len as u64) << self.order
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// The cached blocks' heads, oldest first.
+    #[inline]
     pub fn pfns(&self) -> &[u64] {
         &self.pfns[..self.len]
     }
 
     /// Takes the warmest block; its record is still `Cached` for the caller to relabel.
+    #[inline]
     pub fn pop(&mut self) -> Option<u64> {
         self.len = self.len.checked_sub(1)?;
         Some(self.pfns[self.len])
@@ -125,6 +133,7 @@ impl PcpList {
     /// Adds a block whose head the caller has made `Cached` with this list's order. True when
     /// the list now holds more than its high mark ([`pcp_high_pages`]): the caller should
     /// [`PcpList::drain_batch`] under the zone lock.
+    #[inline]
     pub fn push(&mut self, pfn: u64) -> bool {
         self.pfns[self.len] = pfn;
         self.len += 1;
@@ -143,7 +152,14 @@ impl PcpList {
         // In one batch (whole blocks cut in place), pushed so that the lowest block is on top.
         let wanted = self.batch.saturating_sub(*len);
         let taken = area.allocate_batch(order, kind, wanted, mark, |index| {
-            frames[index as usize].make_head(FrameState::Cached, order, kind as u8);
+            // Off the lists and not on any: one store of the head word (a cached block's links
+            // are never read).
+            frames[index as usize].relabel(HeadWord::new(
+                FrameState::Cached,
+                order,
+                kind as u8,
+                FrameFlags::empty(),
+            ));
             pfns[*len] = base_pfn + index as u64;
             *len += 1;
         });
@@ -176,7 +192,9 @@ fn free_cached(area: &mut FreeArea, pfns: &[u64], order: u8) {
     let indices = &mut indices[..pfns.len()];
     for (slot, &pfn) in indices.iter_mut().zip(pfns) {
         let index = area.index_of(pfn).expect("cached pfn is in its zone");
-        area.frame(index).set_state(FrameState::Tail);
+        // The cache's holder, under the zone lock: the word is ours to write whole.
+        let frame = area.frame(index);
+        frame.relabel(frame.head_word().with_state(FrameState::Tail));
         *slot = index;
     }
     indices.sort_unstable();

@@ -13,7 +13,7 @@
 
 use crate::buddy::{FreeArea, MAX_ORDER, MigrateType};
 use crate::check::{AreaCensus, CheckError};
-use crate::frame::{Frame, FrameIndex, FrameState, Owner};
+use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, HeadWord, Owner};
 use crate::pcp::{PCP_ORDERS, PcpList, pcp_order_slot};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -223,7 +223,13 @@ impl Sim {
             return Ok(());
         }
         zone.lock.take();
-        head.set_state(FrameState::Tail);
+        // The claim's winner owns the head word: one store (a tail's other fields mean nothing).
+        head.relabel(HeadWord::new(
+            FrameState::Tail,
+            order,
+            0,
+            FrameFlags::empty(),
+        ));
         zone.area.free(index, order);
         zone.lock.give();
         Ok(())
@@ -298,7 +304,13 @@ impl Sim {
                     head.refcount.store(0, Ordering::Relaxed);
                     head.mapcount.store(0, Ordering::Relaxed);
                     head.rmap.store(0, Ordering::Relaxed);
-                    head.set_state(FrameState::Tail);
+                    // Claimed: the head word is ours, one store.
+                    head.relabel(HeadWord::new(
+                        FrameState::Tail,
+                        order,
+                        0,
+                        FrameFlags::empty(),
+                    ));
                     Some((index, order))
                 }));
             zone.lock.give();
