@@ -6,7 +6,7 @@
 //! reporting, compaction, KSM) allocate and free only through these functions.
 
 use super::buddy::{FreeArea, MAX_ORDER, MigrateType};
-use super::frame::{self, FrameIndex, FrameState, Owner};
+use super::frame::{self, FrameFlags, FrameIndex, FrameState, HeadWord, Owner};
 use super::zone::{Watermarks, Zone};
 use super::zones::{self, ZoneKind};
 use super::{PAGE_SIZE, phys_to_virt};
@@ -460,7 +460,13 @@ fn alloc_cached(zone: &'static Zone, request: &AllocRequest, order_slot: usize) 
 /// Makes a block just taken off a list (under its list's lock) the head of an allocated block.
 #[inline]
 fn label_allocated(head: &frame::Frame, request: &AllocRequest) {
-    head.make_head(FrameState::Allocated, request.order, request.owner as u8);
+    // One store: an allocated block's links are never read.
+    head.relabel(HeadWord::new(
+        FrameState::Allocated,
+        request.order,
+        request.owner as u8,
+        FrameFlags::empty(),
+    ));
     head.refcount.store(1, Relaxed);
 }
 
@@ -769,7 +775,7 @@ pub fn free_bulk(pages: &mut Vec<Pages>) -> Result<(), FreeError> {
                     refusal = refusal.or(Some((block.pfn, block.order, error)));
                     return None;
                 }
-                head.set_state(FrameState::Tail);
+                in_transit_to_lists(head, block.order);
                 freed += block.page_count();
                 Some(((block.pfn - zone.start_pfn) as u32, block.order))
             }));
@@ -866,7 +872,13 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
     {
         let mut pcp = PCP.lock();
         claim(head, order)?;
-        head.make_head(FrameState::Cached, order, kind as u8);
+        // One store: a cached block's links are never read.
+        head.relabel(HeadWord::new(
+            FrameState::Cached,
+            order,
+            kind as u8,
+            FrameFlags::empty(),
+        ));
         let list = &mut pcp.lists[zone_slot(zone)][type_slot][order_slot];
         if list.push(pfn) {
             drain_batch(zone, list);
@@ -874,7 +886,7 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
     } else {
         let mut area = zone.lock();
         claim(head, order)?;
-        head.set_state(FrameState::Tail);
+        in_transit_to_lists(head, order);
         area.free((pfn - zone.start_pfn) as u32, order);
         drop(area);
         super::compaction::note_freed(1 << order);
@@ -905,7 +917,19 @@ fn completes_max_order(zone: &Zone, pfn: u64, order: u8) -> bool {
         && zone
             .frames()
             .get((buddy - zone.start_pfn) as usize)
-            .is_some_and(|frame| frame.state() == FrameState::Free && frame.order() == order)
+            .is_some_and(|frame| frame.head_word().is(FrameState::Free, order))
+}
+
+/// A claimed head (ours alone, in transit) as `FreeArea::free` takes it: a tail of `order`,
+/// unflagged, in one store.
+#[inline]
+fn in_transit_to_lists(head: &frame::Frame, order: u8) {
+    head.relabel(HeadWord::new(
+        FrameState::Tail,
+        order,
+        0,
+        FrameFlags::empty(),
+    ));
 }
 
 /// The transition that starts a free ([`frame::Frame::begin_free`]), and the owner's counts
