@@ -14,7 +14,7 @@
 //! move, isolation) loses its flag and its count. The reporting worker takes the unreported
 //! block just in front of the boundary, so a pass only ever visits what is new.
 
-use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, HeadWord, NONE};
+use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, FrameTable, HeadWord, NONE};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
@@ -144,7 +144,7 @@ const WARM: u32 = 1 << 16;
 
 pub struct FreeArea {
     base_pfn: u64,
-    frames: &'static [Frame],
+    frames: FrameTable,
     lists: [[FreeList; MIGRATE_TYPES]; ORDERS],
     /// Per migratetype, a bit per order whose list is not empty (bits 0..16, [`NONEMPTY`]) and
     /// a bit per order whose list has an unreported (warm) block at its head (bits 16..32,
@@ -167,9 +167,14 @@ pub struct FreeArea {
 }
 
 impl FreeArea {
-    /// An empty allocator over `frames`, the records of pfns `base_pfn..`. Every pageblock starts
-    /// movable, as in Linux: kernel allocations claim pageblocks as they need them.
-    pub fn new(base_pfn: u64, frames: &'static [Frame]) -> FreeArea {
+    /// An empty allocator over `frames`, the records of pfns `base_pfn..` (a table laid out
+    /// for that base). Every pageblock starts movable, as in Linux: kernel allocations claim
+    /// pageblocks as they need them.
+    pub fn new(base_pfn: u64, frames: FrameTable) -> FreeArea {
+        assert!(
+            frames.fits_base(base_pfn),
+            "frame table laid out for another base than pfn {base_pfn:#x}"
+        );
         let first_block = base_pfn >> PAGEBLOCK_ORDER;
         let last_block = (base_pfn + frames.len() as u64).div_ceil(PAGEBLOCK_PAGES);
         FreeArea {
@@ -192,11 +197,11 @@ impl FreeArea {
 
     #[inline]
     pub fn frame(&self, index: FrameIndex) -> &'static Frame {
-        &self.frames[index as usize]
+        self.frames.at(index as usize)
     }
 
     #[inline]
-    pub fn frames(&self) -> &'static [Frame] {
+    pub fn frames(&self) -> FrameTable {
         self.frames
     }
 
@@ -468,7 +473,7 @@ impl FreeArea {
     /// `frames` is this area's records (passed in so that a caller's loop keeps them in a
     /// register).
     #[inline(always)]
-    fn unlist(&mut self, frames: &[Frame], index: FrameIndex, word: HeadWord) {
+    fn unlist(&mut self, frames: FrameTable, index: FrameIndex, word: HeadWord) {
         debug_assert_eq!(word.state(), FrameState::Free);
         let (order, kind) = (word.order(), word.list());
         let frame = &frames[index as usize];

@@ -120,7 +120,8 @@ impl FreeArea {
             if !self.pfn(index as u32).is_multiple_of(size as u64) || index + size > frames.len() {
                 return fail("block not aligned or not inside the zone", index as u64);
             }
-            if frames[index + 1..index + size]
+            if frames
+                .sub(index + 1..index + size)
                 .iter()
                 .any(|tail| tail.state() != FrameState::Tail)
             {

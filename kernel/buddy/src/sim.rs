@@ -13,7 +13,7 @@
 
 use crate::buddy::{FreeArea, MAX_ORDER, MigrateType};
 use crate::check::{AreaCensus, CheckError};
-use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, HeadWord, Owner};
+use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, FrameTable, HeadWord, Owner};
 use crate::pcp::{PCP_ORDERS, PcpList, pcp_order_slot};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -73,11 +73,7 @@ impl Sim {
     pub fn new(spans: &[(u64, u64)], reserved: &[(u64, u64)], mark: u64) -> Sim {
         let mut zones = Vec::new();
         for &(start_pfn, end_pfn) in spans {
-            let frames: &'static [Frame] = Vec::leak(
-                (start_pfn..end_pfn)
-                    .map(|_| Frame::reserved())
-                    .collect::<Vec<_>>(),
-            );
+            let frames = FrameTable::leak(start_pfn, (end_pfn - start_pfn) as usize);
             let mut area = FreeArea::new(start_pfn, frames);
             // The free runs between reserved ranges.
             let mut cursor = start_pfn;
@@ -137,7 +133,7 @@ impl Sim {
     /// The record of `pfn`.
     pub fn frame(&self, pfn: u64) -> Option<&'static Frame> {
         let zone = &self.zones[self.zone_of(pfn)?];
-        Some(&zone.area.frames()[(pfn - zone.start_pfn) as usize])
+        Some(zone.area.frame((pfn - zone.start_pfn) as FrameIndex))
     }
 
     /// Allocates `2^order` pages of `kind` from zones `0..zones` (the highest first), as the
@@ -174,7 +170,7 @@ impl Sim {
             let pfn = list.pop();
             if let Some(pfn) = pfn {
                 let zone = &self.zones[zone];
-                label_allocated(&zone.area.frames()[(pfn - zone.start_pfn) as usize], order);
+                label_allocated(zone.area.frame((pfn - zone.start_pfn) as FrameIndex), order);
             }
             self.pcp_lock.give();
             if pfn.is_some() {

@@ -5,15 +5,14 @@
 use crate::buddy::{
     Block, End, FreeArea, MAX_ORDER, MigrateType, PAGEBLOCK_ORDER, PAGEBLOCK_PAGES,
 };
-use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, Owner};
+use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, FrameTable, Owner};
 use crate::pcp::{PCP_BATCH, PCP_HIGH, PcpList};
 use crate::sim::{Sim, add_free_range};
 use alloc::vec::Vec;
 
 /// A zone of `len` frames from `base_pfn`, all free.
 fn area(base_pfn: u64, len: u32) -> FreeArea {
-    let frames: &'static [Frame] = Vec::leak((0..len).map(|_| Frame::reserved()).collect());
-    let mut area = FreeArea::new(base_pfn, frames);
+    let mut area = FreeArea::new(base_pfn, FrameTable::leak(base_pfn, len as usize));
     add_free_range(&mut area, 0, len);
     area
 }
@@ -670,14 +669,23 @@ fn bulk_allocation_and_free_through_the_stand_in_match_single_ones() {
 #[test]
 fn build_database_turns_raw_memory_into_reserved_records() {
     // The one unsafe path: raw memory (as the kernel's reserved RAM) becomes records. Under
-    // Miri this checks the writes and the slice made over them.
-    let count = 300;
-    let mut memory: Vec<Frame> = Vec::with_capacity(count);
-    // SAFETY: `memory` owns room for `count` records, aligned for a `Frame`, and is leaked
+    // Miri this checks the writes and the table made over them. The base is not
+    // pageblock-aligned and the records span three pageblocks, so the padding is written too.
+    let (base_pfn, count) = (0x1000 - 100, 700);
+    let storage = FrameTable::storage_len(base_pfn, count);
+    assert_eq!(
+        storage,
+        count + 2 * 2,
+        "two pageblock ends inside the table"
+    );
+    let mut memory: Vec<Frame> = Vec::with_capacity(storage);
+    // SAFETY: `memory` owns room for `storage` records, aligned for a `Frame`, and is leaked
     // below so nothing else ever uses it.
-    let records = unsafe { crate::frame::build_database(memory.as_mut_ptr(), count) };
+    let records = unsafe { crate::frame::build_database(memory.as_mut_ptr(), base_pfn, count) };
     core::mem::forget(memory);
     assert_eq!(records.len(), count);
+    assert_eq!(records.storage_records(), storage);
+    assert_eq!(records.iter().count(), count);
     assert!(
         records
             .iter()
@@ -686,10 +694,98 @@ fn build_database_turns_raw_memory_into_reserved_records() {
                 && frame.next() == crate::frame::NONE)
     );
     // And they work as a zone's records.
-    let mut area = FreeArea::new(64, records);
+    let mut area = FreeArea::new(base_pfn, records);
     add_free_range(&mut area, 0, count as u32);
     let census = check(&area);
     assert_eq!(census.free, count as u64);
+}
+
+/// Every index of a table for a base that is not pageblock-aligned: its record is its own
+/// (distinct, in the storage, in index order), exactly the padding lies between pageblocks, and
+/// sub-tables, runs and the initialiser agree with the indexing.
+#[test]
+fn frame_table_pads_each_pageblock_and_maps_indices_to_their_own_records() {
+    let size = size_of::<Frame>();
+    for (base_pfn, count) in [
+        (0x1000 - 3, 3 + 2 * 512 + 5),
+        (0x7ff, 1),
+        (0x200, 1024),
+        (5, 0),
+    ] {
+        let table = FrameTable::leak(base_pfn, count);
+        assert_eq!(table.len(), count);
+        assert_eq!(
+            table.storage_records(),
+            count + 2 * ((base_pfn as usize % 512 + count) / 512)
+        );
+        assert!(table.get(count).is_none() && table.get(usize::MAX).is_none());
+        let first = table.get(0).map(|frame| frame as *const Frame as usize);
+        let mut previous: Option<usize> = None;
+        for index in 0..count {
+            let address = &table[index] as *const Frame as usize;
+            let slot = (address - first.unwrap()) / size;
+            assert!(
+                slot < table.storage_records(),
+                "index {index} outside the storage"
+            );
+            let pfn = base_pfn + index as u64;
+            let expected_gap = if pfn.is_multiple_of(512) { 3 } else { 1 };
+            if let Some(previous) = previous {
+                // Strictly increasing, so distinct; padded exactly at pageblock starts.
+                assert_eq!(slot - previous, expected_gap, "index {index}, pfn {pfn:#x}");
+            }
+            // Pageblock heads of absolute pfns sit 16,448 bytes apart: not a power of two.
+            if pfn.is_multiple_of(512) && index >= 512 {
+                let head = &table[index - 512] as *const Frame as usize;
+                assert_eq!(address - head, 16_448);
+            }
+            previous = Some(slot);
+        }
+        // Iteration, runs and sub-tables see the same records.
+        assert!(
+            table
+                .iter()
+                .zip(0..)
+                .all(|(frame, index)| core::ptr::eq(frame, &table[index]))
+        );
+        assert_eq!(table.runs().map(<[Frame]>::len).sum::<usize>(), count);
+        assert!(table.runs().all(|run| !run.is_empty() && run.len() <= 512));
+        for start in [0, 1, 2, 3, 4, 515, 516]
+            .into_iter()
+            .filter(|&start| start <= count)
+        {
+            for end in [start, start + 1, 3, 515, 1030, count].into_iter() {
+                if end < start || end > count {
+                    continue;
+                }
+                let sub = table.sub(start..end);
+                assert_eq!(sub.len(), end - start);
+                for index in 0..sub.len() {
+                    assert!(core::ptr::eq(&sub[index], &table[start + index]));
+                }
+                assert!(sub.get(sub.len()).is_none());
+                assert!(
+                    sub.iter()
+                        .zip(start..)
+                        .all(|(frame, index)| core::ptr::eq(frame, &table[index]))
+                );
+            }
+        }
+        // The initialiser writes the records in `state` and the padding reserved, and
+        // nothing outside the sub-table's storage.
+        if count > 520 {
+            // SAFETY: the table is ours alone, nothing reads it meanwhile.
+            unsafe { crate::frame::init_records(table.sub(1..count - 1), FrameState::Tail) };
+            assert_eq!(table[0].state(), FrameState::Reserved);
+            assert_eq!(table[count - 1].state(), FrameState::Reserved);
+            assert!(
+                table
+                    .sub(1..count - 1)
+                    .iter()
+                    .all(|frame| frame.state() == FrameState::Tail)
+            );
+        }
+    }
 }
 
 /// One zone of 8 max-order blocks (32 MiB), no reserve, for the high-order per-CPU lists.

@@ -350,7 +350,8 @@ fn check_zone(
                 [order as u64, 0],
             ));
         }
-        if let Some(offset) = frames[index + 1..index + span]
+        if let Some(offset) = frames
+            .sub(index + 1..index + span)
             .iter()
             .position(|tail| tail.state() != FrameState::Tail)
         {

@@ -141,7 +141,7 @@ fn init_next_chunk(zone: &Zone) -> (u64, u64) {
     let end = chunk_end(start, zone.end_pfn);
     let records = zone.all_records();
     let slice = |from: u64, to: u64| {
-        &records[(from - zone.start_pfn) as usize..(to - zone.start_pfn) as usize]
+        records.sub((from - zone.start_pfn) as usize..(to - zone.start_pfn) as usize)
     };
     let mut freed = 0;
     let mut at = start;

@@ -27,24 +27,28 @@ pub use buddy_core::buddy;
 pub mod frame {
     pub use buddy_core::frame::*;
 
-    /// Turns `count` frames' worth of memory at physical `phys` into a database of records, all
-    /// [`FrameState::Reserved`].
+    /// Turns the memory at physical `phys` into the table of `count` frames' records for pfns
+    /// `base_pfn..`, all [`FrameState::Reserved`].
     ///
     /// # Safety
-    /// `[phys, phys + count * 32)` must be RAM, direct-mapped, used by nothing else, now or later.
-    pub unsafe fn build_database(phys: u64, count: usize) -> &'static [Frame] {
-        // SAFETY: the caller's promise, through the direct map (phys is page-aligned).
-        unsafe { buddy_core::frame::build_database(super::phys_to_virt(phys) as *mut Frame, count) }
+    /// `[phys, phys + FrameTable::storage_len(base_pfn, count) * 32)` must be RAM,
+    /// direct-mapped, used by nothing else, now or later; `phys` aligned for a `Frame`.
+    pub unsafe fn build_database(phys: u64, base_pfn: u64, count: usize) -> FrameTable {
+        let records = super::phys_to_virt(phys) as *mut Frame;
+        // SAFETY: the caller's promise, through the direct map.
+        unsafe { buddy_core::frame::build_database(records, base_pfn, count) }
     }
 
-    /// The records of `count` frames at physical `phys`, as they are (see
-    /// [`buddy_core::frame::database_at`]).
+    /// The table of `count` frames' records for pfns `base_pfn..` at physical `phys`, as they
+    /// are (see [`buddy_core::frame::database_at`]).
     ///
     /// # Safety
-    /// `[phys, phys + count * 32)` must be RAM, direct-mapped, used by nothing else, now or later.
-    pub unsafe fn database_at(phys: u64, count: usize) -> &'static [Frame] {
-        // SAFETY: the caller's promise, through the direct map (phys is page-aligned).
-        unsafe { buddy_core::frame::database_at(super::phys_to_virt(phys) as *mut Frame, count) }
+    /// `[phys, phys + FrameTable::storage_len(base_pfn, count) * 32)` must be RAM,
+    /// direct-mapped, used by nothing else, now or later; `phys` aligned for a `Frame`.
+    pub unsafe fn database_at(phys: u64, base_pfn: u64, count: usize) -> FrameTable {
+        let records = super::phys_to_virt(phys) as *mut Frame;
+        // SAFETY: the caller's promise, through the direct map.
+        unsafe { buddy_core::frame::database_at(records, base_pfn, count) }
     }
 }
 

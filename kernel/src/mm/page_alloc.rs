@@ -334,9 +334,10 @@ pub fn init(map: &[MemoryRegion], kernel_image: AddrRange) -> InitReport {
     for span in &spans {
         let count = (span.end_pfn - span.start_pfn) as usize;
         // SAFETY: [database_phys, +database_bytes) is RAM, below 4 GiB (direct-mapped), and was
-        // just reserved: no free list will ever hand it out. Zones take disjoint slices of it.
-        let records = unsafe { frame::database_at(offset, count) };
-        offset += count as u64 * size_of::<frame::Frame>() as u64;
+        // just reserved: no free list will ever hand it out. Zones take disjoint parts of it,
+        // each its table's storage (padding included: `ZoneSpan::database_bytes`).
+        let records = unsafe { frame::database_at(offset, span.start_pfn, count) };
+        offset += span.database_bytes();
         let mut zone = Zone::new(span.kind, span.start_pfn, span.present_pages, records);
         zone.managed_pages =
             super::deferred_init::managed_pages_in(span.start_pfn, span.end_pfn, &free_pfns);

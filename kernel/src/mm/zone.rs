@@ -8,7 +8,7 @@
 //! ([`Zone::frames`], the checker, compaction's scanners) stops at the boundary.
 
 use super::buddy::{FreeArea, MigrateType, PAGEBLOCK_ORDER};
-use super::frame::Frame;
+use super::frame::{Frame, FrameTable};
 use super::zones::ZoneKind;
 use crate::sync::{LockClass, PreemptMutex, PreemptMutexGuard};
 use core::sync::atomic::{
@@ -36,7 +36,7 @@ pub struct Zone {
     /// those on its lists, in caches or allocated, plus the deferred ones.
     pub managed_pages: u64,
     pub watermarks: Watermarks,
-    frames: &'static [Frame],
+    frames: FrameTable,
     pageblock_types: &'static [AtomicU8],
     area: PreemptMutex<FreeArea>,
     /// Free pages on the lists, readable without the lock (updated under it).
@@ -49,12 +49,7 @@ pub struct Zone {
 }
 
 impl Zone {
-    pub fn new(
-        kind: ZoneKind,
-        start_pfn: u64,
-        present_pages: u64,
-        frames: &'static [Frame],
-    ) -> Zone {
+    pub fn new(kind: ZoneKind, start_pfn: u64, present_pages: u64, frames: FrameTable) -> Zone {
         let area = FreeArea::new(start_pfn, frames);
         Zone {
             pageblock_types: area.pageblock_types(),
@@ -84,16 +79,17 @@ impl Zone {
             pfn < self.initialised_end_pfn(),
             "record of pfn {pfn:#x}, beyond the initialised boundary"
         );
-        &self.frames[(pfn - self.start_pfn) as usize]
+        self.frames.at((pfn - self.start_pfn) as usize)
     }
 
     /// The initialised records (from the zone's start up to its boundary).
-    pub fn frames(&self) -> &'static [Frame] {
-        &self.frames[..(self.initialised_end_pfn() - self.start_pfn) as usize]
+    pub fn frames(&self) -> FrameTable {
+        self.frames
+            .prefix((self.initialised_end_pfn() - self.start_pfn) as usize)
     }
 
     /// Every record of the span, initialised or not: for `mm::deferred_init` only.
-    pub(super) fn all_records(&self) -> &'static [Frame] {
+    pub(super) fn all_records(&self) -> FrameTable {
         self.frames
     }
 

@@ -86,14 +86,24 @@ pub fn zone_span(map: &[MemoryRegion], kind: ZoneKind) -> Option<ZoneSpan> {
 }
 
 /// Bytes of the page-frame database for this map: one record per frame of every zone's span
-/// (holes inside a span included), rounded up to a page.
+/// (holes inside a span included), each zone's table with its padding
+/// ([`super::frame::FrameTable::storage_len`]), rounded up to a page.
 pub fn database_bytes(map: &[MemoryRegion]) -> u64 {
     ZoneKind::ALL
         .into_iter()
         .filter_map(|kind| zone_span(map, kind))
-        .map(|span| (span.end_pfn - span.start_pfn) * size_of::<super::frame::Frame>() as u64)
+        .map(|span| span.database_bytes())
         .sum::<u64>()
         .next_multiple_of(PAGE_SIZE)
+}
+
+impl ZoneSpan {
+    /// Bytes of this zone's frame table, padding included (the next zone's starts there).
+    pub fn database_bytes(&self) -> u64 {
+        let count = (self.end_pfn - self.start_pfn) as usize;
+        let records = super::frame::FrameTable::storage_len(self.start_pfn, count);
+        (records * size_of::<super::frame::Frame>()) as u64
+    }
 }
 
 /// Highest physical address of RAM.
