@@ -833,7 +833,7 @@ impl FreeArea {
 
 impl FreeArea {
     /// Takes up to `count` blocks of `order` for `kind` in one go, calling `take` with each
-    /// one's head index (for the caller to label; the other frames are tails). Blocks come from
+    /// one's head index and record (for the caller to label; the other frames are tails). Blocks come from
     /// the smallest free blocks first, as single allocations would (fragments before whole
     /// blocks, warm before reported), but each free block is taken off its list once and cut
     /// into blocks of `order` in place: a batch of 32 pages from a free 2 MiB block unlinks one
@@ -846,7 +846,7 @@ impl FreeArea {
         kind: MigrateType,
         count: usize,
         keep: u64,
-        mut take: impl FnMut(FrameIndex),
+        mut take: impl FnMut(FrameIndex, &'static Frame),
     ) -> usize {
         let mut taken = 0;
         while taken < count && self.free_pages >= keep + (1 << order) {
@@ -861,8 +861,17 @@ impl FreeArea {
                     None => break,
                 },
             };
-            for block in 0..1u32 << (got - order) {
-                take(index + (block << order));
+            // The heads, run by contiguous run of records (no index arithmetic per block).
+            let (step, end) = (1usize << order, index as usize + (1 << got));
+            let (mut at, mut offset) = (index as usize, 0);
+            for run in self.frames.sub(at..end).runs() {
+                while let Some(head) = run.get(offset) {
+                    take((at + offset) as FrameIndex, head);
+                    offset += step;
+                }
+                // A block of more than a run starts in a later one.
+                offset -= run.len();
+                at += run.len();
             }
             taken += 1 << (got - order);
         }

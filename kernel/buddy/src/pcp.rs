@@ -146,15 +146,14 @@ impl PcpList {
     pub fn refill(&mut self, area: &mut FreeArea, kind: MigrateType, mark: u64) -> usize {
         let before = self.len;
         let base_pfn = area.pfn(0);
-        let frames = area.frames();
         let order = self.order;
         let (pfns, len) = (&mut self.pfns, &mut self.len);
         // In one batch (whole blocks cut in place), pushed so that the lowest block is on top.
         let wanted = self.batch.saturating_sub(*len);
-        let taken = area.allocate_batch(order, kind, wanted, mark, |index| {
+        let taken = area.allocate_batch(order, kind, wanted, mark, |index, head| {
             // Off the lists and not on any: one store of the head word (a cached block's links
             // are never read).
-            frames[index as usize].relabel(HeadWord::new(
+            head.relabel(HeadWord::new(
                 FrameState::Cached,
                 order,
                 kind as u8,

@@ -251,11 +251,11 @@ impl Sim {
                 break;
             }
             zone.lock.take();
-            let (frames, base) = (zone.area.frames(), zone.start_pfn);
+            let base = zone.start_pfn;
             got += zone
                 .area
-                .allocate_batch(order, kind, count - got, zone.mark, |index| {
-                    label_allocated(&frames[index as usize], order);
+                .allocate_batch(order, kind, count - got, zone.mark, |index, head| {
+                    label_allocated(head, order);
                     out.push((base + index as u64, order));
                 });
             zone.lock.give();

@@ -555,13 +555,22 @@ fn a_batch_allocation_cuts_whole_blocks_smallest_first_and_respects_the_reserve(
         .map(|order| area.list_count(order, MigrateType::Movable))
         .collect();
     assert!(fragments.iter().all(|&count| count == 1));
-    for order in [0u8, 3, PAGEBLOCK_ORDER] {
-        let mut taken = Vec::new();
-        let got = area.allocate_batch(order, MigrateType::Movable, 40, 0, |index| {
-            taken.push(index)
+    for order in [0u8, 3, PAGEBLOCK_ORDER, MAX_ORDER] {
+        let (mut taken, mut heads) = (Vec::new(), Vec::new());
+        let got = area.allocate_batch(order, MigrateType::Movable, 40, 0, |index, head| {
+            taken.push(index);
+            heads.push(head);
         });
         assert_eq!(got, taken.len());
-        assert_eq!(got, if order == PAGEBLOCK_ORDER { 3 } else { 40 });
+        let expected = match order {
+            PAGEBLOCK_ORDER => 3,
+            MAX_ORDER => 1,
+            _ => 40,
+        };
+        assert_eq!(got, expected, "order {order}");
+        for (&index, &head) in taken.iter().zip(&heads) {
+            assert!(core::ptr::eq(head, area.frame(index)), "order {order}: wrong record");
+        }
         for &index in &taken {
             assert_eq!(
                 area.pfn(index) % (1 << order),
@@ -590,7 +599,7 @@ fn a_batch_allocation_cuts_whole_blocks_smallest_first_and_respects_the_reserve(
     // The reserve: with `keep` pages to leave, it stops there.
     let keep = area.free_pages - 10;
     let mut taken = Vec::new();
-    area.allocate_batch(0, MigrateType::Movable, usize::MAX, keep, |index| {
+    area.allocate_batch(0, MigrateType::Movable, usize::MAX, keep, |index, _| {
         taken.push(index)
     });
     assert_eq!(taken.len(), 10);
@@ -609,7 +618,7 @@ fn a_batch_allocation_cuts_whole_blocks_smallest_first_and_respects_the_reserve(
 fn a_batch_free_gives_adjacent_pages_back_as_whole_blocks() {
     let mut area = area(0, 1 << MAX_ORDER);
     let mut pages = Vec::new();
-    area.allocate_batch(0, MigrateType::Movable, 64, 0, |index| pages.push(index));
+    area.allocate_batch(0, MigrateType::Movable, 64, 0, |index, _| pages.push(index));
     for &index in &pages {
         area.frame(index)
             .make_head(FrameState::Allocated, 0, Owner::Kernel as u8);

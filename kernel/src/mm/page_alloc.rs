@@ -708,15 +708,15 @@ pub fn alloc_bulk(request: AllocRequest, count: usize, out: &mut Vec<Pages>) -> 
         if wanted == 0 {
             break;
         }
-        let (frames, base) = (zone.frames(), zone.start_pfn);
+        let base = zone.start_pfn;
         let mut area = zone.lock();
         area.allocate_batch(
             request.order,
             request.kind,
             wanted,
             watermark(zone, &request),
-            |index| {
-                label_allocated(&frames[index as usize], &request);
+            |index, head| {
+                label_allocated(head, &request);
                 out.push(Pages {
                     pfn: base + index as u64,
                     order: request.order,
