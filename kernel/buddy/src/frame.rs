@@ -665,6 +665,9 @@ pub unsafe fn database_at(records: *mut Frame, base_pfn: u64, count: usize) -> F
 /// # Safety
 /// Nothing else may read or write these records while this runs (they lie beyond their zone's
 /// initialised boundary, or the database is being built).
+// One copy, not one per call site: under TCG, code runs first translated, and the boot-time
+// initialisation (three calls per chunk) paid ~0.2 ms more at 2 GiB for the inlined copies.
+#[inline(never)]
 pub unsafe fn init_records(records: FrameTable, state: FrameState) {
     let fill = |frames: &[Frame], state: FrameState| {
         let first = frames.as_ptr() as *mut Frame;

@@ -569,7 +569,10 @@ fn a_batch_allocation_cuts_whole_blocks_smallest_first_and_respects_the_reserve(
         };
         assert_eq!(got, expected, "order {order}");
         for (&index, &head) in taken.iter().zip(&heads) {
-            assert!(core::ptr::eq(head, area.frame(index)), "order {order}: wrong record");
+            assert!(
+                core::ptr::eq(head, area.frame(index)),
+                "order {order}: wrong record"
+            );
         }
         for &index in &taken {
             assert_eq!(
