@@ -256,7 +256,13 @@ impl Sim {
             && !completes_max_order(&zone.area, index, order)
         {
             self.pcp_lock.take();
-            head.make_head(FrameState::Cached, order, kind as u8);
+            // One store, as the kernel's: a cached block's links are never read.
+            head.relabel(HeadWord::new(
+                FrameState::Cached,
+                order,
+                kind as u8,
+                FrameFlags::empty(),
+            ));
             let list = &mut self.pcp[zone_index][slot][order_slot];
             if list.push(pfn) {
                 zone.lock.take();
@@ -472,6 +478,12 @@ pub fn completes_max_order(area: &FreeArea, index: FrameIndex, order: u8) -> boo
 
 /// Makes a block just taken off a list the head of an allocated block, as the kernel does.
 fn label_allocated(head: &Frame, order: u8) {
-    head.make_head(FrameState::Allocated, order, Owner::Kernel as u8);
+    // One store, as the kernel's: an allocated block's links are never read.
+    head.relabel(HeadWord::new(
+        FrameState::Allocated,
+        order,
+        Owner::Kernel as u8,
+        FrameFlags::empty(),
+    ));
     head.refcount.store(1, Ordering::Relaxed);
 }
