@@ -395,3 +395,92 @@ impl<T> Drop for PreemptMutexGuard<'_, T> {
         preempt_enable();
     }
 }
+
+// ---- Local locks: data of this CPU alone ---------------------------------------------------
+
+/// Data of this CPU alone (the page allocator's per-CPU lists), protected by keeping the holder
+/// from being preempted: no atomic read-modify-write at all, as Linux's `local_lock` outside
+/// PREEMPT_RT.
+///
+/// Sound because, on this CPU, nothing else can run between taking and releasing it: preemption
+/// is off (the timer switches no thread meanwhile, see [`preemptible`]), a holder never blocks
+/// (debug builds check that no classed lock is held at a switch), and no interrupt handler takes
+/// it except after switching threads (the timer's tick frees a dead thread's stack in the thread
+/// it switched to), which it does only when no such lock is held. Taking it again while it is
+/// held (a bug: a handler breaking that rule, a nested call) panics instead of handing out a
+/// second `&mut`. With more CPUs each CPU gets its own instance, touched by that CPU alone.
+pub struct LocalLock<T> {
+    held: AtomicBool,
+    class: LockClass,
+    value: core::cell::UnsafeCell<T>,
+}
+
+// SAFETY: at most one `LocalGuard` exists at a time (see the type's documentation: one CPU,
+// preemption off while held, re-entry refused), so sharing the lock between threads never
+// gives two of them access to `T` at once; `T: Send` because the threads take turns with it.
+unsafe impl<T: Send> Sync for LocalLock<T> {}
+
+/// Proof that a [`LocalLock`] is held; preemption comes back when it drops.
+pub struct LocalGuard<'a, T> {
+    lock: &'a LocalLock<T>,
+}
+
+impl<T> LocalLock<T> {
+    pub const fn with_class(value: T, class: LockClass) -> Self {
+        Self {
+            held: AtomicBool::new(false),
+            class,
+            value: core::cell::UnsafeCell::new(value),
+        }
+    }
+
+    #[inline]
+    pub fn lock(&self) -> LocalGuard<'_, T> {
+        preempt_disable();
+        if self.held.load(Relaxed) {
+            local_lock_reentered(self.class);
+        }
+        self.held.store(true, Relaxed);
+        if cfg!(debug_assertions) {
+            note_acquire(self.class);
+        }
+        LocalGuard { lock: self }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn local_lock_reentered(class: LockClass) -> ! {
+    panic!("a {class:?} local lock was taken again on its CPU while held")
+}
+
+impl<T> Deref for LocalGuard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: this guard is the only one (see `LocalLock`), and it lives no longer than the
+        // lock.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> DerefMut for LocalGuard<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference through the guard.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for LocalGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        if cfg!(debug_assertions) {
+            note_release(self.lock.class);
+        }
+        // Every access through the guard stays before the release.
+        compiler_fence(SeqCst);
+        self.lock.held.store(false, Relaxed);
+        preempt_enable();
+    }
+}

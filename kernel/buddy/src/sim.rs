@@ -7,23 +7,47 @@
 //! Owns its zones' frame records (leaked: they live as long as the program, as the kernel's
 //! do). For the host tests, the model test and the native benchmark; the kernel does not use
 //! it. Left out: compaction, the balloon, the reporting worker, zeroing, owners (every block
-//! is `Owner::Kernel`). Its two locks are never contended (it takes `&mut self`): they are there
-//! to charge what the kernel pays to take and release its cache and zone locks, an atomic swap
-//! and a store each (the kernel's also save and restore the interrupt flag).
+//! is `Owner::Kernel`). Its locks are never contended (it takes `&mut self`): they are there
+//! to charge what the kernel pays to take and release them: for a zone's, the preemption count
+//! and an atomic swap and a store (`sync::PreemptMutex`); for the per-CPU cache's, the
+//! preemption count and a plain check and store of its flag (`sync::LocalLock`).
 
 use crate::buddy::{FreeArea, MAX_ORDER, MigrateType};
 use crate::check::{AreaCensus, CheckError};
 use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, FrameTable, HeadWord, Owner};
 use crate::pcp::{PCP_ORDERS, PcpList, pcp_order_slot};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-/// An uncontended spin lock's cost: see the module's documentation.
-struct CostLock(AtomicBool);
+/// The cost of the kernel's count of preemption-off sections (`sync::PreemptMutex`,
+/// `sync::LocalLock`): a plain increment and decrement. Each lock keeps its own here (the cost
+/// is the same, and the host tests run simulators on several threads at once).
+#[derive(Default)]
+struct PreemptCount(AtomicU32);
+
+impl PreemptCount {
+    #[inline]
+    fn disable(&self) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    }
+    #[inline]
+    fn enable(&self) {
+        core::sync::atomic::compiler_fence(Ordering::SeqCst);
+        self.0
+            .store(self.0.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+    }
+}
+
+/// An uncontended zone lock's cost (`sync::PreemptMutex`): see the module's documentation.
+#[derive(Default)]
+struct CostLock(AtomicBool, PreemptCount);
 
 impl CostLock {
     #[inline]
     fn take(&self) {
+        self.1.disable();
         while self.0.swap(true, Ordering::Acquire) {
             core::hint::spin_loop();
         }
@@ -31,6 +55,26 @@ impl CostLock {
     #[inline]
     fn give(&self) {
         self.0.store(false, Ordering::Release);
+        self.1.enable();
+    }
+}
+
+/// The per-CPU cache's lock's cost (`sync::LocalLock`): see the module's documentation.
+#[derive(Default)]
+struct CostLocalLock(AtomicBool, PreemptCount);
+
+impl CostLocalLock {
+    #[inline]
+    fn take(&self) {
+        self.1.disable();
+        assert!(!self.0.load(Ordering::Relaxed), "local lock taken twice");
+        self.0.store(true, Ordering::Relaxed);
+    }
+    #[inline]
+    fn give(&self) {
+        core::sync::atomic::compiler_fence(Ordering::SeqCst);
+        self.0.store(false, Ordering::Relaxed);
+        self.1.enable();
     }
 }
 
@@ -50,7 +94,7 @@ type ZoneCache = [[PcpList; PCP_ORDERS.len()]; 3];
 pub struct Sim {
     zones: Vec<SimZone>,
     pcp: Vec<ZoneCache>,
-    pcp_lock: CostLock,
+    pcp_lock: CostLocalLock,
 }
 
 /// The list slot of an allocatable migratetype in the per-CPU cache.
@@ -96,7 +140,7 @@ impl Sim {
                 end_pfn,
                 area,
                 mark,
-                lock: CostLock(AtomicBool::new(false)),
+                lock: CostLock::default(),
             });
         }
         let pcp = (0..zones.len())
@@ -111,7 +155,7 @@ impl Sim {
         Sim {
             zones,
             pcp,
-            pcp_lock: CostLock(AtomicBool::new(false)),
+            pcp_lock: CostLocalLock::default(),
         }
     }
 
@@ -208,7 +252,13 @@ impl Sim {
             && !completes_max_order(&zone.area, index, order)
         {
             self.pcp_lock.take();
-            head.make_head(FrameState::Cached, order, kind as u8);
+            // One store, as the kernel's: a cached block's links are never read.
+            head.relabel(HeadWord::new(
+                FrameState::Cached,
+                order,
+                kind as u8,
+                FrameFlags::empty(),
+            ));
             let list = &mut self.pcp[zone_index][slot][order_slot];
             if list.push(pfn) {
                 zone.lock.take();
@@ -424,6 +474,12 @@ pub fn completes_max_order(area: &FreeArea, index: FrameIndex, order: u8) -> boo
 
 /// Makes a block just taken off a list the head of an allocated block, as the kernel does.
 fn label_allocated(head: &Frame, order: u8) {
-    head.make_head(FrameState::Allocated, order, Owner::Kernel as u8);
+    // One store, as the kernel's: an allocated block's links are never read.
+    head.relabel(HeadWord::new(
+        FrameState::Allocated,
+        order,
+        Owner::Kernel as u8,
+        FrameFlags::empty(),
+    ));
     head.refcount.store(1, Ordering::Relaxed);
 }

@@ -988,6 +988,12 @@ impl BalloonWorker {
                 // in the balloon that ACTUAL does not count yet. The room was reserved above
                 // (only deflate-on-OOM ran meanwhile, which only shrinks the list).
                 let mut balloon = BALLOON.lock();
+                // Checked in every test that inflates: growing here could need the heap, whose
+                // growth under memory pressure deflates the balloon, which needs this lock.
+                debug_assert!(
+                    balloon.capacity() - balloon.len() >= blocks.len(),
+                    "virtio-balloon: the balloon's list would grow under its lock"
+                );
                 balloon.extend(blocks.drain(..));
                 ACTUAL.fetch_add(count as u64, Relaxed);
             }

@@ -10,7 +10,7 @@ use super::frame::{self, FrameFlags, FrameIndex, FrameState, HeadWord, Owner};
 use super::zone::{Watermarks, Zone};
 use super::zones::{self, ZoneKind};
 use super::{PAGE_SIZE, phys_to_virt};
-use crate::sync::{LockClass, PreemptMutex};
+use crate::sync::{LocalLock, LockClass};
 use alloc::vec::Vec;
 use boot::{AddrRange, MemoryRegion};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -410,7 +410,7 @@ struct PerCpuCache {
     lists: [[[PcpList; PCP_ORDERS.len()]; 3]; 3],
 }
 
-static PCP: PreemptMutex<PerCpuCache> = PreemptMutex::with_class(
+static PCP: LocalLock<PerCpuCache> = LocalLock::with_class(
     PerCpuCache {
         lists: [const { [const { PcpList::per_order() }; 3] }; 3],
     },
