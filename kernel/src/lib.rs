@@ -135,11 +135,12 @@ pub fn start(info: &'static BootInfo, main: fn(&'static BootInfo) -> ExitCode) -
     let memory = mm::page_alloc::init(info.memory_map(), image);
     let deferred = mm::deferred_init::stats();
     log::info!(
-        "memory: {} MiB managed, frame database {} KiB at {:#x} ({} B per 4 KiB frame), set up in {} us: {} MiB of frames initialised at boot in {} us ({} us per GiB), {} MiB deferred to pgdatinit",
+        "memory: {} MiB managed, frame database {} KiB at {:#x} ({} B per 4 KiB frame and {} B per 2 MiB), set up in {} us: {} MiB of frames initialised at boot in {} us ({} us per GiB), {} MiB deferred to pgdatinit",
         memory.managed_pages >> 8,
         memory.database_bytes >> 10,
         memory.database_phys,
         size_of::<mm::frame::Frame>(),
+        mm::frame::PAD_RECORDS * size_of::<mm::frame::Frame>(),
         memory.setup_ns / 1000,
         memory.initialised_frames >> 8,
         deferred.boot_ns / 1000,

@@ -833,13 +833,14 @@ impl FreeArea {
 
 impl FreeArea {
     /// Takes up to `count` blocks of `order` for `kind` in one go, calling `take` with each
-    /// one's head index and record (for the caller to label; the other frames are tails). Blocks come from
-    /// the smallest free blocks first, as single allocations would (fragments before whole
-    /// blocks, warm before reported), but each free block is taken off its list once and cut
-    /// into blocks of `order` in place: a batch of 32 pages from a free 2 MiB block unlinks one
-    /// block and pushes the unused halves, instead of one list operation per page. When `kind`'s
-    /// own lists run dry it falls back like [`FreeArea::allocate`] (stealing pageblocks).
-    /// Stops early if `keep` free pages would not be left. Returns the blocks taken.
+    /// one's head index and record (for the caller to label; the other frames are tails).
+    /// Blocks come from the smallest free blocks first, as single allocations would (fragments
+    /// before whole blocks, warm before reported), but each free block is taken off its list
+    /// once and cut into blocks of `order` in place: a batch of 32 pages from a free 2 MiB block
+    /// unlinks one block and pushes the unused halves, instead of one list operation per page.
+    /// When `kind`'s own lists run dry it falls back like [`FreeArea::allocate`] (stealing
+    /// pageblocks). Stops early if `keep` free pages would not be left. Returns the blocks
+    /// taken.
     pub fn allocate_batch(
         &mut self,
         order: u8,

@@ -762,11 +762,23 @@ fn frame_table_pads_each_pageblock_and_maps_indices_to_their_own_records() {
         );
         assert_eq!(table.runs().map(<[Frame]>::len).sum::<usize>(), count);
         assert!(table.runs().all(|run| !run.is_empty() && run.len() <= 512));
-        for start in [0, 1, 2, 3, 4, 515, 516]
-            .into_iter()
-            .filter(|&start| start <= count)
-        {
-            for end in [start, start + 1, 3, 515, 1030, count].into_iter() {
+        // Fewer cuts under Miri (each checks every record it holds).
+        let (starts, ends): (&[usize], &[usize]) = if cfg!(miri) {
+            (&[0, 3, 516], &[0, 1, 515, usize::MAX])
+        } else {
+            (
+                &[0, 1, 2, 3, 4, 515, 516],
+                &[0, 1, 3, 515, 1030, usize::MAX],
+            )
+        };
+        for &start in starts.iter().filter(|&&start| start <= count) {
+            for &end in ends {
+                // 0 and 1: an empty and a one-record cut; MAX: to the table's end.
+                let end = match end {
+                    0 | 1 => start + end,
+                    usize::MAX => count,
+                    end => end,
+                };
                 if end < start || end > count {
                     continue;
                 }
