@@ -166,6 +166,35 @@ pub struct FreeArea {
     pub counters: BuddyCounters,
 }
 
+/// Writes `frame` (the record of `index`) as a free head with `word`, linked into `list` between
+/// `prev` and `next` (`NONE`: the list's end), and the neighbours' links or the list's ends; one
+/// more block on the list. Free pages and masks are the caller's to settle.
+#[inline(always)]
+fn link_between(
+    frames: FrameTable,
+    list: &mut FreeList,
+    index: FrameIndex,
+    frame: &Frame,
+    word: HeadWord,
+    prev: FrameIndex,
+    next: FrameIndex,
+) {
+    frame.relabel(word);
+    frame.set_prev(prev);
+    frame.set_next(next);
+    if prev != NONE {
+        frames[prev as usize].set_next(index);
+    } else {
+        list.head = index;
+    }
+    if next != NONE {
+        frames[next as usize].set_prev(index);
+    } else {
+        list.tail = index;
+    }
+    list.count += 1;
+}
+
 impl FreeArea {
     /// An empty allocator over `frames`, the records of pfns `base_pfn..` (a table laid out
     /// for that base). Every pageblock starts movable, as in Linux: kernel allocations claim
@@ -414,20 +443,8 @@ impl FreeArea {
             Place::Tail => (list.tail, NONE),
             Place::Before(at) => (frames[at as usize].prev(), at),
         };
-        frame.relabel(HeadWord::new(FrameState::Free, order, kind as u8, flags));
-        frame.set_prev(prev);
-        frame.set_next(next);
-        if prev != NONE {
-            frames[prev as usize].set_next(index);
-        } else {
-            list.head = index;
-        }
-        if next != NONE {
-            frames[next as usize].set_prev(index);
-        } else {
-            list.tail = index;
-        }
-        list.count += 1;
+        let word = HeadWord::new(FrameState::Free, order, kind as u8, flags);
+        link_between(frames, list, index, frame, word, prev, next);
         self.free_pages += 1 << order;
         if prev == NONE {
             // A new head: the list is not empty, and its head is warm (a reported block is
@@ -615,23 +632,9 @@ impl FreeArea {
             order -= 1;
             let upper = index + (1 << order);
             let list = &mut self.lists[order as usize][kind as usize];
-            let next = list.head;
-            let frame = &frames[upper as usize];
-            frame.relabel(HeadWord::new(
-                FrameState::Free,
-                order,
-                kind as u8,
-                FrameFlags::empty(),
-            ));
-            frame.set_prev(NONE);
-            frame.set_next(next);
-            if next != NONE {
-                frames[next as usize].set_prev(upper);
-            } else {
-                list.tail = upper;
-            }
-            list.head = upper;
-            list.count += 1;
+            let word = HeadWord::new(FrameState::Free, order, kind as u8, FrameFlags::empty());
+            let (frame, next) = (&frames[upper as usize], list.head);
+            link_between(frames, list, upper, frame, word, NONE, next);
         }
         // The halves hold 2^to + .. + 2^(from - 1) pages; the same bits are the orders whose
         // lists now have a (warm) head.
