@@ -659,8 +659,9 @@ pub fn consolidate() {
     poke();
 }
 
-/// The allocator tells of every free: every 16 MiB freed, the background task looks. Takes no
-/// lock but the scheduler's (allowed anywhere).
+/// The allocator tells of the pages its frees put on a zone's free lists (a free to the zone, a
+/// per-CPU list's overflow; pages that stay cached fragment nothing): every 16 MiB, the
+/// background task looks. Takes no lock but the scheduler's (allowed anywhere).
 pub fn note_freed(pages: u64) {
     if FREED_SINCE_CHECK.fetch_add(pages, Relaxed) + pages >= CHECK_EVERY_PAGES {
         FREED_SINCE_CHECK.store(0, Relaxed);
