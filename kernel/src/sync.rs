@@ -342,10 +342,46 @@ pub struct PreemptMutex<T> {
     class: LockClass,
 }
 
+/// A preemption-off section holding a lock of `class`: taking it disables preemption (and records
+/// the class in debug builds); dropping it undoes both. The guards of [`PreemptMutex`] and
+/// [`LocalLock`] hold one as their last field, so it drops after the lock is released.
+struct PreemptOff {
+    class: LockClass,
+}
+
+impl PreemptOff {
+    #[inline]
+    fn enter(class: LockClass) -> PreemptOff {
+        preempt_disable();
+        PreemptOff::entered(class)
+    }
+
+    /// As [`PreemptOff::enter`], for a caller that has disabled preemption already.
+    #[inline]
+    fn entered(class: LockClass) -> PreemptOff {
+        if cfg!(debug_assertions) {
+            note_acquire(class);
+        }
+        PreemptOff { class }
+    }
+}
+
+impl Drop for PreemptOff {
+    #[inline]
+    fn drop(&mut self) {
+        if cfg!(debug_assertions) {
+            note_release(self.class);
+        }
+        preempt_enable();
+    }
+}
+
 /// Proof that a [`PreemptMutex`] is held; preemption comes back when it drops.
 pub struct PreemptMutexGuard<'a, T> {
-    guard: core::mem::ManuallyDrop<spin::MutexGuard<'a, T>>,
-    class: LockClass,
+    guard: spin::MutexGuard<'a, T>,
+    /// Dropped after `guard` (fields drop in declaration order): the lock is released before
+    /// preemption comes back.
+    _preempt: PreemptOff,
 }
 
 impl<T> PreemptMutex<T> {
@@ -358,13 +394,10 @@ impl<T> PreemptMutex<T> {
 
     #[inline]
     pub fn lock(&self) -> PreemptMutexGuard<'_, T> {
-        preempt_disable();
-        if cfg!(debug_assertions) {
-            note_acquire(self.class);
-        }
+        let preempt = PreemptOff::enter(self.class);
         PreemptMutexGuard {
-            guard: core::mem::ManuallyDrop::new(self.inner.lock()),
-            class: self.class,
+            guard: self.inner.lock(),
+            _preempt: preempt,
         }
     }
 }
@@ -381,18 +414,6 @@ impl<T> DerefMut for PreemptMutexGuard<'_, T> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
         &mut self.guard
-    }
-}
-
-impl<T> Drop for PreemptMutexGuard<'_, T> {
-    #[inline]
-    fn drop(&mut self) {
-        // SAFETY: dropped exactly once, here; `self.guard` is not used after.
-        unsafe { core::mem::ManuallyDrop::drop(&mut self.guard) };
-        if cfg!(debug_assertions) {
-            note_release(self.class);
-        }
-        preempt_enable();
     }
 }
 
@@ -423,6 +444,8 @@ unsafe impl<T: Send> Sync for LocalLock<T> {}
 /// Proof that a [`LocalLock`] is held; preemption comes back when it drops.
 pub struct LocalGuard<'a, T> {
     lock: &'a LocalLock<T>,
+    /// Dropped after the guard's own `drop` has cleared the flag.
+    _preempt: PreemptOff,
 }
 
 impl<T> LocalLock<T> {
@@ -436,15 +459,17 @@ impl<T> LocalLock<T> {
 
     #[inline]
     pub fn lock(&self) -> LocalGuard<'_, T> {
+        // The re-entry check comes before the lock order's (debug builds), so a second taker is
+        // named as such.
         preempt_disable();
         if self.held.load(Relaxed) {
             local_lock_reentered(self.class);
         }
         self.held.store(true, Relaxed);
-        if cfg!(debug_assertions) {
-            note_acquire(self.class);
+        LocalGuard {
+            lock: self,
+            _preempt: PreemptOff::entered(self.class),
         }
-        LocalGuard { lock: self }
     }
 }
 
@@ -475,12 +500,9 @@ impl<T> DerefMut for LocalGuard<'_, T> {
 impl<T> Drop for LocalGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        if cfg!(debug_assertions) {
-            note_release(self.lock.class);
-        }
-        // Every access through the guard stays before the release.
+        // Every access through the guard stays before the release; preemption comes back when
+        // `_preempt` drops, after this.
         compiler_fence(SeqCst);
         self.lock.held.store(false, Relaxed);
-        preempt_enable();
     }
 }

@@ -442,12 +442,19 @@ fn watermark(zone: &Zone, request: &AllocRequest) -> u64 {
 }
 
 /// Allocation of an order with a per-CPU list (0..=3, 9) through the per-CPU cache (the common
-/// case touches no zone lock).
-fn alloc_cached(zone: &'static Zone, request: &AllocRequest, order_slot: usize) -> Option<u64> {
+/// case touches no zone lock). With `refill`, an empty list takes a batch from the zone first;
+/// without (the fast path), it gives nothing.
+#[inline(always)]
+fn alloc_cached(
+    zone: &'static Zone,
+    request: &AllocRequest,
+    order_slot: usize,
+    refill: bool,
+) -> Option<u64> {
     let type_slot = pcp_type_slot(request.kind)?;
     let mut pcp = PCP.lock();
     let list = &mut pcp.lists[zone_slot(zone)][type_slot][order_slot];
-    if list.is_empty() {
+    if refill && list.is_empty() {
         // Refill a batch under the zone lock, keeping the zone above its watermark.
         let mut area = zone.lock();
         list.refill(&mut area, request.kind, watermark(zone, request));
@@ -554,7 +561,7 @@ static ALLOC_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 fn alloc_from_zone(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
     if let Some(order_slot) = pcp_order_slot(request.order)
-        && let Some(pfn) = alloc_cached(zone, request, order_slot)
+        && let Some(pfn) = alloc_cached(zone, request, order_slot, true)
     {
         return Some(pfn);
     }
@@ -614,15 +621,10 @@ fn alloc_fast(request: &AllocRequest) -> Option<u64> {
         return None;
     }
     let zone = candidate_zones(request.limit).next()?;
-    let Some(order_slot) = pcp_order_slot(request.order) else {
-        return take_from_zone(zone, request);
-    };
-    let type_slot = pcp_type_slot(request.kind)?;
-    let mut pcp = PCP.lock();
-    let pfn = pcp.lists[zone_slot(zone)][type_slot][order_slot].pop()?;
-    // Labelled before the lock goes: no checker ever sees it cached yet in no cache.
-    label_allocated(zone.frame(pfn), request);
-    Some(pfn)
+    match pcp_order_slot(request.order) {
+        Some(order_slot) => alloc_cached(zone, request, order_slot, false),
+        None => take_from_zone(zone, request),
+    }
 }
 
 #[inline(never)]
