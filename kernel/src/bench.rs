@@ -145,19 +145,23 @@ pub fn report_labelled(name: &str, labels: &[(&str, &str)], fields: &[(&str, f64
 struct Ours(Vec<Pages>);
 
 impl Frames for Ours {
+    #[unsafe(link_section = ".text.hot.fast")]
     fn alloc(&mut self, order: u8) -> Option<u64> {
         page_alloc::alloc(AllocRequest::new(order).kind(MigrateType::Movable)).map(Pages::into_raw)
     }
+    #[unsafe(link_section = ".text.hot.fast")]
     fn free(&mut self, pfn: u64, order: u8) {
         // SAFETY: the sequences free exactly the blocks `alloc` gave them, each once.
         let pages = unsafe { Pages::from_raw(pfn, order) };
         page_alloc::free(pages).expect("benchmark frees what it allocated");
     }
+    #[unsafe(link_section = ".text.hot.bulk_alloc")]
     fn alloc_batch(&mut self, order: u8, count: usize, _held: &mut Vec<(u64, u8)>) -> usize {
         // The blocks stay in their owning handles until `free_batch`.
         let request = AllocRequest::new(order).kind(MigrateType::Movable);
         page_alloc::alloc_bulk(request, count, &mut self.0)
     }
+    #[unsafe(link_section = ".text.hot.bulk_free")]
     fn free_batch(&mut self, _held: &mut Vec<(u64, u8)>) {
         page_alloc::free_bulk(&mut self.0).expect("benchmark frees what it allocated");
     }
@@ -210,6 +214,7 @@ fn alloc_benchmark() {
     let mut ours = Ours(Vec::with_capacity(workload::BATCH));
     let mut held = Vec::with_capacity(workload::BATCH);
     crate::println!("native figures of the same sequences: {NATIVE_COMMAND}");
+    report_hot_text();
     for (case, (name, operations)) in workload::CASES.into_iter().enumerate() {
         let mut ours_ticks = [0u64; RUNS];
         let mut baseline_ticks = [0u64; RUNS];
@@ -235,6 +240,29 @@ fn alloc_benchmark() {
     }
     if let Some(sink) = reporting_sink {
         crate::mm::reporting::register(sink);
+    }
+}
+
+/// Logs the hot text groups' sizes (see `arch::hot_text`): the guest figures hold only while
+/// each fits in its page.
+fn report_hot_text() {
+    let groups = crate::arch::hot_text::groups();
+    let sizes: Vec<_> = groups
+        .iter()
+        .map(|group| alloc::format!("{} {} B", group.name, group.bytes()))
+        .collect();
+    log::info!("hot text groups: {}", sizes.join(", "));
+    for group in groups.iter().filter(|group| !group.fits_one_page()) {
+        let hint = if cfg!(debug_assertions) {
+            "a debug build's code is larger: measure a release build"
+        } else {
+            "under TCG the figures below pay for jumps across its page boundary: split the group (boot/kernel.ld)"
+        };
+        log::warn!(
+            "hot text group {} is {} bytes, more than one page; {hint}",
+            group.name,
+            group.bytes()
+        );
     }
 }
 

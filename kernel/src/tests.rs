@@ -21,6 +21,36 @@ fn breakpoint_exception_returns_to_the_caller() {
 }
 
 #[test_case]
+fn the_hot_text_groups_start_pages_in_order_and_hold_their_functions() {
+    use crate::arch::hot_text::{self, HotGroup};
+    use crate::mm::buddy::{FreeArea, MigrateType};
+    use crate::mm::page_alloc::{self, AllocRequest, FreeError, Pages};
+    let groups = hot_text::groups();
+    let mut previous_end = 0;
+    for group in &groups {
+        assert!(
+            group.start.is_multiple_of(HotGroup::PAGE),
+            "{group:?} starts a page"
+        );
+        assert!(group.bytes() > 0, "{group:?} holds code");
+        assert!(
+            group.start >= previous_end,
+            "{group:?} follows the one before"
+        );
+        previous_end = group.end;
+    }
+    let named = |name: &str| *groups.iter().find(|group| group.name == name).expect(name);
+    let alloc: fn(AllocRequest) -> Option<Pages> = page_alloc::alloc;
+    let allocate: fn(&mut FreeArea, u8, MigrateType) -> Option<u32> = FreeArea::allocate;
+    let alloc_bulk: fn(AllocRequest, usize, &mut Vec<Pages>) -> usize = page_alloc::alloc_bulk;
+    let free_bulk: fn(&mut Vec<Pages>) -> Result<(), FreeError> = page_alloc::free_bulk;
+    assert!(named("fast").contains(alloc as usize as u64));
+    assert!(named("zone").contains(allocate as usize as u64));
+    assert!(named("bulk_alloc").contains(alloc_bulk as usize as u64));
+    assert!(named("bulk_free").contains(free_bulk as usize as u64));
+}
+
+#[test_case]
 fn read_of_unmapped_address_reaches_page_fault_handler_with_that_address() {
     // The identity map is gone after boot, so nothing is mapped in the lower half.
     let address = 0x0000_1234_5678_9ab8u64;
@@ -601,20 +631,24 @@ fn space_ids_are_reused_and_never_outgrow_the_reverse_map() {
 
 #[test_case]
 fn racing_double_frees_free_each_page_exactly_once() {
-    use crate::mm::frame::FrameState;
+    use crate::mm::frame::{FrameFlags, FrameState, HeadWord};
     use crate::mm::page_alloc::{self, AllocRequest, FreeError};
     // The transition itself: one free claims the frame, the second finds it taken.
     let page = page_alloc::alloc(AllocRequest::new(0)).expect("a page");
     let frame = page_alloc::zone_of(page.pfn())
         .expect("zone")
         .frame(page.pfn());
+    // (Nothing else frees this page: the transition can be made without the list's lock.)
+    let in_transit = HeadWord::new(FrameState::Tail, 0, 0, FrameFlags::empty());
+    let before = frame.head_word();
     assert_eq!(
-        frame.begin_free(1),
+        frame.claim_for_free(1, in_transit),
         Err(FrameState::Allocated),
         "wrong order"
     );
-    assert_eq!(frame.begin_free(0), Ok(()));
-    assert_eq!(frame.begin_free(0), Err(FrameState::Isolated));
+    assert_eq!(frame.head_word(), before, "a refused claim changes nothing");
+    assert_eq!(frame.claim_for_free(0, in_transit), Ok(()));
+    assert_eq!(frame.claim_for_free(0, in_transit), Err(FrameState::Tail));
     frame.make_head(FrameState::Allocated, 0, 0);
     page_alloc::free(page).expect("freed once");
     // Two threads free the same pages at once, preempted at random points.

@@ -143,6 +143,7 @@ impl PcpList {
     /// Refills up to a batch ([`pcp_batch`]) of blocks of `kind` from `area` (whose zone this
     /// list caches), keeping more than `mark` pages free there. Each block comes out `Cached`.
     /// Returns the blocks added.
+    #[unsafe(link_section = ".text.hot.refill")]
     pub fn refill(&mut self, area: &mut FreeArea, kind: MigrateType, mark: u64) -> usize {
         let before = self.len;
         let base_pfn = area.pfn(0);
@@ -168,6 +169,7 @@ impl PcpList {
 
     /// Gives the oldest batch of blocks (the bottom of the stack) back to `area`; the warm
     /// ones stay.
+    #[unsafe(link_section = ".text.hot.refill")]
     pub fn drain_batch(&mut self, area: &mut FreeArea) {
         let count = self.batch.min(self.len);
         free_cached(area, &self.pfns[..count], self.order);

@@ -1,8 +1,8 @@
 //! A host-side stand-in for the kernel's page allocator (`mm::page_alloc`), built from this
 //! crate's parts the way the kernel builds it: zones (lowest first) each with a [`FreeArea`]
 //! and a min watermark, allocation from the highest zone a limit allows, the per-CPU cache
-//! ([`PcpList`]) in front of orders 0..=3 and 9 with the same refill and drain, the one compare-and-swap
-//! that claims a block being freed, and the labels the kernel gives allocated heads.
+//! ([`PcpList`]) in front of orders 0..=3 and 9 with the same refill and drain, the check and store that claims
+//! a block being freed under the lock of its list, and the labels the kernel gives allocated heads.
 //!
 //! Owns its zones' frame records (leaked: they live as long as the program, as the kernel's
 //! do). For the host tests, the model test and the native benchmark; the kernel does not use
@@ -237,48 +237,43 @@ impl Sim {
 
     /// Frees a block [`Sim::alloc`] gave, as the kernel's `page_alloc::free`: refused (nothing
     /// changes) with the state found if `pfn` is not the head of an allocated block of `order`.
+    /// Claimed ([`Frame::claim_for_free`]) under the lock of the list it goes to.
     pub fn free(&mut self, pfn: u64, order: u8) -> Result<(), FrameState> {
         let zone_index = self.zone_of(pfn).ok_or(FrameState::Reserved)?;
         let zone = &mut self.zones[zone_index];
         let index = (pfn - zone.start_pfn) as u32;
         let head = zone.area.frame(index);
-        head.begin_free(order)?;
-        head.refcount.store(0, Ordering::Relaxed);
-        head.mapcount.store(0, Ordering::Relaxed);
-        head.rmap.store(0, Ordering::Relaxed);
         let kind = zone.area.pageblock_type(index);
         if let Some(order_slot) = pcp_order_slot(order)
             && let Some(slot) = pcp_slot(kind)
             && !completes_max_order(&zone.area, index, order)
         {
             self.pcp_lock.take();
-            // One store, as the kernel's: a cached block's links are never read.
-            head.relabel(HeadWord::new(
-                FrameState::Cached,
+            // The claim is one store, as the kernel's: a cached block's links are never read.
+            let claimed = head.claim_for_free(
                 order,
-                kind as u8,
-                FrameFlags::empty(),
-            ));
-            let list = &mut self.pcp[zone_index][slot][order_slot];
-            if list.push(pfn) {
-                zone.lock.take();
-                list.drain_batch(&mut zone.area);
-                zone.lock.give();
+                HeadWord::new(FrameState::Cached, order, kind as u8, FrameFlags::empty()),
+            );
+            if claimed.is_ok() {
+                clear_owner_counts(head);
+                let list = &mut self.pcp[zone_index][slot][order_slot];
+                if list.push(pfn) {
+                    zone.lock.take();
+                    list.drain_batch(&mut zone.area);
+                    zone.lock.give();
+                }
             }
             self.pcp_lock.give();
-            return Ok(());
+            return claimed;
         }
         zone.lock.take();
-        // The claim's winner owns the head word: one store (a tail's other fields mean nothing).
-        head.relabel(HeadWord::new(
-            FrameState::Tail,
-            order,
-            0,
-            FrameFlags::empty(),
-        ));
-        zone.area.free(index, order);
+        let claimed = head.claim_for_free(order, in_transit(order));
+        if claimed.is_ok() {
+            clear_owner_counts(head);
+            zone.area.free(index, order);
+        }
         zone.lock.give();
-        Ok(())
+        claimed
     }
 
     /// Allocates `count` blocks as [`Sim::alloc`] would, appending them to `out`: each zone's
@@ -343,20 +338,11 @@ impl Sim {
                 .free_batch(rest[..inside].iter().filter_map(|&(pfn, order)| {
                     let index = (pfn - base) as FrameIndex;
                     let head = &frames[index as usize];
-                    if let Err(state) = head.begin_free(order) {
+                    if let Err(state) = head.claim_for_free(order, in_transit(order)) {
                         refused = refused.and(Err(state));
                         return None;
                     }
-                    head.refcount.store(0, Ordering::Relaxed);
-                    head.mapcount.store(0, Ordering::Relaxed);
-                    head.rmap.store(0, Ordering::Relaxed);
-                    // Claimed: the head word is ours, one store.
-                    head.relabel(HeadWord::new(
-                        FrameState::Tail,
-                        order,
-                        0,
-                        FrameFlags::empty(),
-                    ));
+                    clear_owner_counts(head);
                     Some((index, order))
                 }));
             zone.lock.give();
@@ -470,6 +456,20 @@ pub fn completes_max_order(area: &FreeArea, index: FrameIndex, order: u8) -> boo
         let frame = area.frame(buddy);
         frame.state() == FrameState::Free && frame.order() == order
     })
+}
+
+/// The label a block being freed to a zone's lists gets with its claim, as the kernel's: a tail
+/// of `order`, unflagged (`FreeArea::free` takes it so).
+fn in_transit(order: u8) -> HeadWord {
+    HeadWord::new(FrameState::Tail, order, 0, FrameFlags::empty())
+}
+
+/// Clears what the owner of a block just claimed for freeing kept in its head's record.
+#[inline]
+fn clear_owner_counts(head: &Frame) {
+    head.refcount.store(0, Ordering::Relaxed);
+    head.mapcount.store(0, Ordering::Relaxed);
+    head.rmap.store(0, Ordering::Relaxed);
 }
 
 /// Makes a block just taken off a list the head of an allocated block, as the kernel does.

@@ -5,7 +5,7 @@
 use crate::buddy::{
     Block, End, FreeArea, MAX_ORDER, MigrateType, PAGEBLOCK_ORDER, PAGEBLOCK_PAGES,
 };
-use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, FrameTable, Owner};
+use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, FrameTable, HeadWord, Owner};
 use crate::pcp::{PCP_BATCH, PCP_HIGH, PcpList};
 use crate::sim::{Sim, add_free_range};
 use alloc::vec::Vec;
@@ -37,10 +37,17 @@ fn alloc(area: &mut FreeArea, order: u8, kind: MigrateType) -> Option<FrameIndex
     Some(index)
 }
 
+/// Claims an allocated block for freeing, as the kernel does on its way to the zone's lists.
+fn claim(area: &FreeArea, index: FrameIndex, order: u8) -> Result<(), FrameState> {
+    area.frame(index).claim_for_free(
+        order,
+        HeadWord::new(FrameState::Tail, order, 0, FrameFlags::empty()),
+    )
+}
+
 /// Frees as the kernel does.
 fn free(area: &mut FreeArea, index: FrameIndex, order: u8) -> Block {
-    area.frame(index).begin_free(order).expect("allocated");
-    area.frame(index).set_state(FrameState::Tail);
+    claim(area, index, order).expect("allocated");
     area.free(index, order)
 }
 
@@ -421,12 +428,18 @@ fn claim_free_block_turns_a_free_block_into_allocated_pages() {
 }
 
 #[test]
-fn begin_free_refuses_double_and_wrong_order_frees() {
+fn the_claim_refuses_double_and_wrong_order_frees() {
     let mut area = area(0, 1 << MAX_ORDER);
     let index = alloc(&mut area, 2, MigrateType::Movable).expect("memory");
-    assert_eq!(area.frame(index).begin_free(3), Err(FrameState::Allocated));
+    let before = area.frame(index).head_word();
+    assert_eq!(claim(&area, index, 3), Err(FrameState::Allocated));
+    assert_eq!(
+        area.frame(index).head_word(),
+        before,
+        "a refused claim changes nothing"
+    );
     free(&mut area, index, 2);
-    assert_eq!(area.frame(index).begin_free(2), Err(FrameState::Free));
+    assert_eq!(claim(&area, index, 2), Err(FrameState::Free));
     check(&area);
 }
 
@@ -593,8 +606,7 @@ fn a_batch_allocation_cuts_whole_blocks_smallest_first_and_respects_the_reserve(
         );
         check(&area);
         for &index in &taken {
-            area.frame(index).begin_free(order).expect("allocated");
-            area.frame(index).set_state(FrameState::Tail);
+            claim(&area, index, order).expect("allocated");
         }
         area.free_batch(taken.iter().map(|&index| (index, order)));
         check(&area);
@@ -630,8 +642,7 @@ fn a_batch_free_gives_adjacent_pages_back_as_whole_blocks() {
     assert!(pages.windows(2).all(|pair| pair[1] == pair[0] + 1));
     let merges = area.counters.merges;
     for &index in &pages {
-        area.frame(index).begin_free(0).expect("allocated");
-        area.frame(index).set_state(FrameState::Tail);
+        claim(&area, index, 0).expect("allocated");
     }
     area.free_batch(pages.iter().map(|&index| (index, 0)));
     // One order-6 free, merging up to the top: 4 merges, not 64 frees' worth.

@@ -5,6 +5,7 @@ pub mod apic;
 pub mod context;
 pub mod extable;
 pub mod gdt;
+pub mod hot_text;
 pub mod hpet;
 pub mod idt;
 pub mod ioapic;

@@ -602,6 +602,7 @@ fn alloc_from_zone_or_grow(zone: &'static Zone, request: &AllocRequest) -> Optio
 /// saved registers are memory traffic: the fast path saves few). Everything else (refill, other
 /// zones, draining, compaction, deflate-on-OOM, zeroing) is [`alloc_slow`].
 #[inline(never)]
+#[unsafe(link_section = ".text.hot.fast")]
 pub fn alloc(request: AllocRequest) -> Option<Pages> {
     match alloc_fast(&request) {
         Some(pfn) => Some(Pages {
@@ -628,6 +629,7 @@ fn alloc_fast(request: &AllocRequest) -> Option<u64> {
 }
 
 #[inline(never)]
+#[unsafe(link_section = ".text.hot.refill")]
 fn alloc_slow(request: AllocRequest) -> Option<Pages> {
     if request.order > MAX_ORDER || request.kind == MigrateType::Isolate {
         log::error!(
@@ -694,6 +696,7 @@ fn alloc_slow(request: AllocRequest) -> Option<Pages> {
 /// (`FreeArea::allocate_batch`: one list operation per free block, not per page), past the
 /// per-CPU cache; what the zones cannot give that way is tried one by one through [`alloc`]
 /// (which may compact or deflate the balloon). Returns how many blocks it added.
+#[unsafe(link_section = ".text.hot.bulk_alloc")]
 pub fn alloc_bulk(request: AllocRequest, count: usize, out: &mut Vec<Pages>) -> usize {
     if request.order > MAX_ORDER || request.kind == MigrateType::Isolate {
         log::error!(
@@ -747,6 +750,7 @@ pub fn alloc_bulk(request: AllocRequest, count: usize, out: &mut Vec<Pages>) -> 
 /// (`FreeArea::free_batch`: pages that were one block go back as that block) and the per-CPU
 /// cache left alone. A block [`free`] would refuse is left out and logged; the first refusal is
 /// returned.
+#[unsafe(link_section = ".text.hot.bulk_free")]
 pub fn free_bulk(pages: &mut Vec<Pages>) -> Result<(), FreeError> {
     let mut result = Ok(());
     let mut freed = 0;
@@ -774,11 +778,10 @@ pub fn free_bulk(pages: &mut Vec<Pages>) -> Result<(), FreeError> {
             let mut area = zone.lock();
             area.free_batch(run.iter().filter_map(|block| {
                 let head = zone.frame(block.pfn);
-                if let Err(error) = claim(head, block.order) {
+                if let Err(error) = claim(head, block.order, in_transit_to_lists(block.order)) {
                     refusal = refusal.or(Some((block.pfn, block.order, error)));
                     return None;
                 }
-                in_transit_to_lists(head, block.order);
                 freed += block.page_count();
                 Some(((block.pfn - zone.start_pfn) as u32, block.order))
             }));
@@ -857,13 +860,15 @@ fn refused(pfn: u64, order: u8, error: FreeError) {
 
 /// Claims the block under the lock of the list it goes to (the per-CPU cache for a block of an
 /// order with a list, unless it would complete a 4 MiB block; its zone otherwise) and puts it
-/// there: one atomic transition claims it (a double free racing this one is refused), and
-/// the lock is held from the claim until it is on a list (no other thread runs on this CPU
-/// meanwhile), so the checker never sees it in transit.
+/// there: the claim checks the head and labels it for that list in one store, under the lock,
+/// so a second free of the block (which takes the same lock) finds it claimed and is refused;
+/// and the lock is held from the claim until the block is on a list (no other thread runs on
+/// this CPU meanwhile), so the checker never sees it in transit.
 ///
 /// Pages that reach the zone's lists (not those that stay cached) count towards waking the
 /// compaction task ([`super::compaction::note_freed`]).
 #[inline]
+#[unsafe(link_section = ".text.hot.fast")]
 fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
     let zone = zone_of(pfn).ok_or(FreeError::NoSuchFrame)?;
     let head = zone.frame(pfn);
@@ -874,32 +879,36 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
         && !completes_max_order(zone, pfn, order)
     {
         let mut pcp = PCP.lock();
-        claim(head, order)?;
-        // One store: a cached block's links are never read.
-        head.relabel(HeadWord::new(
-            FrameState::Cached,
-            order,
-            kind as u8,
-            FrameFlags::empty(),
-        ));
+        // The claim is one store: a cached block's links are never read.
+        let cached = HeadWord::new(FrameState::Cached, order, kind as u8, FrameFlags::empty());
+        claim(head, order, cached)?;
         let list = &mut pcp.lists[zone_slot(zone)][type_slot][order_slot];
         if list.push(pfn) {
             drain_batch(zone, list);
         }
     } else {
-        let mut area = zone.lock();
-        claim(head, order)?;
-        in_transit_to_lists(head, order);
-        area.free((pfn - zone.start_pfn) as u32, order);
-        drop(area);
-        super::compaction::note_freed(1 << order);
+        free_to_zone(zone, head, pfn, order)?;
     }
+    Ok(())
+}
+
+/// [`free_to_lists`] for a block that goes to its zone's lists (merging), out of line so that
+/// the per-CPU path stays small (see the hot text in `boot/kernel.ld`).
+#[inline(never)]
+#[unsafe(link_section = ".text.hot.zone")]
+fn free_to_zone(zone: &Zone, head: &frame::Frame, pfn: u64, order: u8) -> Result<(), FreeError> {
+    let mut area = zone.lock();
+    claim(head, order, in_transit_to_lists(order))?;
+    area.free((pfn - zone.start_pfn) as u32, order);
+    drop(area);
+    super::compaction::note_freed(1 << order);
     Ok(())
 }
 
 /// Gives the oldest batch of a per-CPU list over its high mark (the bottom of the stack) back to
 /// its zone; the warm ones stay.
 #[inline(never)]
+#[unsafe(link_section = ".text.hot.refill")]
 fn drain_batch(zone: &Zone, list: &mut PcpList) {
     let before = list.pages();
     list.drain_batch(&mut zone.lock());
@@ -923,28 +932,25 @@ fn completes_max_order(zone: &Zone, pfn: u64, order: u8) -> bool {
             .is_some_and(|frame| frame.head_word().is(FrameState::Free, order))
 }
 
-/// A claimed head (ours alone, in transit) as `FreeArea::free` takes it: a tail of `order`,
-/// unflagged, in one store.
+/// The label of a head on its way to a zone's lists, as `FreeArea::free` takes it: a tail of
+/// `order`, unflagged.
 #[inline]
-fn in_transit_to_lists(head: &frame::Frame, order: u8) {
-    head.relabel(HeadWord::new(
-        FrameState::Tail,
-        order,
-        0,
-        FrameFlags::empty(),
-    ));
+fn in_transit_to_lists(order: u8) -> HeadWord {
+    HeadWord::new(FrameState::Tail, order, 0, FrameFlags::empty())
 }
 
-/// The transition that starts a free ([`frame::Frame::begin_free`]), and the owner's counts
+/// The transition that frees an allocated head ([`frame::Frame::claim_for_free`]: a check and
+/// one store of `label`, under the lock of the list it goes to), and the owner's counts
 /// cleared.
 #[inline]
-fn claim(head: &frame::Frame, order: u8) -> Result<(), FreeError> {
-    head.begin_free(order).map_err(|state| match state {
-        FrameState::Allocated => FreeError::WrongOrder {
-            allocated: head.order(),
-        },
-        other => FreeError::NotAllocated(other),
-    })?;
+fn claim(head: &frame::Frame, order: u8, label: HeadWord) -> Result<(), FreeError> {
+    head.claim_for_free(order, label)
+        .map_err(|state| match state {
+            FrameState::Allocated => FreeError::WrongOrder {
+                allocated: head.order(),
+            },
+            other => FreeError::NotAllocated(other),
+        })?;
     head.refcount.store(0, Relaxed);
     head.mapcount.store(0, Relaxed);
     head.rmap.store(0, Relaxed);
