@@ -867,17 +867,25 @@ impl FreeArea {
                     None => break,
                 },
             };
-            // The heads, run by contiguous run of records (no index arithmetic per block).
             let (step, end) = (1usize << order, index as usize + (1 << got));
-            let (mut at, mut offset) = (index as usize, 0);
-            for run in self.frames.sub(at..end).runs() {
-                while let Some(head) = run.get(offset) {
-                    take((at + offset) as FrameIndex, head);
-                    offset += step;
+            if order >= PAGEBLOCK_ORDER {
+                // At most one head per pageblock: each found directly.
+                for head in (index as usize..end).step_by(step) {
+                    take(head as FrameIndex, self.frames.at(head));
                 }
-                // A block of more than a run starts in a later one.
-                offset -= run.len();
-                at += run.len();
+            } else {
+                // Many heads per pageblock: run by contiguous run of records (no index
+                // arithmetic per block).
+                let (mut at, mut offset) = (index as usize, 0);
+                for run in self.frames.sub(at..end).runs() {
+                    while let Some(head) = run.get(offset) {
+                        take((at + offset) as FrameIndex, head);
+                        offset += step;
+                    }
+                    // A block of more than a run starts in a later one.
+                    offset -= run.len();
+                    at += run.len();
+                }
             }
             taken += 1 << (got - order);
         }
