@@ -1,8 +1,9 @@
 //! A host-side stand-in for the kernel's page allocator (`mm::page_alloc`), built from this
 //! crate's parts the way the kernel builds it: zones (lowest first) each with a [`FreeArea`]
 //! and a min watermark, allocation from the highest zone a limit allows, the per-CPU cache
-//! ([`PcpList`]) in front of orders 0..=3 and 9 with the same refill and drain, the check and store that claims
-//! a block being freed under the lock of its list, and the labels the kernel gives allocated heads.
+//! ([`PcpList`]) in front of orders 0..=3 and 9 with the same refill and drain, the check and
+//! store that claim a block being freed under the lock of its list, and the labels the kernel
+//! gives allocated heads.
 //!
 //! Owns its zones' frame records (leaked: they live as long as the program, as the kernel's
 //! do). For the host tests, the model test and the native benchmark; the kernel does not use
