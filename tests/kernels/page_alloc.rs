@@ -437,9 +437,10 @@ fn high_order_cached() -> (u64, u8) {
 fn high_order_blocks_wait_in_per_cpu_lists_counted_checked_and_drained() {
     let start_free = settled_free_pages();
     assert_eq!(high_order_cached(), (0, 0), "a drain empties every list");
-    // Blocks of every order with a list (1..=3 and the pageblock order), freed one by one.
+    // Blocks of orders with a list (1..=3, 4 and 8 of the larger ones, and the pageblock
+    // order), freed one by one.
     let mut blocks = Vec::new();
-    for order in [1u8, 2, 3, PAGEBLOCK_ORDER] {
+    for order in [1u8, 2, 3, 4, 8, PAGEBLOCK_ORDER] {
         for _ in 0..4 {
             let request = AllocRequest::new(order).kind(MigrateType::Movable);
             blocks.push(page_alloc::alloc(request).expect("memory"));
@@ -453,12 +454,20 @@ fn high_order_blocks_wait_in_per_cpu_lists_counted_checked_and_drained() {
     let census = check_state();
     assert!(census.cached >= cached, "{} < {cached}", census.cached);
     assert_eq!(page_alloc::free_pages(), start_free);
-    // The reporting worker's drain takes the pageblock order's lists only.
+    // A drain from the pageblock order takes its lists only.
     assert!(page_alloc::drain_per_cpu_caches_from(PAGEBLOCK_ORDER) >= 1 << PAGEBLOCK_ORDER);
+    let (larger, highest) = high_order_cached();
+    assert!(
+        highest == 8 && larger > 0 && larger < cached,
+        "{larger} of {cached}, order {highest}"
+    );
+    // The reporting worker's drain takes the lists above the small orders.
+    let costly = page_alloc::PCP_COSTLY_ORDER;
+    assert!(page_alloc::drain_per_cpu_caches_from(costly + 1) >= 1 << 8);
     let (small, highest) = high_order_cached();
     assert!(
-        highest <= 3 && small > 0 && small < cached,
-        "{small} of {cached}"
+        highest <= costly && small > 0 && small < larger,
+        "{small} of {larger}"
     );
     check_state();
     // A compaction pass drains every list (cached blocks merge before it measures).

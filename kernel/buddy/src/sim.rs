@@ -1,9 +1,9 @@
 //! A host-side stand-in for the kernel's page allocator (`mm::page_alloc`), built from this
 //! crate's parts the way the kernel builds it: zones (lowest first) each with a [`FreeArea`]
 //! and a min watermark, allocation from the highest zone a limit allows, the per-CPU cache
-//! ([`PcpList`]) in front of orders 0..=3 and 9 with the same refill and drain, the check and
-//! store that claim a block being freed under the lock of its list, and the labels the kernel
-//! gives allocated heads.
+//! ([`PcpLists`]) in front of orders 0..=9 with the same refill and drain, the check and store
+//! that claim a block being freed under the lock of its list, and the labels the kernel gives
+//! allocated heads.
 //!
 //! Owns its zones' frame records (leaked: they live as long as the program, as the kernel's
 //! do). For the host tests, the model test and the native benchmark; the kernel does not use
@@ -16,7 +16,7 @@
 use crate::buddy::{FreeArea, MAX_ORDER, MigrateType};
 use crate::check::{AreaCensus, CheckError};
 use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, FrameTable, HeadWord, Owner};
-use crate::pcp::{PCP_ORDERS, PcpList, pcp_order_slot};
+use crate::pcp::{PcpLists, pcp_order_slot};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -89,8 +89,9 @@ pub struct SimZone {
     lock: CostLock,
 }
 
-/// The per-CPU lists of one zone, per allocatable migratetype and order of [`PCP_ORDERS`].
-type ZoneCache = [[PcpList; PCP_ORDERS.len()]; 3];
+/// The per-CPU lists of one zone, per allocatable migratetype (and order of
+/// [`crate::pcp::PCP_ORDERS`]).
+type ZoneCache = [PcpLists; 3];
 
 pub struct Sim {
     zones: Vec<SimZone>,
@@ -145,13 +146,7 @@ impl Sim {
             });
         }
         let pcp = (0..zones.len())
-            .map(|_| {
-                [
-                    PcpList::per_order(),
-                    PcpList::per_order(),
-                    PcpList::per_order(),
-                ]
-            })
+            .map(|_| [PcpLists::new(), PcpLists::new(), PcpLists::new()])
             .collect();
         Sim {
             zones,
@@ -182,7 +177,7 @@ impl Sim {
     }
 
     /// Allocates `2^order` pages of `kind` from zones `0..zones` (the highest first), as the
-    /// kernel's `page_alloc::alloc`: orders 0..=3 and 9 through the per-CPU cache; before
+    /// kernel's `page_alloc::alloc`: orders 0..=9 through the per-CPU cache; before
     /// failing an order above 0, the caches are drained and the zones tried once more.
     pub fn alloc(&mut self, order: u8, kind: MigrateType, zones: usize) -> Option<u64> {
         let zones = zones.min(self.zones.len());
@@ -205,7 +200,7 @@ impl Sim {
             && let Some(slot) = pcp_slot(kind)
         {
             self.pcp_lock.take();
-            let list = &mut self.pcp[zone][slot][order_slot];
+            let mut list = self.pcp[zone][slot].list(order_slot);
             if list.is_empty() {
                 let zone = &mut self.zones[zone];
                 zone.lock.take();
@@ -257,7 +252,7 @@ impl Sim {
             );
             if claimed.is_ok() {
                 clear_owner_counts(head);
-                let list = &mut self.pcp[zone_index][slot][order_slot];
+                let mut list = self.pcp[zone_index][slot].list(order_slot);
                 if list.push(pfn) {
                     zone.lock.take();
                     list.drain_batch(&mut zone.area);
@@ -364,10 +359,8 @@ impl Sim {
         self.pcp_lock.take();
         for (zone, lists) in self.zones.iter_mut().zip(self.pcp.iter_mut()) {
             zone.lock.take();
-            for list in lists.iter_mut().flatten() {
-                if list.order() >= min_order {
-                    drained += list.drain_all(&mut zone.area);
-                }
+            for lists in lists.iter_mut() {
+                drained += lists.drain_from(min_order, &mut zone.area);
             }
             zone.lock.give();
         }
@@ -386,12 +379,7 @@ impl Sim {
 
     /// Free pages in the per-CPU caches.
     pub fn cached_pages(&self) -> u64 {
-        self.pcp
-            .iter()
-            .flatten()
-            .flatten()
-            .map(PcpList::pages)
-            .sum()
+        self.pcp.iter().flatten().map(PcpLists::pages).sum()
     }
 
     /// Checks every zone ([`FreeArea::check`]) and that the caches hold exactly the cached
@@ -401,12 +389,10 @@ impl Sim {
         for (zone, lists) in self.zones.iter().zip(&self.pcp) {
             let census = zone.area.check()?;
             let mut cached = 0;
-            for (slot, list) in lists
-                .iter()
-                .enumerate()
-                .flat_map(|(slot, lists)| lists.iter().map(move |list| (slot, list)))
-            {
-                for &pfn in list.pfns() {
+            for (slot, order, pfns) in lists.iter().enumerate().flat_map(|(slot, lists)| {
+                lists.cached().map(move |(order, pfns)| (slot, order, pfns))
+            }) {
+                for &pfn in pfns {
                     let frame = self
                         .frame(pfn)
                         .filter(|_| (zone.start_pfn..zone.end_pfn).contains(&pfn));
@@ -414,7 +400,7 @@ impl Sim {
                         Some(frame)
                             if frame.state() == FrameState::Cached
                                 && frame.list() == slot as u8
-                                && frame.order() == list.order() => {}
+                                && frame.order() == order => {}
                         _ => {
                             return Err(CheckError {
                                 what: "a cached pfn is not a cached frame of its zone and list",
@@ -422,7 +408,7 @@ impl Sim {
                             });
                         }
                     }
-                    cached += 1u64 << list.order();
+                    cached += 1u64 << order;
                 }
             }
             if cached != census.cached {

@@ -6,7 +6,7 @@ use crate::buddy::{
     Block, End, FreeArea, MAX_ORDER, MigrateType, PAGEBLOCK_ORDER, PAGEBLOCK_PAGES,
 };
 use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, FrameTable, HeadWord, Owner};
-use crate::pcp::{PCP_BATCH, PCP_HIGH, PcpList};
+use crate::pcp::{PCP_BATCH, PCP_HIGH, PcpLists};
 use crate::sim::{Sim, add_free_range};
 use alloc::vec::Vec;
 
@@ -446,13 +446,15 @@ fn the_claim_refuses_double_and_wrong_order_frees() {
 #[test]
 fn the_per_cpu_list_refills_a_batch_and_drains_the_oldest() {
     let mut area = area(0, 1 << MAX_ORDER);
-    let mut list = PcpList::EMPTY;
+    let mut lists = PcpLists::new();
+    let mut list = lists.list(0);
     assert_eq!(list.refill(&mut area, MigrateType::Movable, 0), PCP_BATCH);
     assert_eq!(area.free_pages, (1 << MAX_ORDER) - PCP_BATCH as u64);
     let census = check(&area);
     assert_eq!(census.cached, PCP_BATCH as u64);
     // Refill respects the mark.
-    let mut other = PcpList::EMPTY;
+    let mut others = PcpLists::new();
+    let mut other = others.list(0);
     let mark = area.free_pages - 3;
     assert_eq!(other.refill(&mut area, MigrateType::Movable, mark), 3);
     other.drain_all(&mut area);
@@ -898,10 +900,12 @@ fn high_order_per_cpu_lists_cache_blocks_with_exact_counts_and_drain_whole() {
 #[test]
 #[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
 fn a_list_over_its_high_mark_drains_its_oldest_blocks() {
-    use crate::pcp::{pcp_batch, pcp_high_pages};
-    for order in [1u8, 3, PAGEBLOCK_ORDER] {
+    use crate::pcp::{pcp_batch, pcp_high_pages, pcp_order_slot};
+    for order in [1u8, 3, 4, 8, PAGEBLOCK_ORDER] {
         let mut area = area(0, 8 << MAX_ORDER);
-        let mut list = PcpList::new(order);
+        let mut lists = PcpLists::new();
+        let mut list = lists.list(pcp_order_slot(order).expect("a list"));
+        assert_eq!(list.order(), order);
         let high_blocks = pcp_high_pages(order) >> order;
         let mut over = false;
         while !over {
@@ -924,6 +928,37 @@ fn a_list_over_its_high_mark_drains_its_oldest_blocks() {
         assert_eq!(area.free_pages, 8 << MAX_ORDER);
         assert_eq!(shape(&area), shape(&self::area(0, 8 << MAX_ORDER)));
     }
+}
+
+#[test]
+fn the_lists_of_one_set_each_hold_their_high_mark_in_their_own_slots() {
+    use crate::pcp::{PCP_ORDERS, PCP_SLOTS, pcp_high_pages};
+    let mut lists = PcpLists::new();
+    let high_blocks = |order: u8| pcp_high_pages(order) >> order;
+    // Every list filled to its high mark, then one over (and that one taken back).
+    for (slot, &order) in PCP_ORDERS.iter().enumerate() {
+        let mut list = lists.list(slot);
+        assert_eq!((list.order(), list.len()), (order, 0));
+        for block in 0..high_blocks(order) {
+            assert!(!list.push(((slot as u64) << 32) + block as u64));
+        }
+        assert!(list.push(u64::MAX), "order {order}: one over its high mark");
+        assert_eq!(list.pop(), Some(u64::MAX));
+    }
+    // No list wrote into another's slots.
+    for (slot, (order, pfns)) in lists.cached().enumerate() {
+        assert_eq!(order, PCP_ORDERS[slot]);
+        let expected: Vec<u64> = (0..high_blocks(order) as u64)
+            .map(|block| ((slot as u64) << 32) + block)
+            .collect();
+        assert_eq!(pfns, &expected[..], "order {order}");
+    }
+    let pages: usize = PCP_ORDERS.iter().map(|&order| pcp_high_pages(order)).sum();
+    assert_eq!(lists.pages(), pages as u64);
+    assert_eq!(
+        PCP_SLOTS,
+        PCP_ORDERS.iter().map(|&order| high_blocks(order) + 1).sum()
+    );
 }
 
 #[test]
@@ -1044,13 +1079,16 @@ fn the_checks_refuse_a_cached_block_of_the_wrong_order() {
     );
     head.set_order(2);
     sim_check(&sim);
-    // An order with no per-CPU list cannot be cached: the zone's check sees it.
-    let other = sim.alloc(5, MigrateType::Movable, 1).expect("memory");
+    // An order with no per-CPU list (the largest) cannot be cached: the zone's check sees it.
+    assert_eq!(crate::pcp::pcp_order_slot(MAX_ORDER), None);
+    let other = sim
+        .alloc(MAX_ORDER, MigrateType::Movable, 1)
+        .expect("memory");
     let frame = sim.frame(other).expect("frame");
-    frame.make_head(FrameState::Cached, 5, MigrateType::Movable as u8);
+    frame.make_head(FrameState::Cached, MAX_ORDER, MigrateType::Movable as u8);
     assert!(sim.zones()[0].area.check().is_err());
-    frame.make_head(FrameState::Allocated, 5, Owner::Kernel as u8);
-    sim.free(other, 5).expect("free");
+    frame.make_head(FrameState::Allocated, MAX_ORDER, Owner::Kernel as u8);
+    sim.free(other, MAX_ORDER).expect("free");
     sim.drain();
     assert_eq!(sim.free_pages(), 8 << MAX_ORDER);
 }

@@ -1,6 +1,6 @@
 //! The page allocator's public face: zones built from the firmware map at boot, allocation and
-//! freeing with zone limits, migratetypes, zeroing and owners, the per-CPU cache of order-0
-//! pages, watermarks and statistics.
+//! freeing with zone limits, migratetypes, zeroing and owners, the per-CPU cache of blocks of
+//! orders 0..=9, watermarks and statistics.
 //!
 //! Owns the zone set and the per-CPU caches. Mechanisms (the heap, page tables, user spaces,
 //! reporting, compaction, KSM) allocate and free only through these functions.
@@ -400,19 +400,21 @@ fn candidate_zones(limit: ZoneLimit) -> impl Iterator<Item = &'static Zone> {
         .filter(move |zone| allowed(zone.kind) && is_direct_mapped(zone))
 }
 
-// ---- The per-CPU cache of orders 0..=3 and 9 -------------------------------------------
+// ---- The per-CPU cache of orders 0..=9 --------------------------------------------------
 
-use buddy_core::pcp::PcpList;
-pub use buddy_core::pcp::{PCP_BATCH, PCP_HIGH, PCP_ORDERS, pcp_high_pages, pcp_order_slot};
+pub use buddy_core::pcp::{
+    PCP_BATCH, PCP_COSTLY_ORDER, PCP_HIGH, PCP_ORDERS, PCP_SLOTS, pcp_high_pages, pcp_order_slot,
+};
+use buddy_core::pcp::{PcpList, PcpLists};
 
 /// One CPU's cache: a list per zone, allocatable migratetype and order of [`PCP_ORDERS`].
 struct PerCpuCache {
-    lists: [[[PcpList; PCP_ORDERS.len()]; 3]; 3],
+    lists: [[PcpLists; 3]; 3],
 }
 
 static PCP: LocalLock<PerCpuCache> = LocalLock::with_class(
     PerCpuCache {
-        lists: [const { [const { PcpList::per_order() }; 3] }; 3],
+        lists: [const { [const { PcpLists::new() }; 3] }; 3],
     },
     LockClass::PerCpuCache,
 );
@@ -441,7 +443,7 @@ fn watermark(zone: &Zone, request: &AllocRequest) -> u64 {
     }
 }
 
-/// Allocation of an order with a per-CPU list (0..=3, 9) through the per-CPU cache (the common
+/// Allocation of an order with a per-CPU list (0..=9) through the per-CPU cache (the common
 /// case touches no zone lock). With `refill`, an empty list takes a batch from the zone first;
 /// without (the fast path), it gives nothing.
 #[inline(always)]
@@ -453,7 +455,7 @@ fn alloc_cached(
 ) -> Option<u64> {
     let type_slot = pcp_type_slot(request.kind)?;
     let mut pcp = PCP.lock();
-    let list = &mut pcp.lists[zone_slot(zone)][type_slot][order_slot];
+    let mut list = pcp.lists[zone_slot(zone)][type_slot].list(order_slot);
     if refill && list.is_empty() {
         // Refill a batch under the zone lock, keeping the zone above its watermark.
         let mut area = zone.lock();
@@ -498,7 +500,7 @@ pub fn drain_per_cpu_caches() -> u64 {
 
 /// Gives the blocks of `min_order` and up in the per-CPU caches back to the buddy lists (the
 /// reporting worker, before a pass: the pageblock-order lists hold whole 2 MiB blocks it would
-/// report); returns how many pages.
+/// report, the lists of orders 4..=8 pieces of them); returns how many pages.
 pub fn drain_per_cpu_caches_from(min_order: u8) -> u64 {
     let mut pcp = PCP.lock();
     let mut drained = 0;
@@ -506,16 +508,14 @@ pub fn drain_per_cpu_caches_from(min_order: u8) -> u64 {
         let lists = &mut pcp.lists[zone_slot(zone)];
         if !lists
             .iter()
-            .flatten()
-            .any(|list| list.order() >= min_order && !list.is_empty())
+            .flat_map(PcpLists::cached)
+            .any(|(order, pfns)| order >= min_order && !pfns.is_empty())
         {
             continue;
         }
         let mut area = zone.lock();
-        for list in lists.iter_mut().flatten() {
-            if list.order() >= min_order {
-                drained += list.drain_all(&mut area);
-            }
+        for lists in lists.iter_mut() {
+            drained += lists.drain_from(min_order, &mut area);
         }
     }
     drained
@@ -527,8 +527,8 @@ pub fn drain_per_cpu_caches_from(min_order: u8) -> u64 {
 pub fn with_caches_locked<R>(f: impl FnOnce(&dyn Fn(&Zone, &mut Vec<(u64, u8)>)) -> R) -> R {
     let pcp = PCP.lock();
     let cached_of = |zone: &Zone, out: &mut Vec<(u64, u8)>| {
-        for list in pcp.lists[zone_slot(zone)].iter().flatten() {
-            out.extend(list.pfns().iter().map(|&pfn| (pfn, list.order())));
+        for (order, pfns) in pcp.lists[zone_slot(zone)].iter().flat_map(PcpLists::cached) {
+            out.extend(pfns.iter().map(|&pfn| (pfn, order)));
         }
     };
     f(&cached_of)
@@ -536,22 +536,13 @@ pub fn with_caches_locked<R>(f: impl FnOnce(&dyn Fn(&Zone, &mut Vec<(u64, u8)>))
 
 /// Most blocks the per-CPU caches can hold for one zone (a buffer this large never grows): per
 /// migratetype and order, one over the list's high mark.
-pub const PCP_CAPACITY_PER_ZONE: usize = {
-    let mut blocks = 0;
-    let mut slot = 0;
-    while slot < PCP_ORDERS.len() {
-        blocks += (pcp_high_pages(PCP_ORDERS[slot]) >> PCP_ORDERS[slot]) + 1;
-        slot += 1;
-    }
-    3 * blocks
-};
+pub const PCP_CAPACITY_PER_ZONE: usize = 3 * PCP_SLOTS;
 
 /// Pages held in per-CPU caches, per zone kind.
 pub fn cached_pages(zone: &Zone) -> u64 {
     PCP.lock().lists[zone_slot(zone)]
         .iter()
-        .flatten()
-        .map(PcpList::pages)
+        .map(PcpLists::pages)
         .sum()
 }
 
@@ -882,9 +873,9 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
         // The claim is one store: a cached block's links are never read.
         let cached = HeadWord::new(FrameState::Cached, order, kind as u8, FrameFlags::empty());
         claim(head, order, cached)?;
-        let list = &mut pcp.lists[zone_slot(zone)][type_slot][order_slot];
+        let mut list = pcp.lists[zone_slot(zone)][type_slot].list(order_slot);
         if list.push(pfn) {
-            drain_batch(zone, list);
+            drain_batch(zone, &mut list);
         }
     } else {
         free_to_zone(zone, head, pfn, order)?;
@@ -909,7 +900,7 @@ fn free_to_zone(zone: &Zone, head: &frame::Frame, pfn: u64, order: u8) -> Result
 /// its zone; the warm ones stay.
 #[inline(never)]
 #[unsafe(link_section = ".text.hot.refill")]
-fn drain_batch(zone: &Zone, list: &mut PcpList) {
+fn drain_batch(zone: &Zone, list: &mut PcpList<'_>) {
     let before = list.pages();
     list.drain_batch(&mut zone.lock());
     super::compaction::note_freed(before - list.pages());

@@ -243,10 +243,11 @@ fn run_pass(sink: &mut dyn ReportSink) -> Result<PassEnd, ReportError> {
     let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(capacity);
     let mut reports = 0;
     // Blocks of the reported orders waiting in per-CPU lists (the pageblock order's) are free
-    // memory this pass would not see: they go back to the zones first, to merge and be
-    // reported as whole blocks. The small orders' lists stay (they strand no more than the
-    // order-0 lists, which compaction drains when free memory is stranded).
-    page_alloc::drain_per_cpu_caches_from(min_order);
+    // memory this pass would not see, and those of the orders above the small ones (4..=8) are
+    // pieces of 2 MiB blocks that cannot form while they wait: they go back to the zones first,
+    // to merge and be reported as whole blocks. The small orders' lists stay (they strand no
+    // more than the order-0 lists, which compaction drains when free memory is stranded).
+    page_alloc::drain_per_cpu_caches_from(min_order.min(page_alloc::PCP_COSTLY_ORDER + 1));
     for zone in page_alloc::all_zones() {
         loop {
             if tunables::REPORTING_ENABLED.get() == 0 {
