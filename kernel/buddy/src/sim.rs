@@ -13,7 +13,7 @@
 //! and an atomic swap and a store (`sync::PreemptMutex`); for the per-CPU cache's, the
 //! preemption count and a plain check and store of its flag (`sync::LocalLock`).
 
-use crate::buddy::{FreeArea, MAX_ORDER, MigrateType};
+use crate::buddy::{FreeArea, MAX_ORDER, MigrateType, PAGEBLOCK_ORDER};
 use crate::check::{AreaCensus, CheckError};
 use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, FrameTable, HeadWord, Owner};
 use crate::pcp::{PcpLists, pcp_order_slot};
@@ -242,7 +242,7 @@ impl Sim {
         let kind = zone.area.pageblock_type(index);
         if let Some(order_slot) = pcp_order_slot(order)
             && let Some(slot) = pcp_slot(kind)
-            && !completes_max_order(&zone.area, index, order)
+            && !completes_large_block(&zone.area, index, order)
         {
             self.pcp_lock.take();
             // The claim is one store, as the kernel's: a cached block's links are never read.
@@ -429,13 +429,13 @@ impl Sim {
     }
 }
 
-/// Whether freeing the block of `order` at `index` would merge it into a max-order block (its
-/// buddy is a free block of its order): such a block goes to the zone, not to a per-CPU list,
-/// so that whole max-order blocks form (and reach the host) as the kernel's do. Read without
-/// the zone's lock, as a hint: only the pageblock order is asked, the one below the largest.
+/// Whether freeing the block of `order` at `index` would merge it into a 2 MiB or a max-order
+/// block (it is one order below either, and its buddy is a free block of its order): such a
+/// block goes to the zone, not to a per-CPU list, so that whole pageblocks and max-order blocks
+/// form (and reach the host) as the kernel's do. Read without the zone's lock, as a hint.
 #[inline]
-pub fn completes_max_order(area: &FreeArea, index: FrameIndex, order: u8) -> bool {
-    if order + 1 != MAX_ORDER {
+pub fn completes_large_block(area: &FreeArea, index: FrameIndex, order: u8) -> bool {
+    if order + 1 != PAGEBLOCK_ORDER && order + 1 != MAX_ORDER {
         return false;
     }
     let buddy = area.pfn(index) ^ (1 << order);

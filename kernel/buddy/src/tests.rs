@@ -1004,6 +1004,43 @@ fn a_pageblock_free_that_completes_a_max_order_block_goes_to_the_zone() {
 
 #[test]
 #[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
+fn a_free_that_completes_a_pageblock_goes_to_the_zone() {
+    let mut sim = pcp_sim();
+    let order = PAGEBLOCK_ORDER - 1;
+    // Cut from a larger free block: its buddy is free, so freeing it makes a whole 2 MiB block
+    // (and more), which must not wait in a per-CPU list.
+    let low = sim.alloc(order, MigrateType::Movable, 1).expect("memory");
+    let buddy = low ^ (1 << order);
+    assert_eq!(sim.frame(buddy).expect("frame").state(), FrameState::Free);
+    sim.free(low, order).expect("free");
+    assert_eq!(
+        sim.cached_pages(),
+        0,
+        "it completed a pageblock: to the zone"
+    );
+    let merged = sim.frame(low.min(buddy)).expect("frame");
+    assert_eq!(merged.state(), FrameState::Free);
+    assert!(
+        merged.order() >= PAGEBLOCK_ORDER,
+        "merged to {}",
+        merged.order()
+    );
+    sim_check(&sim);
+    // Two buddies allocated, one freed: its buddy is allocated, so it is cached.
+    let a = sim.alloc(order, MigrateType::Movable, 1).expect("memory");
+    let b = sim.alloc(order, MigrateType::Movable, 1).expect("memory");
+    assert_eq!(a ^ b, 1 << order, "buddies");
+    sim.free(a, order).expect("free");
+    assert_eq!(sim.cached_pages(), 1 << order);
+    sim_check(&sim);
+    sim.free(b, order).expect("free");
+    sim.drain();
+    assert!(sim.frame(a.min(b)).expect("frame").order() >= PAGEBLOCK_ORDER);
+    sim_check(&sim);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
 fn an_allocation_that_finds_memory_only_in_cached_blocks_drains_them() {
     // One max-order block of memory: cache it as order-1 blocks (16 of them at most), then
     // take everything else, and ask for a block only the cached pieces can make.

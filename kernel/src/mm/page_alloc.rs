@@ -5,7 +5,7 @@
 //! Owns the zone set and the per-CPU caches. Mechanisms (the heap, page tables, user spaces,
 //! reporting, compaction, KSM) allocate and free only through these functions.
 
-use super::buddy::{FreeArea, MAX_ORDER, MigrateType};
+use super::buddy::{FreeArea, MAX_ORDER, MigrateType, PAGEBLOCK_ORDER};
 use super::frame::{self, FrameFlags, FrameIndex, FrameState, HeadWord, Owner};
 use super::zone::{Watermarks, Zone};
 use super::zones::{self, ZoneKind};
@@ -867,7 +867,7 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
     let kind = zone.pageblock_type(pfn);
     if let Some(order_slot) = pcp_order_slot(order)
         && let Some(type_slot) = pcp_type_slot(kind)
-        && !completes_max_order(zone, pfn, order)
+        && !completes_large_block(zone, pfn, order)
     {
         let mut pcp = PCP.lock();
         // The claim is one store: a cached block's links are never read.
@@ -906,13 +906,14 @@ fn drain_batch(zone: &Zone, list: &mut PcpList<'_>) {
     super::compaction::note_freed(before - list.pages());
 }
 
-/// Whether freeing the block of `order` at `pfn` would merge it into a max-order block (its
-/// buddy is a free block of its order, read without the zone's lock, as a hint): such a block
-/// goes to the zone rather than a per-CPU list, so that whole 4 MiB blocks form (and the
-/// reporting worker gives them to the host) as before. Only the pageblock order is asked.
+/// Whether freeing the block of `order` at `pfn` would merge it into a 2 MiB or a max-order
+/// block (it is one order below either, and its buddy is a free block of its order, read
+/// without the zone's lock, as a hint): such a block goes to the zone rather than a per-CPU
+/// list, so that whole pageblocks and 4 MiB blocks form (and the reporting worker gives them to
+/// the host) instead of waiting in a list for a drain.
 #[inline]
-fn completes_max_order(zone: &Zone, pfn: u64, order: u8) -> bool {
-    if order + 1 != MAX_ORDER {
+fn completes_large_block(zone: &Zone, pfn: u64, order: u8) -> bool {
+    if order + 1 != PAGEBLOCK_ORDER && order + 1 != MAX_ORDER {
         return false;
     }
     let buddy = pfn ^ (1 << order);
