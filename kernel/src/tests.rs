@@ -630,6 +630,62 @@ fn space_ids_are_reused_and_never_outgrow_the_reverse_map() {
 }
 
 #[test_case]
+fn a_free_that_completes_a_2mib_block_skips_the_per_cpu_list() {
+    use crate::mm::buddy::{MigrateType, PAGEBLOCK_ORDER};
+    use crate::mm::frame::FrameState;
+    use crate::mm::page_alloc::{self, AllocRequest, Pages};
+    let order = PAGEBLOCK_ORDER - 1;
+    let request = AllocRequest::new(order).kind(MigrateType::Movable);
+    let buddy_of = |pages: &Pages| pages.pfn() ^ (1 << order);
+    let buddy_is_free = |pages: &Pages| {
+        let zone = page_alloc::zone_of(pages.pfn()).expect("zone");
+        let buddy = buddy_of(pages);
+        zone.contains(buddy) && zone.frame(buddy).head_word().is(FrameState::Free, order)
+    };
+    let state_after_free = |pages: Pages| {
+        let pfn = pages.pfn();
+        page_alloc::free(pages).expect("freed");
+        page_alloc::zone_of(pfn).expect("zone").frame(pfn).state()
+    };
+    let mut held = Vec::new();
+    // A block cut from a larger free one: its buddy is free, so freeing it makes a whole 2 MiB
+    // block, which goes to the zone (and merges) rather than wait in a per-CPU list.
+    let block = loop {
+        let block = page_alloc::alloc(request).expect("memory");
+        if buddy_is_free(&block) {
+            break block;
+        }
+        assert!(held.len() < 64, "no order-{order} block with a free buddy");
+        held.push(block);
+    };
+    assert_ne!(
+        state_after_free(block),
+        FrameState::Cached,
+        "a free that makes a 2 MiB block goes to the zone"
+    );
+    // Two buddies allocated, one freed: its buddy is allocated, so it waits in its list.
+    let (first, second) = loop {
+        let first = page_alloc::alloc(request).expect("memory");
+        let second = page_alloc::alloc(request).expect("memory");
+        if buddy_of(&first) == second.pfn() {
+            break (first, second);
+        }
+        assert!(held.len() < 64, "no order-{order} buddies");
+        held.push(first);
+        held.push(second);
+    };
+    assert_eq!(
+        state_after_free(first),
+        FrameState::Cached,
+        "its buddy is allocated"
+    );
+    drop(second);
+    drop(held);
+    page_alloc::drain_per_cpu_caches();
+    crate::mm::checker::check().expect("consistent");
+}
+
+#[test_case]
 fn racing_double_frees_free_each_page_exactly_once() {
     use crate::mm::frame::{FrameFlags, FrameState, HeadWord};
     use crate::mm::page_alloc::{self, AllocRequest, FreeError};

@@ -754,7 +754,7 @@ impl FreeArea {
 
     /// Allocates a block of `order` for `kind`: own lists first, then fallback. The block's head
     /// is left for the caller to label (a tail without flags).
-    #[unsafe(link_section = ".text.hot.zone")]
+    #[cfg_attr(target_os = "none", unsafe(link_section = ".text.hot.zone"))]
     pub fn allocate(&mut self, order: u8, kind: MigrateType) -> Option<FrameIndex> {
         let index = self
             .take_smallest(order, kind)
@@ -845,7 +845,7 @@ impl FreeArea {
     /// When `kind`'s own lists run dry it falls back like [`FreeArea::allocate`] (stealing
     /// pageblocks). Stops early if `keep` free pages would not be left. Returns the blocks
     /// taken.
-    #[unsafe(link_section = ".text.hot.bulk_alloc")]
+    #[cfg_attr(target_os = "none", unsafe(link_section = ".text.hot.bulk_alloc"))]
     pub fn allocate_batch(
         &mut self,
         order: u8,
@@ -914,7 +914,7 @@ impl FreeArea {
     /// ascending order (as a batch allocation hands them out, or sorted), are freed as the
     /// largest naturally aligned blocks they form, so pages that were one block go back with
     /// one free (and its merges) instead of one per page.
-    #[unsafe(link_section = ".text.hot.bulk_free")]
+    #[cfg_attr(target_os = "none", unsafe(link_section = ".text.hot.bulk_free"))]
     pub fn free_batch(&mut self, blocks: impl IntoIterator<Item = (FrameIndex, u8)>) {
         // The pending run: its first head, its pages and the order of its blocks.
         let mut run: Option<(FrameIndex, u64, u8)> = None;
@@ -939,7 +939,7 @@ impl FreeArea {
     }
 
     /// Frees `pages` pages from `index` (every frame a tail) as the largest aligned blocks.
-    #[unsafe(link_section = ".text.hot.bulk_free")]
+    #[cfg_attr(target_os = "none", unsafe(link_section = ".text.hot.bulk_free"))]
     fn free_run(&mut self, mut index: FrameIndex, mut pages: u64) {
         while pages > 0 {
             let block = (self.pfn(index).trailing_zeros() as u8)

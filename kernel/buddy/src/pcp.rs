@@ -1,7 +1,7 @@
 //! The per-CPU lists of one zone and migratetype: one list per order up to the pageblock order
-//! (order 0, the small orders 1..=3, the larger orders 4..=8 and the pageblock order 9, as
-//! Linux's per-CPU lists since 5.13 and 5.19), and moving blocks between a list and a zone's
-//! [`FreeArea`] a batch at a time.
+//! (order 0, the small orders 1..=3 and the pageblock order 9, as Linux's per-CPU lists since
+//! 5.13 and 5.19, and, our own addition, the orders 4..=8 between them, with two blocks each),
+//! and moving blocks between a list and a zone's [`FreeArea`] a batch at a time.
 //!
 //! Owns the lists' slots (frame numbers of block heads in state [`FrameState::Cached`], with
 //! the list's order), in one array where each list has room for one block over its high mark.
@@ -140,6 +140,8 @@ impl PcpLists {
         }; PCP_ORDERS.len()];
         let mut slot = 0;
         while slot < PCP_ORDERS.len() {
+            // The batch is kept in a byte (the head stays 32 bytes): evaluated at compile time.
+            assert!(pcp_batch(PCP_ORDERS[slot]) <= u8::MAX as usize);
             heads[slot] = ListHead {
                 top: FIRST_SLOT[slot],
                 bottom: FIRST_SLOT[slot],
@@ -244,6 +246,9 @@ impl PcpList<'_> {
     /// the caller should [`PcpList::drain_batch`] under the zone lock.
     #[inline]
     pub fn push(&mut self, pfn: u64) -> bool {
+        // The slots are shared with the next list: a push past the end would overwrite its
+        // oldest block (every caller drains when told to).
+        debug_assert!(self.head.top < self.head.end, "push to a full per-CPU list");
         self.pfns[self.head.top] = pfn;
         self.head.top += 1;
         self.head.top == self.head.end
@@ -252,7 +257,7 @@ impl PcpList<'_> {
     /// Refills up to a batch ([`pcp_batch`]) of blocks of `kind` from `area` (whose zone this
     /// list caches), keeping more than `mark` pages free there. Each block comes out `Cached`.
     /// Returns the blocks added.
-    #[unsafe(link_section = ".text.hot.refill")]
+    #[cfg_attr(target_os = "none", unsafe(link_section = ".text.hot.refill"))]
     pub fn refill(&mut self, area: &mut FreeArea, kind: MigrateType, mark: u64) -> usize {
         let before = self.head.top;
         let base_pfn = area.pfn(0);
@@ -278,7 +283,7 @@ impl PcpList<'_> {
 
     /// Gives the oldest batch of blocks (the bottom of the stack) back to `area`; the warm
     /// ones stay.
-    #[unsafe(link_section = ".text.hot.refill")]
+    #[cfg_attr(target_os = "none", unsafe(link_section = ".text.hot.refill"))]
     pub fn drain_batch(&mut self, area: &mut FreeArea) {
         let (bottom, top) = (self.head.bottom, self.head.top);
         let count = (self.head.batch as usize).min(top - bottom);

@@ -46,7 +46,7 @@ pub const CASES: [(&str, u64); 4] = [
 ];
 
 /// Runs case `index` of [`CASES`] once; `held` is scratch room (its capacity is kept).
-#[unsafe(link_section = ".text.hot.fast")]
+#[cfg_attr(target_os = "none", unsafe(link_section = ".text.hot.fast"))]
 pub fn run_case(index: usize, frames: &mut dyn Frames, held: &mut Vec<(u64, u8)>) {
     match index {
         0 => order0_pairs(frames, PAIRS),
@@ -74,7 +74,7 @@ pub fn batch(frames: &mut dyn Frames, held: &mut Vec<(u64, u8)>, order: u8, coun
 }
 
 /// A seeded random mix of allocations of orders 0..=9 and frees of random live blocks.
-#[unsafe(link_section = ".text.hot.fast")]
+#[cfg_attr(target_os = "none", unsafe(link_section = ".text.hot.fast"))]
 pub fn mixed(frames: &mut dyn Frames, held: &mut Vec<(u64, u8)>, operations: u64, seed: u64) {
     held.clear();
     let mut state = seed;

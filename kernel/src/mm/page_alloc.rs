@@ -850,11 +850,12 @@ fn refused(pfn: u64, order: u8, error: FreeError) {
 }
 
 /// Claims the block under the lock of the list it goes to (the per-CPU cache for a block of an
-/// order with a list, unless it would complete a 4 MiB block; its zone otherwise) and puts it
-/// there: the claim checks the head and labels it for that list in one store, under the lock,
-/// so a second free of the block (which takes the same lock) finds it claimed and is refused;
-/// and the lock is held from the claim until the block is on a list (no other thread runs on
-/// this CPU meanwhile), so the checker never sees it in transit.
+/// order with a list, unless it would complete a 2 MiB or 4 MiB block; its zone otherwise) and
+/// puts it there: the claim checks the head and labels it for that list in one store, with
+/// preemption off (both locks keep it off), so a second free of the block, on this one CPU,
+/// finds it claimed and is refused (`Frame::claim_for_free` says what more CPUs need); and the
+/// lock is held from the claim until the block is on a list, so the checker never sees it in
+/// transit.
 ///
 /// Pages that reach the zone's lists (not those that stay cached) count towards waking the
 /// compaction task ([`super::compaction::note_freed`]).
