@@ -687,7 +687,7 @@ fn a_free_that_completes_a_2mib_block_skips_the_per_cpu_list() {
 
 #[test_case]
 fn racing_double_frees_free_each_page_exactly_once() {
-    use crate::mm::frame::{FrameFlags, FrameState, HeadWord};
+    use crate::mm::frame::{FrameState, HeadWord};
     use crate::mm::page_alloc::{self, AllocRequest, FreeError};
     // The transition itself: one free claims the frame, the second finds it taken.
     let page = page_alloc::alloc(AllocRequest::new(0)).expect("a page");
@@ -695,7 +695,7 @@ fn racing_double_frees_free_each_page_exactly_once() {
         .expect("zone")
         .frame(page.pfn());
     // (Nothing else frees this page: the transition can be made without the list's lock.)
-    let in_transit = HeadWord::new(FrameState::Tail, 0, 0, FrameFlags::empty());
+    let in_transit = HeadWord::in_transit(0);
     let before = frame.head_word();
     assert_eq!(
         frame.claim_for_free(1, in_transit),

@@ -166,6 +166,30 @@ pub struct FreeArea {
     pub counters: BuddyCounters,
 }
 
+/// Points `prev` (or the list's head, if `prev` is `NONE`) forward to `after_prev`, and `next`
+/// (or the list's tail) back to `before_next`: the neighbours' half of inserting a block between
+/// them (both the block) or of removing the one between them (each the other).
+#[inline(always)]
+fn set_neighbours(
+    frames: FrameTable,
+    list: &mut FreeList,
+    prev: FrameIndex,
+    next: FrameIndex,
+    after_prev: FrameIndex,
+    before_next: FrameIndex,
+) {
+    if prev != NONE {
+        frames[prev as usize].set_next(after_prev);
+    } else {
+        list.head = after_prev;
+    }
+    if next != NONE {
+        frames[next as usize].set_prev(before_next);
+    } else {
+        list.tail = before_next;
+    }
+}
+
 /// Writes `frame` (the record of `index`) as a free head with `word`, linked into `list` between
 /// `prev` and `next` (`NONE`: the list's end), and the neighbours' links or the list's ends; one
 /// more block on the list. Free pages and masks are the caller's to settle.
@@ -182,16 +206,7 @@ fn link_between(
     frame.relabel(word);
     frame.set_prev(prev);
     frame.set_next(next);
-    if prev != NONE {
-        frames[prev as usize].set_next(index);
-    } else {
-        list.head = index;
-    }
-    if next != NONE {
-        frames[next as usize].set_prev(index);
-    } else {
-        list.tail = index;
-    }
+    set_neighbours(frames, list, prev, next, index, index);
     list.count += 1;
 }
 
@@ -503,16 +518,7 @@ impl FreeArea {
             list.reported -= 1;
             self.reported_pages[order as usize] -= 1 << order;
         }
-        if prev != NONE {
-            frames[prev as usize].set_next(next);
-        } else {
-            list.head = next;
-        }
-        if next != NONE {
-            frames[next as usize].set_prev(prev);
-        } else {
-            list.tail = prev;
-        }
+        set_neighbours(frames, list, prev, next, next, prev);
         list.count -= 1;
         if prev == NONE {
             // Only a new head changes the masks (a boundary that moves past a block with a

@@ -160,6 +160,13 @@ const FLAGS_MASK: u32 = 0xff << FLAGS_SHIFT;
 pub struct HeadWord(u32);
 
 impl HeadWord {
+    /// The label of a head on its way to a zone's lists (a freed block just claimed), as
+    /// `FreeArea::free` takes it: a tail of `order`, unflagged.
+    #[inline]
+    pub const fn in_transit(order: u8) -> HeadWord {
+        HeadWord::new(FrameState::Tail, order, 0, FrameFlags::empty())
+    }
+
     /// The word of a head in `state` of `order` on `list` with `flags`.
     #[inline]
     pub const fn new(state: FrameState, order: u8, list: u8, flags: FrameFlags) -> HeadWord {
@@ -349,6 +356,15 @@ impl Frame {
             .fetch_sub(1, core::sync::atomic::Ordering::AcqRel);
         assert!(before > 0, "reference count underflow");
         before == 1
+    }
+
+    /// Clears what the owner of a block kept in its head's record (its counts and reverse map):
+    /// for a block just claimed for freeing.
+    #[inline]
+    pub fn clear_owner_counts(&self) {
+        self.refcount.store(0, Relaxed);
+        self.mapcount.store(0, Relaxed);
+        self.rmap.store(0, Relaxed);
     }
 
     /// References beyond the page's mappings and `holders` (whom the caller knows of): a

@@ -8,8 +8,8 @@
 //! The caller holds the cache's lock for the lists, and the zone's lock for the area it passes
 //! in; the kernel's `mm::page_alloc` decides when to refill and drain.
 
-use crate::buddy::{FreeArea, MigrateType, PAGEBLOCK_ORDER};
-use crate::frame::{FrameFlags, FrameIndex, FrameState, HeadWord};
+use crate::buddy::{FreeArea, MAX_ORDER, MigrateType, PAGEBLOCK_ORDER};
+use crate::frame::{FrameFlags, FrameIndex, FrameState, FrameTable, HeadWord};
 
 /// Order-0 pages moved between a per-CPU list and its zone at a time.
 pub const PCP_BATCH: usize = 32;
@@ -40,6 +40,23 @@ pub const PCP_ORDERS: [u8; PAGEBLOCK_ORDER as usize + 1] = {
     }
     orders
 };
+
+/// Whether freeing the block of `order` at `pfn` would merge it into a 2 MiB or a max-order
+/// block (it is one order below either, and its buddy is a free block of its order): such a
+/// block goes to its zone rather than a per-CPU list, so that whole pageblocks and 4 MiB blocks
+/// form (and reach the host) instead of waiting in a list for a drain. `frames` are the
+/// records of the zone's pfns from `base_pfn`; read without the zone's lock, as a hint.
+#[inline]
+pub fn completes_large_block(frames: FrameTable, base_pfn: u64, pfn: u64, order: u8) -> bool {
+    if order + 1 != PAGEBLOCK_ORDER && order + 1 != MAX_ORDER {
+        return false;
+    }
+    let buddy = pfn ^ (1 << order);
+    buddy
+        .checked_sub(base_pfn)
+        .and_then(|index| frames.get(index as usize))
+        .is_some_and(|frame| frame.head_word().is(FrameState::Free, order))
+}
 
 /// The slot in [`PCP_ORDERS`] of `order`, if it has a per-CPU list.
 #[inline]

@@ -13,10 +13,10 @@
 //! and an atomic swap and a store (`sync::PreemptMutex`); for the per-CPU cache's, the
 //! preemption count and a plain check and store of its flag (`sync::LocalLock`).
 
-use crate::buddy::{FreeArea, MAX_ORDER, MigrateType, PAGEBLOCK_ORDER};
+use crate::buddy::{FreeArea, MigrateType};
 use crate::check::{AreaCensus, CheckError};
 use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, FrameTable, HeadWord, Owner};
-use crate::pcp::{PcpLists, pcp_order_slot};
+use crate::pcp::{PcpLists, completes_large_block, pcp_order_slot};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -242,7 +242,7 @@ impl Sim {
         let kind = zone.area.pageblock_type(index);
         if let Some(order_slot) = pcp_order_slot(order)
             && let Some(slot) = pcp_slot(kind)
-            && !completes_large_block(&zone.area, index, order)
+            && !completes_large_block(zone.area.frames(), zone.start_pfn, pfn, order)
         {
             self.pcp_lock.take();
             // The claim is one store, as the kernel's: a cached block's links are never read.
@@ -251,7 +251,7 @@ impl Sim {
                 HeadWord::new(FrameState::Cached, order, kind as u8, FrameFlags::empty()),
             );
             if claimed.is_ok() {
-                clear_owner_counts(head);
+                head.clear_owner_counts();
                 let mut list = self.pcp[zone_index][slot].list(order_slot);
                 if list.push(pfn) {
                     zone.lock.take();
@@ -263,9 +263,9 @@ impl Sim {
             return claimed;
         }
         zone.lock.take();
-        let claimed = head.claim_for_free(order, in_transit(order));
+        let claimed = head.claim_for_free(order, HeadWord::in_transit(order));
         if claimed.is_ok() {
-            clear_owner_counts(head);
+            head.clear_owner_counts();
             zone.area.free(index, order);
         }
         zone.lock.give();
@@ -334,11 +334,11 @@ impl Sim {
                 .free_batch(rest[..inside].iter().filter_map(|&(pfn, order)| {
                     let index = (pfn - base) as FrameIndex;
                     let head = &frames[index as usize];
-                    if let Err(state) = head.claim_for_free(order, in_transit(order)) {
+                    if let Err(state) = head.claim_for_free(order, HeadWord::in_transit(order)) {
                         refused = refused.and(Err(state));
                         return None;
                     }
-                    clear_owner_counts(head);
+                    head.clear_owner_counts();
                     Some((index, order))
                 }));
             zone.lock.give();
@@ -427,36 +427,6 @@ impl Sim {
         }
         Ok(total)
     }
-}
-
-/// Whether freeing the block of `order` at `index` would merge it into a 2 MiB or a max-order
-/// block (it is one order below either, and its buddy is a free block of its order): such a
-/// block goes to the zone, not to a per-CPU list, so that whole pageblocks and max-order blocks
-/// form (and reach the host) as the kernel's do. Read without the zone's lock, as a hint.
-#[inline]
-pub fn completes_large_block(area: &FreeArea, index: FrameIndex, order: u8) -> bool {
-    if order + 1 != PAGEBLOCK_ORDER && order + 1 != MAX_ORDER {
-        return false;
-    }
-    let buddy = area.pfn(index) ^ (1 << order);
-    area.index_of(buddy).is_some_and(|buddy| {
-        let frame = area.frame(buddy);
-        frame.state() == FrameState::Free && frame.order() == order
-    })
-}
-
-/// The label a block being freed to a zone's lists gets with its claim, as the kernel's: a tail
-/// of `order`, unflagged (`FreeArea::free` takes it so).
-fn in_transit(order: u8) -> HeadWord {
-    HeadWord::new(FrameState::Tail, order, 0, FrameFlags::empty())
-}
-
-/// Clears what the owner of a block just claimed for freeing kept in its head's record.
-#[inline]
-fn clear_owner_counts(head: &Frame) {
-    head.refcount.store(0, Ordering::Relaxed);
-    head.mapcount.store(0, Ordering::Relaxed);
-    head.rmap.store(0, Ordering::Relaxed);
 }
 
 /// Makes a block just taken off a list the head of an allocated block, as the kernel does.

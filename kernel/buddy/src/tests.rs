@@ -39,10 +39,8 @@ fn alloc(area: &mut FreeArea, order: u8, kind: MigrateType) -> Option<FrameIndex
 
 /// Claims an allocated block for freeing, as the kernel does on its way to the zone's lists.
 fn claim(area: &FreeArea, index: FrameIndex, order: u8) -> Result<(), FrameState> {
-    area.frame(index).claim_for_free(
-        order,
-        HeadWord::new(FrameState::Tail, order, 0, FrameFlags::empty()),
-    )
+    area.frame(index)
+        .claim_for_free(order, HeadWord::in_transit(order))
 }
 
 /// Frees as the kernel does.

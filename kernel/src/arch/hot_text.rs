@@ -39,6 +39,9 @@ impl HotGroup {
     }
 }
 
+// Markers that `boot/kernel.ld` defines at the groups' bounds; declared `u8` only to have an
+// address. Nothing reads them (only `&raw const` of each is taken, which is safe code), so the
+// declared type can never be misused.
 unsafe extern "C" {
     static __hot_fast_start: u8;
     static __hot_fast_end: u8;

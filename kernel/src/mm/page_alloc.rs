@@ -5,7 +5,7 @@
 //! Owns the zone set and the per-CPU caches. Mechanisms (the heap, page tables, user spaces,
 //! reporting, compaction, KSM) allocate and free only through these functions.
 
-use super::buddy::{FreeArea, MAX_ORDER, MigrateType, PAGEBLOCK_ORDER};
+use super::buddy::{FreeArea, MAX_ORDER, MigrateType};
 use super::frame::{self, FrameFlags, FrameIndex, FrameState, HeadWord, Owner};
 use super::zone::{Watermarks, Zone};
 use super::zones::{self, ZoneKind};
@@ -405,7 +405,7 @@ fn candidate_zones(limit: ZoneLimit) -> impl Iterator<Item = &'static Zone> {
 pub use buddy_core::pcp::{
     PCP_BATCH, PCP_COSTLY_ORDER, PCP_HIGH, PCP_ORDERS, PCP_SLOTS, pcp_high_pages, pcp_order_slot,
 };
-use buddy_core::pcp::{PcpList, PcpLists};
+use buddy_core::pcp::{PcpList, PcpLists, completes_large_block};
 
 /// One CPU's cache: a list per zone, allocatable migratetype and order of [`PCP_ORDERS`].
 struct PerCpuCache {
@@ -769,7 +769,7 @@ pub fn free_bulk(pages: &mut Vec<Pages>) -> Result<(), FreeError> {
             let mut area = zone.lock();
             area.free_batch(run.iter().filter_map(|block| {
                 let head = zone.frame(block.pfn);
-                if let Err(error) = claim(head, block.order, in_transit_to_lists(block.order)) {
+                if let Err(error) = claim(head, block.order, HeadWord::in_transit(block.order)) {
                     refusal = refusal.or(Some((block.pfn, block.order, error)));
                     return None;
                 }
@@ -778,7 +778,7 @@ pub fn free_bulk(pages: &mut Vec<Pages>) -> Result<(), FreeError> {
             }));
         }
         if let Some((pfn, order, error)) = refusal {
-            log::error!("page allocator: refused to free pfn {pfn:#x} order {order}: {error:?}");
+            refused(pfn, order, error);
             result = result.and(Err(error));
         }
         rest = next;
@@ -868,7 +868,7 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
     let kind = zone.pageblock_type(pfn);
     if let Some(order_slot) = pcp_order_slot(order)
         && let Some(type_slot) = pcp_type_slot(kind)
-        && !completes_large_block(zone, pfn, order)
+        && !completes_large_block(zone.frames(), zone.start_pfn, pfn, order)
     {
         let mut pcp = PCP.lock();
         // The claim is one store: a cached block's links are never read.
@@ -890,7 +890,7 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
 #[unsafe(link_section = ".text.hot.zone")]
 fn free_to_zone(zone: &Zone, head: &frame::Frame, pfn: u64, order: u8) -> Result<(), FreeError> {
     let mut area = zone.lock();
-    claim(head, order, in_transit_to_lists(order))?;
+    claim(head, order, HeadWord::in_transit(order))?;
     area.free((pfn - zone.start_pfn) as u32, order);
     drop(area);
     super::compaction::note_freed(1 << order);
@@ -907,31 +907,6 @@ fn drain_batch(zone: &Zone, list: &mut PcpList<'_>) {
     super::compaction::note_freed(before - list.pages());
 }
 
-/// Whether freeing the block of `order` at `pfn` would merge it into a 2 MiB or a max-order
-/// block (it is one order below either, and its buddy is a free block of its order, read
-/// without the zone's lock, as a hint): such a block goes to the zone rather than a per-CPU
-/// list, so that whole pageblocks and 4 MiB blocks form (and the reporting worker gives them to
-/// the host) instead of waiting in a list for a drain.
-#[inline]
-fn completes_large_block(zone: &Zone, pfn: u64, order: u8) -> bool {
-    if order + 1 != PAGEBLOCK_ORDER && order + 1 != MAX_ORDER {
-        return false;
-    }
-    let buddy = pfn ^ (1 << order);
-    zone.contains(buddy)
-        && zone
-            .frames()
-            .get((buddy - zone.start_pfn) as usize)
-            .is_some_and(|frame| frame.head_word().is(FrameState::Free, order))
-}
-
-/// The label of a head on its way to a zone's lists, as `FreeArea::free` takes it: a tail of
-/// `order`, unflagged.
-#[inline]
-fn in_transit_to_lists(order: u8) -> HeadWord {
-    HeadWord::new(FrameState::Tail, order, 0, FrameFlags::empty())
-}
-
 /// The transition that frees an allocated head ([`frame::Frame::claim_for_free`]: a check and
 /// one store of `label`, under the lock of the list it goes to), and the owner's counts
 /// cleared.
@@ -944,9 +919,7 @@ fn claim(head: &frame::Frame, order: u8, label: HeadWord) -> Result<(), FreeErro
             },
             other => FreeError::NotAllocated(other),
         })?;
-    head.refcount.store(0, Relaxed);
-    head.mapcount.store(0, Relaxed);
-    head.rmap.store(0, Relaxed);
+    head.clear_owner_counts();
     Ok(())
 }
 
