@@ -396,11 +396,9 @@ impl Frame {
     pub fn claim_for_free(&self, order: u8, label: HeadWord) -> Result<(), FrameState> {
         // Acquire: the freeing thread sees what the block's owner wrote before handing it over.
         let current = HeadWord(self.head.load(core::sync::atomic::Ordering::Acquire));
-        if current.state() != FrameState::Allocated {
+        if !current.is(FrameState::Allocated, order) {
+            // `Allocated` here means another order.
             return Err(current.state());
-        }
-        if current.order() != order {
-            return Err(FrameState::Allocated);
         }
         self.relabel(label);
         Ok(())

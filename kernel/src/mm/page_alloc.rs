@@ -13,7 +13,7 @@ use super::{PAGE_SIZE, phys_to_virt};
 use crate::sync::{LocalLock, LockClass};
 use alloc::vec::Vec;
 use boot::{AddrRange, MemoryRegion};
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use spin::Once;
 
 /// The highest zone an allocation may come from (for devices that address only low memory).
@@ -204,6 +204,33 @@ pub enum FreeError {
 
 struct ZoneSet {
     zones: Vec<Zone>,
+    /// Each kind's zone (an index of `zones`), or [`NO_ZONE`]: a frame's zone in one load.
+    by_kind: [u8; 3],
+}
+
+const NO_ZONE: u8 = u8::MAX;
+
+/// The first zone each [`ZoneLimit`] may use now (an index of the zones, or [`NO_ZONE`]):
+/// [`candidate_zones`]'s first, kept by [`refresh_first_zones`] so that the allocation fast
+/// path does not filter the zones on every call.
+static FIRST_ZONE: [AtomicU8; 3] = [const { AtomicU8::new(NO_ZONE) }; 3];
+
+/// Recomputes [`FIRST_ZONE`] (after the zones are built and when the direct map grows).
+fn refresh_first_zones() {
+    if !is_initialised() {
+        return;
+    }
+    for limit in [ZoneLimit::Dma, ZoneLimit::Dma32, ZoneLimit::Any] {
+        let first = candidate_zones(limit)
+            .next()
+            .map_or(NO_ZONE, |zone| zone_index(zone) as u8);
+        FIRST_ZONE[limit as usize].store(first, Relaxed);
+    }
+}
+
+/// `zone`'s index in the zones.
+fn zone_index(zone: &Zone) -> usize {
+    ZONES.get().expect("page allocator initialised").by_kind[zone.kind as usize] as usize
 }
 
 static ZONES: Once<ZoneSet> = Once::new();
@@ -218,6 +245,7 @@ static DIRECT_MAP_END: AtomicU64 = AtomicU64::new(boot::EARLY_DIRECT_MAP_SIZE);
 /// page tables call it once they map all RAM): zones up to there become usable.
 pub fn set_direct_map_end(end: u64) {
     DIRECT_MAP_END.store(end, Relaxed);
+    refresh_first_zones();
 }
 
 /// Whether every page of `zone` is reachable through the direct map now.
@@ -244,12 +272,12 @@ pub fn is_initialised() -> bool {
 /// boundary has no record yet: nothing can have been allocated there).
 #[inline]
 pub fn zone_of(pfn: u64) -> Option<&'static Zone> {
-    // Highest first: most memory, and most allocations, are there.
-    zones()
-        .iter()
-        .rev()
-        .find(|zone| zone.contains(pfn))
-        .filter(|zone| zone.has_record(pfn))
+    // Each zone lies inside its kind's range: the kind names the only zone that may hold it.
+    let set = ZONES.get().expect("page allocator initialised");
+    let zone = set
+        .zones
+        .get(set.by_kind[ZoneKind::of_pfn(pfn) as usize] as usize)?;
+    zone.has_record(pfn).then_some(zone)
 }
 
 /// What boot set up, for the log and the demo.
@@ -346,7 +374,15 @@ pub fn init(map: &[MemoryRegion], kernel_image: AddrRange) -> InitReport {
     }
     set_watermarks(&mut zone_list);
     let managed_pages = zone_list.iter().map(|zone| zone.managed_pages).sum();
-    ZONES.call_once(|| ZoneSet { zones: zone_list });
+    let mut by_kind = [NO_ZONE; 3];
+    for (index, zone) in zone_list.iter().enumerate() {
+        by_kind[zone.kind as usize] = index as u8;
+    }
+    ZONES.call_once(|| ZoneSet {
+        zones: zone_list,
+        by_kind,
+    });
+    refresh_first_zones();
     super::deferred_init::set_free_ranges(free_pfns);
     let everything = crate::tunables::MM_DEFERRED_INIT.get() == 0;
     let initialised_frames = zones()
@@ -589,9 +625,9 @@ fn alloc_from_zone_or_grow(zone: &'static Zone, request: &AllocRequest) -> Optio
 /// going below its watermark.
 ///
 /// The common case is a short path: the first zone the request may use gives the block at
-/// once, from its per-CPU list (orders with one) or its free lists (under TCG every call's
-/// saved registers are memory traffic: the fast path saves few). Everything else (refill, other
-/// zones, draining, compaction, deflate-on-OOM, zeroing) is [`alloc_slow`].
+/// once, from its per-CPU list (under TCG every instruction and every saved register costs: the
+/// fast path is short and saves few). Everything else (refill, the max order, other zones,
+/// draining, compaction, deflate-on-OOM, zeroing) is [`alloc_slow`].
 #[inline(never)]
 #[unsafe(link_section = ".text.hot.fast")]
 pub fn alloc(request: AllocRequest) -> Option<Pages> {
@@ -605,18 +641,16 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
 }
 
 /// The block the first zone `request` may use gives without more ado: the top of its per-CPU
-/// list (for an order with one), or from its free lists above the watermark (for the others).
-/// No refill, no other zone: those are [`alloc_slow`]'s.
+/// list. No refill, no other zone, no list-less order: those are [`alloc_slow`]'s.
 #[inline(always)]
 fn alloc_fast(request: &AllocRequest) -> Option<u64> {
     if request.zeroed || request.kind == MigrateType::Isolate || request.order > MAX_ORDER {
         return None;
     }
-    let zone = candidate_zones(request.limit).next()?;
-    match pcp_order_slot(request.order) {
-        Some(order_slot) => alloc_cached(zone, request, order_slot, false),
-        None => take_from_zone(zone, request),
-    }
+    let zone = zones().get(FIRST_ZONE[request.limit as usize].load(Relaxed) as usize)?;
+    // The max order has no list: its blocks come from the zone, in `alloc_slow` (few callers
+    // want 4 MiB; inlining the zone's allocation here would make every call save more).
+    alloc_cached(zone, request, pcp_order_slot(request.order)?, false)
 }
 
 #[inline(never)]
@@ -868,7 +902,7 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
     let kind = zone.pageblock_type(pfn);
     if let Some(order_slot) = pcp_order_slot(order)
         && let Some(type_slot) = pcp_type_slot(kind)
-        && !completes_large_block(zone.frames(), zone.start_pfn, pfn, order)
+        && !completes_large_block(|| zone.frames(), zone.start_pfn, pfn, order)
     {
         let mut pcp = PCP.lock();
         // The claim is one store: a cached block's links are never read.

@@ -8,7 +8,7 @@
 //! ([`Zone::frames`], the checker, compaction's scanners) stops at the boundary.
 
 use super::buddy::{FreeArea, MigrateType, PAGEBLOCK_ORDER};
-use super::frame::{Frame, FrameTable};
+use super::frame::{Frame, FrameIndex, FrameTable};
 use super::zones::ZoneKind;
 use crate::sync::{LockClass, PreemptMutex, PreemptMutexGuard};
 use core::sync::atomic::{
@@ -79,7 +79,9 @@ impl Zone {
             pfn < self.initialised_end_pfn(),
             "record of pfn {pfn:#x}, beyond the initialised boundary"
         );
-        self.frames.at((pfn - self.start_pfn) as usize)
+        // A zone's index fits a `FrameIndex` (as its free area's): the narrowing spares the
+        // table the clamp it applies to wider indices.
+        self.frames.at((pfn - self.start_pfn) as FrameIndex as usize)
     }
 
     /// The initialised records (from the zone's start up to its boundary).

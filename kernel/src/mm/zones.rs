@@ -24,6 +24,19 @@ impl ZoneKind {
         }
     }
 
+    /// The zone kind whose range holds `pfn` (two comparisons: the page allocator's free path
+    /// finds a frame's zone this way).
+    #[inline]
+    pub const fn of_pfn(pfn: u64) -> ZoneKind {
+        if pfn >= (4 << 30) / PAGE_SIZE {
+            ZoneKind::Normal
+        } else if pfn >= (16 << 20) / PAGE_SIZE {
+            ZoneKind::Dma32
+        } else {
+            ZoneKind::Dma
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ZoneKind::Dma => "DMA",
