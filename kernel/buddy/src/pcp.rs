@@ -44,24 +44,26 @@ pub const PCP_ORDERS: [u8; PAGEBLOCK_ORDER as usize + 1] = {
 /// Whether freeing the block of `order` at `pfn` would merge it into a 2 MiB or a max-order
 /// block (it is one order below either, and its buddy is a free block of its order): such a
 /// block goes to its zone rather than a per-CPU list, so that whole pageblocks and 4 MiB blocks
-/// form (and reach the host) instead of waiting in a list for a drain. `frames` gives the
-/// records of the zone's pfns from `base_pfn`, asked for only for those two orders (every free
-/// asks this: the others pay one comparison); read without the zone's lock, as a hint.
+/// form (and reach the host) instead of waiting in a list for a drain. `frames` are the
+/// records of the zone's pfns from `base_pfn`; read without the zone's lock, as a hint.
 #[inline]
-pub fn completes_large_block(
-    frames: impl FnOnce() -> FrameTable,
-    base_pfn: u64,
-    pfn: u64,
-    order: u8,
-) -> bool {
-    if order + 1 != PAGEBLOCK_ORDER && order + 1 != MAX_ORDER {
+pub fn completes_large_block(frames: FrameTable, base_pfn: u64, pfn: u64, order: u8) -> bool {
+    if !may_complete_large_block(order) {
         return false;
     }
     let buddy = pfn ^ (1 << order);
     buddy
         .checked_sub(base_pfn)
-        .and_then(|index| frames().get(index as usize))
+        .and_then(|index| frames.get(index as usize))
         .is_some_and(|frame| frame.head_word().is(FrameState::Free, order))
+}
+
+/// Whether a block of `order` can complete a 2 MiB or a max-order block
+/// ([`completes_large_block`]): one order below either. Every free asks, so a caller may ask
+/// this first and look the buddy up out of line.
+#[inline]
+pub const fn may_complete_large_block(order: u8) -> bool {
+    order + 1 == PAGEBLOCK_ORDER || order + 1 == MAX_ORDER
 }
 
 /// The slot in [`PCP_ORDERS`] of `order`, if it has a per-CPU list.

@@ -242,7 +242,7 @@ impl Sim {
         let kind = zone.area.pageblock_type(index);
         if let Some(order_slot) = pcp_order_slot(order)
             && let Some(slot) = pcp_slot(kind)
-            && !completes_large_block(|| zone.area.frames(), zone.start_pfn, pfn, order)
+            && !completes_large_block(zone.area.frames(), zone.start_pfn, pfn, order)
         {
             self.pcp_lock.take();
             // The claim is one store, as the kernel's: a cached block's links are never read.

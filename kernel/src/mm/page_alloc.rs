@@ -441,7 +441,7 @@ fn candidate_zones(limit: ZoneLimit) -> impl Iterator<Item = &'static Zone> {
 pub use buddy_core::pcp::{
     PCP_BATCH, PCP_COSTLY_ORDER, PCP_HIGH, PCP_ORDERS, PCP_SLOTS, pcp_high_pages, pcp_order_slot,
 };
-use buddy_core::pcp::{PcpList, PcpLists, completes_large_block};
+use buddy_core::pcp::{PcpList, PcpLists, completes_large_block, may_complete_large_block};
 
 /// One CPU's cache: a list per zone, allocatable migratetype and order of [`PCP_ORDERS`].
 struct PerCpuCache {
@@ -900,22 +900,60 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
     let head = zone.frame(pfn);
     // The pageblock's type decides the list (as Linux), not the type it was allocated as.
     let kind = zone.pageblock_type(pfn);
-    if let Some(order_slot) = pcp_order_slot(order)
-        && let Some(type_slot) = pcp_type_slot(kind)
-        && !completes_large_block(|| zone.frames(), zone.start_pfn, pfn, order)
-    {
-        let mut pcp = PCP.lock();
-        // The claim is one store: a cached block's links are never read.
-        let cached = HeadWord::new(FrameState::Cached, order, kind as u8, FrameFlags::empty());
-        claim(head, order, cached)?;
-        let mut list = pcp.lists[zone_slot(zone)][type_slot].list(order_slot);
-        if list.push(pfn) {
-            drain_batch(zone, &mut list);
+    match (pcp_order_slot(order), pcp_type_slot(kind)) {
+        // Every path below ends in a call or the push: nothing is live across a call, so the
+        // common one saves no registers (under TCG each is memory traffic).
+        (Some(order_slot), Some(type_slot)) if !may_complete_large_block(order) => {
+            free_to_cache(zone, head, pfn, order, kind, (type_slot, order_slot))
         }
-    } else {
-        free_to_zone(zone, head, pfn, order)?;
+        (Some(order_slot), Some(type_slot)) => {
+            free_large_block(zone, head, pfn, order, kind, (type_slot, order_slot))
+        }
+        _ => free_to_zone(zone, head, pfn, order),
+    }
+}
+
+/// [`free_to_lists`] for a block that goes to the per-CPU list `slots` (its migratetype's and
+/// order's): claimed and pushed under the cache's lock, the oldest batch drained to the zone
+/// when the list passes its high mark.
+#[inline(always)]
+fn free_to_cache(
+    zone: &Zone,
+    head: &frame::Frame,
+    pfn: u64,
+    order: u8,
+    kind: MigrateType,
+    (type_slot, order_slot): (usize, usize),
+) -> Result<(), FreeError> {
+    let mut pcp = PCP.lock();
+    // The claim is one store: a cached block's links are never read.
+    let cached = HeadWord::new(FrameState::Cached, order, kind as u8, FrameFlags::empty());
+    claim(head, order, cached)?;
+    let mut list = pcp.lists[zone_slot(zone)][type_slot].list(order_slot);
+    if list.push(pfn) {
+        drain_batch(zone, &mut list);
     }
     Ok(())
+}
+
+/// [`free_to_lists`] for a block one order below 2 MiB or the max order: to the zone if it
+/// completes that block ([`completes_large_block`]), to its per-CPU list otherwise. Out of
+/// line: the common orders' path stays short.
+#[inline(never)]
+#[unsafe(link_section = ".text.hot.zone")]
+fn free_large_block(
+    zone: &Zone,
+    head: &frame::Frame,
+    pfn: u64,
+    order: u8,
+    kind: MigrateType,
+    slots: (usize, usize),
+) -> Result<(), FreeError> {
+    if completes_large_block(zone.frames(), zone.start_pfn, pfn, order) {
+        free_to_zone(zone, head, pfn, order)
+    } else {
+        free_to_cache(zone, head, pfn, order, kind, slots)
+    }
 }
 
 /// [`free_to_lists`] for a block that goes to its zone's lists (merging), out of line so that
