@@ -250,6 +250,22 @@ impl PcpList<'_> {
         self.head.top == self.head.bottom
     }
 
+    /// Whether this list moves one block at a time to and from its zone (orders 4..=9, whose
+    /// batch is one block): a refill or a drain would then move just the block the caller
+    /// has, through the list, so the caller takes an allocation from the empty list, and a
+    /// free to a list at its high mark ([`PcpList::at_high_mark`]), straight to the zone.
+    #[inline]
+    pub fn passes_through(&self) -> bool {
+        self.head.batch == 1
+    }
+
+    /// Whether the list holds as many blocks as its high mark allows (one more push and it
+    /// asks for a drain).
+    #[inline]
+    pub fn at_high_mark(&self) -> bool {
+        self.head.top + 1 == self.head.end
+    }
+
     /// The cached blocks' heads, oldest first.
     #[inline]
     pub fn pfns(&self) -> &[u64] {

@@ -201,7 +201,7 @@ impl Sim {
         {
             self.pcp_lock.take();
             let mut list = self.pcp[zone][slot].list(order_slot);
-            if list.is_empty() {
+            if list.is_empty() && !list.passes_through() {
                 let zone = &mut self.zones[zone];
                 zone.lock.take();
                 list.refill(&mut zone.area, kind, zone.mark);
@@ -245,6 +245,12 @@ impl Sim {
             && !completes_large_block(zone.area.frames(), zone.start_pfn, pfn, order)
         {
             self.pcp_lock.take();
+            let list = self.pcp[zone_index][slot].list(order_slot);
+            if list.passes_through() && list.at_high_mark() {
+                // Straight to the zone, as the kernel's.
+                self.pcp_lock.give();
+                return Self::free_to_zone(zone, head, index, order);
+            }
             // The claim is one store, as the kernel's: a cached block's links are never read.
             let claimed = head.claim_for_free(
                 order,
@@ -262,6 +268,16 @@ impl Sim {
             self.pcp_lock.give();
             return claimed;
         }
+        Self::free_to_zone(zone, head, index, order)
+    }
+
+    /// [`Sim::free`] of the block at `index` of `zone` to its lists (merging).
+    fn free_to_zone(
+        zone: &mut SimZone,
+        head: &Frame,
+        index: FrameIndex,
+        order: u8,
+    ) -> Result<(), FrameState> {
         zone.lock.take();
         let claimed = head.claim_for_free(order, HeadWord::in_transit(order));
         if claimed.is_ok() {

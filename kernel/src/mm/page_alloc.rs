@@ -492,8 +492,9 @@ fn alloc_cached(
     let type_slot = pcp_type_slot(request.kind)?;
     let mut pcp = PCP.lock();
     let mut list = pcp.lists[zone_slot(zone)][type_slot].list(order_slot);
-    if refill && list.is_empty() {
-        // Refill a batch under the zone lock, keeping the zone above its watermark.
+    if refill && list.is_empty() && !list.passes_through() {
+        // Refill a batch under the zone lock, keeping the zone above its watermark (a list
+        // that passes through gives nothing: the caller takes the block from the zone).
         let mut area = zone.lock();
         list.refill(&mut area, request.kind, watermark(zone, request));
     }
@@ -926,10 +927,16 @@ fn free_to_cache(
     (type_slot, order_slot): (usize, usize),
 ) -> Result<(), FreeError> {
     let mut pcp = PCP.lock();
+    let mut list = pcp.lists[zone_slot(zone)][type_slot].list(order_slot);
+    if list.passes_through() && list.at_high_mark() {
+        // Draining the oldest block to make room would cost what freeing this one to the zone
+        // does (see `PcpList::passes_through`).
+        drop(pcp);
+        return free_to_zone(zone, head, pfn, order);
+    }
     // The claim is one store: a cached block's links are never read.
     let cached = HeadWord::new(FrameState::Cached, order, kind as u8, FrameFlags::empty());
     claim(head, order, cached)?;
-    let mut list = pcp.lists[zone_slot(zone)][type_slot].list(order_slot);
     if list.push(pfn) {
         drain_batch(zone, &mut list);
     }
