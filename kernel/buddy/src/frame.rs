@@ -530,6 +530,16 @@ impl FrameTable {
         (index < self.len).then(|| &self.storage[self.slot(index)])
     }
 
+    /// The record of `index`, for good, and the number of its run counted from the table's
+    /// first (for a table laid out for its zone's base: the index of its pageblock in the
+    /// zone), from one shift. Panics as [`FrameTable::at`] does.
+    #[inline(always)]
+    #[track_caller]
+    pub fn at_with_run(&self, index: usize) -> (&'static Frame, usize) {
+        let run = (index.min(INDEX_LIMIT) + self.skew) >> RUN_SHIFT;
+        (&self.storage[index.min(INDEX_LIMIT) + PAD_RECORDS * run], run)
+    }
+
     /// The record of `index`, for good; panics if it is not in the table (one bounds check, the
     /// storage's, as a slice's: it reports the slot).
     #[inline(always)]

@@ -13,6 +13,7 @@ use super::{PAGE_SIZE, phys_to_virt};
 use crate::sync::{LocalLock, LockClass};
 use alloc::vec::Vec;
 use boot::{AddrRange, MemoryRegion};
+use core::num::NonZeroU64;
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use spin::Once;
 
@@ -119,7 +120,8 @@ impl AllocRequest {
 #[must_use = "dropping a block frees it; keep it, or give it up with `into_raw`"]
 #[derive(Debug, PartialEq, Eq)]
 pub struct Pages {
-    pfn: u64,
+    /// Never 0 (the first MiB of memory stays reserved): `Option<Pages>` fits two registers.
+    pfn: NonZeroU64,
     order: u8,
 }
 
@@ -133,25 +135,34 @@ impl Pages {
     /// cannot corrupt the allocator ([`free`] refuses a block that is not allocated), but the
     /// other owner would go on using memory that is free or reused.
     pub unsafe fn from_raw(pfn: u64, order: u8) -> Pages {
-        Pages { pfn, order }
+        Pages::new(pfn, order)
+    }
+
+    /// The handle of a block just allocated (or split, or claimed), at a pfn above 0.
+    #[inline]
+    fn new(pfn: u64, order: u8) -> Pages {
+        Pages {
+            pfn: NonZeroU64::new(pfn).expect("pfn 0 is reserved and never allocated"),
+            order,
+        }
     }
 
     /// Gives up the handle without freeing the block: the caller now keeps it by its frame
     /// number (and knows its order) and must free it through [`Pages::from_raw`].
     pub fn into_raw(self) -> u64 {
-        let pfn = self.pfn;
+        let pfn = self.pfn.get();
         core::mem::forget(self);
         pfn
     }
 
     pub fn pfn(&self) -> u64 {
-        self.pfn
+        self.pfn.get()
     }
     pub fn order(&self) -> u8 {
         self.order
     }
     pub fn phys(&self) -> u64 {
-        self.pfn * PAGE_SIZE
+        self.pfn() * PAGE_SIZE
     }
     /// Its address in the direct map.
     pub fn virt(&self) -> u64 {
@@ -186,7 +197,7 @@ impl Drop for Pages {
     #[inline]
     fn drop(&mut self) {
         // `free` logs a refusal; a handle has nothing more to do with its block either way.
-        let _ = free_block(self.pfn, self.order);
+        let _ = free_block(self.pfn(), self.order);
     }
 }
 
@@ -633,7 +644,8 @@ fn alloc_from_zone_or_grow(zone: &'static Zone, request: &AllocRequest) -> Optio
 #[unsafe(link_section = ".text.hot.fast")]
 pub fn alloc(request: AllocRequest) -> Option<Pages> {
     match alloc_fast(&request) {
-        Some(pfn) => Some(Pages {
+        // `None` for pfn 0, which is never allocated (it keeps `Option<Pages>` in registers).
+        Some(pfn) => NonZeroU64::new(pfn).map(|pfn| Pages {
             pfn,
             order: request.order,
         }),
@@ -645,7 +657,8 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
 /// list. No refill, no other zone, no list-less order: those are [`alloc_slow`]'s.
 #[inline(always)]
 fn alloc_fast(request: &AllocRequest) -> Option<u64> {
-    if request.zeroed || request.kind == MigrateType::Isolate || request.order > MAX_ORDER {
+    // Orders above the pageblock order have no per-CPU list (`pcp_order_slot` below).
+    if request.zeroed || request.kind == MigrateType::Isolate {
         return None;
     }
     let zone = zones().get(FIRST_ZONE[request.limit as usize].load(Relaxed) as usize)?;
@@ -705,10 +718,7 @@ fn alloc_slow(request: AllocRequest) -> Option<Pages> {
         ALLOC_FAILURES.fetch_add(1, Relaxed);
         return None;
     };
-    let pages = Pages {
-        pfn,
-        order: request.order,
-    };
+    let pages = Pages::new(pfn, request.order);
     if request.zeroed {
         // SAFETY: the block was just allocated to us and is direct-mapped RAM of this size.
         unsafe { core::ptr::write_bytes(pages.virt() as *mut u8, 0, pages.bytes() as usize) };
@@ -748,10 +758,7 @@ pub fn alloc_bulk(request: AllocRequest, count: usize, out: &mut Vec<Pages>) -> 
             watermark(zone, &request),
             |index, head| {
                 label_allocated(head, &request);
-                out.push(Pages {
-                    pfn: base + index as u64,
-                    order: request.order,
-                });
+                out.push(Pages::new(base + index as u64, request.order));
             },
         );
     }
@@ -782,10 +789,10 @@ pub fn free_bulk(pages: &mut Vec<Pages>) -> Result<(), FreeError> {
     let mut freed = 0;
     let mut rest = &pages[..];
     while let Some(first) = rest.first() {
-        let Some(zone) = zone_of(first.pfn) else {
+        let Some(zone) = zone_of(first.pfn()) else {
             log::error!(
                 "page allocator: refused to free pfn {:#x} order {}: no such frame",
-                first.pfn,
+                first.pfn(),
                 first.order
             );
             result = result.and(Err(FreeError::NoSuchFrame));
@@ -794,7 +801,7 @@ pub fn free_bulk(pages: &mut Vec<Pages>) -> Result<(), FreeError> {
         };
         let inside = rest
             .iter()
-            .position(|block| !zone.contains(block.pfn))
+            .position(|block| !zone.contains(block.pfn()))
             .unwrap_or(rest.len());
         let (run, next) = rest.split_at(inside);
         let mut refusal = None;
@@ -803,13 +810,13 @@ pub fn free_bulk(pages: &mut Vec<Pages>) -> Result<(), FreeError> {
             // never sees a block in transit.
             let mut area = zone.lock();
             area.free_batch(run.iter().filter_map(|block| {
-                let head = zone.frame(block.pfn);
+                let head = zone.frame(block.pfn());
                 if let Err(error) = claim(head, block.order, HeadWord::in_transit(block.order)) {
-                    refusal = refusal.or(Some((block.pfn, block.order, error)));
+                    refusal = refusal.or(Some((block.pfn(), block.order, error)));
                     return None;
                 }
                 freed += block.page_count();
-                Some(((block.pfn - zone.start_pfn) as u32, block.order))
+                Some(((block.pfn() - zone.start_pfn) as u32, block.order))
             }));
         }
         if let Some((pfn, order, error)) = refusal {
@@ -842,10 +849,7 @@ pub fn claim_free_block(
     let (order, reported) = area.claim_free_block(index, owner as u8)?;
     debug_assert!(into.capacity() - into.len() >= 1 << order);
     // Each page is now an allocated order-0 block of its own, with one handle each.
-    into.extend((0..1u64 << order).map(|page| Pages {
-        pfn: pfn + page,
-        order: 0,
-    }));
+    into.extend((0..1u64 << order).map(|page| Pages::new(pfn + page, 0)));
     Some((order, reported))
 }
 
@@ -864,7 +868,7 @@ pub fn set_owner(pfn: u64, owner: Owner) {
 /// [`Pages::from_raw`], a reserved frame) is refused with a logged error; nothing changes.
 #[inline]
 pub fn free(pages: Pages) -> Result<(), FreeError> {
-    let (pfn, order) = (pages.pfn, pages.order);
+    let (pfn, order) = (pages.pfn(), pages.order);
     core::mem::forget(pages);
     free_block(pfn, order)
 }
@@ -898,9 +902,8 @@ fn refused(pfn: u64, order: u8, error: FreeError) {
 #[unsafe(link_section = ".text.hot.fast")]
 fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
     let zone = zone_of(pfn).ok_or(FreeError::NoSuchFrame)?;
-    let head = zone.frame(pfn);
     // The pageblock's type decides the list (as Linux), not the type it was allocated as.
-    let kind = zone.pageblock_type(pfn);
+    let (head, kind) = zone.frame_and_pageblock_type(pfn);
     match (pcp_order_slot(order), pcp_type_slot(kind)) {
         // Every path below ends in a call or the push: nothing is live across a call, so the
         // common one saves no registers (under TCG each is memory traffic).
@@ -1025,10 +1028,10 @@ pub fn split_allocated(pages: Pages) -> Result<[Pages; 2], (SplitError, Pages)> 
     if pages.order == 0 {
         return Err((SplitError::OrderZero, pages));
     }
-    let Some(zone) = zone_of(pages.pfn) else {
+    let Some(zone) = zone_of(pages.pfn()) else {
         return Err((SplitError::NotAllocated(FreeError::NoSuchFrame), pages));
     };
-    let head = zone.frame(pages.pfn);
+    let head = zone.frame(pages.pfn());
     if head.mapcount.load(Relaxed) != 0 {
         return Err((SplitError::Mapped, pages));
     }
@@ -1047,21 +1050,15 @@ pub fn split_allocated(pages: Pages) -> Result<[Pages; 2], (SplitError, Pages)> 
     drop(area);
     // The one handle became two, each owning its half.
     Ok([
-        Pages {
-            pfn: low,
-            order: half,
-        },
-        Pages {
-            pfn: high,
-            order: half,
-        },
+        Pages::new(low, half),
+        Pages::new(high, half),
     ])
 }
 
 /// Whether `pages` names the head of an allocated block of that order (what [`free`] accepts).
 fn check_allocated(pages: &Pages) -> Result<(), FreeError> {
-    let zone = zone_of(pages.pfn).ok_or(FreeError::NoSuchFrame)?;
-    let head = zone.frame(pages.pfn);
+    let zone = zone_of(pages.pfn()).ok_or(FreeError::NoSuchFrame)?;
+    let head = zone.frame(pages.pfn());
     match head.state() {
         FrameState::Allocated if head.order() == pages.order => Ok(()),
         FrameState::Allocated => Err(FreeError::WrongOrder {

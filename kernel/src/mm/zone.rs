@@ -84,6 +84,23 @@ impl Zone {
         self.frames.at((pfn - self.start_pfn) as FrameIndex as usize)
     }
 
+    /// [`Zone::frame`] and [`Zone::pageblock_type`] of `pfn` together (the free path's
+    /// look-up: the record's pageblock run is its pageblock, one shift for both).
+    #[inline]
+    pub fn frame_and_pageblock_type(&self, pfn: u64) -> (&'static Frame, MigrateType) {
+        debug_assert!(
+            pfn < self.initialised_end_pfn(),
+            "record of pfn {pfn:#x}, beyond the initialised boundary"
+        );
+        // The table is laid out for the zone's base (`FreeArea::new` checks): runs are
+        // pageblocks counted from the zone's first.
+        let (frame, pageblock) = self
+            .frames
+            .at_with_run((pfn - self.start_pfn) as FrameIndex as usize);
+        let kind = MigrateType::from_u8(self.pageblock_types[pageblock].load(Relaxed));
+        (frame, kind)
+    }
+
     /// The initialised records (from the zone's start up to its boundary).
     pub fn frames(&self) -> FrameTable {
         self.frames
