@@ -104,6 +104,21 @@ pub const fn pcp_batch(order: u8) -> usize {
     }
 }
 
+/// Whether the list of `order` passes blocks through ([`PcpList::passes_through`]): its batch
+/// is one block, which is so for the orders above [`PCP_COSTLY_ORDER`] (one comparison).
+#[inline]
+pub const fn pcp_passes_through(order: u8) -> bool {
+    order > PCP_COSTLY_ORDER
+}
+
+const _: () = {
+    let mut order = 0;
+    while order <= PAGEBLOCK_ORDER {
+        assert!(pcp_passes_through(order) == (pcp_batch(order) == 1));
+        order += 1;
+    }
+};
+
 /// Most blocks a list of `order` holds at once (one over its high mark, before it drains).
 #[inline]
 pub const fn pcp_capacity(order: u8) -> usize {

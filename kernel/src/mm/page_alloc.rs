@@ -451,6 +451,7 @@ fn candidate_zones(limit: ZoneLimit) -> impl Iterator<Item = &'static Zone> {
 
 pub use buddy_core::pcp::{
     PCP_BATCH, PCP_COSTLY_ORDER, PCP_HIGH, PCP_ORDERS, PCP_SLOTS, pcp_high_pages, pcp_order_slot,
+    pcp_passes_through,
 };
 use buddy_core::pcp::{PcpList, PcpLists, completes_large_block, may_complete_large_block};
 
@@ -664,7 +665,23 @@ fn alloc_fast(request: &AllocRequest) -> Option<u64> {
     let zone = zones().get(FIRST_ZONE[request.limit as usize].load(Relaxed) as usize)?;
     // The max order has no list: its blocks come from the zone, in `alloc_slow` (few callers
     // want 4 MiB; inlining the zone's allocation here would make every call save more).
-    alloc_cached(zone, request, pcp_order_slot(request.order)?, false)
+    let order_slot = pcp_order_slot(request.order)?;
+    if let Some(pfn) = alloc_cached(zone, request, order_slot, false) {
+        return Some(pfn);
+    }
+    // An empty list that passes through would not be refilled: the zone gives the block now
+    // (its free lists, above the watermark; `alloc_slow` does the rest if it cannot).
+    if pcp_passes_through(request.order) {
+        return take_from_zone_out_of_line(zone, request);
+    }
+    None
+}
+
+/// [`take_from_zone`] for [`alloc_fast`], out of line (the fast path saves no registers).
+#[inline(never)]
+#[unsafe(link_section = ".text.hot.zone")]
+fn take_from_zone_out_of_line(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
+    take_from_zone(zone, request)
 }
 
 #[inline(never)]
