@@ -46,8 +46,11 @@ pub const CASES: [(&str, u64); 4] = [
 ];
 
 /// Runs case `index` of [`CASES`] once; `held` is scratch room (its capacity is kept).
-#[cfg_attr(target_os = "none", unsafe(link_section = ".text.hot.fast"))]
-pub fn run_case(index: usize, frames: &mut dyn Frames, held: &mut Vec<(u64, u8)>) {
+/// Generic, and inlined with the sequences into the caller: each allocator gets its own copy
+/// of the loops, calling it directly (no dynamic dispatch to time), which the caller can place
+/// (the guest puts each copy at the start of a page of its own: see `kernel/src/bench.rs`).
+#[inline(always)]
+pub fn run_case<F: Frames + ?Sized>(index: usize, frames: &mut F, held: &mut Vec<(u64, u8)>) {
     match index {
         0 => order0_pairs(frames, PAIRS),
         1 => batch(frames, held, 0, BATCH),
@@ -57,7 +60,8 @@ pub fn run_case(index: usize, frames: &mut dyn Frames, held: &mut Vec<(u64, u8)>
 }
 
 /// Order-0 allocation immediately freed, `count` times.
-pub fn order0_pairs(frames: &mut dyn Frames, count: u64) {
+#[inline(always)]
+pub fn order0_pairs<F: Frames + ?Sized>(frames: &mut F, count: u64) {
     for _ in 0..count {
         let pfn = frames.alloc(0).expect("memory");
         frames.free(pfn, 0);
@@ -66,7 +70,13 @@ pub fn order0_pairs(frames: &mut dyn Frames, count: u64) {
 
 /// `count` allocations of `order`, then all freed (in allocation order), through the
 /// allocator's batch interface where it has one.
-pub fn batch(frames: &mut dyn Frames, held: &mut Vec<(u64, u8)>, order: u8, count: usize) {
+#[inline(always)]
+pub fn batch<F: Frames + ?Sized>(
+    frames: &mut F,
+    held: &mut Vec<(u64, u8)>,
+    order: u8,
+    count: usize,
+) {
     held.clear();
     let got = frames.alloc_batch(order, count, held);
     assert_eq!(got, count, "memory for the batch");
@@ -74,8 +84,13 @@ pub fn batch(frames: &mut dyn Frames, held: &mut Vec<(u64, u8)>, order: u8, coun
 }
 
 /// A seeded random mix of allocations of orders 0..=9 and frees of random live blocks.
-#[cfg_attr(target_os = "none", unsafe(link_section = ".text.hot.fast"))]
-pub fn mixed(frames: &mut dyn Frames, held: &mut Vec<(u64, u8)>, operations: u64, seed: u64) {
+#[inline(always)]
+pub fn mixed<F: Frames + ?Sized>(
+    frames: &mut F,
+    held: &mut Vec<(u64, u8)>,
+    operations: u64,
+    seed: u64,
+) {
     held.clear();
     let mut state = seed;
     let mut random = move || {

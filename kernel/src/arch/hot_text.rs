@@ -53,12 +53,16 @@ unsafe extern "C" {
     static __hot_bulk_alloc_end: u8;
     static __hot_bulk_free_start: u8;
     static __hot_bulk_free_end: u8;
+    static __hot_baseline_start: u8;
+    static __hot_baseline_end: u8;
 }
 
 /// The groups, in the order of the image: `fast` (allocation and free through the per-CPU
 /// lists, and the benchmark's loops), `zone` (a zone's allocation and merging free), `refill`
-/// (the per-CPU lists' refill and drain), `bulk_alloc` and `bulk_free` (batches).
-pub fn groups() -> [HotGroup; 5] {
+/// (the per-CPU lists' refill and drain), `bulk_alloc` and `bulk_free` (batches), and
+/// `baseline` (`bench=alloc`'s loops for the `buddy_system_allocator` baseline, so that its
+/// harness has what ours has).
+pub fn groups() -> [HotGroup; 6] {
     let group = |name, start: *const u8, end: *const u8| HotGroup {
         name,
         start: start as u64,
@@ -90,6 +94,11 @@ pub fn groups() -> [HotGroup; 5] {
             "bulk_free",
             &raw const __hot_bulk_free_start,
             &raw const __hot_bulk_free_end,
+        ),
+        group(
+            "baseline",
+            &raw const __hot_baseline_start,
+            &raw const __hot_baseline_end,
         ),
     ]
 }
