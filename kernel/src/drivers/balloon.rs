@@ -951,10 +951,7 @@ impl BalloonWorker {
                     .kind(MigrateType::Movable)
                     .owner(Owner::Balloon)
                     .without_balloon_deflate();
-                let single = AllocRequest {
-                    order: 0,
-                    ..request
-                };
+                let single = request.with_order(0);
                 let Some(block) = page_alloc::alloc(request)
                     .or_else(|| (order > 0).then(|| page_alloc::alloc(single)).flatten())
                 else {

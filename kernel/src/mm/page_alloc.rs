@@ -25,57 +25,73 @@ pub enum ZoneLimit {
     Any,
 }
 
-/// What to allocate.
+bitflags::bitflags! {
+    /// The yes-or-no parts of an [`AllocRequest`], in one byte.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct RequestFlags: u8 {
+        const ZEROED = 1 << 0;
+        /// May dip below the min watermark (for allocations that free memory, e.g. page
+        /// tables of the reclaim path).
+        const USE_RESERVES = 1 << 1;
+        /// May take pages back from the balloon when memory runs out (deflate-on-OOM). Off for
+        /// the balloon's own allocations.
+        const DEFLATE_ON_OOM = 1 << 2;
+        /// Stops at the low watermark instead of the min one (user pages): what lies between
+        /// is the kernel's, so that its heap, page tables and stacks are not what fails when
+        /// tasks fill memory (the OOM killer frees memory before the kernel runs short).
+        const LEAVE_KERNEL_RESERVE = 1 << 3;
+        /// May compact memory when no block of this order is free (off where a smaller block
+        /// will do instead).
+        const COMPACT = 1 << 4;
+    }
+}
+
+/// What to allocate. Five bytes: a request travels in one register, and a caller's constant
+/// request costs no stores (under TCG every store and load is emulated).
 #[derive(Clone, Copy, Debug)]
 pub struct AllocRequest {
     pub order: u8,
     pub kind: MigrateType,
     pub limit: ZoneLimit,
-    pub zeroed: bool,
     pub owner: Owner,
-    /// May dip below the min watermark (for allocations that free memory, e.g. page tables
-    /// of the reclaim path).
-    pub use_reserves: bool,
-    /// May take pages back from the balloon when memory runs out (deflate-on-OOM). Off for
-    /// the balloon's own allocations.
-    pub deflate_on_oom: bool,
-    /// Stops at the low watermark instead of the min one (user pages): what lies between is
-    /// the kernel's, so that its heap, page tables and stacks are not what fails when tasks
-    /// fill memory (the OOM killer frees memory before the kernel runs short).
-    pub leave_kernel_reserve: bool,
-    /// May compact memory when no block of this order is free (off where a smaller block will
-    /// do instead).
-    pub compact: bool,
+    flags: RequestFlags,
 }
 
 impl AllocRequest {
-    /// An unmovable kernel allocation of `order`, from any zone, not zeroed.
+    /// An unmovable kernel allocation of `order`, from any zone, not zeroed, that may deflate
+    /// the balloon and compact.
     pub const fn new(order: u8) -> AllocRequest {
         AllocRequest {
             order,
             kind: MigrateType::Unmovable,
             limit: ZoneLimit::Any,
-            zeroed: false,
             owner: Owner::Kernel,
-            use_reserves: false,
-            deflate_on_oom: true,
-            compact: true,
-            leave_kernel_reserve: false,
+            flags: RequestFlags::DEFLATE_ON_OOM.union(RequestFlags::COMPACT),
         }
+    }
+    const fn with(self, flag: RequestFlags, on: bool) -> Self {
+        let flags = if on {
+            self.flags.union(flag)
+        } else {
+            self.flags.difference(flag)
+        };
+        AllocRequest { flags, ..self }
+    }
+    #[inline]
+    const fn has(&self, flag: RequestFlags) -> bool {
+        self.flags.contains(flag)
     }
     /// Fails instead of deflating the balloon (for the balloon's own inflation).
     pub const fn without_balloon_deflate(self) -> Self {
-        AllocRequest {
-            deflate_on_oom: false,
-            ..self
-        }
+        self.with(RequestFlags::DEFLATE_ON_OOM, false)
     }
     /// With `skip`, fails instead of compacting (the caller falls back to smaller blocks).
     pub const fn without_compaction(self, skip: bool) -> Self {
-        AllocRequest {
-            compact: !skip,
-            ..self
-        }
+        self.with(RequestFlags::COMPACT, !skip)
+    }
+    /// The same request for blocks of another order.
+    pub const fn with_order(self, order: u8) -> Self {
+        AllocRequest { order, ..self }
     }
     pub const fn kind(self, kind: MigrateType) -> Self {
         AllocRequest { kind, ..self }
@@ -83,27 +99,23 @@ impl AllocRequest {
     pub const fn limit(self, limit: ZoneLimit) -> Self {
         AllocRequest { limit, ..self }
     }
+    /// The block comes back filled with zeroes.
     pub const fn zeroed(self) -> Self {
-        AllocRequest {
-            zeroed: true,
-            ..self
-        }
+        self.with(RequestFlags::ZEROED, true)
     }
     pub const fn owner(self, owner: Owner) -> Self {
         AllocRequest { owner, ..self }
     }
-    /// For user pages: see [`AllocRequest::leave_kernel_reserve`].
+    /// For user pages: stops at the low watermark instead of the min one (what lies between is
+    /// the kernel's, so that its heap, page tables and stacks are not what fails when tasks
+    /// fill memory: the OOM killer frees memory before the kernel runs short).
     pub const fn leave_kernel_reserve(self) -> Self {
-        AllocRequest {
-            leave_kernel_reserve: true,
-            ..self
-        }
+        self.with(RequestFlags::LEAVE_KERNEL_RESERVE, true)
     }
+    /// May dip below the min watermark (for allocations that free memory, e.g. page tables of
+    /// the reclaim path).
     pub const fn use_reserves(self) -> Self {
-        AllocRequest {
-            use_reserves: true,
-            ..self
-        }
+        self.with(RequestFlags::USE_RESERVES, true)
     }
 }
 
@@ -482,9 +494,9 @@ fn pcp_type_slot(kind: MigrateType) -> Option<usize> {
 
 /// The free pages `request` must leave in `zone`.
 fn watermark(zone: &Zone, request: &AllocRequest) -> u64 {
-    if request.use_reserves {
+    if request.has(RequestFlags::USE_RESERVES) {
         0
-    } else if request.leave_kernel_reserve {
+    } else if request.has(RequestFlags::LEAVE_KERNEL_RESERVE) {
         zone.watermarks.low
     } else {
         zone.watermarks.min
@@ -659,7 +671,7 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
 #[inline(always)]
 fn alloc_fast(request: &AllocRequest) -> Option<u64> {
     // Orders above the pageblock order have no per-CPU list (`pcp_order_slot` below).
-    if request.zeroed || request.kind == MigrateType::Isolate {
+    if request.has(RequestFlags::ZEROED) || request.kind == MigrateType::Isolate {
         return None;
     }
     let zone = zones().get(FIRST_ZONE[request.limit as usize].load(Relaxed) as usize)?;
@@ -672,7 +684,7 @@ fn alloc_fast(request: &AllocRequest) -> Option<u64> {
     // An empty list that passes through would not be refilled: the zone gives the block now
     // (its free lists, above the watermark; `alloc_slow` does the rest if it cannot).
     if pcp_passes_through(request.order) {
-        return take_from_zone_out_of_line(zone, request);
+        return take_from_zone_out_of_line(zone, *request);
     }
     None
 }
@@ -680,8 +692,9 @@ fn alloc_fast(request: &AllocRequest) -> Option<u64> {
 /// [`take_from_zone`] for [`alloc_fast`], out of line (the fast path saves no registers).
 #[inline(never)]
 #[unsafe(link_section = ".text.hot.zone")]
-fn take_from_zone_out_of_line(zone: &'static Zone, request: &AllocRequest) -> Option<u64> {
-    take_from_zone(zone, request)
+fn take_from_zone_out_of_line(zone: &'static Zone, request: AllocRequest) -> Option<u64> {
+    // By value: the request stays in a register in the caller.
+    take_from_zone(zone, &request)
 }
 
 #[inline(never)]
@@ -711,7 +724,7 @@ fn alloc_slow(request: AllocRequest) -> Option<Pages> {
         // Direct compaction: free memory in pieces may make a block of this order (the
         // compaction module decides whether it can help, and whether it may run here).
         candidate_zones(request.limit).find_map(|zone| {
-            if request.compact && super::compaction::compact_for_allocation(zone, request.order) {
+            if request.has(RequestFlags::COMPACT) && super::compaction::compact_for_allocation(zone, request.order) {
                 Some((zone, alloc_from_zone(zone, &request)?))
             } else {
                 None
@@ -722,7 +735,7 @@ fn alloc_slow(request: AllocRequest) -> Option<Pages> {
         // Deflate-on-OOM: pages the balloon holds come back before the allocation fails. Its
         // 2 MiB blocks are freed like any (a pageblock-order one may wait in a per-CPU list):
         // drained before the retry.
-        if request.deflate_on_oom && crate::drivers::balloon::deflate_on_oom(1 << request.order) > 0
+        if request.has(RequestFlags::DEFLATE_ON_OOM) && crate::drivers::balloon::deflate_on_oom(1 << request.order) > 0
         {
             drain_for(&request);
             candidate_zones(request.limit)
@@ -736,7 +749,7 @@ fn alloc_slow(request: AllocRequest) -> Option<Pages> {
         return None;
     };
     let pages = Pages::new(pfn, request.order);
-    if request.zeroed {
+    if request.has(RequestFlags::ZEROED) {
         // SAFETY: the block was just allocated to us and is direct-mapped RAM of this size.
         unsafe { core::ptr::write_bytes(pages.virt() as *mut u8, 0, pages.bytes() as usize) };
     }
@@ -780,7 +793,7 @@ pub fn alloc_bulk(request: AllocRequest, count: usize, out: &mut Vec<Pages>) -> 
         );
     }
     let batched = out.len();
-    if request.zeroed {
+    if request.has(RequestFlags::ZEROED) {
         for pages in &out[start..batched] {
             // SAFETY: each block was just allocated to us and is direct-mapped RAM of its size.
             unsafe { core::ptr::write_bytes(pages.virt() as *mut u8, 0, pages.bytes() as usize) };
