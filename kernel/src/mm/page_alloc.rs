@@ -656,45 +656,70 @@ fn alloc_from_zone_or_grow(zone: &'static Zone, request: &AllocRequest) -> Optio
 #[inline(never)]
 #[unsafe(link_section = ".text.hot.fast")]
 pub fn alloc(request: AllocRequest) -> Option<Pages> {
+    // Every path ends in a return or a tail call: nothing is saved on the way.
     match alloc_fast(&request) {
-        // `None` for pfn 0, which is never allocated (it keeps `Option<Pages>` in registers).
-        Some(pfn) => NonZeroU64::new(pfn).map(|pfn| Pages {
-            pfn,
-            order: request.order,
-        }),
-        None => alloc_slow(request),
+        Fast::Cached(pfn) => pages_of(pfn, request),
+        Fast::FromZone(zone) => alloc_from_first_zone(zone, request),
+        Fast::Slow => alloc_slow(request),
     }
+}
+
+/// The handle of a block of `request` at `pfn`; `None` for pfn 0, which is never allocated
+/// (that keeps `Option<Pages>` in two registers).
+#[inline(always)]
+fn pages_of(pfn: u64, request: AllocRequest) -> Option<Pages> {
+    NonZeroU64::new(pfn).map(|pfn| Pages {
+        pfn,
+        order: request.order,
+    })
+}
+
+/// What [`alloc_fast`] found.
+enum Fast {
+    /// The top of the first zone's per-CPU list.
+    Cached(u64),
+    /// That list is empty and passes blocks through: the zone's free lists are next.
+    FromZone(&'static Zone),
+    /// Everything else: [`alloc_slow`].
+    Slow,
 }
 
 /// The block the first zone `request` may use gives without more ado: the top of its per-CPU
-/// list. No refill, no other zone, no list-less order: those are [`alloc_slow`]'s.
+/// list; an empty list that is not refilled (it passes blocks through) sends the request to the
+/// zone's free lists. No refill, no other zone, no list-less order: those are
+/// [`alloc_slow`]'s.
 #[inline(always)]
-fn alloc_fast(request: &AllocRequest) -> Option<u64> {
+fn alloc_fast(request: &AllocRequest) -> Fast {
     // Orders above the pageblock order have no per-CPU list (`pcp_order_slot` below).
     if request.has(RequestFlags::ZEROED) || request.kind == MigrateType::Isolate {
-        return None;
+        return Fast::Slow;
     }
-    let zone = zones().get(FIRST_ZONE[request.limit as usize].load(Relaxed) as usize)?;
+    let Some(zone) = zones().get(FIRST_ZONE[request.limit as usize].load(Relaxed) as usize)
+    else {
+        return Fast::Slow;
+    };
     // The max order has no list: its blocks come from the zone, in `alloc_slow` (few callers
     // want 4 MiB; inlining the zone's allocation here would make every call save more).
-    let order_slot = pcp_order_slot(request.order)?;
-    if let Some(pfn) = alloc_cached(zone, request, order_slot, false) {
-        return Some(pfn);
+    let Some(order_slot) = pcp_order_slot(request.order) else {
+        return Fast::Slow;
+    };
+    match alloc_cached(zone, request, order_slot, false) {
+        Some(pfn) => Fast::Cached(pfn),
+        None if pcp_passes_through(request.order) => Fast::FromZone(zone),
+        None => Fast::Slow,
     }
-    // An empty list that passes through would not be refilled: the zone gives the block now
-    // (its free lists, above the watermark; `alloc_slow` does the rest if it cannot).
-    if pcp_passes_through(request.order) {
-        return take_from_zone_out_of_line(zone, *request);
-    }
-    None
 }
 
-/// [`take_from_zone`] for [`alloc_fast`], out of line (the fast path saves no registers).
+/// A block from the free lists of `zone`, the first `request` may use, whose per-CPU list was
+/// empty and passes blocks through (above the watermark; else [`alloc_slow`] does the rest).
+/// Out of line: the fast path saves no registers.
 #[inline(never)]
 #[unsafe(link_section = ".text.hot.zone")]
-fn take_from_zone_out_of_line(zone: &'static Zone, request: AllocRequest) -> Option<u64> {
-    // By value: the request stays in a register in the caller.
-    take_from_zone(zone, &request)
+fn alloc_from_first_zone(zone: &'static Zone, request: AllocRequest) -> Option<Pages> {
+    match take_from_zone(zone, &request) {
+        Some(pfn) => pages_of(pfn, request),
+        None => alloc_slow(request),
+    }
 }
 
 #[inline(never)]
