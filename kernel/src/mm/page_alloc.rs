@@ -965,9 +965,7 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
         (Some(order_slot), Some(type_slot)) if !may_complete_large_block(order) => {
             free_to_cache(zone, head, pfn, order, kind, (type_slot, order_slot))
         }
-        (Some(order_slot), Some(type_slot)) => {
-            free_large_block(zone, head, pfn, order, kind, (type_slot, order_slot))
-        }
+        (Some(_), Some(_)) => free_large_block(zone, head, pfn, order, kind),
         _ => free_to_zone(zone, head, pfn, order),
     }
 }
@@ -996,7 +994,7 @@ fn free_to_cache(
     let cached = HeadWord::new(FrameState::Cached, order, kind as u8, FrameFlags::empty());
     claim(head, order, cached)?;
     if list.push(pfn) {
-        drain_batch(zone, &mut list);
+        drain_batch(zone, list);
     }
     Ok(())
 }
@@ -1012,12 +1010,15 @@ fn free_large_block(
     pfn: u64,
     order: u8,
     kind: MigrateType,
-    slots: (usize, usize),
 ) -> Result<(), FreeError> {
-    if completes_large_block(zone.frames(), zone.start_pfn, pfn, order) {
-        free_to_zone(zone, head, pfn, order)
-    } else {
-        free_to_cache(zone, head, pfn, order, kind, slots)
+    // (Five arguments, all in registers: the caller keeps no frame for a sixth.)
+    match (pcp_order_slot(order), pcp_type_slot(kind)) {
+        (Some(order_slot), Some(type_slot))
+            if !completes_large_block(zone.frames(), zone.start_pfn, pfn, order) =>
+        {
+            free_to_cache(zone, head, pfn, order, kind, (type_slot, order_slot))
+        }
+        _ => free_to_zone(zone, head, pfn, order),
     }
 }
 
@@ -1038,7 +1039,8 @@ fn free_to_zone(zone: &Zone, head: &frame::Frame, pfn: u64, order: u8) -> Result
 /// its zone; the warm ones stay.
 #[inline(never)]
 #[unsafe(link_section = ".text.hot.refill")]
-fn drain_batch(zone: &Zone, list: &mut PcpList<'_>) {
+fn drain_batch(zone: &Zone, mut list: PcpList<'_>) {
+    // By value: two pointers, in registers (the caller keeps no copy of the list in memory).
     let before = list.pages();
     list.drain_batch(&mut zone.lock());
     super::compaction::note_freed(before - list.pages());
