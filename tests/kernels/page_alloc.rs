@@ -346,6 +346,14 @@ fn double_free_wrong_order_and_reserved_frees_are_refused() {
         page_alloc::free(unsafe { Pages::from_raw(1 << 40, 0) }),
         Err(FreeError::NoSuchFrame)
     );
+    // The handle keeps its frame number plus one: the edges of that encoding.
+    let zero = unsafe { Pages::from_raw(0, 0) };
+    assert_eq!(zero.pfn(), 0);
+    zero.into_raw();
+    assert_eq!(
+        page_alloc::free(unsafe { Pages::from_raw(u64::MAX, 0) }),
+        Err(FreeError::NoSuchFrame)
+    );
     // Dropping a refused handle does not try again: nothing is logged twice, nothing changes.
     drop(unsafe { Pages::from_raw(1 << 40, 0) });
     check_state();

@@ -537,7 +537,10 @@ impl FrameTable {
     #[track_caller]
     pub fn at_with_run(&self, index: usize) -> (&'static Frame, usize) {
         let run = (index.min(INDEX_LIMIT) + self.skew) >> RUN_SHIFT;
-        (&self.storage[index.min(INDEX_LIMIT) + PAD_RECORDS * run], run)
+        (
+            &self.storage[index.min(INDEX_LIMIT) + PAD_RECORDS * run],
+            run,
+        )
     }
 
     /// The record of `index`, for good; panics if it is not in the table (one bounds check, the

@@ -130,10 +130,11 @@ impl AllocRequest {
 /// where ownership passes through a plain number, and `from_raw` is `unsafe` so every such
 /// place says why it owns the block.
 #[must_use = "dropping a block frees it; keep it, or give it up with `into_raw`"]
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct Pages {
-    /// Never 0 (the first MiB of memory stays reserved): `Option<Pages>` fits two registers.
-    pfn: NonZeroU64,
+    /// The frame number plus one: never 0, so `Option<Pages>` fits two registers (read
+    /// through [`Pages::pfn`]).
+    pfn_plus_one: NonZeroU64,
     order: u8,
 }
 
@@ -150,11 +151,13 @@ impl Pages {
         Pages::new(pfn, order)
     }
 
-    /// The handle of a block just allocated (or split, or claimed), at a pfn above 0.
-    #[inline]
+    /// The handle of the block at `pfn`. Every frame number is kept as it is but the largest,
+    /// `u64::MAX`, which no memory has (nor the one below it): it is kept as the one below,
+    /// which frees as it would (refused, no such frame).
+    #[inline(always)]
     fn new(pfn: u64, order: u8) -> Pages {
         Pages {
-            pfn: NonZeroU64::new(pfn).expect("pfn 0 is reserved and never allocated"),
+            pfn_plus_one: NonZeroU64::new(pfn.wrapping_add(1)).unwrap_or(NonZeroU64::MAX),
             order,
         }
     }
@@ -162,13 +165,14 @@ impl Pages {
     /// Gives up the handle without freeing the block: the caller now keeps it by its frame
     /// number (and knows its order) and must free it through [`Pages::from_raw`].
     pub fn into_raw(self) -> u64 {
-        let pfn = self.pfn.get();
+        let pfn = self.pfn();
         core::mem::forget(self);
         pfn
     }
 
+    #[inline]
     pub fn pfn(&self) -> u64 {
-        self.pfn.get()
+        self.pfn_plus_one.get() - 1
     }
     pub fn order(&self) -> u8 {
         self.order
@@ -204,6 +208,15 @@ const _: () = {
     let () = <Pages as AmbiguousIfCopy<_>>::CHECK;
     let () = <Pages as AmbiguousIfClone<_>>::CHECK;
 };
+
+impl core::fmt::Debug for Pages {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Pages")
+            .field("pfn", &self.pfn())
+            .field("order", &self.order)
+            .finish()
+    }
+}
 
 impl Drop for Pages {
     #[inline]
@@ -664,14 +677,10 @@ pub fn alloc(request: AllocRequest) -> Option<Pages> {
     }
 }
 
-/// The handle of a block of `request` at `pfn`; `None` for pfn 0, which is never allocated
-/// (that keeps `Option<Pages>` in two registers).
+/// The handle of a block of `request` at `pfn`.
 #[inline(always)]
 fn pages_of(pfn: u64, request: AllocRequest) -> Option<Pages> {
-    NonZeroU64::new(pfn).map(|pfn| Pages {
-        pfn,
-        order: request.order,
-    })
+    Some(Pages::new(pfn, request.order))
 }
 
 /// What [`alloc_fast`] found.
@@ -694,8 +703,7 @@ fn alloc_fast(request: &AllocRequest) -> Fast {
     if request.has(RequestFlags::ZEROED) || request.kind == MigrateType::Isolate {
         return Fast::Slow;
     }
-    let Some(zone) = zones().get(FIRST_ZONE[request.limit as usize].load(Relaxed) as usize)
-    else {
+    let Some(zone) = zones().get(FIRST_ZONE[request.limit as usize].load(Relaxed) as usize) else {
         return Fast::Slow;
     };
     // The max order has no list: its blocks come from the zone, in `alloc_slow` (few callers
@@ -749,7 +757,9 @@ fn alloc_slow(request: AllocRequest) -> Option<Pages> {
         // Direct compaction: free memory in pieces may make a block of this order (the
         // compaction module decides whether it can help, and whether it may run here).
         candidate_zones(request.limit).find_map(|zone| {
-            if request.has(RequestFlags::COMPACT) && super::compaction::compact_for_allocation(zone, request.order) {
+            if request.has(RequestFlags::COMPACT)
+                && super::compaction::compact_for_allocation(zone, request.order)
+            {
                 Some((zone, alloc_from_zone(zone, &request)?))
             } else {
                 None
@@ -760,7 +770,8 @@ fn alloc_slow(request: AllocRequest) -> Option<Pages> {
         // Deflate-on-OOM: pages the balloon holds come back before the allocation fails. Its
         // 2 MiB blocks are freed like any (a pageblock-order one may wait in a per-CPU list):
         // drained before the retry.
-        if request.has(RequestFlags::DEFLATE_ON_OOM) && crate::drivers::balloon::deflate_on_oom(1 << request.order) > 0
+        if request.has(RequestFlags::DEFLATE_ON_OOM)
+            && crate::drivers::balloon::deflate_on_oom(1 << request.order) > 0
         {
             drain_for(&request);
             candidate_zones(request.limit)
@@ -1106,10 +1117,7 @@ pub fn split_allocated(pages: Pages) -> Result<[Pages; 2], (SplitError, Pages)> 
     head.set_order(half);
     drop(area);
     // The one handle became two, each owning its half.
-    Ok([
-        Pages::new(low, half),
-        Pages::new(high, half),
-    ])
+    Ok([Pages::new(low, half), Pages::new(high, half)])
 }
 
 /// Whether `pages` names the head of an allocated block of that order (what [`free`] accepts).

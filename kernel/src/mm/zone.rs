@@ -81,7 +81,8 @@ impl Zone {
         );
         // A zone's index fits a `FrameIndex` (as its free area's): the narrowing spares the
         // table the clamp it applies to wider indices.
-        self.frames.at((pfn - self.start_pfn) as FrameIndex as usize)
+        self.frames
+            .at((pfn - self.start_pfn) as FrameIndex as usize)
     }
 
     /// [`Zone::frame`] and [`Zone::pageblock_type`] of `pfn` together (the free path's
