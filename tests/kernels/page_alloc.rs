@@ -442,6 +442,35 @@ fn high_order_cached() -> (u64, u8) {
 }
 
 #[test_case]
+fn lists_of_one_block_a_batch_pass_blocks_through_to_the_zone() {
+    let start_free = settled_free_pages();
+    let order = 5;
+    let high = page_alloc::pcp_high_pages(order) >> order;
+    let request = AllocRequest::new(order).kind(MigrateType::Movable);
+    // From the empty list: from the zone (the list stays empty).
+    let blocks: Vec<Pages> = (0..=high)
+        .map(|_| page_alloc::alloc(request).expect("memory"))
+        .collect();
+    assert_eq!(high_order_cached(), (0, 0));
+    let last = blocks[high].pfn();
+    // Freed: up to the high mark they wait in the list; the one over goes to the zone (the
+    // list keeps the ones it has: nothing moves down).
+    for (freed, block) in blocks.into_iter().enumerate() {
+        page_alloc::free(block).expect("free");
+        let cached = (freed as u64 + 1).min(high as u64) << order;
+        assert_eq!(high_order_cached(), (cached, order), "free {freed}");
+    }
+    let zone = page_alloc::zone_of(last).expect("its zone");
+    assert_ne!(
+        zone.frame(last).state(),
+        FrameState::Cached,
+        "passed through"
+    );
+    check_state();
+    assert_eq!(settled_free_pages(), start_free);
+}
+
+#[test_case]
 fn high_order_blocks_wait_in_per_cpu_lists_counted_checked_and_drained() {
     let start_free = settled_free_pages();
     assert_eq!(high_order_cached(), (0, 0), "a drain empties every list");

@@ -58,6 +58,23 @@ impl Frames for Baseline {
     }
 }
 
+/// ns per operation of `repeat` runs of case `index` (`operations` each). Generic: each
+/// allocator gets its own copy of the loops, calling it directly, as in the guest.
+#[inline(never)]
+fn time<F: Frames>(
+    index: usize,
+    operations: u64,
+    repeat: usize,
+    frames: &mut F,
+    held: &mut Vec<(u64, u8)>,
+) -> f64 {
+    let start = Instant::now();
+    for _ in 0..repeat {
+        workload::run_case(index, frames, held);
+    }
+    start.elapsed().as_nanos() as f64 / (operations * repeat as u64) as f64
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -114,28 +131,22 @@ fn main() {
         {
             continue;
         }
-        let time = |frames: &mut dyn Frames, held: &mut Vec<(u64, u8)>| {
-            let start = Instant::now();
-            for _ in 0..options.repeat {
-                workload::run_case(index, frames, held);
-            }
-            start.elapsed().as_nanos() as f64 / (operations * options.repeat as u64) as f64
-        };
+        let repeat = options.repeat;
         let run_ours = options.only.as_deref() != Some("baseline");
         let run_baseline = options.only.as_deref() != Some("ours");
         let (mut ours_ns, mut baseline_ns) = (Vec::new(), Vec::new());
         if run_ours {
-            time(&mut ours, &mut held);
+            time(index, operations, repeat, &mut ours, &mut held);
         }
         if run_baseline {
-            time(&mut baseline, &mut held);
+            time(index, operations, repeat, &mut baseline, &mut held);
         }
         for _ in 0..options.runs {
             if run_ours {
-                ours_ns.push(time(&mut ours, &mut held));
+                ours_ns.push(time(index, operations, repeat, &mut ours, &mut held));
             }
             if run_baseline {
-                baseline_ns.push(time(&mut baseline, &mut held));
+                baseline_ns.push(time(index, operations, repeat, &mut baseline, &mut held));
             }
         }
         let ours_ns = if run_ours {

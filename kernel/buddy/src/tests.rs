@@ -929,6 +929,48 @@ fn a_list_over_its_high_mark_drains_its_oldest_blocks() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
+fn lists_of_one_block_a_batch_pass_blocks_through_to_the_zone() {
+    use crate::pcp::{PCP_ORDERS, pcp_high_pages, pcp_order_slot, pcp_passes_through};
+    let mut lists = PcpLists::new();
+    for order in PCP_ORDERS {
+        let list = lists.list(pcp_order_slot(order).expect("a list"));
+        assert_eq!(list.passes_through(), pcp_passes_through(order));
+        assert_eq!(list.passes_through(), order > crate::pcp::PCP_COSTLY_ORDER);
+    }
+    for order in [4u8, 6, 8] {
+        let mut sim = pcp_sim();
+        let total = sim.free_pages();
+        let high = pcp_high_pages(order) >> order;
+        // From the empty list: from the zone (the list stays empty).
+        let blocks: Vec<u64> = (0..=high)
+            .map(|_| sim.alloc(order, MigrateType::Movable, 1).expect("memory"))
+            .collect();
+        assert_eq!(sim.cached_pages(), 0, "order {order}: nothing was refilled");
+        // Freed: up to the high mark they wait in the list; the one over goes to the zone.
+        for (freed, &pfn) in blocks.iter().enumerate() {
+            sim.free(pfn, order).expect("free");
+            let cached = (freed as u64 + 1).min(high as u64) << order;
+            assert_eq!(sim.cached_pages(), cached, "order {order}, free {freed}");
+            sim_check(&sim);
+        }
+        let last = sim.frame(blocks[high]).expect("frame");
+        assert_ne!(
+            last.state(),
+            FrameState::Cached,
+            "order {order}: passed through"
+        );
+        assert_eq!(sim.free_pages(), total);
+        // Allocated again: the cached blocks first (warmest on top), then the zone's.
+        for _ in 0..high {
+            sim.alloc(order, MigrateType::Movable, 1).expect("memory");
+        }
+        assert_eq!(sim.cached_pages(), 0);
+        sim_check(&sim);
+    }
+}
+
+#[test]
 fn the_lists_of_one_set_each_hold_their_high_mark_in_their_own_slots() {
     use crate::pcp::{PCP_ORDERS, PCP_SLOTS, pcp_high_pages};
     let mut lists = PcpLists::new();
@@ -992,7 +1034,8 @@ fn a_pageblock_free_that_completes_a_max_order_block_goes_to_the_zone() {
     assert_eq!(sim.cached_pages(), 1 << PAGEBLOCK_ORDER);
     sim_check(&sim);
     sim.free(b, PAGEBLOCK_ORDER).expect("free");
-    // b's buddy was cached (not free): b is cached, a drains (the list holds one block).
+    // b's buddy is cached (not free), and the list is at its high mark (one block): it passes
+    // b through to the zone and keeps a.
     assert_eq!(sim.cached_pages(), 1 << PAGEBLOCK_ORDER);
     sim_check(&sim);
     sim.drain();
