@@ -266,19 +266,12 @@ impl PcpList<'_> {
     }
 
     /// Whether this list moves one block at a time to and from its zone (orders 4..=9, whose
-    /// batch is one block): a refill or a drain would then move just the block the caller
-    /// has, through the list, so the caller takes an allocation from the empty list, and a
-    /// free to a list at its high mark ([`PcpList::at_high_mark`]), straight to the zone.
+    /// batch is one block): a refill would then bring just the block the caller wants, through
+    /// the list, so the caller takes an allocation from the empty list from the zone itself;
+    /// and past the high mark it gives back the block just pushed ([`PcpList::drain_batch`]).
     #[inline]
     pub fn passes_through(&self) -> bool {
         self.head.batch == 1
-    }
-
-    /// Whether the list holds as many blocks as its high mark allows (one more push and it
-    /// asks for a drain).
-    #[inline]
-    pub fn at_high_mark(&self) -> bool {
-        self.head.top + 1 == self.head.end
     }
 
     /// The cached blocks' heads, oldest first.
@@ -338,9 +331,21 @@ impl PcpList<'_> {
     }
 
     /// Gives the oldest batch of blocks (the bottom of the stack) back to `area`; the warm
-    /// ones stay.
+    /// ones stay. A list that passes blocks through ([`PcpList::passes_through`]) gives back
+    /// the block just pushed instead: the same memory leaves the list, and the others need not
+    /// move down.
     #[cfg_attr(target_os = "none", unsafe(link_section = ".text.hot.refill"))]
     pub fn drain_batch(&mut self, area: &mut FreeArea) {
+        if self.passes_through() {
+            self.head.top -= 1;
+            let pfn = self.pfns[self.head.top];
+            let index = area.index_of(pfn).expect("cached pfn is in its zone");
+            let frame = area.frame(index);
+            // The cache's holder, under the zone lock: the word is ours to write whole.
+            frame.relabel(frame.head_word().with_state(FrameState::Tail));
+            area.free(index, self.head.order);
+            return;
+        }
         let (bottom, top) = (self.head.bottom, self.head.top);
         let count = (self.head.batch as usize).min(top - bottom);
         free_cached(

@@ -245,12 +245,6 @@ impl Sim {
             && !completes_large_block(zone.area.frames(), zone.start_pfn, pfn, order)
         {
             self.pcp_lock.take();
-            let list = self.pcp[zone_index][slot].list(order_slot);
-            if list.passes_through() && list.at_high_mark() {
-                // Straight to the zone, as the kernel's.
-                self.pcp_lock.give();
-                return Self::free_to_zone(zone, head, index, order);
-            }
             // The claim is one store, as the kernel's: a cached block's links are never read.
             let claimed = head.claim_for_free(
                 order,

@@ -897,7 +897,7 @@ fn high_order_per_cpu_lists_cache_blocks_with_exact_counts_and_drain_whole() {
 
 #[test]
 #[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
-fn a_list_over_its_high_mark_drains_its_oldest_blocks() {
+fn a_list_over_its_high_mark_drains_its_oldest_blocks_or_passes_its_newest_on() {
     use crate::pcp::{pcp_batch, pcp_high_pages, pcp_order_slot};
     for order in [1u8, 3, 4, 8, PAGEBLOCK_ORDER] {
         let mut area = area(0, 8 << MAX_ORDER);
@@ -914,15 +914,22 @@ fn a_list_over_its_high_mark_drains_its_oldest_blocks() {
             assert_eq!(over, list.len() > high_blocks);
             assert_eq!(check(&area).cached, list.pages());
         }
-        let warm: Vec<u64> = list.pfns()[pcp_batch(order)..].to_vec();
+        // A batch of the oldest goes back; a list that passes blocks through gives back the
+        // one just pushed, and the others stay where they are.
+        let stay: Vec<u64> = if list.passes_through() {
+            list.pfns()[..list.len() - 1].to_vec()
+        } else {
+            list.pfns()[pcp_batch(order)..].to_vec()
+        };
+        assert_eq!(list.passes_through(), order > crate::pcp::PCP_COSTLY_ORDER);
         list.drain_batch(&mut area);
         assert_eq!(
             list.pfns(),
-            &warm[..],
-            "order {order}: the warm blocks stay"
+            &stay[..],
+            "order {order}: the right blocks stay"
         );
         assert_eq!(check(&area).cached, list.pages());
-        assert_eq!(list.drain_all(&mut area), (warm.len() as u64) << order);
+        assert_eq!(list.drain_all(&mut area), (stay.len() as u64) << order);
         assert_eq!(area.free_pages, 8 << MAX_ORDER);
         assert_eq!(shape(&area), shape(&self::area(0, 8 << MAX_ORDER)));
     }

@@ -994,16 +994,10 @@ fn free_to_cache(
     (type_slot, order_slot): (usize, usize),
 ) -> Result<(), FreeError> {
     let mut pcp = PCP.lock();
-    let mut list = pcp.lists[zone_slot(zone)][type_slot].list(order_slot);
-    if list.passes_through() && list.at_high_mark() {
-        // Draining the oldest block to make room would cost what freeing this one to the zone
-        // does (see `PcpList::passes_through`).
-        drop(pcp);
-        return free_to_zone(zone, head, pfn, order);
-    }
     // The claim is one store: a cached block's links are never read.
     let cached = HeadWord::new(FrameState::Cached, order, kind as u8, FrameFlags::empty());
     claim(head, order, cached)?;
+    let mut list = pcp.lists[zone_slot(zone)][type_slot].list(order_slot);
     if list.push(pfn) {
         drain_batch(zone, list);
     }
