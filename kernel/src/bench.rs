@@ -4,10 +4,12 @@
 //! (max order 10 like ours) on the same operation sequences in the same boot, alternating runs,
 //! medians of [`RUNS`]. The sequences (order-0 pairs, batches of 10,000, mixed orders 0..9,
 //! batches of 256 order-9 blocks) are `buddy_core::workload`'s, which the native benchmark
-//! ([`NATIVE_COMMAND`]) runs on the host. The baseline runs behind the crate's own `LockedFrameAllocator` (a spin
-//! lock); ours takes its interrupt-safe per-CPU and zone locks, which also save and restore the
-//! interrupt flag: under TCG those instructions are slow, so the ratios there understate ours.
-//! Times come from the TSC.
+//! ([`NATIVE_COMMAND`]) runs on the host. The baseline runs behind the crate's own
+//! `LockedFrameAllocator` (a spin lock); ours takes its per-CPU and zone locks. Each allocator
+//! runs its own copy of the sequences (generic, inlined into `timed_ours` and
+//! `timed_baseline`), calling it directly: no dynamic dispatch is timed on either side, and
+//! each copy starts a page of its own (the `fast` and `baseline` hot text groups, see
+//! `arch::hot_text`). Times come from the TSC.
 //!
 //! `fragmentation`: the fragmenting workload of `scenario=fragment` ([`crate::fragment`]: tasks
 //! fill `scenario.fragment_mib` and free 3 of every 4 pages of each 2 MiB block) run once per
