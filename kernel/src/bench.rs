@@ -207,7 +207,10 @@ fn timed_baseline(case: usize, baseline: &mut Baseline, held: &mut Vec<(u64, u8)
     timed(case, baseline, held)
 }
 
-/// The mixed sequence (see [`workload::mixed`]), timed.
+/// The mixed sequence (see [`workload::mixed`]), timed, with our allocator (its loop in the
+/// `fast` hot group, as `bench=alloc`'s).
+#[inline(never)]
+#[unsafe(link_section = ".text.hot.fast")]
 fn mixed<F: Frames>(frames: &mut F, held: &mut Vec<(u64, u8)>, operations: u64, seed: u64) -> u64 {
     let start = rdtsc();
     workload::mixed(frames, held, operations, seed);

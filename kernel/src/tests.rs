@@ -32,7 +32,11 @@ fn the_hot_text_groups_start_pages_in_order_and_hold_their_functions() {
             group.start.is_multiple_of(HotGroup::PAGE),
             "{group:?} starts a page"
         );
-        assert!(group.bytes() > 0, "{group:?} holds code");
+        // The baseline's loop is linked only into kernels that can run `bench=alloc`.
+        assert!(
+            group.bytes() > 0 || group.name == "baseline",
+            "{group:?} holds code"
+        );
         assert!(
             group.start >= previous_end,
             "{group:?} follows the one before"

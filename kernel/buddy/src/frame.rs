@@ -425,6 +425,8 @@ pub const RUN_RECORDS: usize = 1 << RUN_SHIFT;
 /// Unused records after every whole run: one 64-byte cache line (see the module's
 /// documentation for why).
 pub const PAD_RECORDS: usize = 2;
+// A run is a pageblock's records: `FrameTable::at_with_run` names pageblocks by runs.
+const _: () = assert!(RUN_SHIFT == crate::buddy::PAGEBLOCK_ORDER as u32);
 /// Indices are clamped to this before the slot arithmetic, so that no index, however large,
 /// can wrap around to a slot inside a table (no table is this long: [`FrameTable::new`]).
 const INDEX_LIMIT: usize = 1 << 48;
@@ -532,7 +534,7 @@ impl FrameTable {
 
     /// The record of `index`, for good, and the number of its run counted from the table's
     /// first (for a table laid out for its zone's base: the index of its pageblock in the
-    /// zone), from one shift. Panics as [`FrameTable::at`] does.
+    /// zone, runs being pageblocks), from one shift. Panics as [`FrameTable::at`] does.
     #[inline(always)]
     #[track_caller]
     pub fn at_with_run(&self, index: usize) -> (&'static Frame, usize) {

@@ -77,8 +77,9 @@ pub const fn pcp_order_slot(order: u8) -> Option<usize> {
 }
 
 /// The high mark of a list of `order`, in pages (as Linux's `pcp->high`): more than this and
-/// the oldest [`pcp_batch`] blocks go back. Small for the high orders: what they hold neither
-/// merges nor reaches the host until it is drained.
+/// the oldest [`pcp_batch`] blocks go back (a list that passes blocks through keeps its own
+/// and passes the new one on: [`PcpList::push_or_pass`]). Small for the high orders: what
+/// they hold neither merges nor reaches the host until it is drained.
 #[inline]
 pub const fn pcp_high_pages(order: u8) -> usize {
     match order {
@@ -234,6 +235,17 @@ impl PcpLists {
     }
 }
 
+/// What [`PcpList::push_or_pass`] did with a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// On the list.
+    Kept,
+    /// On the list, which is now over its high mark: drain a batch.
+    OverHighMark,
+    /// Not kept (a list that passes blocks through, at its high mark): to the zone with it.
+    PassOn,
+}
+
 /// One list of [`PcpLists`]: a stack of cached blocks of one order (frame numbers of their
 /// heads); the top is the warmest.
 pub struct PcpList<'a> {
@@ -268,10 +280,31 @@ impl PcpList<'_> {
     /// Whether this list moves one block at a time to and from its zone (orders 4..=9, whose
     /// batch is one block): a refill would then bring just the block the caller wants, through
     /// the list, so the caller takes an allocation from the empty list from the zone itself;
-    /// and past the high mark it gives back the block just pushed ([`PcpList::drain_batch`]).
+    /// and a block that would take the list past its high mark is passed on to the zone
+    /// ([`PcpList::push_or_pass`]) instead of the oldest being drained to make room.
     #[inline]
     pub fn passes_through(&self) -> bool {
         self.head.batch == 1
+    }
+
+    /// Adds a block whose head the caller has made `Cached` with this list's order, as
+    /// [`PcpList::push`], and says what the caller does next: nothing; drain a batch
+    /// ([`PcpList::drain_batch`], under the zone lock); or, for a list that passes blocks
+    /// through, give this block to the zone's free lists itself (the list was at its high mark
+    /// and did not keep it: the same memory leaves as with a drain of the oldest, and the
+    /// others need not move down). Its oldest blocks then stay until a drain (the reporting
+    /// worker's before each pass, compaction's, an allocation about to fail).
+    #[inline]
+    pub fn push_or_pass(&mut self, pfn: u64) -> Pushed {
+        if !self.push(pfn) {
+            return Pushed::Kept;
+        }
+        // Asked only past the high mark: the order's class is not a branch on every push.
+        if self.passes_through() {
+            self.head.top -= 1;
+            return Pushed::PassOn;
+        }
+        Pushed::OverHighMark
     }
 
     /// The cached blocks' heads, oldest first.
@@ -331,21 +364,9 @@ impl PcpList<'_> {
     }
 
     /// Gives the oldest batch of blocks (the bottom of the stack) back to `area`; the warm
-    /// ones stay. A list that passes blocks through ([`PcpList::passes_through`]) gives back
-    /// the block just pushed instead: the same memory leaves the list, and the others need not
-    /// move down.
+    /// ones stay.
     #[cfg_attr(target_os = "none", unsafe(link_section = ".text.hot.refill"))]
     pub fn drain_batch(&mut self, area: &mut FreeArea) {
-        if self.passes_through() {
-            self.head.top -= 1;
-            let pfn = self.pfns[self.head.top];
-            let index = area.index_of(pfn).expect("cached pfn is in its zone");
-            let frame = area.frame(index);
-            // The cache's holder, under the zone lock: the word is ours to write whole.
-            frame.relabel(frame.head_word().with_state(FrameState::Tail));
-            area.free(index, self.head.order);
-            return;
-        }
         let (bottom, top) = (self.head.bottom, self.head.top);
         let count = (self.head.batch as usize).min(top - bottom);
         free_cached(

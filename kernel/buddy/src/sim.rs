@@ -16,7 +16,7 @@
 use crate::buddy::{FreeArea, MigrateType};
 use crate::check::{AreaCensus, CheckError};
 use crate::frame::{Frame, FrameFlags, FrameIndex, FrameState, FrameTable, HeadWord, Owner};
-use crate::pcp::{PcpLists, completes_large_block, pcp_order_slot};
+use crate::pcp::{PcpLists, Pushed, completes_large_block, pcp_order_slot};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -253,9 +253,16 @@ impl Sim {
             if claimed.is_ok() {
                 head.clear_owner_counts();
                 let mut list = self.pcp[zone_index][slot].list(order_slot);
-                if list.push(pfn) {
+                let pushed = list.push_or_pass(pfn);
+                if pushed != Pushed::Kept {
                     zone.lock.take();
-                    list.drain_batch(&mut zone.area);
+                    if pushed == Pushed::PassOn {
+                        // Claimed under the cache's lock (still held): ours to relabel.
+                        head.relabel(HeadWord::in_transit(order));
+                        zone.area.free(index, order);
+                    } else {
+                        list.drain_batch(&mut zone.area);
+                    }
                     zone.lock.give();
                 }
             }

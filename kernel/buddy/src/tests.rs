@@ -727,6 +727,23 @@ fn build_database_turns_raw_memory_into_reserved_records() {
 /// (distinct, in the storage, in index order), exactly the padding lies between pageblocks, and
 /// sub-tables, runs and the initialiser agree with the indexing.
 #[test]
+fn a_record_and_its_pageblock_come_from_one_shift_at_any_base() {
+    for base in [0u64, 1, 7, 511, 512, 513, 4396, (1 << 20) + 5] {
+        let count = 1100;
+        let table = FrameTable::leak(base, count);
+        for index in 0..count {
+            let (frame, run) = table.at_with_run(index);
+            assert!(
+                core::ptr::eq(frame, table.at(index)),
+                "base {base}, index {index}"
+            );
+            let pageblock = ((base + index as u64) >> PAGEBLOCK_ORDER) - (base >> PAGEBLOCK_ORDER);
+            assert_eq!(run as u64, pageblock, "base {base}, index {index}");
+        }
+    }
+}
+
+#[test]
 fn frame_table_pads_each_pageblock_and_maps_indices_to_their_own_records() {
     let size = size_of::<Frame>();
     for (base_pfn, count) in [
@@ -897,7 +914,7 @@ fn high_order_per_cpu_lists_cache_blocks_with_exact_counts_and_drain_whole() {
 
 #[test]
 #[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
-fn a_list_over_its_high_mark_drains_its_oldest_blocks_or_passes_its_newest_on() {
+fn a_list_over_its_high_mark_drains_its_oldest_blocks() {
     use crate::pcp::{pcp_batch, pcp_high_pages, pcp_order_slot};
     for order in [1u8, 3, 4, 8, PAGEBLOCK_ORDER] {
         let mut area = area(0, 8 << MAX_ORDER);
@@ -914,19 +931,12 @@ fn a_list_over_its_high_mark_drains_its_oldest_blocks_or_passes_its_newest_on() 
             assert_eq!(over, list.len() > high_blocks);
             assert_eq!(check(&area).cached, list.pages());
         }
-        // A batch of the oldest goes back; a list that passes blocks through gives back the
-        // one just pushed, and the others stay where they are.
-        let stay: Vec<u64> = if list.passes_through() {
-            list.pfns()[..list.len() - 1].to_vec()
-        } else {
-            list.pfns()[pcp_batch(order)..].to_vec()
-        };
-        assert_eq!(list.passes_through(), order > crate::pcp::PCP_COSTLY_ORDER);
+        let stay: Vec<u64> = list.pfns()[pcp_batch(order)..].to_vec();
         list.drain_batch(&mut area);
         assert_eq!(
             list.pfns(),
             &stay[..],
-            "order {order}: the right blocks stay"
+            "order {order}: the warm blocks stay"
         );
         assert_eq!(check(&area).cached, list.pages());
         assert_eq!(list.drain_all(&mut area), (stay.len() as u64) << order);
@@ -938,12 +948,28 @@ fn a_list_over_its_high_mark_drains_its_oldest_blocks_or_passes_its_newest_on() 
 #[test]
 #[cfg_attr(miri, ignore = "safe code over a 32 MiB zone: minutes under Miri")]
 fn lists_of_one_block_a_batch_pass_blocks_through_to_the_zone() {
-    use crate::pcp::{PCP_ORDERS, pcp_high_pages, pcp_order_slot, pcp_passes_through};
+    use crate::pcp::{PCP_ORDERS, Pushed, pcp_high_pages, pcp_order_slot, pcp_passes_through};
     let mut lists = PcpLists::new();
     for order in PCP_ORDERS {
-        let list = lists.list(pcp_order_slot(order).expect("a list"));
+        let mut list = lists.list(pcp_order_slot(order).expect("a list"));
         assert_eq!(list.passes_through(), pcp_passes_through(order));
         assert_eq!(list.passes_through(), order > crate::pcp::PCP_COSTLY_ORDER);
+        // Up to the high mark every block is kept; the next one is passed on (the list keeps
+        // what it has) or asks for a drain.
+        let high = pcp_high_pages(order) >> order;
+        for block in 0..high as u64 {
+            assert_eq!(list.push_or_pass(block), Pushed::Kept);
+        }
+        let over = if list.passes_through() {
+            Pushed::PassOn
+        } else {
+            Pushed::OverHighMark
+        };
+        assert_eq!(list.push_or_pass(u64::MAX), over, "order {order}");
+        let kept: Vec<u64> = (0..high as u64)
+            .chain((over == Pushed::OverHighMark).then_some(u64::MAX))
+            .collect();
+        assert_eq!(list.pfns(), &kept[..], "order {order}");
     }
     for order in [4u8, 6, 8] {
         let mut sim = pcp_sim();

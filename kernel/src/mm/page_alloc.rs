@@ -209,6 +209,10 @@ const _: () = {
     let () = <Pages as AmbiguousIfClone<_>>::CHECK;
 };
 
+// What the fast path's calling convention rests on: a request fits a register, a result two.
+const _: () = assert!(core::mem::size_of::<AllocRequest>() <= 8);
+const _: () = assert!(core::mem::size_of::<Option<Pages>>() == 16);
+
 impl core::fmt::Debug for Pages {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Pages")
@@ -478,7 +482,7 @@ pub use buddy_core::pcp::{
     PCP_BATCH, PCP_COSTLY_ORDER, PCP_HIGH, PCP_ORDERS, PCP_SLOTS, pcp_high_pages, pcp_order_slot,
     pcp_passes_through,
 };
-use buddy_core::pcp::{PcpList, PcpLists, completes_large_block, may_complete_large_block};
+use buddy_core::pcp::{PcpList, PcpLists, Pushed, completes_large_block, may_complete_large_block};
 
 /// One CPU's cache: a list per zone, allocatable migratetype and order of [`PCP_ORDERS`].
 struct PerCpuCache {
@@ -663,8 +667,9 @@ fn alloc_from_zone_or_grow(zone: &'static Zone, request: &AllocRequest) -> Optio
 /// going below its watermark.
 ///
 /// The common case is a short path: the first zone the request may use gives the block at
-/// once, from its per-CPU list (under TCG every instruction and every saved register costs: the
-/// fast path is short and saves few). Everything else (refill, the max order, other zones,
+/// once, from its per-CPU list, or, for an order whose list passes blocks through and is
+/// empty, from its free lists (under TCG every instruction and every saved register costs: the
+/// fast path is short and saves none). Everything else (refill, the max order, other zones,
 /// draining, compaction, deflate-on-OOM, zeroing) is [`alloc_slow`].
 #[inline(never)]
 #[unsafe(link_section = ".text.hot.fast")]
@@ -977,13 +982,15 @@ fn free_to_lists(pfn: u64, order: u8) -> Result<(), FreeError> {
             free_to_cache(zone, head, pfn, order, kind, (type_slot, order_slot))
         }
         (Some(_), Some(_)) => free_large_block(zone, head, pfn, order, kind),
-        _ => free_to_zone(zone, head, pfn, order),
+        _ => free_to_zone(zone, head, pfn, order, Holder::Owner),
     }
 }
 
 /// [`free_to_lists`] for a block that goes to the per-CPU list `slots` (its migratetype's and
-/// order's): claimed and pushed under the cache's lock, the oldest batch drained to the zone
-/// when the list passes its high mark.
+/// order's): claimed and pushed under the cache's lock; when the list passes its high mark,
+/// the oldest batch drains to the zone, or, for a list that passes blocks through, this block
+/// goes on to the zone's free lists (`PcpList::push_or_pass`), still under the cache's lock
+/// (no checker sees it in transit).
 #[inline(always)]
 fn free_to_cache(
     zone: &Zone,
@@ -998,17 +1005,22 @@ fn free_to_cache(
     let cached = HeadWord::new(FrameState::Cached, order, kind as u8, FrameFlags::empty());
     claim(head, order, cached)?;
     let mut list = pcp.lists[zone_slot(zone)][type_slot].list(order_slot);
-    if list.push(pfn) {
-        drain_batch(zone, list);
+    match list.push_or_pass(pfn) {
+        Pushed::Kept => Ok(()),
+        Pushed::OverHighMark => {
+            drain_batch(zone, list);
+            Ok(())
+        }
+        Pushed::PassOn => free_to_zone(zone, head, pfn, order, Holder::Cache),
     }
-    Ok(())
 }
 
 /// [`free_to_lists`] for a block one order below 2 MiB or the max order: to the zone if it
 /// completes that block ([`completes_large_block`]), to its per-CPU list otherwise. Out of
-/// line: the common orders' path stays short.
+/// line (in the `refill` group: the `zone` group's page is full): the common orders' path stays
+/// short.
 #[inline(never)]
-#[unsafe(link_section = ".text.hot.zone")]
+#[unsafe(link_section = ".text.hot.refill")]
 fn free_large_block(
     zone: &Zone,
     head: &frame::Frame,
@@ -1023,17 +1035,38 @@ fn free_large_block(
         {
             free_to_cache(zone, head, pfn, order, kind, (type_slot, order_slot))
         }
-        _ => free_to_zone(zone, head, pfn, order),
+        _ => free_to_zone(zone, head, pfn, order, Holder::Owner),
     }
+}
+
+/// Who hands a block to [`free_to_zone`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// Its owner: the block is claimed under the zone's lock.
+    Owner,
+    /// The per-CPU cache, whose lock the caller holds: the block was claimed under it, for a
+    /// list that passed it on.
+    Cache,
 }
 
 /// [`free_to_lists`] for a block that goes to its zone's lists (merging), out of line so that
 /// the per-CPU path stays small (see the hot text in `boot/kernel.ld`).
 #[inline(never)]
 #[unsafe(link_section = ".text.hot.zone")]
-fn free_to_zone(zone: &Zone, head: &frame::Frame, pfn: u64, order: u8) -> Result<(), FreeError> {
+fn free_to_zone(
+    zone: &Zone,
+    head: &frame::Frame,
+    pfn: u64,
+    order: u8,
+    from: Holder,
+) -> Result<(), FreeError> {
     let mut area = zone.lock();
-    claim(head, order, HeadWord::in_transit(order))?;
+    if from == Holder::Cache {
+        // Claimed already, under the cache's lock (still held): ours to relabel.
+        head.relabel(HeadWord::in_transit(order));
+    } else {
+        claim(head, order, HeadWord::in_transit(order))?;
+    }
     area.free((pfn - zone.start_pfn) as u32, order);
     drop(area);
     super::compaction::note_freed(1 << order);

@@ -50,6 +50,12 @@ pub struct Zone {
 
 impl Zone {
     pub fn new(kind: ZoneKind, start_pfn: u64, present_pages: u64, frames: FrameTable) -> Zone {
+        // Frame indices of a zone are `FrameIndex`es (`Zone::frame` narrows to one).
+        assert!(
+            frames.len() <= FrameIndex::MAX as usize,
+            "a zone of {} frames",
+            frames.len()
+        );
         let area = FreeArea::new(start_pfn, frames);
         Zone {
             pageblock_types: area.pageblock_types(),

@@ -5,6 +5,10 @@ use super::PAGE_SIZE;
 use alloc::vec::Vec;
 use boot::{MemoryKind, MemoryRegion};
 
+/// Where the DMA zone ends (16 MiB) and the DMA32 zone (4 GiB).
+const DMA_END: u64 = 16 << 20;
+const DMA32_END: u64 = 4 << 30;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ZoneKind {
     Dma,
@@ -18,9 +22,9 @@ impl ZoneKind {
     /// The physical range `[start, end)` this zone may cover.
     pub fn limits(self) -> (u64, u64) {
         match self {
-            ZoneKind::Dma => (0, 16 << 20),
-            ZoneKind::Dma32 => (16 << 20, 4 << 30),
-            ZoneKind::Normal => (4 << 30, u64::MAX),
+            ZoneKind::Dma => (0, DMA_END),
+            ZoneKind::Dma32 => (DMA_END, DMA32_END),
+            ZoneKind::Normal => (DMA32_END, u64::MAX),
         }
     }
 
@@ -28,9 +32,9 @@ impl ZoneKind {
     /// finds a frame's zone this way).
     #[inline]
     pub const fn of_pfn(pfn: u64) -> ZoneKind {
-        if pfn >= (4 << 30) / PAGE_SIZE {
+        if pfn >= DMA32_END / PAGE_SIZE {
             ZoneKind::Normal
-        } else if pfn >= (16 << 20) / PAGE_SIZE {
+        } else if pfn >= DMA_END / PAGE_SIZE {
             ZoneKind::Dma32
         } else {
             ZoneKind::Dma
