@@ -26,7 +26,8 @@ pub const PCP_COSTLY_ORDER: u8 = 3;
 /// max-order block). Four blocks with a batch of two made the mixed benchmark another 8% faster
 /// in the guest, for twice the memory held: not kept (see the README's allocator benchmark).
 pub const PCP_LARGE_BLOCKS: usize = 2;
-/// Blocks moved between such a list and its zone at a time.
+/// Blocks moved between such a list and its zone at a time: one, so these lists pass blocks
+/// through ([`PcpList::passes_through`]) rather than refill and drain.
 pub const PCP_LARGE_BATCH: usize = 1;
 
 /// The orders with a per-CPU list, and the slot of each: every order up to the pageblock order

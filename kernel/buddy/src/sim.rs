@@ -269,16 +269,6 @@ impl Sim {
             self.pcp_lock.give();
             return claimed;
         }
-        Self::free_to_zone(zone, head, index, order)
-    }
-
-    /// [`Sim::free`] of the block at `index` of `zone` to its lists (merging).
-    fn free_to_zone(
-        zone: &mut SimZone,
-        head: &Frame,
-        index: FrameIndex,
-        order: u8,
-    ) -> Result<(), FrameState> {
         zone.lock.take();
         let claimed = head.claim_for_free(order, HeadWord::in_transit(order));
         if claimed.is_ok() {
