@@ -60,6 +60,8 @@ def main():
     parser.add_argument("--ops", type=float, default=1.0, help="divide the counts by this")
     parser.add_argument("--top", type=int, default=25)
     options = parser.parse_args()
+    if not os.path.isfile(options.kernel):
+        sys.exit(f"no kernel at {options.kernel}: build one (cargo build --release)")
     with tempfile.TemporaryDirectory() as scratch:
         plugin = os.path.join(scratch, "tcg_profile.so")
         subprocess.run(["cc", "-O2", "-shared", "-fPIC", os.path.join(HERE, "tcg_profile.c"),

@@ -453,7 +453,13 @@ pub struct FrameTable {
 impl FrameTable {
     #[inline(always)]
     const fn slot_in(skew: usize, index: usize) -> usize {
-        index + PAD_RECORDS * ((index + skew) >> RUN_SHIFT)
+        index + PAD_RECORDS * Self::run_in(skew, index)
+    }
+
+    /// The run (pageblock) `index` is in, counted from the table's first.
+    #[inline(always)]
+    const fn run_in(skew: usize, index: usize) -> usize {
+        (index + skew) >> RUN_SHIFT
     }
 
     #[inline(always)]
@@ -538,11 +544,10 @@ impl FrameTable {
     #[inline(always)]
     #[track_caller]
     pub fn at_with_run(&self, index: usize) -> (&'static Frame, usize) {
-        let run = (index.min(INDEX_LIMIT) + self.skew) >> RUN_SHIFT;
-        (
-            &self.storage[index.min(INDEX_LIMIT) + PAD_RECORDS * run],
-            run,
-        )
+        // As `slot`, keeping the run it computes on the way.
+        let index = index.min(INDEX_LIMIT);
+        let run = Self::run_in(self.skew, index);
+        (&self.storage[index + PAD_RECORDS * run], run)
     }
 
     /// The record of `index`, for good; panics if it is not in the table (one bounds check, the

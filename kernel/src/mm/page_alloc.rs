@@ -676,16 +676,10 @@ fn alloc_from_zone_or_grow(zone: &'static Zone, request: &AllocRequest) -> Optio
 pub fn alloc(request: AllocRequest) -> Option<Pages> {
     // Every path ends in a return or a tail call: nothing is saved on the way.
     match alloc_fast(&request) {
-        Fast::Cached(pfn) => pages_of(pfn, request),
+        Fast::Cached(pfn) => Some(Pages::new(pfn, request.order)),
         Fast::FromZone(zone) => alloc_from_first_zone(zone, request),
         Fast::Slow => alloc_slow(request),
     }
-}
-
-/// The handle of a block of `request` at `pfn`.
-#[inline(always)]
-fn pages_of(pfn: u64, request: AllocRequest) -> Option<Pages> {
-    Some(Pages::new(pfn, request.order))
 }
 
 /// What [`alloc_fast`] found.
@@ -730,7 +724,7 @@ fn alloc_fast(request: &AllocRequest) -> Fast {
 #[unsafe(link_section = ".text.hot.zone")]
 fn alloc_from_first_zone(zone: &'static Zone, request: AllocRequest) -> Option<Pages> {
     match take_from_zone(zone, &request) {
-        Some(pfn) => pages_of(pfn, request),
+        Some(pfn) => Some(Pages::new(pfn, request.order)),
         None => alloc_slow(request),
     }
 }

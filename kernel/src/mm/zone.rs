@@ -81,31 +81,31 @@ impl Zone {
     /// The record of `pfn`, which must be in the zone, below its initialised boundary.
     #[inline]
     pub fn frame(&self, pfn: u64) -> &'static Frame {
-        debug_assert!(
-            pfn < self.initialised_end_pfn(),
-            "record of pfn {pfn:#x}, beyond the initialised boundary"
-        );
-        // A zone's index fits a `FrameIndex` (as its free area's): the narrowing spares the
-        // table the clamp it applies to wider indices.
-        self.frames
-            .at((pfn - self.start_pfn) as FrameIndex as usize)
+        self.frames.at(self.index_of(pfn))
     }
 
     /// [`Zone::frame`] and [`Zone::pageblock_type`] of `pfn` together (the free path's
     /// look-up: the record's pageblock run is its pageblock, one shift for both).
     #[inline]
     pub fn frame_and_pageblock_type(&self, pfn: u64) -> (&'static Frame, MigrateType) {
+        // The table is laid out for the zone's base (`FreeArea::new` checks): runs are
+        // pageblocks counted from the zone's first.
+        let (frame, pageblock) = self.frames.at_with_run(self.index_of(pfn));
+        let kind = MigrateType::from_u8(self.pageblock_types[pageblock].load(Relaxed));
+        (frame, kind)
+    }
+
+    /// The index in the zone's records of `pfn`, which must be in the zone, below its
+    /// initialised boundary.
+    #[inline(always)]
+    fn index_of(&self, pfn: u64) -> usize {
         debug_assert!(
             pfn < self.initialised_end_pfn(),
             "record of pfn {pfn:#x}, beyond the initialised boundary"
         );
-        // The table is laid out for the zone's base (`FreeArea::new` checks): runs are
-        // pageblocks counted from the zone's first.
-        let (frame, pageblock) = self
-            .frames
-            .at_with_run((pfn - self.start_pfn) as FrameIndex as usize);
-        let kind = MigrateType::from_u8(self.pageblock_types[pageblock].load(Relaxed));
-        (frame, kind)
+        // A zone's index fits a `FrameIndex` (`Zone::new` checks): the narrowing spares the
+        // table the clamp it applies to wider indices.
+        (pfn - self.start_pfn) as FrameIndex as usize
     }
 
     /// The initialised records (from the zone's start up to its boundary).
